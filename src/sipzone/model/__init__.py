@@ -1,0 +1,1 @@
+"""Pure domain model: names, the matching rule, the tenancy tree and immutable snapshots."""
