@@ -1,0 +1,16 @@
+"""DNS: snapshot to records and precompiled answers, the server, zone transfer and export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """How `sipzone serve --dns ...` runs the authority; built by the CLI, read by server.py."""
+
+    listen: str = "127.0.0.1:5353"  # "HOST:PORT", IPv6 as "[::1]:PORT"
+    allow_transfer: tuple[str, ...] = ()  # CIDRs allowed to AXFR
+    notify: tuple[str, ...] = ()  # secondaries to NOTIFY on change, "HOST:PORT"
+    naptr: bool = True
+    ttl: int = 300

@@ -1,0 +1,16 @@
+"""SIP: sans-IO messages (message.py), the edge policy (edge.py) and sockets (transport.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    """How `sipzone serve --sip ...` runs the edge; built by the CLI, read by transport.py."""
+
+    listen: tuple[str, ...] = ("udp:127.0.0.1:5070",)  # "udp:HOST:PORT", "tcp:[::1]:PORT"
+    site: str | None = None  # the site this process runs at: its default upstream applies
+    drop_unknown: bool = False  # True: silently drop requests for domains not served
+    tenant_header: str = "X-Sipzone-Tenant"
+    extra: dict[str, str] = field(default_factory=dict)
