@@ -130,9 +130,13 @@ class TenancyTree:
         return TenancyTree([*(t for t in self._tenants.values() if t.name != tenant.name), tenant])
 
 
-def controller(name: str, rules: Matcher[str]) -> str:
-    """The tenant that controls ``name`` (a normalised host name) under ``rules``."""
-    owner = rules.exact_owner(name)
+def controller(name: str, rules: Matcher[str], *, above: bool = False) -> str:
+    """The tenant that controls ``name`` (a normalised host name) under ``rules``.
+
+    With ``above``, an exact rule for ``name`` itself is not counted: the question is then who
+    controls the space a new rule for ``name`` would be carved from.
+    """
+    owner = None if above else rules.exact_owner(name)
     if owner is not None:
         return owner
     dot = name.find(".")
@@ -158,12 +162,12 @@ def check_may_own(
     """
     if not tree.is_ancestor_or_self(actor, owner):
         raise NotPermitted(f"tenant {actor!r} may not act for {owner!r}, which is not below it")
-    base = rule[2:] if rule.startswith("*.") else rule
-    ctl = controller(base, rules)
+    wildcard = rule.startswith("*.")
+    base = rule[2:] if wildcard else rule
+    ctl = controller(base, rules, above=not wildcard)
     if not tree.is_ancestor_or_self(ctl, owner):
         raise NotPermitted(
-            f"{base!r} is in the namespace of tenant {ctl!r}; {owner!r} is not {ctl!r} "
-            "or below it"
+            f"{base!r} is in the namespace of tenant {ctl!r}; {owner!r} is not {ctl!r} or below it"
         )
 
 

@@ -1,0 +1,451 @@
+"""The `sipzone` command: operators' hands on the store, and `serve` to run the services.
+
+Exit codes scripts rely on: 0 done; 1 `check` found no rule admitting the name; 2 bad input,
+with the reason on stderr and nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from sipzone.model.errors import InvalidName, SipzoneError
+from sipzone.model.names import RuleName, parse_rule, to_unicode
+from sipzone.model.tenancy import PROVIDER
+from sipzone.store.repository import DEFAULT_URL, Store
+
+app = typer.Typer(
+    help="Run a SIP platform under domain names: tenants, SIP domains, sites, zones, DNS.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tenant_app = typer.Typer(help="The reseller chain: provider, resellers, customers.")
+domain_app = typer.Typer(help="SIP domains: exact names and *.BASE wildcards.")
+site_app = typer.Typer(help="Sites of the installation: virtual IPs, region, networks.")
+zone_app = typer.Typer(help="DNS zones sipzone is authoritative for.")
+email_app = typer.Typer(help="The installation's one email domain (voicemail access).")
+for sub, name in (
+    (tenant_app, "tenant"),
+    (domain_app, "domain"),
+    (site_app, "site"),
+    (zone_app, "zone"),
+    (email_app, "email-domain"),
+):
+    app.add_typer(sub, name=name, no_args_is_help=True)
+
+Db = Annotated[
+    str,
+    typer.Option(
+        "--db", envvar="SIPZONE_DB", help="Store URL (sqlite:///FILE or postgresql://...)."
+    ),
+]
+As = Annotated[str, typer.Option("--as", help="Act as this tenant (default: the provider).")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable).")]
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"sipzone: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn every sipzone error into exit 2 with the reason on stderr."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except SipzoneError as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+def store(db: str, actor: str = PROVIDER) -> Store:
+    return Store(db, actor=actor, via=f"cli:{os.environ.get('USER', 'unknown')}")
+
+
+def emit(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------------------- init
+
+
+@app.command()
+@guarded
+def init(db: Db = DEFAULT_URL) -> None:
+    """Create the store or migrate it to the current schema."""
+    revision = store(db).init()
+    typer.echo(f"store ready at {db} (revision {revision})")
+
+
+# ---------------------------------------------------------------------------- tenants
+
+
+@tenant_app.command("add")
+@guarded
+def tenant_add(
+    name: str,
+    parent: Annotated[str, typer.Option(help="Parent tenant.")] = PROVIDER,
+    brand_name: Annotated[str | None, typer.Option(help="Display name of the brand.")] = None,
+    support_email: Annotated[str | None, typer.Option(help="Support address.")] = None,
+    web_url: Annotated[str | None, typer.Option(help="Web site URL.")] = None,
+    logo_url: Annotated[str | None, typer.Option(help="Logo URL.")] = None,
+    upstream: Annotated[
+        str | None, typer.Option(help="SIP URI of the core for this tenant's traffic.")
+    ] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Add a tenant under PARENT (the provider by default)."""
+    rev = store(db, actor).add_tenant(
+        name,
+        parent,
+        brand_name=brand_name,
+        support_email=support_email,
+        web_url=web_url,
+        logo_url=logo_url,
+        upstream=upstream,
+    )
+    typer.echo(f"tenant {name} added under {parent} (revision {rev})")
+
+
+@tenant_app.command("set")
+@guarded
+def tenant_set(
+    name: str,
+    brand_name: Annotated[str | None, typer.Option()] = None,
+    support_email: Annotated[str | None, typer.Option()] = None,
+    web_url: Annotated[str | None, typer.Option()] = None,
+    logo_url: Annotated[str | None, typer.Option()] = None,
+    upstream: Annotated[str | None, typer.Option(help="'' clears it.")] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Change a tenant's brand fields or upstream; an empty value inherits from the parent."""
+    given = {
+        "brand_name": brand_name,
+        "support_email": support_email,
+        "web_url": web_url,
+        "logo_url": logo_url,
+        "upstream": upstream,
+    }
+    fields = {k: v for k, v in given.items() if v is not None}
+    if not fields:
+        fail("nothing to change: give at least one option")
+    rev = store(db, actor).update_tenant(name, **fields)
+    typer.echo(f"tenant {name} changed (revision {rev})")
+
+
+@tenant_app.command("list")
+@guarded
+def tenant_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """List tenants with the brand and upstream they inherit."""
+    tree = store(db).tenants()
+    rows: list[dict[str, Any]] = []
+    for tenant in sorted(tree, key=lambda t: tree.view(t.name).chain[::-1]):
+        view = tree.view(tenant.name)
+        rows.append(
+            {
+                "name": tenant.name,
+                "parent": tenant.parent,
+                "chain": list(view.chain),
+                "brand_name": view.brand.brand_name,
+                "support_email": view.brand.support_email,
+                "web_url": view.brand.web_url,
+                "logo_url": view.brand.logo_url,
+                "upstream": view.upstream,
+            }
+        )
+    if as_json:
+        emit(rows)
+        return
+    for row in rows:
+        indent = "  " * (len(row["chain"]) - 1)
+        extra = f"  brand={row['brand_name']}" if row["brand_name"] else ""
+        typer.echo(f"{indent}{row['name']}{extra}")
+
+
+# ---------------------------------------------------------------------------- domains
+
+
+@domain_app.command("add")
+@guarded
+def domain_add(
+    name: str,
+    owner: Annotated[str | None, typer.Option(help="Owning tenant (default: the actor).")] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Add an exact SIP domain (voip.acme.example) or a wildcard (*.teams.example.com)."""
+    rule, rev = store(db, actor).add_domain(name, owner)
+    typer.echo(f"{rule.text} added for {owner or actor} (revision {rev})")
+
+
+@domain_app.command("remove")
+@guarded
+def domain_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Remove a SIP domain; the edge and DNS stop serving it at once."""
+    rule, rev = store(db, actor).remove_domain(name)
+    typer.echo(f"{rule.text} removed (revision {rev})")
+
+
+@domain_app.command("list")
+@guarded
+def domain_list(
+    owner: Annotated[str | None, typer.Option(help="Only this tenant's domains.")] = None,
+    db: Db = DEFAULT_URL,
+    as_json: Json = False,
+) -> None:
+    """List SIP domains: name, owner, wildcard, revision added."""
+    rows = store(db).list_domains(owner)
+    if as_json:
+        emit(
+            [
+                {
+                    "name": r.name,
+                    "unicode": to_unicode(r.name),
+                    "owner": r.owner,
+                    "wildcard": r.wildcard,
+                    "revision": r.revision,
+                }
+                for r in rows
+            ]
+        )
+        return
+    for r in rows:
+        typer.echo(f"{r.name}\t{r.owner}")
+
+
+def _read_import(path: Path) -> Iterator[tuple[int, RuleName, str | None]]:
+    """Lines of ``NAME [OWNER]`` (space, tab or comma separated); '#' starts a comment."""
+    errors: list[str] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            text = line.split("#", 1)[0].replace(",", " ").split()
+            if not text:
+                continue
+            if len(text) > 2:
+                errors.append(f"line {lineno}: expected NAME [OWNER], got {len(text)} fields")
+            else:
+                try:
+                    yield lineno, parse_rule(text[0]), text[1] if len(text) == 2 else None
+                except InvalidName as exc:
+                    errors.append(f"line {lineno}: {exc}")
+            if len(errors) >= 20:
+                break
+    if errors:
+        fail("import refused, nothing was added:\n  " + "\n  ".join(errors))
+
+
+@domain_app.command("import")
+@guarded
+def domain_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    owner: Annotated[str | None, typer.Option(help="Owner for lines without one.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 20_000,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Load many domains from FILE (one per line, optional owner column).
+
+    The whole file is validated first; on any bad line nothing is added.  Names already
+    present with the same owner are skipped, so running an import twice is harmless.
+    """
+    entries = list(_read_import(file))
+    repo = store(db, actor)
+    with typer.progressbar(
+        length=len(entries), label="importing", file=sys.stderr, show_pos=True
+    ) as bar:
+        report = repo.import_domains(entries, owner, batch=batch, progress=bar.update)
+    typer.echo(
+        f"read {report.read}, added {report.added}, already present {report.unchanged} "
+        f"(revision {repo.revision()})"
+    )
+
+
+@app.command()
+@guarded
+def check(name: str, db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """Is NAME admitted?  Exit 0 with the rule and owner if so, 1 if not."""
+    snapshot = store(db).load_snapshot()
+    try:
+        from sipzone.model.names import parse_domain
+
+        key = parse_domain(name).text
+    except InvalidName as exc:
+        fail(str(exc))
+    match = snapshot.matcher.match(key)
+    if as_json:
+        emit(
+            {
+                "name": key,
+                "admitted": match is not None,
+                "rule": match.rule if match else None,
+                "wildcard": match.wildcard if match else None,
+                "owner": match.owner.name if match else None,
+                "chain": list(match.owner.chain) if match else None,
+                "revision": snapshot.revision,
+            }
+        )
+    elif match is not None:
+        typer.echo(f"{key} admitted by {match.rule} (owner {match.owner.name})")
+    else:
+        typer.echo(f"{key} not admitted: no exact or wildcard rule covers it")
+    raise typer.Exit(0 if match else 1)
+
+
+# ---------------------------------------------------------------------------- sites
+
+
+@site_app.command("add")
+@guarded
+def site_add(
+    name: str,
+    vip: Annotated[list[str], typer.Option(help="Virtual IP (v4 or v6); repeat for more.")],
+    region: Annotated[str, typer.Option(help="Region this site serves first.")],
+    network: Annotated[
+        list[str] | None, typer.Option(help="Client network (CIDR) served first; repeatable.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="SIP host name (SRV target).")] = None,
+    weight: Annotated[int, typer.Option(help="Capacity weight (SRV weight).")] = 100,
+    order: Annotated[int | None, typer.Option(help="Position among other regions.")] = None,
+    port_udp: Annotated[int, typer.Option()] = 5060,
+    port_tcp: Annotated[int, typer.Option()] = 5060,
+    port_tls: Annotated[int, typer.Option()] = 5061,
+    upstream: Annotated[str | None, typer.Option(help="Default SIP core URI.")] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Add a site of the installation."""
+    rev = store(db, actor).add_site(
+        name,
+        vips=vip,
+        region=region,
+        networks=network or (),
+        host=host,
+        weight=weight,
+        order=order,
+        ports={"udp": port_udp, "tcp": port_tcp, "tls": port_tls},
+        upstream=upstream,
+    )
+    typer.echo(f"site {name} added (revision {rev})")
+
+
+@site_app.command("remove")
+@guarded
+def site_remove(name: str, db: Db = DEFAULT_URL) -> None:
+    rev = store(db).remove_site(name)
+    typer.echo(f"site {name} removed (revision {rev})")
+
+
+@site_app.command("health")
+@guarded
+def site_health(
+    name: str,
+    state: Annotated[str, typer.Argument(help="up or down")],
+    db: Db = DEFAULT_URL,
+) -> None:
+    """Mark a site up or down; a down site drops out of DNS answers."""
+    if state not in ("up", "down"):
+        fail(f"state must be 'up' or 'down', not {state!r}")
+    rev = store(db).set_site_health(name, state == "up")
+    typer.echo(f"site {name} is {state} (revision {rev})")
+
+
+@site_app.command("list")
+@guarded
+def site_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "name": s.name,
+            "region": s.region,
+            "vips": [str(v) for v in s.vips],
+            "networks": [str(n) for n in s.networks],
+            "host": s.host,
+            "ports": dict(s.ports),
+            "weight": s.weight,
+            "order": s.order,
+            "upstream": s.upstream,
+            "healthy": s.healthy,
+        }
+        for s in store(db).list_sites()
+    ]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        state = "up" if r["healthy"] else "down"
+        typer.echo(f"{r['name']}\t{r['region']}\t{','.join(r['vips'])}\t{state}")
+
+
+# ---------------------------------------------------------------------------- zones, email
+
+
+@zone_app.command("add")
+@guarded
+def zone_add(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Add a zone sipzone is authoritative for (example.com)."""
+    zone, rev = store(db, actor).add_zone(name)
+    typer.echo(f"zone {zone.text} added (revision {rev})")
+
+
+@zone_app.command("remove")
+@guarded
+def zone_remove(name: str, db: Db = DEFAULT_URL) -> None:
+    rev = store(db).remove_zone(name)
+    typer.echo(f"zone {name} removed (revision {rev})")
+
+
+@zone_app.command("list")
+@guarded
+def zone_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    names = store(db).list_zones()
+    if as_json:
+        emit(names)
+    else:
+        for n in names:
+            typer.echo(n)
+
+
+@email_app.command("set")
+@guarded
+def email_set(
+    name: str,
+    mx: Annotated[str | None, typer.Option(help="MX target (default: the domain itself).")] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Set the installation's email domain; a second set replaces the first."""
+    domain, rev = store(db, actor).set_email_domain(name, mx)
+    typer.echo(f"email domain is {domain.text} (revision {rev})")
+
+
+@email_app.command("show")
+@guarded
+def email_show(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    values = store(db).settings()
+    data = {"email_domain": values.get("email_domain"), "mx": values.get("email_mx")}
+    if as_json:
+        emit(data)
+    else:
+        typer.echo(data["email_domain"] or "(none)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,640 @@
+"""Every write to the store, one function per operation, and the reads that build snapshots.
+
+Each write runs in one transaction that first bumps the global revision (which also
+serialises writers), then validates against the current state, then changes rows and appends a
+change-log row saying what, who and when.  A write that fails validation rolls back whole:
+nothing changed, revision included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from sipzone.model.errors import Conflict, InvalidValue, NotFound, SipzoneError, UnknownTenant
+from sipzone.model.matcher import Matcher
+from sipzone.model.names import DomainName, RuleName, WildcardName, parse_domain, parse_rule
+from sipzone.model.snapshot import DEFAULT_PORTS, Delta, Site, Snapshot
+from sipzone.model.tenancy import (
+    PROVIDER,
+    TenancyTree,
+    Tenant,
+    check_may_own,
+    check_may_remove,
+)
+from sipzone.store.schema import changelog, domains, settings, sites, state, tenants, zones
+
+DEFAULT_URL = "sqlite:///./sipzone.db"
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
+_SIP_URI = re.compile(r"sips?:[^\s<>\"]+\Z")
+# Ops the change feed can apply incrementally; any other op rebuilds the snapshot whole.
+RULE_OPS = frozenset({"domain.add", "domain.remove"})
+
+
+class StoreNotInitialised(SipzoneError):
+    pass
+
+
+@dataclass(frozen=True)
+class Change:
+    revision: int
+    at: datetime
+    actor: str
+    op: str
+    subject: str
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class DomainRow:
+    name: str
+    owner: str
+    wildcard: bool
+    revision: int
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    read: int
+    added: int
+    unchanged: int
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    engine = sa.create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine
+
+
+def _vip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise InvalidValue(f"virtual IP {text!r} is not an IPv4 or IPv6 address") from None
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise InvalidValue(f"client network {text!r} is not a CIDR such as 10.0.0.0/8") from None
+
+
+def _port(transport: str, value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise InvalidValue(f"{transport} port {value} is outside 1-65535")
+    return value
+
+
+def _uri(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _SIP_URI.match(value):
+        raise InvalidValue(f"upstream {value!r} is not a SIP URI such as sip:core.example:5060")
+    return value
+
+
+def _tenant_name(name: str) -> str:
+    if not _TENANT_NAME.match(name):
+        raise InvalidValue(
+            f"tenant name {name!r} must start with a letter or digit and hold only letters, "
+            "digits, '_', '.', '-' (at most 100)"
+        )
+    return name
+
+
+def _refusal(errors: list[str]) -> str:
+    more = " (first 20 shown)" if len(errors) >= 20 else ""
+    return f"import refused, nothing was added{more}:\n  " + "\n  ".join(errors)
+
+
+class Store:
+    """The repository over one database URL."""
+
+    def __init__(self, url: str = DEFAULT_URL, actor: str = PROVIDER, via: str = "cli") -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.actor = actor
+        self.via = via
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ schema
+
+    def init(self) -> int:
+        """Create or migrate the schema to head; seed the revision row and the provider."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(state.c.revision)).first() is None:
+                conn.execute(state.insert().values(id=1, revision=0))
+            provider = sa.select(tenants.c.id).where(tenants.c.name == PROVIDER)
+            if conn.execute(provider).first() is None:
+                conn.execute(tenants.insert().values(name=PROVIDER, parent_id=None))
+        return self.revision()
+
+    def revision(self) -> int:
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).first()
+        except sa.exc.OperationalError as exc:
+            raise StoreNotInitialised(
+                f"the store at {self.url} is not initialised (run `sipzone init`): {exc.orig}"
+            ) from None
+        except sa.exc.ProgrammingError as exc:
+            raise StoreNotInitialised(
+                f"the store at {self.url} is not initialised (run `sipzone init`): {exc.orig}"
+            ) from None
+        if row is None:
+            raise StoreNotInitialised(
+                f"the store at {self.url} is not initialised (run `sipzone init`)"
+            )
+        return int(row[0])
+
+    # ------------------------------------------------------------------ the write path
+
+    @contextlib.contextmanager
+    def _write(
+        self, op: str, subject: str, detail: dict[str, Any] | None = None
+    ) -> Iterator[tuple[Connection, int]]:
+        """One transaction: bump the revision, let the caller validate and write, log it."""
+        self.revision()  # a clear error on an uninitialised store
+        with self.engine.begin() as conn:
+            rev = conn.execute(
+                state.update()
+                .where(state.c.id == 1)
+                .values(revision=state.c.revision + 1)
+                .returning(state.c.revision)
+            ).scalar_one()
+            info = dict(detail or {})
+            yield conn, int(rev)
+            conn.execute(
+                changelog.insert().values(
+                    revision=rev,
+                    at=datetime.now(UTC),
+                    actor=f"{self.actor} ({self.via})",
+                    op=op,
+                    subject=subject,
+                    detail=info or None,
+                )
+            )
+
+    def _tree(self, conn: Connection) -> TenancyTree:
+        return TenancyTree(self._tenant_rows(conn))
+
+    def _tenant_rows(self, conn: Connection) -> list[Tenant]:
+        parent = tenants.alias("parent")
+        rows = conn.execute(
+            sa.select(
+                tenants.c.name,
+                parent.c.name,
+                tenants.c.brand_name,
+                tenants.c.support_email,
+                tenants.c.web_url,
+                tenants.c.logo_url,
+                tenants.c.upstream,
+            ).outerjoin(parent, tenants.c.parent_id == parent.c.id)
+        ).all()
+        return [Tenant(*row) for row in rows]
+
+    def _tenant_id(self, conn: Connection, name: str) -> int:
+        tid = conn.execute(sa.select(tenants.c.id).where(tenants.c.name == name)).scalar()
+        if tid is None:
+            raise UnknownTenant(f"tenant {name!r} does not exist")
+        return int(tid)
+
+    def _rules_near(self, conn: Connection, name: str) -> Matcher[str]:
+        """The rules that can decide who controls ``name``: for it and each of its parents."""
+        candidates = [name]
+        dot = name.find(".")
+        while dot >= 0:
+            suffix = name[dot + 1 :]
+            candidates += [suffix, "*." + suffix]
+            dot = name.find(".", dot + 1)
+        candidates.append("*." + name)
+        rows = conn.execute(
+            sa.select(domains.c.name, tenants.c.name)
+            .join(tenants, domains.c.owner_id == tenants.c.id)
+            .where(domains.c.name.in_(candidates))
+        ).all()
+        return Matcher.from_rules((r[0], r[1]) for r in rows)
+
+    # ------------------------------------------------------------------ tenants
+
+    def add_tenant(
+        self,
+        name: str,
+        parent: str = PROVIDER,
+        *,
+        brand_name: str | None = None,
+        support_email: str | None = None,
+        web_url: str | None = None,
+        logo_url: str | None = None,
+        upstream: str | None = None,
+    ) -> int:
+        name = _tenant_name(name)
+        upstream = _uri(upstream)
+        with self._write("tenant.add", name, {"parent": parent}) as (conn, rev):
+            tree = self._tree(conn)
+            if name in tree:
+                raise Conflict(f"tenant {name!r} exists already")
+            tree.get(parent)
+            if not tree.is_ancestor_or_self(self.actor, parent):
+                raise SipzoneError(f"tenant {self.actor!r} may not add tenants under {parent!r}")
+            conn.execute(
+                tenants.insert().values(
+                    name=name,
+                    parent_id=self._tenant_id(conn, parent),
+                    brand_name=brand_name,
+                    support_email=support_email,
+                    web_url=web_url,
+                    logo_url=logo_url,
+                    upstream=upstream,
+                )
+            )
+            return rev
+
+    def update_tenant(self, name: str, **fields: str | None) -> int:
+        allowed = {"brand_name", "support_email", "web_url", "logo_url", "upstream"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise InvalidValue(f"tenant has no field(s) {sorted(unknown)}")
+        if "upstream" in fields:
+            fields["upstream"] = _uri(fields["upstream"])
+        values = {k: (v or None) for k, v in fields.items()}
+        with self._write("tenant.update", name, values) as (conn, rev):
+            tree = self._tree(conn)
+            tree.get(name)
+            if not tree.is_ancestor_or_self(self.actor, name):
+                raise SipzoneError(f"tenant {self.actor!r} may not change {name!r}")
+            conn.execute(tenants.update().where(tenants.c.name == name).values(**values))
+            return rev
+
+    def tenants(self) -> TenancyTree:
+        with self.engine.connect() as conn:
+            return self._tree(conn)
+
+    # ------------------------------------------------------------------ domains
+
+    def add_domain(self, text: str, owner: str | None = None) -> tuple[RuleName, int]:
+        rule = parse_rule(text)
+        owner = owner or self.actor
+        with self._write("domain.add", rule.text, {"owner": owner}) as (conn, rev):
+            tree = self._tree(conn)
+            tree.get(owner)
+            existing = conn.execute(
+                sa.select(tenants.c.name)
+                .join(domains, domains.c.owner_id == tenants.c.id)
+                .where(domains.c.name == rule.text)
+            ).scalar()
+            if existing is not None:
+                raise Conflict(f"{rule.text!r} exists already (owner {existing!r})")
+            base = rule.base.text if isinstance(rule, WildcardName) else rule.text
+            check_may_own(rule.text, owner, self.actor, tree, self._rules_near(conn, base))
+            conn.execute(
+                domains.insert().values(
+                    name=rule.text,
+                    owner_id=self._tenant_id(conn, owner),
+                    wildcard=rule.is_wildcard,
+                    revision=rev,
+                )
+            )
+            return rule, rev
+
+    def remove_domain(self, text: str) -> tuple[RuleName, int]:
+        rule = parse_rule(text)
+        with self._write("domain.remove", rule.text) as (conn, rev):
+            owner = conn.execute(
+                sa.select(tenants.c.name)
+                .join(domains, domains.c.owner_id == tenants.c.id)
+                .where(domains.c.name == rule.text)
+            ).scalar()
+            if owner is None:
+                raise NotFound(f"{rule.text!r} is not a SIP domain here")
+            check_may_remove(owner, self.actor, self._tree(conn))
+            conn.execute(domains.delete().where(domains.c.name == rule.text))
+            return rule, rev
+
+    def list_domains(self, owner: str | None = None) -> list[DomainRow]:
+        query = (
+            sa.select(domains.c.name, tenants.c.name, domains.c.wildcard, domains.c.revision)
+            .join(tenants, domains.c.owner_id == tenants.c.id)
+            .order_by(domains.c.name)
+        )
+        with self.engine.connect() as conn:
+            if owner is not None:
+                self._tenant_id(conn, owner)
+                query = query.where(tenants.c.name == owner)
+            return [DomainRow(r[0], r[1], bool(r[2]), int(r[3])) for r in conn.execute(query)]
+
+    def domain_rules(self, conn: Connection | None = None) -> list[tuple[str, str]]:
+        """Every rule as ``(rule text, owner name)``: what a snapshot's matcher is built from."""
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(self.engine.connect())
+            owners = dict(conn.execute(sa.select(tenants.c.id, tenants.c.name)).tuples().all())
+            result = conn.execute(sa.select(domains.c.name, domains.c.owner_id)).tuples()
+            return [(name, owners[oid]) for name, oid in result]
+
+    def import_domains(
+        self,
+        entries: Sequence[tuple[int, RuleName, str | None]],
+        default_owner: str | None = None,
+        batch: int = 20_000,
+        progress: Any = None,
+    ) -> ImportReport:
+        """Add many rules: validate all first (nothing is written if one fails), then write in
+        batches, one transaction and one revision each.  Rules already present with the same
+        owner are left alone, so the import is idempotent.
+
+        ``entries`` are ``(line number, parsed rule, owner or None)``.
+        """
+        default_owner = default_owner or self.actor
+        with self.engine.connect() as conn:
+            tree = self._tree(conn)
+            owner_ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).tuples().all())
+            current = dict(self.domain_rules(conn))
+        pending: dict[str, tuple[str, bool]] = {}
+        unchanged = 0
+        errors: list[str] = []
+
+        def refuse(lineno: int, exc: SipzoneError) -> None:
+            errors.append(f"line {lineno}: {exc}")
+            if len(errors) >= 20:
+                raise InvalidValue(_refusal(errors))
+
+        for lineno, rule, owner in entries:
+            owner = owner or default_owner
+            if owner not in tree:
+                refuse(lineno, UnknownTenant(f"tenant {owner!r} does not exist"))
+                continue
+            have = current.get(rule.text) or pending.get(rule.text, (None,))[0]
+            if have is None:
+                pending[rule.text] = (owner, rule.is_wildcard)
+            elif have != owner:
+                refuse(lineno, Conflict(f"{rule.text!r} exists already (owner {have!r})"))
+            elif rule.text in current:
+                unchanged += 1
+        # The namespace check sees the file whole: a wildcard on line 900 decides who may own a
+        # name on line 3, whatever the order.
+        rules = Matcher.from_rules([*current.items(), *((n, o) for n, (o, _) in pending.items())])
+        for lineno, rule, _owner in entries:
+            if rule.text not in pending:
+                continue
+            try:
+                check_may_own(rule.text, pending[rule.text][0], self.actor, tree, rules)
+            except SipzoneError as exc:
+                refuse(lineno, exc)
+        if errors:
+            raise InvalidValue(_refusal(errors))
+        items = list(pending.items())
+        added = 0
+        dialect = self.engine.dialect.name
+        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        for start in range(0, len(items), batch):
+            chunk = items[start : start + batch]
+            with self._write(
+                "domain.import", chunk[0][0], {"count": len(chunk), "last": chunk[-1][0]}
+            ) as (conn, rev):
+                result = conn.execute(
+                    insert_fn(domains).on_conflict_do_nothing(index_elements=["name"]),
+                    [
+                        {"name": n, "owner_id": owner_ids[o], "wildcard": w, "revision": rev}
+                        for n, (o, w) in chunk
+                    ],
+                )
+                added += max(result.rowcount, 0)
+            if progress is not None:
+                progress(len(chunk))
+        return ImportReport(read=len(entries), added=added, unchanged=unchanged)
+
+    # ------------------------------------------------------------------ sites, zones, email
+
+    def add_site(
+        self,
+        name: str,
+        *,
+        vips: Iterable[str],
+        region: str,
+        networks: Iterable[str] = (),
+        host: str | None = None,
+        weight: int = 100,
+        order: int | None = None,
+        ports: dict[str, int] | None = None,
+        upstream: str | None = None,
+    ) -> int:
+        name = _tenant_name(name)
+        vip_list = [_vip(v) for v in vips]
+        if not vip_list:
+            raise InvalidValue("a site needs at least one virtual IP (--vip)")
+        nets = [_network(n) for n in networks]
+        host_name = parse_domain(host).text if host else None
+        if not region or not _TENANT_NAME.match(region):
+            raise InvalidValue(f"region {region!r} must be a word such as 'eu' or 'us-east'")
+        if not 0 <= weight <= 65535:
+            raise InvalidValue(f"weight {weight} is outside 0-65535 (it becomes the SRV weight)")
+        merged = {**DEFAULT_PORTS, **(ports or {})}
+        for transport, port in merged.items():
+            _port(transport, port)
+        with self._write("site.add", name) as (conn, rev):
+            if self.actor != PROVIDER:
+                raise SipzoneError("only the provider manages sites")
+            if conn.execute(sa.select(sites.c.id).where(sites.c.name == name)).first():
+                raise Conflict(f"site {name!r} exists already")
+            if order is None:
+                count = sa.select(sa.func.count()).select_from(sites)
+                order = int(conn.execute(count).scalar_one())
+            conn.execute(
+                sites.insert().values(
+                    name=name,
+                    region=region,
+                    host=host_name,
+                    vips=vip_list,
+                    networks=nets,
+                    port_udp=merged["udp"],
+                    port_tcp=merged["tcp"],
+                    port_tls=merged["tls"],
+                    weight=weight,
+                    position=order,
+                    upstream=_uri(upstream),
+                    healthy=True,
+                )
+            )
+            return rev
+
+    def remove_site(self, name: str) -> int:
+        with self._write("site.remove", name) as (conn, rev):
+            if conn.execute(sites.delete().where(sites.c.name == name)).rowcount == 0:
+                raise NotFound(f"site {name!r} does not exist")
+            return rev
+
+    def set_site_health(self, name: str, healthy: bool) -> int:
+        with self._write("site.health", name, {"healthy": healthy}) as (conn, rev):
+            res = conn.execute(sites.update().where(sites.c.name == name).values(healthy=healthy))
+            if res.rowcount == 0:
+                raise NotFound(f"site {name!r} does not exist")
+            return rev
+
+    def list_sites(self) -> list[Site]:
+        with self.engine.connect() as conn:
+            return self._sites(conn)
+
+    def _sites(self, conn: Connection) -> list[Site]:
+        rows = conn.execute(sa.select(sites).order_by(sites.c.position, sites.c.name)).mappings()
+        return [
+            Site(
+                name=r["name"],
+                region=r["region"],
+                vips=tuple(ipaddress.ip_address(v) for v in r["vips"]),
+                host=r["host"],
+                ports={"udp": r["port_udp"], "tcp": r["port_tcp"], "tls": r["port_tls"]},
+                networks=tuple(ipaddress.ip_network(n) for n in r["networks"]),
+                weight=r["weight"],
+                order=r["position"],
+                upstream=r["upstream"],
+                healthy=bool(r["healthy"]),
+            )
+            for r in rows
+        ]
+
+    def add_zone(self, text: str) -> tuple[DomainName, int]:
+        zone = parse_domain(text)
+        with self._write("zone.add", zone.text) as (conn, rev):
+            if self.actor != PROVIDER:
+                raise SipzoneError("only the provider manages zones")
+            if conn.execute(sa.select(zones.c.id).where(zones.c.name == zone.text)).first():
+                raise Conflict(f"zone {zone.text!r} exists already")
+            conn.execute(zones.insert().values(name=zone.text))
+            return zone, rev
+
+    def remove_zone(self, text: str) -> int:
+        zone = parse_domain(text)
+        with self._write("zone.remove", zone.text) as (conn, rev):
+            if conn.execute(zones.delete().where(zones.c.name == zone.text)).rowcount == 0:
+                raise NotFound(f"zone {zone.text!r} does not exist")
+            return rev
+
+    def list_zones(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(zones.c.name).order_by(zones.c.name)).scalars())
+
+    def set_setting(self, key: str, value: str | None) -> int:
+        with self._write("setting.set", key, {"value": value}) as (conn, rev):
+            if self.actor != PROVIDER:
+                raise SipzoneError("only the provider changes installation settings")
+            conn.execute(settings.delete().where(settings.c.key == key))
+            if value is not None:
+                conn.execute(settings.insert().values(key=key, value=value))
+            return rev
+
+    def set_email_domain(self, text: str, mx: str | None = None) -> tuple[DomainName, int]:
+        """The installation's one email domain: a second call replaces the first."""
+        name = parse_domain(text)
+        mx_name = parse_domain(mx).text if mx else None
+        with self._write("email.set", name.text, {"mx": mx_name}) as (conn, rev):
+            if self.actor != PROVIDER:
+                raise SipzoneError("only the provider sets the email domain")
+            for key, value in (("email_domain", name.text), ("email_mx", mx_name)):
+                conn.execute(settings.delete().where(settings.c.key == key))
+                if value is not None:
+                    conn.execute(settings.insert().values(key=key, value=value))
+            return name, rev
+
+    def settings(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(settings.c.key, settings.c.value)).tuples().all())
+
+    # ------------------------------------------------------------------ snapshots and feed
+
+    def changes_since(self, revision: int, limit: int = 10_000) -> list[Change]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(changelog)
+                .where(changelog.c.revision > revision)
+                .order_by(changelog.c.revision)
+                .limit(limit)
+            ).mappings()
+            return [
+                Change(r["revision"], r["at"], r["actor"], r["op"], r["subject"], r["detail"])
+                for r in rows
+            ]
+
+    def load_snapshot(self) -> Snapshot:
+        """The whole state at one revision, read in one transaction."""
+        with self.engine.connect() as conn, conn.begin():
+            rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
+            if rev is None:
+                raise StoreNotInitialised(f"the store at {self.url} is not initialised")
+            tree = self._tree(conn)
+            settings_map = dict(
+                conn.execute(sa.select(settings.c.key, settings.c.value)).tuples().all()
+            )
+            return Snapshot.build(
+                int(rev),
+                tree,
+                self.domain_rules(conn),
+                sites=tuple(self._sites(conn)),
+                zones=tuple(conn.execute(sa.select(zones.c.name)).scalars()),
+                email_domain=settings_map.get("email_domain"),
+                settings=settings_map,
+            )
+
+    def advance(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot at the store's current revision, built from ``snapshot`` by applying the
+        change log when only rules changed, or loaded whole otherwise."""
+        changes = self.changes_since(snapshot.revision)
+        if not changes:
+            return snapshot
+        if any(c.op not in RULE_OPS for c in changes) or len(changes) >= 10_000:
+            return self.load_snapshot()
+        views = snapshot.tenants.views
+        added: dict[str, str] = {}
+        removed: set[str] = set()
+        for change in changes:
+            if change.op == "domain.add":
+                added[change.subject] = (change.detail or {})["owner"]
+                removed.discard(change.subject)
+            else:
+                added.pop(change.subject, None)
+                removed.add(change.subject)
+        matcher = snapshot.matcher.with_changes(
+            added=((n, views[o]) for n, o in added.items()), removed=removed
+        )
+        from dataclasses import replace
+
+        return replace(
+            snapshot,
+            revision=changes[-1].revision,
+            matcher=matcher,
+            delta=Delta(tuple(added), tuple(sorted(removed))),
+        )
