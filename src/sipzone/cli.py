@@ -443,6 +443,112 @@ def email_show(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
         typer.echo(data["email_domain"] or "(none)")
 
 
+@zone_app.command("export")
+@guarded
+def zone_export(
+    name: str,
+    fmt: Annotated[str, typer.Option("--format", help="Only 'bind' for now.")] = "bind",
+    region: Annotated[
+        str | None, typer.Option(help="Answers as clients of this region see them.")
+    ] = None,
+    db: Db = DEFAULT_URL,
+) -> None:
+    """Write ZONE as a zone file (named-checkzone accepts it) to stdout."""
+    from sipzone.dns.export import export_zone
+    from sipzone.model.names import parse_domain
+
+    if fmt != "bind":
+        fail(f"format {fmt!r} is not supported; use 'bind'")
+    snapshot = store(db).load_snapshot()
+    zone = parse_domain(name).text
+    if zone not in snapshot.zones:
+        fail(f"zone {zone!r} is not one of ours (sipzone zone add {zone})")
+    typer.echo(export_zone(snapshot, zone, region=region), nl=False)
+
+
+def _listen_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@app.command()
+@guarded
+def serve(
+    sip: Annotated[
+        str | None,
+        typer.Option(help="SIP listeners, comma separated: udp:HOST:PORT,tcp:[::1]:PORT"),
+    ] = None,
+    dns: Annotated[str | None, typer.Option(help="DNS listener HOST:PORT (UDP and TCP).")] = None,
+    metrics: Annotated[str | None, typer.Option(help="Prometheus metrics at HOST:PORT.")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    site: Annotated[
+        str | None, typer.Option(help="The site this node runs at (default: the first).")
+    ] = None,
+    drop_unknown: Annotated[
+        bool, typer.Option(help="Drop requests for unserved domains instead of 403.")
+    ] = False,
+    tenant_header: Annotated[
+        str, typer.Option(help="Header naming the owning tenant on forwarded requests.")
+    ] = "X-Sipzone-Tenant",
+    allow_transfer: Annotated[
+        list[str] | None, typer.Option(help="CIDR allowed to AXFR; repeatable.")
+    ] = None,
+    notify: Annotated[
+        list[str] | None, typer.Option(help="Secondary HOST:PORT to NOTIFY; repeatable.")
+    ] = None,
+    naptr: Annotated[bool, typer.Option(help="Publish NAPTR records (RFC 3263).")] = True,
+    ttl: Annotated[int, typer.Option(min=0, help="TTL of published records.")] = 300,
+    poll: Annotated[float, typer.Option(help="Seconds between store revision checks.")] = 0.05,
+    db: Db = DEFAULT_URL,
+) -> None:
+    """Run the SIP edge and/or the DNS authority on the store, following its changes live."""
+    import ipaddress
+
+    from sipzone.dns import DnsConfig
+    from sipzone.runtime import ServeConfig, split_hostport
+    from sipzone.runtime import serve as run
+    from sipzone.sip import SipConfig
+
+    if not sip and not dns:
+        fail("nothing to serve: give --sip and/or --dns")
+    try:
+        for item in _listen_list(sip or ""):
+            transport, _, hostport = item.partition(":")
+            if transport not in ("udp", "tcp"):
+                raise ValueError(f"{item!r}: transport must be udp or tcp")
+            split_hostport(hostport)
+        for hp in [*(notify or []), *([dns] if dns else []), *([metrics] if metrics else [])]:
+            split_hostport(hp)
+        for cidr in allow_transfer or []:
+            ipaddress.ip_network(cidr, strict=False)
+    except ValueError as exc:
+        fail(str(exc))
+    store(db).revision()
+    config = ServeConfig(
+        db=db,
+        sip=SipConfig(
+            listen=_listen_list(sip),
+            site=site,
+            drop_unknown=drop_unknown,
+            tenant_header=tenant_header,
+        )
+        if sip
+        else None,
+        dns=DnsConfig(
+            listen=dns,
+            allow_transfer=tuple(allow_transfer or ()),
+            notify=tuple(notify or ()),
+            naptr=naptr,
+            ttl=ttl,
+        )
+        if dns
+        else None,
+        metrics=metrics,
+        workers=workers,
+        poll_interval=poll,
+    )
+    run(config)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,187 @@
+"""Wires the store's change feed to snapshots and the snapshots to the SIP edge and DNS.
+
+One process runs everything by default; ``--workers N`` forks N identical workers that share
+their listening ports with SO_REUSEPORT, each following the store on its own.  The parent only
+supervises (restarts a worker that dies) and, with several workers, serves their combined
+Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sipzone.dns import DnsConfig
+from sipzone.model.snapshot import SnapshotHolder
+from sipzone.sip import SipConfig
+from sipzone.store.repository import Store
+
+log = logging.getLogger("sipzone")
+
+
+class Service(Protocol):
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    db: str
+    sip: SipConfig | None = None
+    dns: DnsConfig | None = None
+    metrics: str | None = None  # "HOST:PORT"
+    workers: int = 1
+    poll_interval: float = 0.05  # seconds between revision checks of the store
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` to ``(host, port)``; raises ValueError on anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} in {text!r} is outside 1-65535")
+    return host, number
+
+
+async def follow_store(store: Store, holder: SnapshotHolder, interval: float) -> None:
+    """Poll the store's revision; when it moved, advance the snapshot and publish it.
+
+    Reads run in a thread so the event loop keeps answering while a snapshot is built.
+    """
+    from sipzone import metrics
+
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            revision = await loop.run_in_executor(None, store.revision)
+            if revision != holder.current.revision:
+                snapshot = await loop.run_in_executor(None, store.advance, holder.current)
+                holder.publish(snapshot)
+                metrics.REVISION.set(snapshot.revision)
+                log.info("revision %d published", snapshot.revision)
+        except Exception:  # the store may be briefly unreachable; keep serving the last snapshot
+            log.exception("store poll failed; still serving revision %d", holder.current.revision)
+            await asyncio.sleep(1.0)
+
+
+async def run_worker(config: ServeConfig, ready: Any = None) -> None:
+    """Start the configured services in this process and run until SIGTERM/SIGINT."""
+    from sipzone import metrics
+
+    store = Store(config.db, via="serve")
+    loop = asyncio.get_running_loop()
+    holder = SnapshotHolder(await loop.run_in_executor(None, store.load_snapshot))
+    metrics.REVISION.set(holder.current.revision)
+    services: list[Service] = []
+    if config.sip is not None:
+        from sipzone.sip.transport import start_sip
+
+        services.append(await start_sip(config.sip, holder))
+    if config.dns is not None:
+        from sipzone.dns.server import start_dns
+
+        services.append(await start_dns(config.dns, holder))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    feed = asyncio.create_task(follow_store(store, holder, config.poll_interval))
+    log.info("serving revision %d (pid %d)", holder.current.revision, os.getpid())
+    if ready is not None:
+        ready()
+    await stop.wait()
+    feed.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await feed
+    for service in services:
+        await service.close()
+    store.close()
+
+
+def _event_loop_run(config: ServeConfig, ready: Any = None) -> None:
+    import uvloop
+
+    uvloop.run(run_worker(config, ready))
+
+
+def serve(config: ServeConfig) -> None:
+    """Run until stopped: in this process, or as a supervisor of ``config.workers`` workers."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(message)s")
+    if config.workers <= 1:
+        if config.metrics:
+            from prometheus_client import start_http_server
+
+            host, port = split_hostport(config.metrics)
+            start_http_server(port, host)
+        _event_loop_run(config, lambda: print("sipzone: ready", flush=True))
+        return
+    _supervise(config)
+
+
+def _supervise(config: ServeConfig) -> None:
+    # Workers write their metrics to files the parent aggregates; the variable must be set
+    # before prometheus_client is imported anywhere.
+    metrics_dir = tempfile.mkdtemp(prefix="sipzone-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    if config.metrics:
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        host, port = split_hostport(config.metrics)
+        start_http_server(port, host, registry=registry)
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                _event_loop_run(config)
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for index in range(config.workers):
+        spawn(index)
+    print("sipzone: ready", flush=True)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid not in children:
+            continue
+        index = children.pop(pid)
+        if stopping:
+            continue
+        log.error("worker %d (pid %d) ended with status %d; restarting", index, pid, status)
+        time.sleep(0.5)
+        spawn(index)
