@@ -362,8 +362,8 @@ class Store:
         with contextlib.ExitStack() as stack:
             if conn is None:
                 conn = stack.enter_context(self.engine.connect())
-            owners = dict(conn.execute(sa.select(tenants.c.id, tenants.c.name)).tuples().all())
-            result = conn.execute(sa.select(domains.c.name, domains.c.owner_id)).tuples()
+            owners = dict(conn.execute(sa.select(tenants.c.id, tenants.c.name)).all())
+            result = conn.execute(sa.select(domains.c.name, domains.c.owner_id))
             return [(name, owners[oid]) for name, oid in result]
 
     def import_domains(
@@ -382,7 +382,7 @@ class Store:
         default_owner = default_owner or self.actor
         with self.engine.connect() as conn:
             tree = self._tree(conn)
-            owner_ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).tuples().all())
+            owner_ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).all())
             current = dict(self.domain_rules(conn))
         pending: dict[str, tuple[str, bool]] = {}
         unchanged = 0
@@ -426,14 +426,18 @@ class Store:
             with self._write(
                 "domain.import", chunk[0][0], {"count": len(chunk), "last": chunk[-1][0]}
             ) as (conn, rev):
+                # RETURNING counts what really went in: rowcount of an executemany is not
+                # reliable across drivers.
                 result = conn.execute(
-                    insert_fn(domains).on_conflict_do_nothing(index_elements=["name"]),
+                    insert_fn(domains)
+                    .on_conflict_do_nothing(index_elements=["name"])
+                    .returning(domains.c.id),
                     [
                         {"name": n, "owner_id": owner_ids[o], "wildcard": w, "revision": rev}
                         for n, (o, w) in chunk
                     ],
                 )
-                added += max(result.rowcount, 0)
+                added += len(result.all())
             if progress is not None:
                 progress(len(chunk))
         return ImportReport(read=len(entries), added=added, unchanged=unchanged)
@@ -572,7 +576,7 @@ class Store:
 
     def settings(self) -> dict[str, str]:
         with self.engine.connect() as conn:
-            return dict(conn.execute(sa.select(settings.c.key, settings.c.value)).tuples().all())
+            return dict(conn.execute(sa.select(settings.c.key, settings.c.value)).all())
 
     # ------------------------------------------------------------------ snapshots and feed
 
@@ -597,7 +601,7 @@ class Store:
                 raise StoreNotInitialised(f"the store at {self.url} is not initialised")
             tree = self._tree(conn)
             settings_map = dict(
-                conn.execute(sa.select(settings.c.key, settings.c.value)).tuples().all()
+                conn.execute(sa.select(settings.c.key, settings.c.value)).all()
             )
             return Snapshot.build(
                 int(rev),
