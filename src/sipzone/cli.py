@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import sqlalchemy.exc
 import typer
 
 from sipzone.model.errors import InvalidName, SipzoneError
@@ -67,6 +68,11 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except SipzoneError as exc:
             fail(str(exc))
+        except sqlalchemy.exc.IntegrityError as exc:
+            fail(f"conflicting change, nothing was written: {exc.orig}")
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            fail(f"store error ({cause}); is the store initialised? run `sipzone init`")
 
     return wrapper
 
