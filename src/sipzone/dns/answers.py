@@ -1,0 +1,576 @@
+"""Precompiled wire answers and the sans-IO responder: query bytes in, response bytes out.
+
+Theory of operation.  A response is ``ID + header + question + body + OPT``.  Every record we
+publish for a name owns its records under the question name (a compression pointer to offset
+12), so the *body* depends on (zone, roles, region view, type), not on the name: one compiled
+body serves a million SIP domains and every name a wildcard covers.  The hot path parses the
+question with byte slicing, finds the body in a cache keyed by the question bytes (name lower
+cased; type, class and view), and glues the pieces together, echoing the question exactly as
+it came so its case survives.  A cache miss classifies the name once (zone, roles, empty
+non-terminal or NXDOMAIN, through the one matcher the SIP edge uses) and costs a few
+microseconds; dnspython is used only to render record sets into bodies.
+
+Changes.  A snapshot that only adds or removes rules (it carries a ``Delta``) touches just those
+names: their cache entries, their ancestors' (an empty non-terminal may appear or vanish) and,
+for a wildcard, the names under its base; the SOA serial is patched in place in the few bodies
+that carry it.  Any other change rebuilds the table, which is cheap: it holds no per-domain
+state apart from the ancestor counts that make empty non-terminals answer NODATA.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import dns.name
+import dns.rdataset
+import dns.rdatatype
+
+from sipzone.dns import DnsConfig
+from sipzone.dns.records import (
+    DOMAIN,
+    PROTOCOL_LABELS,
+    SERVICE_PREFIXES,
+    RdType,
+    Records,
+    Role,
+)
+from sipzone.model.names import lookup_key
+from sipzone.model.snapshot import IPNetwork, Snapshot
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+QTYPE_IXFR, QTYPE_AXFR, QTYPE_ANY = 251, 252, 255
+META_QTYPES = frozenset({41, 249, 250, 251, 252, 253, 254})  # never answered from the table
+CLASS_IN = 1
+OPT_ECS = 8
+TCP_MAX = 65535
+
+_PTR_QNAME = b"\xc0\x0c"  # the question name always starts at offset 12
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_RR_HEADER = struct.Struct("!HHIH")
+_NAME_TEXT = re.compile(rb"[a-z0-9_*.-]+")
+_VIEW_BYTES = [bytes((i,)) for i in range(256)]
+
+
+class Answer:
+    """One compiled response minus ID, question and OPT.
+
+    ``heads[i]`` are the 10 header bytes after the ID, indexed by ``rd | edns << 1 | tc << 2``
+    (RD is copied from the query; with EDNS the additional count includes our OPT; the
+    truncated form carries no records).  ``serial_at`` lists where an SOA serial sits in
+    ``body`` so a new revision can be patched in without recompiling.
+    """
+
+    __slots__ = ("body", "heads", "regional", "serial_at")
+
+    def __init__(
+        self,
+        rcode: int,
+        body: bytes = b"",
+        counts: tuple[int, int, int] = (0, 0, 0),
+        *,
+        regional: bool = False,
+        authoritative: bool = True,
+        serial_at: tuple[int, ...] = (),
+    ) -> None:
+        self.body = body
+        self.regional = regional
+        self.serial_at = serial_at
+        heads = []
+        for i in range(8):
+            rd, edns, tc = i & 1, (i >> 1) & 1, (i >> 2) & 1
+            flags = 0x80 | (0x04 if authoritative else 0) | (0x02 if tc else 0) | rd
+            an, ns, ar = (0, 0, 0) if tc else counts
+            heads.append(bytes((flags, rcode)) + struct.pack("!HHHH", 1, an, ns, ar + edns))
+        self.heads: tuple[bytes, ...] = tuple(heads)
+
+    def set_serial(self, serial: int) -> None:
+        packed = serial.to_bytes(4, "big")
+        body = bytearray(self.body)
+        for at in self.serial_at:
+            body[at : at + 4] = packed
+        self.body = bytes(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """Record sets for one section: ``owner`` is wire bytes, or None for the question name."""
+
+    rrsets: Sequence[tuple[bytes | None, dns.rdataset.Rdataset]]
+
+
+def render(
+    rcode: int,
+    answer: Section,
+    authority: Section = Section(()),
+    additional: Section = Section(()),
+    *,
+    regional: bool = False,
+) -> Answer:
+    """Render record sets to an :class:`Answer` (names in RDATA stay uncompressed, as RFC 3597
+    asks for SRV and NAPTR; owners other than the question name are written in full)."""
+    parts: list[bytes] = []
+    serial_at: list[int] = []
+    size = 0
+    counts = []
+    for section in (answer, authority, additional):
+        count = 0
+        for owner, rds in section.rrsets:
+            for rd in rds:
+                rdata = rd.to_wire()
+                head = (owner if owner is not None else _PTR_QNAME) + _RR_HEADER.pack(
+                    rds.rdtype, rds.rdclass, rds.ttl, len(rdata)
+                )
+                if rds.rdtype == RdType.SOA:
+                    names = len(rd.mname.to_wire()) + len(rd.rname.to_wire())
+                    serial_at.append(size + len(head) + names)
+                parts += (head, rdata)
+                size += len(head) + len(rdata)
+                count += 1
+        counts.append(count)
+    return Answer(
+        rcode,
+        b"".join(parts),
+        (counts[0], counts[1], counts[2]),
+        regional=regional,
+        serial_at=tuple(serial_at),
+    )
+
+
+def wire(name: str) -> bytes:
+    """Lower-case wire form of a text name without trailing dot."""
+    return dns.name.from_text(name).to_wire().lower()  # type: ignore[union-attr]
+
+
+def ancestors(name: str) -> Iterator[str]:
+    """Proper ancestors of a text name, nearest first (``*.b.c`` gives ``b.c``, ``c``)."""
+    dot = name.find(".")
+    while dot >= 0:
+        yield name[dot + 1 :]
+        dot = name.find(".", dot + 1)
+
+
+def name_text(q: bytes) -> str | None:
+    """Text of a lower-case wire name, or None when a label holds bytes no rule or zone of
+    ours can contain (a dot inside a label, spaces, binary)."""
+    labels = []
+    i = 0
+    while q[i]:
+        end = i + 1 + q[i]
+        labels.append(q[i + 1 : end])
+        i = end
+    text = b".".join(labels)
+    if not labels:
+        return ""
+    if not _NAME_TEXT.fullmatch(text) or text.count(b".") != len(labels) - 1:
+        return None
+    return text.decode("ascii")
+
+
+def is_below_wire(q: bytes, base: bytes) -> bool:
+    """True when wire name ``q`` is a proper subdomain of wire name ``base``."""
+    cut = len(q) - len(base)
+    if cut <= 0 or not q.endswith(base):
+        return False
+    i = 0
+    while i < cut:
+        i += q[i] + 1
+    return i == cut
+
+
+class RegionMap:
+    """Longest-prefix match of a client address over the sites' networks to a view index."""
+
+    def __init__(self, networks: Iterable[tuple[IPNetwork, int]]) -> None:
+        by_len: dict[tuple[int, int], dict[int, int]] = {}
+        for net, view in networks:
+            by_len.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = view
+        self._tables: dict[int, list[tuple[int, dict[int, int]]]] = {4: [], 6: []}
+        for (version, plen), table in sorted(by_len.items(), key=lambda kv: -kv[0][1]):
+            bits = 32 if version == 4 else 128
+            mask = ((1 << plen) - 1) << (bits - plen)
+            self._tables[version].append((mask, table))
+        self._clients: dict[str, int] = {}
+
+    def view(self, version: int, address: int) -> int:
+        for mask, table in self._tables[version]:
+            hit = table.get(address & mask)
+            if hit is not None:
+                return hit
+        return 0
+
+    def view_of(self, client: str) -> int:
+        """View of a source address as the socket reports it; cached per address."""
+        hit = self._clients.get(client)
+        if hit is not None:
+            return hit
+        try:
+            ip = ipaddress.ip_address(client.split("%", 1)[0])
+        except ValueError:
+            return 0
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        view = self.view(ip.version, int(ip))
+        if len(self._clients) > 100_000:
+            self._clients.clear()
+        self._clients[client] = view
+        return view
+
+
+@dataclass(slots=True)
+class ZoneAnswers:
+    apex: str
+    nodata: Answer
+    nxdomain: Answer
+
+
+class Authority:
+    """The live answer table for one snapshot at a time, and the responder over it."""
+
+    def __init__(self, snapshot: Snapshot, config: DnsConfig) -> None:
+        self.config = config
+        self._refused = Answer(REFUSED, authoritative=False)
+        self._notimp = Answer(NOTIMP, authoritative=False)
+        self._opt_plain = (self._opt(0, b""), self._opt(0x8000, b""))
+        self.rebuild(snapshot)
+
+    # -- building -----------------------------------------------------------------------------
+
+    def rebuild(self, snapshot: Snapshot) -> None:
+        """Throw everything away and start from ``snapshot``."""
+        self.records = Records(snapshot, self.config)
+        self.snapshot = snapshot
+        self.regions = RegionMap(self.records.networks())
+        self._nodes: dict[tuple[str, tuple[Role, ...], int], dict[int, Answer]] = {}
+        self._soa_answers: list[Answer] = []
+        self._cache: dict[bytes, dict[bytes, Answer]] = {}
+        self._zones_wire = {wire(z): z for z in snapshot.zones}
+        self._zones = {z: self._negatives(z) for z in snapshot.zones}
+        self._ents: dict[str, int] = {}
+        for name in self.records.static:
+            self._count_ancestors(name, 1)
+        for rule, _ in snapshot.matcher.rules():
+            self._count_ancestors(rule, 1)
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Move to ``snapshot``, touching only what its delta names when it has one."""
+        old = self.snapshot
+        delta = snapshot.delta
+        same_layout = (
+            delta is not None
+            and snapshot.sites == old.sites
+            and snapshot.zones == old.zones
+            and snapshot.email_domain == old.email_domain
+            and dict(snapshot.settings) == dict(old.settings)
+        )
+        if not same_layout or delta is None:
+            self.rebuild(snapshot)
+            return
+        self.records = Records(snapshot, self.config)
+        self.snapshot = snapshot
+        for answer in self._soa_answers:
+            answer.set_serial(self.records.serial)
+        for rule in delta.removed:
+            if rule in old.matcher and rule not in snapshot.matcher:
+                self._count_ancestors(rule, -1)
+                self._forget(rule)
+        for rule in delta.added:
+            if rule not in old.matcher and rule in snapshot.matcher:
+                self._count_ancestors(rule, 1)
+                self._forget(rule)
+
+    def _count_ancestors(self, name: str, step: int) -> None:
+        ents = self._ents
+        for parent in ancestors(name):
+            count = ents.get(parent, 0) + step
+            if count > 0:
+                ents[parent] = count
+            else:
+                ents.pop(parent, None)
+
+    def _forget(self, rule: str) -> None:
+        """Drop cached answers a rule can change: the name, its service names, its ancestors
+        and, for a wildcard, every name under its base."""
+        cache = self._cache
+        if rule.startswith("*."):
+            base = wire(rule[2:])
+            for q in [q for q in cache if is_below_wire(q, base)]:
+                del cache[q]
+            names = [rule[2:]]
+        else:
+            names = [rule, *(f"{a}.{b}.{rule}" for a, b in SERVICE_PREFIXES)]
+            names += [f"{p}.{rule}" for p in PROTOCOL_LABELS]
+        names += ancestors(names[0])
+        for name in names:
+            cache.pop(wire(name), None)
+
+    def _negatives(self, zone: str) -> ZoneAnswers:
+        # RFC 2308 §3 wants min(SOA TTL, SOA MINIMUM) here; both are the configured TTL.
+        soa = Section([(wire(zone), self.records.soa(zone))])
+        nodata = render(NOERROR, Section(()), soa)
+        nxdomain = render(NXDOMAIN, Section(()), soa)
+        self._soa_answers += (nodata, nxdomain)
+        return ZoneAnswers(zone, nodata, nxdomain)
+
+    def _node(self, zone: str, roles: tuple[Role, ...], view: int) -> dict[int, Answer]:
+        """Answers per type for a name with ``roles`` (compiled once, shared by every name)."""
+        key = (zone, roles, view)
+        node = self._nodes.get(key)
+        if node is not None:
+            return node
+        records = self.records
+        regional = records.is_regional(roles)
+        node = {}
+        for rdtype, rds in records.rdatasets(zone, roles, view).items():
+            glue = [
+                (wire(name), addrs)
+                for name, found in records.glue(zone, rds)
+                for addrs in found.values()
+            ]
+            answer = render(
+                NOERROR,
+                Section([(None, rds)]),
+                additional=Section(glue),
+                regional=regional and rdtype in (RdType.A, RdType.AAAA, RdType.SRV),
+            )
+            if answer.serial_at:
+                self._soa_answers.append(answer)
+            node[int(rdtype)] = answer
+        self._nodes[key] = node
+        return node
+
+    # -- classification -----------------------------------------------------------------------
+
+    def _is_sip_domain(self, name: str) -> bool:
+        matcher = self.snapshot.matcher
+        return matcher.owner(name) is not None or matcher.wildcard_owner(name) is not None
+
+    def roles(self, name: str) -> tuple[Role, ...] | None:
+        """Roles of a lower-case text name in one of our zones: a tuple (empty for an empty
+        non-terminal), or None when the name does not exist."""
+        static = self.records.static.get(name, ())
+        parts = name.split(".", 2)
+        if len(parts) == 3:
+            service = SERVICE_PREFIXES.get((parts[0], parts[1]))
+            # `_sip._udp.D` of a SIP domain D, or of a wildcard base (zone files list the
+            # wildcard's service names there); `_udp.D` is then an empty non-terminal.
+            if service is not None and self._is_sip_domain(parts[2]):
+                return (*static, Role("service", service))
+        if len(parts) >= 2 and parts[0] in PROTOCOL_LABELS:
+            rest = name.partition(".")[2]
+            if self._is_sip_domain(rest):
+                return static
+        if self.snapshot.matcher.owner(lookup_key(name)) is not None:
+            return (*static, DOMAIN)
+        if static:
+            return static
+        if name in self._ents:
+            return ()
+        return None
+
+    def zone_of_wire(self, q: bytes) -> str | None:
+        zones = self._zones_wire
+        i = 0
+        while True:
+            zone = zones.get(q[i:])
+            if zone is not None or not q[i]:
+                return zone
+            i += q[i] + 1
+
+    def resolve(self, q: bytes, qtype: int, qclass: int, view: int) -> Answer:
+        """The answer for lower-case wire name ``q``; the slow path behind the cache."""
+        if qclass != CLASS_IN:
+            return self._refused
+        zone = self.zone_of_wire(q)
+        if zone is None:
+            return self._refused
+        if qtype in META_QTYPES:
+            return self._notimp
+        negatives = self._zones[zone]
+        text = name_text(q)
+        roles = self.roles(text) if text is not None else None
+        if roles is None:
+            return negatives.nxdomain
+        node = self._node(zone, roles, view)
+        if qtype == QTYPE_ANY:
+            # RFC 8482: one record set is enough, and cheap to give.
+            return next(iter(node.values()), negatives.nodata)
+        answer = node.get(qtype)
+        if answer is not None:
+            return answer
+        if qtype == RdType.NAPTR and DOMAIN in roles and self.config.naptr and text:
+            return render(NOERROR, Section([(None, self.records.naptr(text))]))
+        return negatives.nodata
+
+    # -- the responder ------------------------------------------------------------------------
+
+    def _opt(self, flags: int, options: bytes) -> bytes:
+        return (
+            b"\x00\x00\x29"
+            + struct.pack("!HHHH", self.config.udp_payload, 0, flags, len(options))
+            + options
+        )
+
+    def respond(self, data: bytes, client: str, tcp: bool = False) -> bytes | None:
+        """The response to one query from ``client`` (an IP address), or None to stay silent.
+
+        Never raises on any input: whatever it cannot parse gets FORMERR (or silence when
+        even the header is short, or the packet is itself a response)."""
+        n = len(data)
+        if n < 12 or data[2] & 0x80:
+            return None
+        counts = data[4:12]
+        if data[2] & 0x78 or (counts != _ONE_QUESTION and counts != _ONE_QUESTION_OPT):
+            return self._unusual(data)
+        i = 12
+        try:
+            length = data[i]
+            while length:
+                if length > 63:  # compression pointer or extended label type: not in a question
+                    return error(data, FORMERR)
+                i += length + 1
+                length = data[i]
+        except IndexError:
+            return error(data, FORMERR)
+        qend = i + 1
+        end = qend + 4
+        if end > n or qend - 12 > 255:
+            return error(data, FORMERR)
+        options = b""
+        if counts[7]:
+            # EDNS0 (RFC 6891): exactly one OPT record with the root name, and nothing after it.
+            if data[end : end + 3] != b"\x00\x00\x29" or n < end + 11:
+                return error(data, FORMERR)
+            rdlen = data[end + 9] << 8 | data[end + 10]
+            if end + 11 + rdlen != n:
+                return error(data, FORMERR)
+            do = data[end + 7] & 0x80
+            if data[end + 6]:
+                return self._badvers(data, do)
+            payload = data[end + 3] << 8 | data[end + 4]
+            limit = TCP_MAX if tcp else max(512, min(payload, self.config.udp_payload))
+            view = -1
+            if rdlen:
+                view, options = self._options(data, end + 11, n)
+                if view == -2:
+                    return error(data, FORMERR)
+            edns = 2
+        else:
+            if end != n:
+                return error(data, FORMERR)
+            limit = TCP_MAX if tcp else 512
+            view = -1
+            edns = 0
+        if view < 0:
+            view = self.regions.view_of(client)
+        q = data[12:qend].lower()
+        tail = data[qend:end] + _VIEW_BYTES[view]
+        by_name = self._cache.get(q)
+        answer = by_name.get(tail) if by_name is not None else None
+        if answer is None:
+            answer = self._resolve_and_cache(q, tail, view)
+        rd = data[2] & 1
+        if edns:
+            if options:
+                # ECS echoed with a scope: the source prefix when the answer depends on the
+                # region, 0 (valid for every client) when it does not (RFC 7871 §7.2.1).
+                if answer.regional:
+                    options = options[:7] + options[6:7] + options[8:]
+                opt = self._opt(0x8000 if do else 0, options)
+            else:
+                opt = self._opt_plain[1 if do else 0]
+        else:
+            opt = b""
+        out = data[:2] + answer.heads[rd | edns] + data[12:end] + answer.body + opt
+        if len(out) > limit:
+            out = data[:2] + answer.heads[4 | rd | edns] + data[12:end] + opt
+        return out
+
+    def _resolve_and_cache(self, q: bytes, tail: bytes, view: int) -> Answer:
+        qtype = tail[0] << 8 | tail[1]
+        qclass = tail[2] << 8 | tail[3]
+        answer = self.resolve(q, qtype, qclass, view)
+        cache = self._cache
+        by_name = cache.get(q)
+        if by_name is None:
+            if len(cache) >= self.config.cache_size:
+                cache.clear()
+            by_name = cache[q] = {}
+        by_name[tail] = answer
+        return answer
+
+    def _options(self, data: bytes, i: int, n: int) -> tuple[int, bytes]:
+        """Walk EDNS options; returns (view from ECS or -1, ECS option to echo with scope 0),
+        or view -2 for a malformed option."""
+        view, echo = -1, b""
+        while i < n:
+            if i + 4 > n:
+                return -2, b""
+            code = data[i] << 8 | data[i + 1]
+            olen = data[i + 2] << 8 | data[i + 3]
+            body = data[i + 4 : i + 4 + olen]
+            if len(body) != olen:
+                return -2, b""
+            if code == OPT_ECS:
+                if olen < 4:
+                    return -2, b""
+                family, source, scope = body[0] << 8 | body[1], body[2], body[3]
+                addr = body[4:]
+                bits = {1: 32, 2: 128}.get(family)
+                if bits is None or source > bits or scope or len(addr) != (source + 7) // 8:
+                    return -2, b""
+                view = (
+                    self.regions.view(
+                        4 if family == 1 else 6,
+                        int.from_bytes(addr.ljust(bits // 8, b"\x00"), "big"),
+                    )
+                    if source
+                    else 0
+                )
+                # Echo with SCOPE 0 for now; respond() raises it for region-dependent answers.
+                echo = data[i : i + 4 + olen]
+            i += 4 + olen
+        return view, echo
+
+    def _badvers(self, data: bytes, do: int) -> bytes:
+        # Extended RCODE 16 = upper 8 bits 1 in the OPT TTL, lower 4 bits 0 in the header.
+        opt = b"\x00\x00\x29" + struct.pack(
+            "!HBBHH", self.config.udp_payload, 1, 0, 0x8000 if do else 0, 0
+        )
+        return data[:2] + bytes((0x80 | (data[2] & 0x79), 0)) + b"\x00" * 6 + b"\x00\x01" + opt
+
+    def _unusual(self, data: bytes) -> bytes:
+        """Queries off the fast path: other opcodes get NOTIMP, odd section counts FORMERR."""
+        opcode = (data[2] >> 3) & 0xF
+        return error(data, NOTIMP if opcode != 0 else FORMERR)
+
+    # -- helpers for the server ---------------------------------------------------------------
+
+    def serial(self) -> int:
+        return self.records.serial
+
+
+def error(data: bytes, rcode: int) -> bytes:
+    """A bare error response: the query's ID, opcode and RD, no sections."""
+    return data[:2] + bytes((0x80 | (data[2] & 0x79), rcode)) + b"\x00" * 8
+
+
+def question(data: bytes) -> tuple[bytes, int] | None:
+    """(lower-case wire qname, qtype) of a query, or None if the question is malformed."""
+    if len(data) < 12 or data[4:6] != b"\x00\x01":
+        return None
+    i = 12
+    try:
+        while data[i]:
+            if data[i] > 63:
+                return None
+            i += data[i] + 1
+        qtype = data[i + 1] << 8 | data[i + 2]
+    except IndexError:
+        return None
+    return data[12 : i + 1].lower(), qtype

@@ -1,0 +1,273 @@
+"""The records one snapshot publishes: which names exist in our zones and their record sets.
+
+Theory of operation: a name in one of our zones plays one or more *roles* (zone apex, site host,
+email domain, SIP domain, SIP service name ``_sip._udp.D``); each role contributes record sets,
+and the record sets of a role depend only on the sites, the zone and the client's *region view*,
+never on the name itself (NAPTR is the one exception: its replacement names the domain).  So the
+live server compiles each (zone, roles, region) once and shares it between a million domains,
+and zone transfer and export walk the same roles to list a zone.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+
+from sipzone.dns import DnsConfig
+from sipzone.model.snapshot import Site, Snapshot
+
+IN = dns.rdataclass.IN
+RdType = dns.rdatatype.RdataType
+
+# RFC 3263 service names, in the order a NAPTR set prefers them (most secure first).
+# (first label, second label, site port key, NAPTR service field)
+SERVICES: tuple[tuple[str, str, str, str], ...] = (
+    ("_sips", "_tcp", "tls", "SIPS+D2T"),
+    ("_sip", "_tcp", "tcp", "SIP+D2T"),
+    ("_sip", "_udp", "udp", "SIP+D2U"),
+)
+SERVICE_PREFIXES: dict[tuple[str, str], int] = {(s[0], s[1]): i for i, s in enumerate(SERVICES)}
+PROTOCOL_LABELS = frozenset(s[1] for s in SERVICES)  # "_udp.D" and "_tcp.D" are empty non-terminals
+
+SOA_TIMERS = (3600, 600, 1209600)  # refresh, retry, expire; minimum is the configured TTL
+MX_PREFERENCE = 10
+PRIORITY_STEP = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What a name is for: ``kind`` is apex, host, email, domain or service; ``index`` picks
+    the site (host) or the SERVICES entry (service)."""
+
+    kind: str
+    index: int = 0
+
+
+APEX = Role("apex")
+EMAIL = Role("email")
+DOMAIN = Role("domain")
+# When two roles share a name and give the same type, the first in this order wins.
+ROLE_ORDER = {"apex": 0, "host": 1, "email": 2, "service": 3, "domain": 4}
+
+Rdatasets = dict[RdType, dns.rdataset.Rdataset]
+
+
+def _rdataset(rdtype: RdType, ttl: int, rdatas: Sequence[dns.rdata.Rdata]) -> dns.rdataset.Rdataset:
+    rds = dns.rdataset.Rdataset(IN, rdtype)
+    rds.update_ttl(ttl)
+    for rd in rdatas:
+        rds.add(rd)
+    return rds
+
+
+def _rdata(rdtype: RdType, text: str) -> dns.rdata.Rdata:
+    return dns.rdata.from_text(IN, rdtype, text)
+
+
+def in_zone(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)
+
+
+class Records:
+    """Record sets of one snapshot for every zone and region view.
+
+    Region view 0 is the default order (client matched no site network); view ``i`` > 0 is
+    ``regions[i]``.
+    """
+
+    def __init__(self, snapshot: Snapshot, config: DnsConfig) -> None:
+        self.snapshot = snapshot
+        self.config = config
+        self.ttl = config.ttl
+        self.serial = snapshot.revision % 2**32  # RFC 1982 arithmetic copes with the wrap
+        sites = snapshot.sites
+        self.regions: tuple[str | None, ...] = (None, *sorted({s.region for s in sites}))
+        # Unhealthy sites leave the SIP answers; if every site is down, list them all anyway:
+        # a wrong guess about health must never empty the domain.
+        self.serving: tuple[Site, ...] = tuple(s for s in sites if s.healthy) or sites
+        # Only a client network can select a view other than the default one.
+        self.regional = any(s.networks for s in sites)
+        self._views = [self._site_order(r) for r in self.regions]
+        self.static: dict[str, tuple[Role, ...]] = {}
+        for zone in snapshot.zones:
+            self._add_static(zone, APEX)
+        for i, site in enumerate(sites):
+            for host in {self.site_host(site, zone) for zone in snapshot.zones}:
+                if snapshot.zone_of(host) is not None:
+                    self._add_static(host, Role("host", i))
+        email = snapshot.email_domain
+        if email and snapshot.zone_of(email) is not None:
+            self._add_static(email, EMAIL)
+
+    def _add_static(self, name: str, role: Role) -> None:
+        roles = (*self.static.get(name, ()), role)
+        self.static[name] = tuple(sorted(roles, key=lambda r: (ROLE_ORDER[r.kind], r.index)))
+
+    # -- sites and regions -------------------------------------------------------------------
+
+    @staticmethod
+    def site_host(site: Site, zone: str) -> str:
+        """The SIP host of ``site`` as seen from ``zone``: its configured host, else
+        ``<site name>.<zone>`` so every zone is self-contained."""
+        return site.host or f"{site.name}.{zone}"
+
+    def _site_order(self, region: str | None) -> tuple[tuple[int, Site], ...]:
+        """(SRV priority, site): the region's sites first, the others in configured order;
+        sites with the same configured order share a priority so their weights split load."""
+        local = [s for s in self.serving if region is not None and s.region == region]
+        others = [s for s in self.serving if not (region is not None and s.region == region)]
+        out: list[tuple[int, Site]] = [(PRIORITY_STEP, s) for s in local]
+        priority = PRIORITY_STEP if not local else 2 * PRIORITY_STEP
+        last: int | None = None
+        for site in others:
+            if last is not None and site.order != last:
+                priority += PRIORITY_STEP
+            out.append((priority, site))
+            last = site.order
+        return tuple(out)
+
+    def region_index(self, name: str | None) -> int:
+        """The view index of a region name (``--region R``); unknown names raise ValueError."""
+        if name is None:
+            return 0
+        return self.regions.index(name)
+
+    def networks(self) -> Iterator[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]]:
+        """(client network, view index) for every site network."""
+        for site in self.snapshot.sites:
+            for net in site.networks:
+                yield net, self.regions.index(site.region)
+
+    # -- record sets per role ----------------------------------------------------------------
+
+    def nameservers(self, zone: str) -> tuple[str, ...]:
+        if self.config.nameservers:
+            return self.config.nameservers
+        hosts = dict.fromkeys(self.site_host(s, zone) for s in self.snapshot.sites)
+        return tuple(hosts) or (f"ns1.{zone}",)
+
+    def soa(self, zone: str) -> dns.rdataset.Rdataset:
+        mname = self.nameservers(zone)[0]
+        text = (
+            f"{mname}. hostmaster.{zone}. {self.serial} {' '.join(map(str, SOA_TIMERS))} {self.ttl}"
+        )
+        return _rdataset(RdType.SOA, self.ttl, [_rdata(RdType.SOA, text)])
+
+    def _addresses(self, sites: Sequence[Site]) -> Rdatasets:
+        v4 = [_rdata(RdType.A, str(a)) for s in sites for a in s.vips4]
+        v6 = [_rdata(RdType.AAAA, str(a)) for s in sites for a in s.vips6]
+        out: Rdatasets = {}
+        if v4:
+            out[RdType.A] = _rdataset(RdType.A, self.ttl, list(dict.fromkeys(v4)))
+        if v6:
+            out[RdType.AAAA] = _rdataset(RdType.AAAA, self.ttl, list(dict.fromkeys(v6)))
+        return out
+
+    def _srv(self, zone: str, service: int, view: int) -> dns.rdataset.Rdataset:
+        port_key = SERVICES[service][2]
+        rdatas = [
+            _rdata(
+                RdType.SRV,
+                f"{priority} {site.weight} {site.ports[port_key]} {self.site_host(site, zone)}.",
+            )
+            for priority, site in self._views[view]
+        ]
+        return _rdataset(RdType.SRV, self.ttl, rdatas)
+
+    def naptr(self, base: str) -> dns.rdataset.Rdataset:
+        """NAPTR at a SIP domain (RFC 3263 §4.1): each transport to its SRV name under ``base``."""
+        rdatas = [
+            _rdata(RdType.NAPTR, f'{(i + 1) * 10} 10 "s" "{service}" "" {first}.{second}.{base}.')
+            for i, (first, second, _, service) in enumerate(SERVICES)
+        ]
+        return _rdataset(RdType.NAPTR, self.ttl, rdatas)
+
+    def rdatasets(self, zone: str, roles: Sequence[Role], view: int) -> Rdatasets:
+        """The record sets of a name with ``roles`` in ``zone`` for region ``view``, NAPTR
+        excepted (it names its owner; see :meth:`naptr`)."""
+        out: Rdatasets = {}
+        for role in roles:
+            for rdtype, rds in self._role_rdatasets(zone, role, view).items():
+                out.setdefault(rdtype, rds)
+        return out
+
+    def _role_rdatasets(self, zone: str, role: Role, view: int) -> Rdatasets:
+        kind = role.kind
+        if kind == "apex":
+            ns = [_rdata(RdType.NS, n + ".") for n in self.nameservers(zone)]
+            return {RdType.SOA: self.soa(zone), RdType.NS: _rdataset(RdType.NS, self.ttl, ns)}
+        if kind == "host":
+            return self._addresses([self.snapshot.sites[role.index]])
+        if kind == "email":
+            out = self._addresses(self.serving)
+            email = self.snapshot.email_domain or zone
+            target = self.snapshot.settings.get("email_mx") or email
+            mx = _rdata(RdType.MX, f"{MX_PREFERENCE} {target}.")
+            out[RdType.MX] = _rdataset(RdType.MX, self.ttl, [mx])
+            return out
+        if kind == "domain":
+            return self._addresses([site for _, site in self._views[view]])
+        if kind == "service":
+            return {RdType.SRV: self._srv(zone, role.index, view)}
+        raise ValueError(f"unknown role {kind!r}")
+
+    def is_regional(self, roles: Sequence[Role]) -> bool:
+        """Whether answers for these roles differ between region views (ECS scope > 0)."""
+        return self.regional and any(r.kind in ("domain", "service") for r in roles)
+
+    def glue(self, zone: str, rds: dns.rdataset.Rdataset) -> Iterator[tuple[str, Rdatasets]]:
+        """Addresses of the in-zone SRV/NS/MX targets in ``rds``, for the additional section."""
+        for rd in rds:
+            target = getattr(rd, "target", None) or getattr(rd, "exchange", None)
+            if target is None:
+                continue
+            name = target.to_text(omit_final_dot=True)
+            roles = self.static.get(name)
+            if roles and in_zone(name, zone):
+                addrs = self.rdatasets(zone, [r for r in roles if r.kind != "apex"], 0)
+                yield name, {t: r for t, r in addrs.items() if t in (RdType.A, RdType.AAAA)}
+
+    # -- whole zones (transfer, export) -------------------------------------------------------
+
+    def zone_names(self, zone: str) -> Iterator[tuple[str, tuple[Role, ...], str | None]]:
+        """Every owner name of ``zone`` with its roles and, for SIP domains, the name its NAPTR
+        points under.  Wildcards come out as ``*.B`` with their service names ``_sip._udp.B``,
+        the closest a zone file gets to per-name SRV synthesis."""
+        snapshot = self.snapshot
+        matcher = snapshot.matcher
+
+        def mine(name: str) -> bool:
+            return snapshot.zone_of(name) == zone
+
+        domains: dict[str, str] = {n: n for n in matcher.exact_names() if mine(n)}
+        domains.update(("*." + b, b) for b in matcher.wildcard_bases() if mine("*." + b))
+        names: dict[str, tuple[Role, ...]] = {n: r for n, r in self.static.items() if mine(n)}
+        for name, base in domains.items():
+            names[name] = (*names.get(name, ()), DOMAIN)
+            for i, (first, second, _, _) in enumerate(SERVICES):
+                service = f"{first}.{second}.{base}"
+                names[service] = (*names.get(service, ()), Role("service", i))
+        for name in sorted(names, key=lambda n: n.split(".")[::-1]):
+            roles = tuple(sorted(names[name], key=lambda r: (ROLE_ORDER[r.kind], r.index)))
+            yield name, roles, domains.get(name)
+
+    def zone_rrsets(
+        self, zone: str, view: int = 0
+    ) -> Iterator[tuple[dns.name.Name, dns.rdataset.Rdataset]]:
+        """Every record set of ``zone`` as region ``view`` sees it, SOA first."""
+        yield dns.name.from_text(zone), self.soa(zone)
+        for name, roles, naptr_base in self.zone_names(zone):
+            owner = dns.name.from_text(name)
+            rdatasets = self.rdatasets(zone, roles, view)
+            if naptr_base is not None and self.config.naptr:
+                rdatasets.setdefault(RdType.NAPTR, self.naptr(naptr_base))
+            for rdtype, rds in rdatasets.items():
+                if rdtype != RdType.SOA:
+                    yield owner, rds

@@ -1,0 +1,208 @@
+"""The DNS authority's sockets: UDP and TCP listeners, zone transfers, NOTIFY on change.
+
+Everything that decides an answer lives in :mod:`sipzone.dns.answers`; this module only moves
+bytes.  Sockets are bound with SO_REUSEPORT so ``--workers N`` processes can share the port, the
+kernel spreading queries between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Coroutine, Iterable
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.opcode
+import dns.rcode
+
+from sipzone.dns import DnsConfig
+from sipzone.dns.answers import QTYPE_AXFR, QTYPE_IXFR, SERVFAIL, Authority, error, question
+from sipzone.dns.xfr import notify_message, transfer
+from sipzone.model.snapshot import Snapshot, SnapshotHolder
+
+log = logging.getLogger("sipzone.dns")
+
+TCP_IDLE = 10.0  # seconds a TCP client may stay silent before we close (RFC 7766 §6.2.3)
+NOTIFY_TRIES = 5
+NOTIFY_TIMEOUT = 2.0
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` to (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, authority: Authority) -> None:
+        self._respond = authority.respond
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        try:
+            out = self._respond(data, str(addr[0]))
+        except Exception:
+            # A bug must cost one answer, never the server.
+            log.exception("answering %r from %s failed", data[:64], addr[0])
+            out = error(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
+        if out is not None and self._transport is not None:
+            self._transport.sendto(out, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a client that went away: nothing to do.
+        log.debug("UDP error: %s", exc)
+
+
+class DnsService:
+    """A running authority; ``await close()`` stops it."""
+
+    def __init__(self, config: DnsConfig, holder: SnapshotHolder) -> None:
+        self.config = config
+        self.holder = holder
+        self.authority = Authority(holder.current, config)
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._notifying: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.address: tuple[str, int] = ("", 0)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = parse_hostport(self.config.listen)
+        udp = _socket(host, port, socket.SOCK_DGRAM)
+        port = udp.getsockname()[1]  # port 0 picks one; TCP follows it
+        tcp = _socket(host, port, socket.SOCK_STREAM)
+        tcp.listen(128)
+        self.address = (host, port)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self.authority), sock=udp
+        )
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._udp = transport
+        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+        self.holder.subscribe(self._on_snapshot)
+        if self.holder.current is not self.authority.snapshot:
+            self._on_snapshot(self.authority.snapshot, self.holder.current)
+        log.info("DNS on %s:%d (UDP, TCP), serial %d", host, port, self.authority.serial())
+
+    def _on_snapshot(self, old: Snapshot, new: Snapshot) -> None:
+        if self._closed:
+            return
+        before = self.authority.serial()
+        try:
+            self.authority.update(new)
+        except Exception:
+            log.exception("applying revision %d failed; rebuilding", new.revision)
+            self.authority.rebuild(new)
+        if self.authority.serial() != before and self.config.send_notify:
+            for target in self.config.notify:
+                for zone in new.zones:
+                    self._spawn(self._notify(target, zone))
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self, target: str, zone: str) -> None:
+        """NOTIFY one secondary, retrying until it answers (RFC 1996 §3.6)."""
+        host, port = parse_hostport(target)
+        msg = notify_message(zone, self.authority.records)
+        for attempt in range(NOTIFY_TRIES):
+            try:
+                reply = await dns.asyncquery.udp(msg, host, timeout=NOTIFY_TIMEOUT, port=port)
+            except (dns.exception.Timeout, OSError, dns.exception.DNSException) as exc:
+                log.debug("NOTIFY %s to %s, try %d: %s", zone, target, attempt + 1, exc)
+                continue
+            if reply.opcode() == dns.opcode.NOTIFY:
+                log.info(
+                    "NOTIFY %s serial %s acknowledged by %s (%s)",
+                    zone,
+                    self.authority.serial(),
+                    target,
+                    dns.rcode.to_text(reply.rcode()),
+                )
+                return
+        log.warning("NOTIFY %s to %s: no answer after %d tries", zone, target, NOTIFY_TRIES)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else ""
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                data = await asyncio.wait_for(
+                    reader.readexactly(struct.unpack("!H", head)[0]), TCP_IDLE
+                )
+                for out in self._tcp_answers(data, client):
+                    writer.write(struct.pack("!H", len(out)) + out)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("TCP client %s failed", client)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _tcp_answers(self, data: bytes, client: str) -> Iterable[bytes]:
+        q = question(data)
+        if q is not None and q[1] in (QTYPE_AXFR, QTYPE_IXFR) and not data[2] & 0xF8:
+            try:
+                query = dns.message.from_wire(data)
+            except dns.exception.DNSException:
+                return [error(data, 1)]
+            records = self.authority.records
+            # A generator: each message is rendered just before it is written, so a big zone
+            # streams with the writer's flow control instead of piling up in memory.
+            return transfer(records, query, client, self.config.allow_transfer)
+        try:
+            out = self.authority.respond(data, client, tcp=True)
+        except Exception:
+            log.exception("answering %r from %s over TCP failed", data[:64], client)
+            out = error(data, SERVFAIL) if len(data) >= 12 else None
+        return [out] if out is not None else []
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 2)
+        for task in list(self._notifying):
+            task.cancel()
+        if self._notifying:
+            await asyncio.gather(*self._notifying, return_exceptions=True)
+
+
+async def start_dns(config: DnsConfig, holder: SnapshotHolder) -> DnsService:
+    """Start answering on ``config.listen`` from ``holder.current``, following every swap."""
+    service = DnsService(config, holder)
+    await service.start()
+    return service
