@@ -74,3 +74,32 @@ def test_matcher_agrees_with_brute_force(rules: dict[str, str], queries: list[st
         expected = reference(rules, name)
         match = m.match(name)
         assert (None if match is None else (match.rule, match.owner)) == expected
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.booleans(), NAMES), max_size=15),
+    st.lists(st.tuples(st.booleans(), NAMES), max_size=15),
+    st.lists(st.tuples(st.booleans(), NAMES), max_size=10),
+    st.lists(NAMES, min_size=1, max_size=20),
+)
+def test_incremental_changes_equal_a_fresh_build(
+    start: list[tuple[bool, str]],
+    add: list[tuple[bool, str]],
+    remove: list[tuple[bool, str]],
+    queries: list[str],
+) -> None:
+    def text(item: tuple[bool, str]) -> str:
+        return ("*." if item[0] else "") + item[1]
+
+    rules = {text(i): "old" for i in start}
+    changed = Matcher.from_rules(rules.items()).with_changes(
+        added=[(text(i), "new") for i in add], removed=[text(i) for i in remove]
+    )
+    for item in remove:
+        rules.pop(text(item), None)
+    rules.update({text(i): "new" for i in add})
+    fresh = Matcher.from_rules(rules.items())
+    for name in queries:
+        assert changed.match(name) == fresh.match(name)
+        assert changed.owner(name) == fresh.owner(name)
