@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 from collections.abc import Coroutine, Iterable
+from typing import cast
 
 import dns.asyncquery
 import dns.exception
@@ -58,8 +59,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport; it quacks alike.
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         try:
@@ -100,8 +101,7 @@ class DnsService:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _UdpProtocol(self.authority), sock=udp
         )
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._udp = transport
+        self._udp = cast(asyncio.DatagramTransport, transport)
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
         self.holder.subscribe(self._on_snapshot)
         if self.holder.current is not self.authority.snapshot:
