@@ -143,3 +143,13 @@ def test_uninitialised_store_is_a_clear_error(cli: Cli) -> None:
     result = cli("domain", "list")
     assert result.returncode == 2
     assert "sipzone init" in result.stderr
+
+
+def test_cli_on_postgresql(cli: Cli, pg_url: str) -> None:
+    url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    assert cli("init", db=url).returncode == 0
+    assert cli("tenant", "add", "acme", db=url).returncode == 0
+    assert cli("domain", "add", "*.teams.example.com", "--owner", "acme", db=url).returncode == 0
+    hit = cli("check", "x.teams.example.com", "--json", db=url)
+    assert hit.returncode == 0 and json.loads(hit.stdout)["owner"] == "acme"
+    assert cli("check", "teams.example.com", db=url).returncode == 1

@@ -186,24 +186,19 @@ def test_large_answer_truncates_over_udp_and_completes_over_tcp(live_dns: type[L
 
 def test_garbage_gets_formerr_and_never_stops_the_server(live_dns: type[LiveDns]) -> None:
     port = live_dns().port
+    here = ("127.0.0.1", port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
         # A header claiming one question, then a compression pointer where the name starts.
-        s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01", (
-            "127.0.0.1",
-            port,
-        ))
+        s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01", here)
         reply = s.recv(512)
         assert reply[:2] == b"\x12\x34"
         assert reply[3] & 0x0F == 1  # FORMERR
         # Two questions.
-        s.sendto(b"\xab\xcd\x00\x00\x00\x02" + b"\x00" * 6 + b"\x00\x00\x01\x00\x01" * 2, (
-            "127.0.0.1",
-            port,
-        ))
+        s.sendto(b"\xab\xcd\x00\x00\x00\x02" + b"\x00" * 6 + b"\x00\x00\x01\x00\x01" * 2, here)
         assert s.recv(512)[3] & 0x0F == 1
         for junk in (b"", b"\x00", b"\xff" * 11, b"\x00" * 12, bytes(range(256)) * 3):
-            s.sendto(junk, ("127.0.0.1", port))
+            s.sendto(junk, here)
     assert sorted(dig(port, "voip.example.com", "A").rdata("A")) == VIPS_V4
 
 
