@@ -131,6 +131,10 @@ class Dig:
     question: list[str]
     text: str
 
+    def text_records(self) -> list[list[str]]:
+        """Records of output without sections (AXFR)."""
+        return [line.split() for line in self.text.splitlines() if line and line[0] != ";"]
+
     def rdata(self, rdtype: str | None = None) -> list[str]:
         return [" ".join(r[4:]) for r in self.answer if rdtype is None or r[3] == rdtype]
 

@@ -101,7 +101,7 @@ class DnsService:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _UdpProtocol(self.authority), sock=udp
         )
-        self._udp = cast(asyncio.DatagramTransport, transport)
+        self._udp = transport
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
         self.holder.subscribe(self._on_snapshot)
         if self.holder.current is not self.authority.snapshot:

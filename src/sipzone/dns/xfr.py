@@ -96,8 +96,8 @@ def _messages(
 def notify_message(zone: str, records: Records) -> dns.message.Message:
     """NOTIFY for ``zone`` (RFC 1996) carrying the current SOA as a hint."""
     msg = dns.message.make_query(zone, dns.rdatatype.SOA)
+    msg.flags = dns.flags.AA  # before the opcode: dnspython keeps the opcode in the flags
     msg.set_opcode(dns.opcode.NOTIFY)
-    msg.flags = dns.flags.AA
     soa = records.soa(zone)
     msg.answer.append(dns.rrset.from_rdata_list(zone + ".", soa.ttl, list(soa)))
     return msg
