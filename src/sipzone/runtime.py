@@ -142,15 +142,18 @@ def _supervise(config: ServeConfig) -> None:
         start_http_server(port, host, registry=registry)
     children: dict[int, int] = {}
     stopping = False
+    # Each worker writes one byte here once its sockets listen: "ready" means all of them do.
+    ready_r, ready_w = os.pipe()
 
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.close(ready_r)
             code = 0
             try:
-                _event_loop_run(config)
+                _event_loop_run(config, lambda: os.write(ready_w, b"r"))
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -169,7 +172,19 @@ def _supervise(config: ServeConfig) -> None:
     signal.signal(signal.SIGINT, stop)
     for index in range(config.workers):
         spawn(index)
-    print("sipzone: ready", flush=True)
+    os.close(ready_w)
+    started = 0
+    while started < config.workers and not stopping:
+        try:
+            got = os.read(ready_r, config.workers)
+        except InterruptedError:
+            continue
+        if not got:  # every worker died before it was ready
+            break
+        started += len(got)
+    os.close(ready_r)
+    if started == config.workers:
+        print("sipzone: ready", flush=True)
     while children:
         try:
             pid, status = os.wait()

@@ -1,0 +1,89 @@
+"""`sipzone serve` as a process: workers, supervision, live changes, metrics, clean stop."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+
+from tests.conftest import Cli, free_port
+
+
+def a_records(port: int, name: str, timeout: float = 2) -> list[str]:
+    query = dns.message.make_query(name, "A")
+    reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=timeout)
+    return sorted(rr.to_text() for rrset in reply.answer for rr in rrset)
+
+
+def answered(port: int, name: str) -> list[str] | None:
+    try:
+        return a_records(port, name, timeout=0.5)
+    except dns.exception.Timeout:
+        return None
+
+
+def children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_workers_follow_the_store_and_are_restarted(cli: Cli, serve) -> None:  # type: ignore[no-untyped-def]
+    for args in (
+        ["init"],
+        ["zone", "add", "example.com"],
+        ["site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu"],
+        ["domain", "add", "voip.example.com"],
+    ):
+        cli(*args, check=True)
+    port, metrics_port = free_port(), free_port()
+    server = serve(
+        "--dns", f"127.0.0.1:{port}", "--workers", "2", "--metrics", f"127.0.0.1:{metrics_port}"
+    )
+    workers = children(server.proc.pid)
+    assert len(workers) == 2
+    # "ready" means both workers listen: every query is answered from the first one on
+    assert all(a_records(port, "voip.example.com") == ["192.0.2.10"] for _ in range(20))
+
+    cli("domain", "add", "live.example.com", check=True)
+    # every worker must have it: ask enough times that both sockets of the group are hit
+    wait_for(lambda: all(a_records(port, "live.example.com") for _ in range(20)))
+
+    revision = json.loads(cli("check", "live.example.com", "--json").stdout)["revision"]
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    assert f"sipzone_revision {float(revision)}" in body
+
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_for(
+        lambda: (
+            children(server.proc.pid) if len(children(server.proc.pid) - {victim}) == 2 else None
+        )
+    )
+    assert victim not in replaced
+    # a query can be lost while the new worker loads its snapshot (clients retry); then every
+    # query is answered again, whichever worker the kernel picks
+    wait_for(lambda: all(answered(port, "voip.example.com") == ["192.0.2.10"] for _ in range(20)))
+
+    os.killpg(server.proc.pid, signal.SIGTERM)
+    assert server.proc.wait(timeout=10) == 0
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in replaced)
