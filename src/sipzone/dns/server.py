@@ -29,6 +29,7 @@ from sipzone.model.snapshot import Snapshot, SnapshotHolder
 log = logging.getLogger("sipzone.dns")
 
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent before we close (RFC 7766 §6.2.3)
+UDP_BUFFER = 4 << 20
 NOTIFY_TRIES = 5
 NOTIFY_TIMEOUT = 2.0
 
@@ -46,6 +47,11 @@ def _socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
     sock = socket.socket(family, kind)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if kind == socket.SOCK_DGRAM:
+        # Bursts at full speed outrun one Python thread for a moment; queue, do not drop.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind((host, port))
