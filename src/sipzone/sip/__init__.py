@@ -13,4 +13,14 @@ class SipConfig:
     site: str | None = None  # the site this process runs at: its default upstream applies
     drop_unknown: bool = False  # True: silently drop requests for domains not served
     tenant_header: str = "X-Sipzone-Tenant"
+    # Host written in our Via when listening on a wildcard address (0.0.0.0, ::).
+    advertise: str | None = None
+    # Option tags in the Supported header of our OPTIONS answer (empty: we claim none).
+    supported: tuple[str, ...] = ()
+    allow: tuple[str, ...] = (
+        "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
+        "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE",
+    )  # fmt: skip
+    tcp_idle_timeout: float = 300.0  # seconds without a byte before a TCP connection is closed
+    tcp_max_connections: int = 4096  # per worker; connections beyond it are closed at once
     extra: dict[str, str] = field(default_factory=dict)

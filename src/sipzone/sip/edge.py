@@ -1,0 +1,597 @@
+"""The edge policy: what to send for each message that arrives, given the current snapshot.
+
+Theory of operation.  The edge is a stateless element (RFC 3261 §16.11): nothing about a
+transaction is remembered between messages, so any worker process can handle any message and
+a retransmission is handled exactly like the original.
+
+* A request names a *target*: the Request-URI host, or the To host when the Request-URI
+  holds an IP literal (a phone that dials the edge's address directly).  The target is
+  admitted when the snapshot's matcher admits it; otherwise the edge answers ``403 Domain Not
+  Served`` or, for scanners, stays silent.
+* OPTIONS to an admitted name is answered here, ``200 OK`` with a Contact that holds the
+  matched name (Microsoft Teams checks that it is a name, never an address).
+* Every other admitted request goes to the owning tenant's upstream (or the site's): our Via
+  on top with a branch derived from the incoming one, Max-Forwards decremented,
+  ``Record-Route: <sip:NAME;lr>`` on dialog-creating requests, and the tenant header.
+* A response whose top Via is ours loses that Via and goes to the next one.
+* A request arriving *from* an upstream (the core's BYE, re-INVITE) is in-dialog: our Route is
+  popped and it goes where the next Route or the Request-URI says.
+
+Nothing here touches a socket: :meth:`Edge.receive` returns :class:`Send` values and
+``transport.py`` carries them out.  What is worth remembering per snapshot (the admission
+verdict per host as written, the OPTIONS answer tail per name) is memoised and dropped when
+the snapshot changes, which keeps keep-alives cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from sipzone.model.names import lookup_key
+from sipzone.model.snapshot import Site, Snapshot
+from sipzone.model.tenancy import TenantView
+from sipzone.sip import SipConfig
+from sipzone.sip.message import (
+    MalformedMessage,
+    Request,
+    Response,
+    Via,
+    check_contacts,
+    check_request,
+    check_response,
+    check_uri,
+    parse_address,
+    parse_max_forwards,
+    parse_message,
+    parse_uri,
+    parse_via,
+    split_addresses,
+    uri_host,
+)
+
+log = logging.getLogger("sipzone.sip")
+
+MAGIC_COOKIE = b"z9hG4bK"  # RFC 3261 §8.1.1.7
+OUR_BRANCH = MAGIC_COOKIE + b"sz"  # every branch we generate starts so: responses prove ours
+CONN_PARAM = b"sz-c"  # in our Via: the stream connection the request came in on
+DEFAULT_MAX_FORWARDS = 70
+ADMISSION_CACHE = 65536  # distinct hosts remembered per snapshot before the memo is reset
+# Initial requests of these methods get no Record-Route: it means nothing for them (§10.2).
+NO_RECORD_ROUTE = frozenset({"REGISTER", "ACK", "CANCEL", "OPTIONS"})
+METHOD_LABELS = frozenset(
+    {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
+     "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE", "PUBLISH"}
+)  # fmt: skip
+_STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
+_TENANT_SAFE = re.compile(rb"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One socket of ours: the transport and the host:port written in our Via and Contact."""
+
+    transport: str  # "udp" or "tcp"
+    host: str  # advertised host (an address; IPv6 without brackets)
+    port: int
+
+    @property
+    def sent_by(self) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data`` over ``transport`` to host:port; for streams prefer connection ``conn``."""
+
+    data: bytes
+    transport: str
+    host: str
+    port: int
+    conn: int | None = None
+
+
+class Target(NamedTuple):
+    """Where an upstream URI sends requests."""
+
+    transport: str
+    host: str
+    port: int
+
+
+class Admission(NamedTuple):
+    name: str  # the matched FQDN, A-label, lower case
+    tenant: TenantView
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counts kept as plain integers on the hot path; ``metrics.py`` publishes them."""
+
+    requests: Counter[tuple[str, str]]  # (method label, verdict)
+    forwarded: int = 0
+    relayed: int = 0
+    malformed: int = 0
+
+    @classmethod
+    def new(cls) -> Stats:
+        return cls(Counter())
+
+
+class Edge:
+    """The policy for one worker: feed it messages, carry out the :class:`Send` it returns."""
+
+    def __init__(self, config: SipConfig, listeners: list[Listener]) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.stats = Stats.new()
+        self._by_transport = {lst.transport: lst for lst in reversed(listeners)}
+        self._ours = {(lst.host, lst.port) for lst in listeners}
+        self._tenant_key = config.tenant_header.lower()
+        self._tenant_name = config.tenant_header.encode()
+        self._snapshot: Snapshot | None = None
+        self._admissions: dict[bytes, Admission | None] = {}
+        self._options_tails: dict[tuple[str, str, int], bytes] = {}
+        self._targets: dict[str, Target | None] = {}
+        self._upstream_addrs: set[tuple[str, int]] = set()
+        self._site: Site | None = None
+        self._warned: set[str] = set()
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def receive(
+        self,
+        data: bytes,
+        listener: Listener,
+        addr: tuple[str, int],
+        snapshot: Snapshot,
+        conn: int | None = None,
+    ) -> list[Send]:
+        """One datagram in, what to send out."""
+        try:
+            message = parse_message(data)
+        except MalformedMessage as exc:
+            return self.malformed(exc, listener, addr, conn)
+        return self.handle(message, listener, addr, snapshot, conn)
+
+    def handle(
+        self,
+        message: Request | Response,
+        listener: Listener,
+        addr: tuple[str, int],
+        snapshot: Snapshot,
+        conn: int | None = None,
+    ) -> list[Send]:
+        """One parsed message in (from a datagram or a stream), what to send out."""
+        if snapshot is not self._snapshot:
+            self._adopt(snapshot)
+        if isinstance(message, Response):
+            return self._relay(message)
+        try:
+            check_request(message)
+            if (addr[0], addr[1]) in self._upstream_addrs:
+                return self._downstream(message, listener, addr, conn)
+            return self._request(message, listener, addr, snapshot, conn)
+        except MalformedMessage as exc:
+            return self.malformed(exc, listener, addr, conn)
+
+    def malformed(
+        self, exc: MalformedMessage, listener: Listener, addr: tuple[str, int], conn: int | None
+    ) -> list[Send]:
+        """Answer a message we could not accept with the status its problem calls for, when a
+        reply is possible at all (a request, not ACK, with a Via to answer); else drop it."""
+        self.stats.malformed += 1
+        request = exc.message
+        if not isinstance(request, Request) or request.method == "ACK":
+            self.stats.requests[("other", "dropped_malformed")] += 1
+            return []
+        if not request.fields.get("via"):
+            self._count(request.method, "dropped_malformed")
+            return []
+        self._count(request.method, "malformed")
+        reason = _reason(str(exc))
+        return [self._reply(request, listener, addr, conn, exc.status, reason)]
+
+    # -- requests towards the core ------------------------------------------------------------
+
+    def _request(
+        self,
+        request: Request,
+        listener: Listener,
+        addr: tuple[str, int],
+        snapshot: Snapshot,
+        conn: int | None,
+    ) -> list[Send]:
+        method = request.method
+        host = uri_host(request.uri)
+        if host is None:
+            check_uri(request.uri)  # raises for what is not a sip, sips or tel URI
+            host = b""  # a tel URI names no host: the To host decides
+        if not host or host[-1] in b"0123456789]":
+            # An IP literal (no top-level domain ends in a digit) names no domain: fall back
+            # to the To host, which a phone dialling the edge's address still fills in.
+            to_uri = parse_address(request.fields["to"][0], "To").uri
+            host = uri_host(to_uri) or b""
+        admissions = self._admissions
+        admission = admissions[host] if host in admissions else self._admit(host, snapshot)
+        if admission is None:
+            if method == "ACK" or self.config.drop_unknown:
+                self._count(method, "dropped")
+                return []
+            self._count(method, "rejected")
+            return [self._reply(request, listener, addr, conn, 403, b"Domain Not Served")]
+
+        proxy_require = request.fields.get("proxy-require")
+        if proxy_require and method != "ACK":
+            # We implement no proxy extensions (RFC 3261 §16.3 step 5, RFC 4475 §3.3.5).
+            self._count(method, "unsupported")
+            return [self._unsupported(request, listener, addr, conn, proxy_require)]
+        mf_values = request.fields.get("max-forwards")
+        max_forwards = parse_max_forwards(mf_values[0]) if mf_values else DEFAULT_MAX_FORWARDS
+        if max_forwards == 0:
+            if method == "ACK":
+                self._count(method, "dropped")
+                return []
+            self._count(method, "too_many_hops")
+            return [self._reply(request, listener, addr, conn, 483, b"Too Many Hops")]
+
+        if method == "OPTIONS" and not _has_tag(request.fields["to"][0]):
+            require = request.fields.get("require")
+            if require:
+                self._count(method, "unsupported")
+                return [self._unsupported(request, listener, addr, conn, require)]
+            self._count(method, "answered")
+            tail = self._options_tail(admission.name, listener)
+            return [self._reply(request, listener, addr, conn, 200, b"OK", tail)]
+
+        check_contacts(request)
+        upstream = admission.tenant.upstream or (self._site.upstream if self._site else None)
+        target = self._target(upstream) if upstream else None
+        if target is None:
+            self._warn_no_upstream(admission.tenant.name, upstream)
+            if method == "ACK":
+                self._count(method, "dropped")
+                return []
+            self._count(method, "no_upstream")
+            return [self._reply(request, listener, addr, conn, 503, b"No Upstream Configured")]
+        self._count(method, "forwarded")
+        self.stats.forwarded += 1
+        data = self._forwarded(request, listener, addr, conn, target, max_forwards, admission)
+        return [Send(data, target.transport, target.host, target.port)]
+
+    def _downstream(
+        self, request: Request, listener: Listener, addr: tuple[str, int], conn: int | None
+    ) -> list[Send]:
+        """A request from the core to a client (in-dialog): route by Route / Request-URI."""
+        routes = self._routes_after_ours(request)
+        hop = parse_uri(parse_address(routes[0], "Route").uri if routes else request.uri)
+        if not hop.host:
+            raise MalformedMessage(f"no host to send {request.method} to", request)
+        mf_values = request.fields.get("max-forwards")
+        max_forwards = parse_max_forwards(mf_values[0]) if mf_values else DEFAULT_MAX_FORWARDS
+        if max_forwards == 0:
+            self._count(request.method, "too_many_hops")
+            return [self._reply(request, listener, addr, conn, 483, b"Too Many Hops")]
+        target = Target(hop.transport, hop.host.strip(b"[]").decode(), hop.port or 5060)
+        self._count(request.method, "forwarded")
+        self.stats.forwarded += 1
+        data = self._forwarded(request, listener, addr, conn, target, max_forwards, None)
+        return [Send(data, target.transport, target.host, target.port)]
+
+    def _forwarded(
+        self,
+        request: Request,
+        listener: Listener,
+        addr: tuple[str, int],
+        conn: int | None,
+        target: Target,
+        max_forwards: int,
+        admission: Admission | None,
+    ) -> bytes:
+        """The request as a stateless proxy sends it on (RFC 3261 §16.6, §16.11)."""
+        out = self._by_transport.get(target.transport) or listener
+        top_value = request.fields["via"][0]
+        top = parse_via(top_value)
+        via = b"SIP/2.0/%s %s;branch=%s" % (
+            target.transport.upper().encode(),
+            out.sent_by,
+            _derived_branch(request, top, top_value),
+        )
+        if conn is not None:
+            via += b";%s=%d" % (CONN_PARAM, conn)
+        lines = [b"Via: " + via + b"\r\n"]
+        to_tagged = _has_tag(request.fields["to"][0])
+        if admission is not None and not to_tagged and request.method not in NO_RECORD_ROUTE:
+            lines.append(b"Record-Route: <sip:%s;lr>\r\n" % admission.name.encode())
+        routes = self._routes_after_ours(request)
+        seen_via = seen_route = False
+        for key, name, value in request.headers():
+            if key == "via" and not seen_via:
+                seen_via = True
+                value = _stamp_via(value, top, addr)
+            elif key == "max-forwards":
+                continue
+            elif key == "route":
+                if not seen_route:
+                    seen_route = True
+                    lines.extend(b"Route: " + r + b"\r\n" for r in routes)
+                continue
+            elif key == self._tenant_key:
+                continue  # only we say whose call it is; never pass a peer's claim on
+            lines.append(name + b": " + value + b"\r\n")
+        lines.append(b"Max-Forwards: %d\r\n" % (max_forwards - 1))
+        if admission is not None:
+            tenant = _TENANT_SAFE.sub(b"", admission.tenant.header_value)
+            lines.append(self._tenant_name + b": " + tenant + b"\r\n")
+        if "content-length" not in request.fields:
+            lines.append(b"Content-Length: %d\r\n" % len(request.body))
+        return request.start_line + b"\r\n" + b"".join(lines) + b"\r\n" + request.body
+
+    def _routes_after_ours(self, request: Request) -> list[bytes]:
+        """The Route entries left once ours (the top one, if it names us) is popped (§16.4)."""
+        values = request.fields.get("route")
+        if not values:
+            return []
+        routes = [r for value in values for r in split_addresses(value)]
+        first = parse_address(routes[0], "Route")
+        host = uri_host(first.uri) or b""
+        if self._is_us(host):
+            del routes[0]
+        return routes
+
+    def _is_us(self, host: bytes) -> bool:
+        text = host.strip(b"[]").decode("utf-8", "replace")
+        if any(text == h for h, _ in self._ours):
+            return True
+        snapshot = self._snapshot
+        return snapshot is not None and snapshot.matcher.owner(lookup_key(text)) is not None
+
+    # -- responses from the core --------------------------------------------------------------
+
+    def _relay(self, response: Response) -> list[Send]:
+        """Pop our Via and send the response where the next Via says (RFC 3261 §16.7, §18.2.2)."""
+        try:
+            check_response(response)
+            vias = response.fields["via"]
+            top = parse_via(vias[0])
+            branch = top.branch or b""
+            if not branch.startswith(OUR_BRANCH) or not self._is_our_sent_by(top):
+                self.stats.requests[("response", "stray")] += 1
+                return []
+            rest = vias[0][top.end :].lstrip(b" \t,")
+            nxt_value = rest or (vias[1] if len(vias) > 1 else b"")
+            if not nxt_value:
+                self.stats.requests[("response", "stray")] += 1
+                return []
+            nxt = parse_via(nxt_value)
+        except MalformedMessage:
+            self.stats.malformed += 1
+            return []
+        lines = []
+        popped = False
+        for key, name, value in response.headers():
+            if key == "via" and not popped:
+                popped = True
+                if not rest:
+                    continue
+                value = rest
+            lines.append(name + b": " + value + b"\r\n")
+        data = response.start_line + b"\r\n" + b"".join(lines) + b"\r\n" + response.body
+        conn_param = top.params.get(CONN_PARAM)
+        conn = int(conn_param) if conn_param and conn_param.isdigit() else None
+        host, port = _via_destination(nxt)
+        self.stats.relayed += 1
+        return [Send(data, nxt.transport.lower(), host, port, conn)]
+
+    def _is_our_sent_by(self, via: Via) -> bool:
+        host = via.host.strip(b"[]").decode("ascii", "replace")
+        return (host, via.port or 5060) in self._ours
+
+    # -- responses we originate (RFC 3261 §8.2.6) ---------------------------------------------
+
+    def _reply(
+        self,
+        request: Request,
+        listener: Listener,
+        addr: tuple[str, int],
+        conn: int | None,
+        status: int,
+        reason: bytes,
+        tail: bytes = b"Content-Length: 0\r\n\r\n",
+    ) -> Send:
+        fields = request.fields
+        vias = fields["via"]
+        try:
+            top: Via | None = parse_via(vias[0])
+        except MalformedMessage:
+            top = None  # answer to the source; echo the Via as it came
+        lines = [b"SIP/2.0 %d %s\r\n" % (status, reason)]
+        first = True
+        for value in vias:
+            if first and top is not None:
+                value = _stamp_via(value, top, addr)
+            first = False
+            lines.append(b"Via: " + value + b"\r\n")
+        for key, name in (("from", b"From: "), ("call-id", b"Call-ID: "), ("cseq", b"CSeq: ")):
+            values = fields.get(key)
+            if values:
+                lines.append(name + values[0] + b"\r\n")
+        to = fields.get("to")
+        if to:
+            value = to[0]
+            if status != 100 and not _has_tag(value):
+                value += b";tag=sz%08x" % zlib.crc32(vias[0])
+            lines.append(b"To: " + value + b"\r\n")
+        lines.append(tail)
+        data = b"".join(lines)
+        if listener.transport != "udp":
+            return Send(data, listener.transport, addr[0], addr[1], conn)
+        if top is None or top.rport is not None:
+            return Send(data, "udp", addr[0], addr[1])
+        # RFC 3261 §18.2.2: to the source address, at the port the Via names.
+        return Send(data, "udp", addr[0], top.port or 5060)
+
+    def _unsupported(
+        self,
+        request: Request,
+        listener: Listener,
+        addr: tuple[str, int],
+        conn: int | None,
+        tags: list[bytes],
+    ) -> Send:
+        tail = b"Unsupported: %s\r\nContent-Length: 0\r\n\r\n" % b", ".join(tags)
+        return self._reply(request, listener, addr, conn, 420, b"Bad Extension", tail)
+
+    def _options_tail(self, name: str, listener: Listener) -> bytes:
+        key = (name, listener.transport, listener.port)
+        tail = self._options_tails.get(key)
+        if tail is None:
+            cfg = self.config
+            tail = (
+                f"Allow: {', '.join(cfg.allow)}\r\n"
+                "Accept: application/sdp\r\n"
+                f"Supported: {', '.join(cfg.supported)}\r\n"
+                f"Contact: <sip:{name}:{listener.port};transport={listener.transport}>\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+            if len(self._options_tails) >= ADMISSION_CACHE:
+                self._options_tails.clear()
+            self._options_tails[key] = tail
+        return tail
+
+    # -- per-snapshot memo --------------------------------------------------------------------
+
+    def _adopt(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._admissions = {}
+        self._options_tails = {}
+        self._warned = set()
+        site = None
+        if snapshot.sites:
+            wanted = self.config.site
+            site = next((s for s in snapshot.sites if s.name == wanted), None)
+            if site is None and wanted is None:
+                site = snapshot.sites[0]
+        self._site = site
+        upstreams = {t.upstream for t in snapshot.tenants.views.values() if t.upstream}
+        if site is not None and site.upstream:
+            upstreams.add(site.upstream)
+        self._upstream_addrs = set()
+        for text in upstreams:
+            target = self._target(text)
+            if target is not None:
+                self._upstream_addrs.add((target.host, target.port))
+
+    def _admit(self, host: bytes, snapshot: Snapshot) -> Admission | None:
+        try:
+            key = lookup_key(host.decode("utf-8"))
+        except UnicodeDecodeError:
+            key = ""
+        tenant = snapshot.matcher.owner(key) if key else None
+        admission = Admission(key, tenant) if tenant is not None else None
+        if len(self._admissions) >= ADMISSION_CACHE:
+            self._admissions.clear()
+        self._admissions[host] = admission
+        return admission
+
+    def _target(self, upstream: str) -> Target | None:
+        if upstream in self._targets:
+            return self._targets[upstream]
+        target = None
+        try:
+            uri = parse_uri(upstream.encode())
+            if uri.scheme in ("sip", "sips") and uri.host:
+                transport = "tcp" if uri.scheme == "sips" else uri.transport
+                if transport in ("udp", "tcp"):
+                    host = uri.host.strip(b"[]").decode("ascii")
+                    target = Target(transport, host, uri.port or 5060)
+        except (MalformedMessage, UnicodeDecodeError):
+            target = None
+        self._targets[upstream] = target
+        return target
+
+    def add_upstream_address(self, host: str, port: int) -> None:
+        """The transport resolved an upstream name: requests from there come from the core."""
+        self._upstream_addrs.add((host, port))
+
+    def _warn_no_upstream(self, tenant: str, upstream: str | None) -> None:
+        if tenant in self._warned:
+            return
+        self._warned.add(tenant)
+        if upstream:
+            log.warning(
+                "tenant %s: upstream %r is not a usable sip: URI (udp/tcp)", tenant, upstream
+            )
+        else:
+            log.warning(
+                "tenant %s has no upstream and site %s has none: answering 503",
+                tenant,
+                self._site.name if self._site else "(none)",
+            )
+
+    def _count(self, method: str, verdict: str) -> None:
+        self.stats.requests[(method if method in METHOD_LABELS else "other", verdict)] += 1
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _has_tag(address: bytes) -> bool:
+    if b"tag" not in address.lower():
+        return False
+    return parse_address(address).tag is not None
+
+
+def _stamp_via(value: bytes, top: Via, addr: tuple[str, int]) -> bytes:
+    """The top Via with ``received`` (RFC 3261 §18.2.1) and ``rport`` (RFC 3581) filled in."""
+    source = addr[0]
+    host = top.host.strip(b"[]").decode("ascii", "replace")
+    if top.rport is None:
+        if host == source:
+            return value
+        first = _STRIP_VIA_ADDR.sub(b"", value[: top.end].rstrip(b" \t"))
+        return first + b";received=" + source.encode() + value[top.end :]
+    first = _STRIP_VIA_ADDR.sub(b"", value[: top.end].rstrip(b" \t"))
+    return first + b";received=%s;rport=%d" % (source.encode(), addr[1]) + value[top.end :]
+
+
+def _via_destination(via: Via) -> tuple[str, int]:
+    """Where a response goes for this Via (RFC 3261 §18.2.2, RFC 3581 §4)."""
+    host = (via.received or via.host).strip(b"[]").decode("ascii", "replace")
+    rport = via.rport
+    if rport:
+        return host, int(rport)
+    return host, via.port or 5060
+
+
+def _derived_branch(request: Request, top: Via, top_value: bytes) -> bytes:
+    """A branch for the forwarded request that any worker computes alike (RFC 3261 §16.11).
+
+    Derived from the incoming branch and sent-by, so a retransmission and its CANCEL get the
+    same one; for an RFC 2543 peer (no magic cookie) from the fields that identified its
+    transaction instead: To tag, From tag, Call-ID, Request-URI, top Via and CSeq number.
+    """
+    branch = top.branch
+    if branch and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
+        basis = b"|".join((branch, top.host, b"%d" % (top.port or 0)))
+    else:
+        fields = request.fields
+        cseq = fields["cseq"][0].split()[0]
+        to_tag = parse_address(fields["to"][0]).tag or b""
+        from_tag = parse_address(fields["from"][0]).tag or b""
+        basis = b"|".join(
+            (to_tag, from_tag, fields["call-id"][0], request.uri, top_value[: top.end], cseq)
+        )
+    return OUR_BRANCH + hashlib.blake2b(basis, digest_size=10).hexdigest().encode()
+
+
+def _reason(text: str) -> bytes:
+    """An error message made safe for a Reason-Phrase (no CR/LF, bounded)."""
+    data = text.encode("ascii", "backslashreplace").replace(b"\r", b" ").replace(b"\n", b" ")
+    return data[:160]

@@ -1,0 +1,721 @@
+"""SIP messages without I/O: bytes in, Request/Response out, and back (RFC 3261 §7, §20, §25).
+
+Theory of operation: a message is split once into its start line, its header lines and its
+body.  Every header line is filed under a canonical key (compact forms expanded, any case
+folded), its value kept as raw bytes.  Nothing else is parsed up front: URIs, addresses, Via
+and CSeq are parsed by the helpers below only when the edge asks for them, so an OPTIONS
+keep-alive pays for the handful of fields it needs.  ``check_request`` applies the RFC's rules
+to the fields the edge reads or forwards with meaning; every rule it breaks raises its own
+:class:`MalformedMessage` subclass whose text names the problem.
+
+The grammar lives in the named patterns below, next to the RFC section it comes from.  Header
+values are unfolded (RFC 3261 §7.3.1: folding is equivalent to a single SP) before anything
+else looks at them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sipzone.model.errors import SipzoneError
+
+# -- limits -----------------------------------------------------------------------------------
+
+MAX_MESSAGE = 65535  # a UDP datagram; a stream message may not be larger either
+MAX_HEADERS = 128  # longreq.dat (RFC 4475 §3.1.1.7) has 44
+MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
+MAX_FORWARDS = 255  # RFC 3261 §20.22 allows 0-255 in practice (RFC 4475 §3.1.2.4)
+MAX_EXPIRES = 2**32 - 1
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class MalformedMessage(SipzoneError):
+    """A peer sent bytes that are not a SIP message we accept; the text names the problem.
+
+    ``status`` is the response code an element answers with when it can answer at all.
+    ``message`` is whatever was parsed before the problem showed (None when not even the
+    start line and headers could be split), so a reply can still echo Via, From, To, ...
+    """
+
+    status = 400
+
+    def __init__(self, text: str, message: Message | None = None) -> None:
+        super().__init__(text)
+        self.message = message
+
+
+class MessageTooLarge(MalformedMessage):
+    status = 513
+
+
+class TooManyHeaders(MalformedMessage):
+    pass
+
+
+class Incomplete(MalformedMessage):
+    """The message ends before its header block or its body does."""
+
+
+class BadStartLine(MalformedMessage):
+    pass
+
+
+class BadVersion(MalformedMessage):
+    status = 505
+
+
+class BadStatusCode(MalformedMessage):
+    pass
+
+
+class BadHeaderLine(MalformedMessage):
+    pass
+
+
+class BadContentLength(MalformedMessage):
+    pass
+
+
+class MissingHeader(MalformedMessage):
+    pass
+
+
+class RepeatedHeader(MalformedMessage):
+    """A header that may appear once (To, From, Call-ID, CSeq, ...) appears more often."""
+
+
+class BadURI(MalformedMessage):
+    pass
+
+
+class UnsupportedScheme(BadURI):
+    status = 416
+
+
+class BadAddress(MalformedMessage):
+    pass
+
+
+class BadVia(MalformedMessage):
+    pass
+
+
+class BadCSeq(MalformedMessage):
+    pass
+
+
+class BadCallID(MalformedMessage):
+    pass
+
+
+class BadMaxForwards(MalformedMessage):
+    pass
+
+
+class BadExpires(MalformedMessage):
+    pass
+
+
+class BadDate(MalformedMessage):
+    pass
+
+
+# -- grammar (RFC 3261 §25.1 unless noted) ----------------------------------------------------
+
+TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
+# quoted-string: qdtext is anything but DQUOTE and backslash; quoted-pair excludes CR and LF.
+QUOTED = rb'"(?:[^"\\\r\n]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+IPV6_REF = rb"\[[0-9A-Fa-f:.]+\]"
+# gen-value = token / host / quoted-string
+GEN_VALUE = rb"(?:" + TOKEN + rb"|" + IPV6_REF + rb"|" + QUOTED + rb")"
+# generic-param, with the SWS RFC 3261 allows around ";" and "="
+PARAMS = rb"(?:[ \t]*;[ \t]*" + TOKEN + rb"(?:[ \t]*=[ \t]*" + GEN_VALUE + rb")?)*"
+
+_TOKEN_RE = re.compile(TOKEN + rb"\Z")
+_PARAM_RE = re.compile(rb";[ \t]*(" + TOKEN + rb")(?:[ \t]*=[ \t]*(" + GEN_VALUE + rb"))?")
+
+# §7.1 Request-Line = Method SP Request-URI SP SIP-Version CRLF; exactly one SP between parts.
+_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([^ \t\r\n]+) (SIP/[0-9]+\.[0-9]+)\Z")
+# §7.2 Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+_STATUS_LINE = re.compile(rb"(SIP/[0-9]+\.[0-9]+) ([0-9]+) ([^\r\n]*)\Z")
+SIP_VERSION = b"SIP/2.0"
+
+# §19.1.1 SIP-URI / SIPS-URI; the user part may hold ';' and '?' (RFC 4475 §3.1.1.9), so the
+# host starts after the last '@'.
+_HOST = rb"(?P<host>" + IPV6_REF + rb"|[^\[\]:;?@<>\s,\"]+)"
+_HOSTPORT = re.compile(_HOST + rb"(?::(?P<port>[0-9]{1,5}))?(?P<rest>[;?].*)?\Z", re.S)
+_SCHEME = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*):")
+_IPV4 = re.compile(rb"[0-9]{1,3}(?:\.[0-9]{1,3}){3}\Z")
+
+# §20.10 / §20.20 / §20.39 name-addr / addr-spec followed by header parameters.  An addr-spec
+# cannot hold ';', '?' or ',' (they would be taken as header syntax, §20).
+DISPLAY_NAME = rb"(?:" + TOKEN + rb"(?:[ \t]+" + TOKEN + rb")*|" + QUOTED + rb")"
+_ADDRESS = re.compile(
+    rb"(?:(?:(?P<display>" + DISPLAY_NAME + rb")[ \t]*)?<(?P<uri>[^<>\s\"]+)>"
+    rb"|(?P<spec>[^<>\s;,?\"]+))(?P<params>" + PARAMS + rb")[ \t]*\Z"
+)
+
+# §20.42 via-parm = sent-protocol LWS sent-by *( SEMI via-params ), with SWS around '/'.
+_VIA_PARM = re.compile(
+    rb"(?P<protocol>" + TOKEN + rb")[ \t]*/[ \t]*(?P<version>" + TOKEN + rb")[ \t]*/[ \t]*"
+    rb"(?P<transport>" + TOKEN + rb")[ \t]+(?P<host>" + IPV6_REF + rb"|[A-Za-z0-9.\-]+)"
+    rb"(?:[ \t]*:[ \t]*(?P<port>[0-9]{1,5}))?(?P<params>" + PARAMS + rb")[ \t]*"
+)
+_COMMA = re.compile(rb",[ \t]*")
+
+# §20.16 CSeq = 1*DIGIT LWS Method
+_CSEQ = re.compile(rb"([0-9]+)[ \t]+(" + TOKEN + rb")\Z")
+# §25.1 callid = word [ "@" word ]
+_WORD = rb"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+_CALL_ID = re.compile(_WORD + rb"(?:@" + _WORD + rb")?\Z")
+# §20.17 Date = rfc1123-date, always GMT
+_DATE = re.compile(
+    rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    rb"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT\Z"
+)
+_DIGITS = re.compile(rb"[0-9]+\Z")
+_FOLD = re.compile(rb"\r\n[ \t]+")
+
+# §7.3.3 compact forms, plus the ones later RFCs registered.
+COMPACT = {
+    b"v": "via", b"f": "from", b"t": "to", b"i": "call-id", b"m": "contact",
+    b"l": "content-length", b"k": "supported", b"s": "subject", b"c": "content-type",
+    b"e": "content-encoding", b"o": "event", b"r": "refer-to", b"b": "referred-by",
+    b"u": "allow-events", b"x": "session-expires", b"y": "identity",
+    b"a": "accept-contact", b"j": "reject-contact", b"d": "request-disposition",
+}  # fmt: skip
+
+# How a key is written back out; keys not listed keep the name as the peer wrote it.
+CANONICAL_NAMES = {
+    "via": b"Via", "from": b"From", "to": b"To", "call-id": b"Call-ID", "cseq": b"CSeq",
+    "contact": b"Contact", "content-length": b"Content-Length", "max-forwards": b"Max-Forwards",
+    "record-route": b"Record-Route", "route": b"Route", "supported": b"Supported",
+    "subject": b"Subject", "content-type": b"Content-Type", "content-encoding": b"Content-Encoding",
+    "event": b"Event", "refer-to": b"Refer-To", "referred-by": b"Referred-By",
+    "allow-events": b"Allow-Events", "session-expires": b"Session-Expires",
+    "identity": b"Identity", "accept-contact": b"Accept-Contact",
+    "reject-contact": b"Reject-Contact", "request-disposition": b"Request-Disposition",
+}  # fmt: skip
+
+# Headers a request may carry once only (RFC 3261 §20, "single-value" in RFC 4475 §3.3.8).
+SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "content-length")
+REQUIRED = ("via", "to", "from", "call-id", "cseq")
+
+# Raw header name -> key.  Filled as names are seen so the common spellings cost one dict
+# probe; capped so a peer inventing names cannot grow it without bound.
+_KEYS: dict[bytes, str] = {name: key for name, key in COMPACT.items()}
+_KEYS.update((v, k) for k, v in CANONICAL_NAMES.items())
+_KEYS_CAP = 2048
+
+
+def header_key(name: bytes) -> str:
+    """The canonical key for a header name as written (``v``, ``VIA``, ``Via `` -> ``via``)."""
+    key = _KEYS.get(name)
+    if key is not None:
+        return key
+    stripped = name.rstrip(b" \t")
+    if not _TOKEN_RE.match(stripped):
+        raise BadHeaderLine(f"header name {name[:40]!r} is not a token")
+    lower = stripped.lower()
+    key = COMPACT.get(lower) or lower.decode("ascii")
+    if len(_KEYS) < _KEYS_CAP:
+        _KEYS[name] = key
+    return key
+
+
+# -- values -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Message:
+    """What requests and responses share: headers by key (raw values, in order) and a body.
+
+    ``fields`` maps each key to its values in arrival order, one entry per header line;
+    ``lines`` are the unfolded header lines as received, kept to forward headers verbatim.
+    """
+
+    fields: dict[str, list[bytes]]
+    lines: list[bytes]
+    body: bytes = b""
+
+    def get(self, key: str) -> bytes | None:
+        """The first value of a header, or None."""
+        values = self.fields.get(key)
+        return values[0] if values else None
+
+    def single(self, key: str) -> bytes | None:
+        """The value of a header that may appear once; raises when it appears more often."""
+        values = self.fields.get(key)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise RepeatedHeader(f"{_display(key)} appears {len(values)} times", self)
+        return values[0]
+
+    def headers(self) -> list[tuple[str, bytes, bytes]]:
+        """Every header line as ``(key, name as received, value)``, in order."""
+        out = []
+        for line in self.lines:
+            name, _, value = line.partition(b":")
+            out.append((header_key(name), name.rstrip(b" \t"), value.strip(b" \t")))
+        return out
+
+
+@dataclass(slots=True)
+class Request(Message):
+    method: str = ""
+    uri: bytes = b""
+
+    @property
+    def start_line(self) -> bytes:
+        return b"%s %s SIP/2.0" % (self.method.encode(), self.uri)
+
+
+@dataclass(slots=True)
+class Response(Message):
+    status: int = 0
+    reason: bytes = b""
+
+    @property
+    def start_line(self) -> bytes:
+        return b"SIP/2.0 %d %s" % (self.status, self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class URI:
+    """A SIP, SIPS or tel URI (RFC 3261 §19.1, RFC 3966); other schemes keep only ``scheme``."""
+
+    scheme: str
+    user: bytes | None
+    host: bytes  # as written: brackets kept for IPv6, any case; b"" for tel and unknown
+    port: int | None
+    params: dict[bytes, bytes | None] = field(default_factory=dict)
+    headers: bytes | None = None  # the "?..." part, undecoded
+
+    @property
+    def is_ip(self) -> bool:
+        return is_ip_literal(self.host)
+
+    @property
+    def transport(self) -> str:
+        value = self.params.get(b"transport")
+        return value.decode("ascii", "replace").lower() if value else "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """name-addr or addr-spec with its header parameters (From, To, Contact, Route)."""
+
+    display: bytes | None
+    uri: bytes
+    params: dict[bytes, bytes | None]
+
+    @property
+    def tag(self) -> bytes | None:
+        return self.params.get(b"tag")
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One via-parm (RFC 3261 §20.42, RFC 3581 rport)."""
+
+    transport: str
+    host: bytes
+    port: int | None
+    params: dict[bytes, bytes | None]
+    end: int  # offset in the header value where this via-parm ends
+
+    @property
+    def branch(self) -> bytes | None:
+        return self.params.get(b"branch")
+
+    @property
+    def received(self) -> bytes | None:
+        return self.params.get(b"received")
+
+    @property
+    def rport(self) -> bytes | None:
+        """The rport value; b"" when the parameter is present without one, None when absent."""
+        if b"rport" not in self.params:
+            return None
+        return self.params[b"rport"] or b""
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def parse_message(data: bytes) -> Request | Response:
+    """Parse one datagram.  Octets after Content-Length are ignored (RFC 3261 §18.3)."""
+    if len(data) > MAX_MESSAGE:
+        raise MessageTooLarge(f"message is {len(data)} octets; the limit is {MAX_MESSAGE}")
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        if not data.endswith(b"\r\n"):
+            raise Incomplete("message ends inside its headers (no empty line after them)")
+        # A datagram is complete as received: a missing final empty line loses nothing, and
+        # reading on lets the checks name the real problem (RFC 4475 §3.1.2.15 does this).
+        head, rest = data[:-2], b""
+    message = parse_head(head)
+    length = message.fields.get("content-length")
+    if length is None:
+        message.body = rest  # a datagram without Content-Length runs to its end (§18.3)
+        return message
+    n = content_length(message)
+    if n > len(rest):
+        raise BadContentLength(f"Content-Length is {n} but only {len(rest)} octets follow", message)
+    message.body = rest[:n]
+    return message
+
+
+def parse_head(head: bytes) -> Request | Response:
+    """Parse a start line and header block (without the terminating empty line)."""
+    while head.startswith(b"\r\n"):  # RFC 3261 §7.5: ignore CRLFs before the start line
+        head = head[2:]
+    if b"\r\n " in head or b"\r\n\t" in head:
+        head = _FOLD.sub(b" ", head)
+    lines = head.split(b"\r\n")
+    if len(lines) > MAX_HEADERS + 1:
+        raise TooManyHeaders(f"message has {len(lines) - 1} header lines; limit {MAX_HEADERS}")
+    first = lines[0]
+    del lines[0]
+    fields: dict[str, list[bytes]] = {}
+    keys = _KEYS
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise BadHeaderLine(f"header line {line[:40]!r} has no ':'")
+        key = keys.get(name) or header_key(name)
+        value = value.strip(b" \t")
+        values = fields.get(key)
+        if values is None:
+            fields[key] = [value]
+        else:
+            values.append(value)
+    if first.startswith(b"SIP/"):
+        return _status_line(first, fields, lines)
+    return _request_line(first, fields, lines)
+
+
+def _request_line(first: bytes, fields: dict[str, list[bytes]], lines: list[bytes]) -> Request:
+    parts = first.split(b" ")
+    if len(parts) == 3 and parts[2] == SIP_VERSION and parts[1] and parts[0]:
+        # The common case; the full check below is only for what does not look like it.
+        method, uri = parts[0], parts[1]
+        if not _TOKEN_RE.match(method) or b"\t" in uri:
+            _raise_request_line(first, fields, lines)
+        return Request(fields, lines, b"", method.decode("ascii"), uri)
+    _raise_request_line(first, fields, lines)
+    raise AssertionError("unreachable")
+
+
+def _raise_request_line(first: bytes, fields: dict[str, list[bytes]], lines: list[bytes]) -> None:
+    m = _REQUEST_LINE.match(first)
+    if m is None:
+        # Keep what can be kept so a 400 can still be sent: the method is the first token.
+        method = first.split(b" ", 1)[0]
+        partial = None
+        if _TOKEN_RE.match(method):
+            partial = Request(fields, lines, b"", method.decode("ascii"), b"")
+        raise BadStartLine(
+            f"request line {first[:80]!r} is not 'METHOD SP Request-URI SP SIP/2.0' "
+            "(one space between parts, no spaces inside the URI)",
+            partial,
+        )
+    partial = Request(fields, lines, b"", m.group(1).decode("ascii"), m.group(2))
+    if m.group(3) != SIP_VERSION:
+        raise BadVersion(f"SIP version {m.group(3).decode()} is not supported", partial)
+    raise BadStartLine(f"request line {first[:80]!r} is malformed", partial)
+
+
+def _status_line(first: bytes, fields: dict[str, list[bytes]], lines: list[bytes]) -> Response:
+    m = _STATUS_LINE.match(first)
+    if m is None:
+        raise BadStartLine(f"status line {first[:80]!r} is not 'SIP/2.0 SP code SP reason'")
+    if m.group(1) != SIP_VERSION:
+        raise BadVersion(f"SIP version {m.group(1).decode()} is not supported")
+    code = m.group(2)
+    if len(code) != 3 or not b"100" <= code <= b"699":
+        raise BadStatusCode(f"status code {code[:20].decode()} is not three digits 100-699")
+    return Response(fields, lines, b"", int(code), m.group(3))
+
+
+def content_length(message: Message) -> int:
+    value = message.single("content-length")
+    if value is None:
+        return 0
+    if not _DIGITS.match(value):
+        raise BadContentLength(f"Content-Length {value[:20]!r} is not a number", message)
+    if len(value) > 10:
+        raise BadContentLength(f"Content-Length {value[:20]!r} is too large", message)
+    return int(value)
+
+
+class StreamReader:
+    """Frames messages on a stream transport by Content-Length (RFC 3261 §18.3), h11-style.
+
+    Feed bytes with :meth:`receive_data`; :meth:`next_message` returns a message, None when
+    more bytes are needed, or raises :class:`MalformedMessage` (after which the stream cannot
+    be trusted: close it).  ``keepalives`` counts RFC 5626 double-CRLF pings seen, each of
+    which wants a single CRLF back.
+    """
+
+    __slots__ = ("_buffer", "keepalives")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.keepalives = 0
+
+    def receive_data(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_message(self) -> Request | Response | None:
+        buf = self._buffer
+        while buf.startswith(b"\r\n"):
+            if buf.startswith(b"\r\n\r\n"):
+                self.keepalives += 1
+                del buf[:4]
+            elif len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                return None  # perhaps the first half of a ping
+            else:
+                del buf[:2]
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_MESSAGE:
+                raise MessageTooLarge(f"header block exceeds {MAX_MESSAGE} octets")
+            return None
+        message = parse_head(bytes(buf[:end]))
+        if message.fields.get("content-length") is None:
+            raise BadContentLength("Content-Length is required on a stream transport", message)
+        n = content_length(message)
+        if end + 4 + n > MAX_MESSAGE:
+            raise MessageTooLarge(f"message would be {end + 4 + n} octets", message)
+        if len(buf) < end + 4 + n:
+            return None
+        message.body = bytes(buf[end + 4 : end + 4 + n])
+        del buf[: end + 4 + n]
+        return message
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+
+# -- field parsers (on demand) ----------------------------------------------------------------
+
+
+def parse_params(text: bytes) -> dict[bytes, bytes | None]:
+    """``;a=b;c`` -> {b"a": b"b", b"c": None}; names lower-cased (RFC 3261 §19.1.4)."""
+    return {m.group(1).lower(): m.group(2) for m in _PARAM_RE.finditer(text)}
+
+
+def parse_uri(text: bytes) -> URI:
+    """Parse a Request-URI or the URI inside an address."""
+    m = _SCHEME.match(text)
+    if m is None:
+        raise BadURI(f"URI {text[:80]!r} has no scheme")
+    scheme = m.group(1).lower().decode("ascii")
+    rest = text[m.end() :]
+    if scheme == "tel":
+        number, _, tel_params = rest.partition(b";")
+        if not number:
+            raise BadURI(f"tel URI {text[:80]!r} has no number")
+        return URI("tel", number, b"", None, parse_params(b";" + tel_params) if tel_params else {})
+    if scheme not in ("sip", "sips"):
+        return URI(scheme, None, b"", None)
+    user: bytes | None = None
+    at = rest.rfind(b"@")
+    if at >= 0:
+        user, rest = rest[:at], rest[at + 1 :]
+        if not user:
+            raise BadURI(f"URI {text[:80]!r} has an empty user part")
+    hp = _HOSTPORT.match(rest)
+    if hp is None or not hp.group("host"):
+        raise BadURI(f"URI {text[:80]!r} has no valid host")
+    port = int(hp.group("port")) if hp.group("port") else None
+    if port is not None and not 0 < port < 65536:
+        raise BadURI(f"URI {text[:80]!r} has port {port} outside 1-65535")
+    uri_params: dict[bytes, bytes | None] = {}
+    headers = None
+    tail = hp.group("rest")
+    if tail:
+        tail, q, hdrs = tail.partition(b"?")
+        if q:
+            headers = hdrs
+        uri_params = parse_params(tail)
+    return URI(scheme, user, hp.group("host"), port, uri_params, headers)
+
+
+def is_ip_literal(host: bytes) -> bool:
+    return host[:1] == b"[" or _IPV4.match(host) is not None
+
+
+def uri_host(uri: bytes) -> bytes | None:
+    """The host of a sip/sips URI, the hot-path way: no full parse, None if not sip(s)."""
+    if uri[:4].lower() == b"sip:":
+        rest = uri[4:]
+    elif uri[:5].lower() == b"sips:":
+        rest = uri[5:]
+    else:
+        return None
+    at = rest.rfind(b"@")
+    if at >= 0:
+        rest = rest[at + 1 :]
+    if b"?" in rest:
+        return None  # headers in a Request-URI: let check_uri name the problem
+    if rest[:1] == b"[":
+        end = rest.find(b"]")
+        return rest[: end + 1] if end > 0 else None
+    for stop in b":;?":
+        cut = rest.find(stop)
+        if cut >= 0:
+            rest = rest[:cut]
+    return rest or None
+
+
+def parse_address(value: bytes, what: str = "address") -> Address:
+    """Parse From/To/Contact/Route values (one address; not comma-separated lists)."""
+    m = _ADDRESS.match(value)
+    if m is None:
+        raise BadAddress(f"{what} {value[:80]!r} is neither name-addr nor addr-spec")
+    uri = m.group("uri") or m.group("spec")
+    params = parse_params(m.group("params")) if m.group("params") else {}
+    return Address(m.group("display"), uri, params)
+
+
+def parse_via(value: bytes, start: int = 0) -> Via:
+    """Parse the via-parm at ``start`` of a Via header value (RFC 3261 §20.42)."""
+    m = _VIA_PARM.match(value, start)
+    if m is None or (m.end() < len(value) and value[m.end() : m.end() + 1] != b","):
+        raise BadVia(f"Via {value[start : start + 80]!r} is not 'SIP/2.0/TRANSPORT host[:port]'")
+    port = int(m.group("port")) if m.group("port") else None
+    params = parse_params(m.group("params")) if m.group("params") else {}
+    return Via(m.group("transport").decode("ascii").upper(), m.group("host"), port, params, m.end())
+
+
+def split_vias(value: bytes) -> list[Via]:
+    """Every via-parm of one Via header value (they may be comma-joined)."""
+    vias = []
+    start = 0
+    while True:
+        via = parse_via(value, start)
+        vias.append(via)
+        if via.end >= len(value):
+            return vias
+        comma = _COMMA.match(value, via.end)
+        assert comma is not None  # parse_via checked the separator
+        start = comma.end()
+
+
+def parse_cseq(value: bytes) -> tuple[int, str]:
+    m = _CSEQ.match(value)
+    if m is None:
+        raise BadCSeq(f"CSeq {value[:40]!r} is not 'number METHOD'")
+    number = m.group(1)
+    if len(number) > 10 or int(number) > MAX_CSEQ:
+        raise BadCSeq(f"CSeq number {number[:20].decode()} exceeds 2**31-1")
+    return int(number), m.group(2).decode("ascii")
+
+
+def parse_max_forwards(value: bytes) -> int:
+    if not _DIGITS.match(value) or len(value) > 5 or int(value) > MAX_FORWARDS:
+        raise BadMaxForwards(f"Max-Forwards {value[:20]!r} is not a number 0-{MAX_FORWARDS}")
+    return int(value)
+
+
+# -- whole-request checks ---------------------------------------------------------------------
+
+
+def check_request(request: Request) -> None:
+    """Apply RFC 3261's rules to the fields the edge reads or forwards with meaning.
+
+    Raises the first problem found.  Extension headers are not looked at: a proxy passes them
+    on (RFC 3261 §16.6), and so does the edge.
+    """
+    fields = request.fields
+    for key in REQUIRED:
+        if key not in fields:
+            raise MissingHeader(f"required header {_display(key)} is missing", request)
+    for key in SINGLE:
+        values = fields.get(key)
+        if values is not None and len(values) > 1:
+            raise RepeatedHeader(f"{_display(key)} appears {len(values)} times", request)
+    _, method = parse_cseq(fields["cseq"][0])
+    if method != request.method:
+        raise BadCSeq(
+            f"CSeq method {method} does not match the request method {request.method}", request
+        )
+    parse_address(fields["from"][0], "From")
+    parse_address(fields["to"][0], "To")
+    if not _CALL_ID.match(fields["call-id"][0]):
+        raise BadCallID(f"Call-ID {fields['call-id'][0][:60]!r} is not word[@word]", request)
+    split_vias(fields["via"][0])
+    max_forwards = fields.get("max-forwards")
+    if max_forwards is not None:
+        parse_max_forwards(max_forwards[0])
+    if "content-length" in fields:
+        content_length(request)
+    # Rarely present: each costs nothing when absent.
+    if "date" in fields and not _DATE.match(fields["date"][0]):
+        raise BadDate(f"Date {fields['date'][0][:40]!r} is not an RFC 1123 date in GMT", request)
+    if "expires" in fields:
+        expires = fields["expires"][0]
+        if not _DIGITS.match(expires) or len(expires) > 10 or int(expires) > MAX_EXPIRES:
+            raise BadExpires(f"Expires {expires[:20]!r} is not a number 0-2**32-1", request)
+
+
+_LIST_ITEM = re.compile(rb"(?:" + QUOTED + rb"|<[^<>]*>|[^,\"<>])+")
+
+
+def split_addresses(value: bytes) -> list[bytes]:
+    """Split a comma-joined address list (Contact, Route); commas inside quotes or <> stay."""
+    return [m.group(0).strip(b" \t") for m in _LIST_ITEM.finditer(value)]
+
+
+def check_contacts(message: Message) -> None:
+    """Every Contact value is ``*`` or a list of addresses (RFC 3261 §20.10, RFC 4475 §3.1.2.13)."""
+    for value in message.fields.get("contact", ()):
+        if value == b"*":
+            continue
+        for item in split_addresses(value):
+            parse_address(item, "Contact")
+
+
+def check_response(response: Response) -> None:
+    """The rules a relayed response must meet: Via and a sane CSeq (RFC 4475 §3.1.2.5)."""
+    for key in ("via", "cseq", "call-id", "from", "to"):
+        if key not in response.fields:
+            raise MissingHeader(f"required header {_display(key)} is missing", response)
+    parse_cseq(response.fields["cseq"][0])
+
+
+def check_uri(text: bytes) -> URI:
+    """Parse a Request-URI and apply the rules for one (RFC 3261 §19.1.5, RFC 4475 §3.1.2.11)."""
+    if text[:1] == b"<":
+        raise BadURI(f"Request-URI {text[:80]!r} is enclosed in <>")
+    uri = parse_uri(text)
+    if uri.scheme not in ("sip", "sips", "tel"):
+        raise UnsupportedScheme(f"Request-URI scheme {uri.scheme!r} is not supported")
+    if uri.headers is not None:
+        raise BadURI(f"Request-URI {text[:80]!r} carries headers ('?'), which it may not")
+    return uri
+
+
+def _display(key: str) -> str:
+    name = CANONICAL_NAMES.get(key)
+    return name.decode() if name else key.title()
+
+
+# -- serialising ------------------------------------------------------------------------------
+
+
+def header_line(key: str, value: bytes) -> bytes:
+    name = CANONICAL_NAMES.get(key) or key.title().encode("ascii")
+    return name + b": " + value + b"\r\n"
+
+
+def serialise(start_line: bytes, headers: list[bytes], body: bytes = b"") -> bytes:
+    """Join a start line, ready header lines (each ending CRLF) and a body into a message."""
+    return start_line + b"\r\n" + b"".join(headers) + b"\r\n" + body

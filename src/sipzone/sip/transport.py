@@ -1,0 +1,391 @@
+"""The SIP edge's sockets: UDP and TCP listeners on asyncio (uvloop), IPv4 and IPv6.
+
+Every listening socket is bound with SO_REUSEPORT, so ``--workers N`` processes each open the
+same ports and the kernel spreads datagrams and connections between them.  Each worker runs its
+own :class:`~sipzone.sip.edge.Edge`; since the edge is stateless, which worker sees a message
+does not matter, except that a response relayed over TCP must leave by the connection its
+request came in on, which only the receiving worker holds (its id travels in our Via).
+
+Stream connections are kept in one table per worker whether a peer opened them or we did (to
+a TCP upstream, or back to a client): responses and in-dialog requests reuse them, idle ones
+are closed after ``tcp_idle_timeout`` and at most ``tcp_max_connections`` are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import itertools
+import logging
+import socket
+from typing import Any
+
+from sipzone.model.snapshot import SnapshotHolder
+from sipzone.sip import SipConfig, metrics
+from sipzone.sip.edge import Edge, Listener, Send
+from sipzone.sip.message import MalformedMessage, StreamReader
+
+log = logging.getLogger("sipzone.sip")
+
+METRICS_INTERVAL = 1.0
+RESOLVE_TTL = 60.0
+
+
+def parse_listen(spec: str) -> tuple[str, str, int]:
+    """``udp:127.0.0.1:5070`` / ``tcp:[::1]:5070`` -> (transport, host, port)."""
+    transport, _, hostport = spec.partition(":")
+    transport = transport.lower()
+    if transport not in ("udp", "tcp"):
+        raise ValueError(f"listen spec {spec!r}: transport must be udp or tcp")
+    if hostport.startswith("["):
+        host, _, port = hostport[1:].partition("]:")
+    else:
+        host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen spec {spec!r} is not TRANSPORT:HOST:PORT")
+    return transport, host, int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _bind(transport: str, host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class SipService:
+    """The running edge of one worker: its sockets, its connections, its edge policy."""
+
+    def __init__(self, config: SipConfig, holder: SnapshotHolder) -> None:
+        self.config = config
+        self.holder = holder
+        self.edge: Edge | None = None
+        self.listeners: list[Listener] = []
+        self._udp: dict[int, asyncio.DatagramTransport] = {}  # by address family
+        self._servers: list[asyncio.AbstractServer] = []
+        self.connections: dict[int, StreamConnection] = {}
+        self._by_peer: dict[tuple[str, int], StreamConnection] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Future[StreamConnection | None]] = {}
+        self._resolved: dict[str, tuple[str, float]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._loop = asyncio.get_running_loop()
+
+    # -- setup and teardown -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = self._loop
+        pending: list[tuple[str, socket.socket, str]] = []
+        try:
+            for spec in self.config.listen:
+                transport, host, port = parse_listen(spec)
+                pending.append((transport, _bind(transport, host, port), host))
+        except BaseException:
+            for _, sock, _ in pending:
+                sock.close()
+            raise
+        for transport, sock, host in pending:
+            port = sock.getsockname()[1]
+            advertise = self.config.advertise or host
+            if advertise in ("0.0.0.0", "::"):
+                advertise = "::1" if ":" in advertise else "127.0.0.1"
+                log.warning(
+                    "listening on %s without an advertised address; Via says %s", host, advertise
+                )
+            self.listeners.append(Listener(transport, advertise, port))
+        self.edge = Edge(self.config, self.listeners)
+        for (transport, sock, _), listener in zip(pending, self.listeners, strict=True):
+            if transport == "udp":
+                udp, _ = await loop.create_datagram_endpoint(
+                    functools.partial(DatagramHandler, self, listener), sock=sock
+                )
+                self._udp.setdefault(sock.family, udp)
+            else:
+                server = await loop.create_server(
+                    functools.partial(StreamConnection, self, listener), sock=sock
+                )
+                self._servers.append(server)
+        self._tasks.append(asyncio.ensure_future(self._housekeeping()))
+        log.info(
+            "SIP edge listening on %s",
+            ", ".join(f"{lst.transport}:{lst.host}:{lst.port}" for lst in self.listeners),
+        )
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections.values()):
+            conn.abort()
+        for udp in self._udp.values():
+            udp.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        if self.edge is not None:
+            metrics.publish(self.edge.stats)
+
+    async def _housekeeping(self) -> None:
+        """Publish counters and close idle connections, on one timer."""
+        idle = self.config.tcp_idle_timeout
+        interval = min(METRICS_INTERVAL, max(idle / 2, 0.05))
+        while True:
+            await asyncio.sleep(interval)
+            if self.edge is not None:
+                metrics.publish(self.edge.stats)
+            deadline = self._loop.time() - idle
+            for conn in list(self.connections.values()):
+                if conn.last_active < deadline:
+                    log.debug("closing idle connection %d to %s", conn.id, conn.peer)
+                    conn.abort()
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def dispatch(self, sends: list[Send], origin: asyncio.DatagramTransport | None) -> None:
+        for send in sends:
+            if send.transport == "udp":
+                self._send_udp(send, origin)
+            elif send.transport == "tcp":
+                self._send_tcp(send)
+            else:
+                log.debug(
+                    "no %s transport for a message to %s:%d", send.transport, send.host, send.port
+                )
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _send_udp(self, send: Send, origin: asyncio.DatagramTransport | None) -> None:
+        host = send.host
+        if not _is_ip(host):
+            self._later(self._resolve_and_send(send))
+            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp = self._udp.get(family)
+        if udp is None:
+            log.warning("no UDP socket of the family of %s; message dropped", host)
+            return
+        udp.sendto(send.data, (host, send.port))
+
+    def _send_tcp(self, send: Send) -> None:
+        conn = self.connections.get(send.conn) if send.conn is not None else None
+        if conn is None:
+            conn = self._by_peer.get((send.host, send.port))
+        if conn is not None:
+            conn.write(send.data)
+            return
+        self._later(self._connect_and_send(send))
+
+    def _later(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _resolve(self, host: str, port: int) -> str | None:
+        if _is_ip(host):
+            return host
+        now = self._loop.time()
+        hit = self._resolved.get(host)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            log.warning("cannot resolve %s: %s", host, exc)
+            return None
+        families = {self._udp_family(f) for f, *_ in infos}
+        address = next((str(i[4][0]) for i in infos if i[0] in families), str(infos[0][4][0]))
+        self._resolved[host] = (address, now + RESOLVE_TTL)
+        if self.edge is not None:
+            self.edge.add_upstream_address(address, port)
+        return address
+
+    def _udp_family(self, family: int) -> int:
+        return family if family in self._udp else -1
+
+    async def _resolve_and_send(self, send: Send) -> None:
+        address = await self._resolve(send.host, send.port)
+        if address is not None:
+            self._send_udp(Send(send.data, "udp", address, send.port), None)
+
+    async def _connect_and_send(self, send: Send) -> None:
+        key = (send.host, send.port)
+        future = self._connecting.get(key)
+        if future is None:
+            future = self._loop.create_future()
+            self._connecting[key] = future
+            try:
+                future.set_result(await self._connect(send.host, send.port))
+            finally:
+                del self._connecting[key]
+        conn = await future
+        if conn is not None:
+            conn.write(send.data)
+
+    async def _connect(self, host: str, port: int) -> StreamConnection | None:
+        address = await self._resolve(host, port)
+        if address is None:
+            return None
+        listener = next((lst for lst in self.listeners if lst.transport == "tcp"), None)
+        listener = listener or self.listeners[0]
+        try:
+            _, conn = await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: StreamConnection(self, listener), address, port
+                ),
+                5.0,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot connect to %s:%d over TCP: %s", host, port, exc)
+            return None
+        # Responses and in-dialog requests name the peer as the caller wrote it; index both.
+        self._by_peer.setdefault((host, port), conn)
+        return conn
+
+    # -- connection table ---------------------------------------------------------------------
+
+    def register(self, conn: StreamConnection) -> bool:
+        if len(self.connections) >= self.config.tcp_max_connections:
+            log.warning(
+                "connection cap %d reached; refusing %s", self.config.tcp_max_connections, conn.peer
+            )
+            return False
+        conn.id = next(self._ids)
+        self.connections[conn.id] = conn
+        self._by_peer[conn.peer] = conn
+        return True
+
+    def unregister(self, conn: StreamConnection) -> None:
+        self.connections.pop(conn.id, None)
+        for key in [k for k, v in self._by_peer.items() if v is conn]:
+            del self._by_peer[key]
+
+
+class DatagramHandler(asyncio.DatagramProtocol):
+    """One UDP socket: each datagram is a whole message."""
+
+    def __init__(self, service: SipService, listener: Listener) -> None:
+        self.service = service
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+        assert service.edge is not None
+        self.edge = service.edge
+        self.holder = service.holder
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport; it quacks like one.
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            sends = self.edge.receive(data, self.listener, addr, self.holder.current)
+        except Exception:  # a bug must cost one message, never the socket
+            log.exception("edge failed on a datagram from %s", addr)
+            return
+        if len(sends) == 1:
+            send = sends[0]
+            # The keep-alive answer goes back where the request came from: skip dispatch.
+            if send.transport == "udp" and send.host == addr[0] and self.transport is not None:
+                self.transport.sendto(
+                    send.data, addr if send.port == addr[1] else (send.host, send.port)
+                )
+                return
+        self.service.dispatch(sends, self.transport)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)  # ICMP unreachable for a past send; nothing to do
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP connection, accepted or opened by us: frames messages by Content-Length."""
+
+    def __init__(self, service: SipService, listener: Listener) -> None:
+        self.service = service
+        self.listener = listener
+        self.reader = StreamReader()
+        self.transport: asyncio.Transport | None = None
+        self.id = 0
+        self.peer: tuple[str, int] = ("", 0)
+        self.last_active = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1]))
+        self.last_active = self.service._loop.time()
+        if not self.service.register(self):
+            transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.service.unregister(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.service._loop.time()
+        edge = self.service.edge
+        assert edge is not None
+        self.reader.receive_data(data)
+        while True:
+            try:
+                message = self.reader.next_message()
+            except MalformedMessage as exc:
+                # The framing is lost: answer if we can, then close (RFC 3261 §18.3).
+                self.service.dispatch(edge.malformed(exc, self.listener, self.peer, self.id), None)
+                self.close()
+                return
+            if self.reader.keepalives:
+                self.reader.keepalives = 0
+                self.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+            if message is None:
+                return
+            try:
+                sends = edge.handle(
+                    message, self.listener, self.peer, self.service.holder.current, self.id
+                )
+            except Exception:
+                log.exception("edge failed on a message from %s", self.peer)
+                continue
+            self.service.dispatch(sends, None)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.last_active = self.service._loop.time()
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def start_sip(config: SipConfig, holder: SnapshotHolder) -> SipService:
+    """Open the listeners in ``config.listen`` and serve the edge until ``close()``."""
+    service = SipService(config, holder)
+    await service.start()
+    return service
