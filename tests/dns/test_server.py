@@ -215,3 +215,42 @@ def test_changes_show_without_restart_and_raise_the_serial(live_dns: type[LiveDn
     live.publish(third)
     assert dig(live.port, "cust7.teams.example.com", "A").status == "NXDOMAIN"
     assert dig(live.port, "example.com", "SOA").rdata("SOA")[0].split()[2] == "9"
+
+
+def test_burst_with_unanswerable_datagrams_keeps_answers_matched(live_dns: type[LiveDns]) -> None:
+    """Answers go back to the right sender and ID even when some datagrams in a batch get
+    none (responses are never answered)."""
+    import dns.message
+
+    port = live_dns().port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        expected = set()
+        for i in range(60):
+            query = dns.message.make_query("voip.example.com", "A", id=1000 + i)
+            if i % 3 == 1:
+                s.sendto(dns.message.make_response(query).to_wire(), ("127.0.0.1", port))
+            else:
+                s.sendto(query.to_wire(), ("127.0.0.1", port))
+                expected.add(1000 + i)
+        got = set()
+        while got != expected:
+            reply = dns.message.from_wire(s.recv(4096))
+            assert sorted(r.to_text() for r in reply.answer[0]) == VIPS_V4
+            got.add(reply.id)
+        assert got == expected
+
+
+def test_ipv6_listener_and_plain_asyncio_udp() -> None:
+    for batched in (True, False):
+        server = LiveDns(snapshot(), DnsConfig(listen="[::1]:0", batched_udp=batched))
+        try:
+            r = dig(server.port, "voip.example.com", "A", server="::1")
+            assert sorted(r.rdata("A")) == VIPS_V4
+            far = dig(
+                server.port, "_sip._udp.voip.example.com", "SRV", "+subnet=198.51.100.0/24",
+                server="::1",
+            )  # fmt: skip
+            assert srv(far.rdata("SRV"))[0][3] == "site-b.example.com."
+        finally:
+            server.close()

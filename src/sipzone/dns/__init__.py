@@ -19,3 +19,4 @@ class DnsConfig:
     udp_payload: int = 1232  # EDNS0 payload we offer and honour (DNS flag day 2020 value)
     send_notify: bool = True  # with --workers N, only one worker should send NOTIFY
     cache_size: int = 200_000  # per-question answer cache entries before it is dropped
+    batched_udp: bool = True  # recvmmsg/sendmmsg on Linux; False: one asyncio callback each

@@ -195,7 +195,7 @@ class RegionMap:
             bits = 32 if version == 4 else 128
             mask = ((1 << plen) - 1) << (bits - plen)
             self._tables[version].append((mask, table))
-        self._clients: dict[str, int] = {}
+        self._clients: dict[str | bytes, int] = {}
 
     def view(self, version: int, address: int) -> int:
         for mask, table in self._tables[version]:
@@ -204,13 +204,15 @@ class RegionMap:
                 return hit
         return 0
 
-    def view_of(self, client: str) -> int:
-        """View of a source address as the socket reports it; cached per address."""
+    def view_of(self, client: str | bytes) -> int:
+        """View of a source address, as text or packed bytes (4 or 16); cached per address."""
         hit = self._clients.get(client)
         if hit is not None:
             return hit
         try:
-            ip = ipaddress.ip_address(client.split("%", 1)[0])
+            ip = ipaddress.ip_address(
+                client if isinstance(client, bytes) else client.split("%", 1)[0]
+            )
         except ValueError:
             return 0
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -416,8 +418,9 @@ class Authority:
             + options
         )
 
-    def respond(self, data: bytes, client: str, tcp: bool = False) -> bytes | None:
-        """The response to one query from ``client`` (an IP address), or None to stay silent.
+    def respond(self, data: bytes, client: str | bytes, tcp: bool = False) -> bytes | None:
+        """The response to one query from ``client`` (an IP address as text or packed bytes),
+        or None to stay silent.
 
         Never raises on any input: whatever it cannot parse gets FORMERR (or silence when
         even the header is short, or the packet is itself a response)."""

@@ -22,6 +22,7 @@ import dns.opcode
 import dns.rcode
 
 from sipzone.dns import DnsConfig
+from sipzone.dns import udp as udp_batch
 from sipzone.dns.answers import QTYPE_AXFR, QTYPE_IXFR, SERVFAIL, Authority, error, question
 from sipzone.dns.xfr import notify_message, transfer
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
@@ -91,6 +92,7 @@ class DnsService:
         self.holder = holder
         self.authority = Authority(holder.current, config)
         self._udp: asyncio.DatagramTransport | None = None
+        self._batched: udp_batch.BatchedUdp | None = None
         self._tcp: asyncio.Server | None = None
         self._notifying: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -104,10 +106,16 @@ class DnsService:
         tcp = _socket(host, port, socket.SOCK_STREAM)
         tcp.listen(128)
         self.address = (host, port)
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self.authority), sock=udp
-        )
-        self._udp = transport
+        if self.config.batched_udp and udp_batch.available():
+            self._batched = udp_batch.BatchedUdp(
+                udp, self.authority.respond, self.config.udp_payload
+            )
+            self._batched.start(loop)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self.authority), sock=udp
+            )
+            self._udp = transport
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
         self.holder.subscribe(self._on_snapshot)
         if self.holder.current is not self.authority.snapshot:
@@ -197,6 +205,8 @@ class DnsService:
         self._closed = True
         if self._udp is not None:
             self._udp.close()
+        if self._batched is not None:
+            self._batched.close()
         if self._tcp is not None:
             self._tcp.close()
             with contextlib.suppress(Exception):
