@@ -195,7 +195,7 @@ class RegionMap:
             bits = 32 if version == 4 else 128
             mask = ((1 << plen) - 1) << (bits - plen)
             self._tables[version].append((mask, table))
-        self._clients: dict[str | bytes, int] = {}
+        self.clients: dict[str | bytes, int] = {}  # source address -> view, filled lazily
 
     def view(self, version: int, address: int) -> int:
         for mask, table in self._tables[version]:
@@ -206,7 +206,7 @@ class RegionMap:
 
     def view_of(self, client: str | bytes) -> int:
         """View of a source address, as text or packed bytes (4 or 16); cached per address."""
-        hit = self._clients.get(client)
+        hit = self.clients.get(client)
         if hit is not None:
             return hit
         try:
@@ -218,9 +218,9 @@ class RegionMap:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         view = self.view(ip.version, int(ip))
-        if len(self._clients) > 100_000:
-            self._clients.clear()
-        self._clients[client] = view
+        if len(self.clients) > 100_000:
+            self.clients.clear()
+        self.clients[client] = view
         return view
 
 
@@ -250,7 +250,11 @@ class Authority:
         self.regions = RegionMap(self.records.networks())
         self._nodes: dict[tuple[str, tuple[Role, ...], int], dict[int, Answer]] = {}
         self._soa_answers: list[Answer] = []
-        self._cache: dict[bytes, dict[bytes, Answer]] = {}
+        # Question bytes as received (case kept) + view byte -> answer; and, to forget a
+        # name's entries in every case and view, lower-case wire name -> its keys.
+        self._cache: dict[bytes, Answer] = {}
+        self._cached: dict[bytes, list[bytes]] = {}
+        self._client_views = self.regions.clients
         self._zones_wire = {wire(z): z for z in snapshot.zones}
         self._zones = {z: self._negatives(z) for z in snapshot.zones}
         self._ents: dict[str, int] = {}
@@ -298,18 +302,22 @@ class Authority:
     def _forget(self, rule: str) -> None:
         """Drop cached answers a rule can change: the name, its service names, its ancestors
         and, for a wildcard, every name under its base."""
-        cache = self._cache
         if rule.startswith("*."):
             base = wire(rule[2:])
-            for q in [q for q in cache if is_below_wire(q, base)]:
-                del cache[q]
+            for q in [q for q in self._cached if is_below_wire(q, base)]:
+                self._forget_wire(q)
             names = [rule[2:]]
         else:
             names = [rule, *(f"{a}.{b}.{rule}" for a, b in SERVICE_PREFIXES)]
             names += [f"{p}.{rule}" for p in PROTOCOL_LABELS]
         names += ancestors(names[0])
         for name in names:
-            cache.pop(wire(name), None)
+            self._forget_wire(wire(name))
+
+    def _forget_wire(self, q: bytes) -> None:
+        cache = self._cache
+        for key in self._cached.pop(q, ()):
+            cache.pop(key, None)
 
     def _negatives(self, zone: str) -> ZoneAnswers:
         # RFC 2308 §3 wants min(SOA TTL, SOA MINIMUM) here; both are the configured TTL.
@@ -424,6 +432,28 @@ class Authority:
 
         Never raises on any input: whatever it cannot parse gets FORMERR (or silence when
         even the header is short, or the packet is itself a response)."""
+        # The hot path: a plain query over UDP whose exact question was answered before.  The
+        # first zero byte after the header ends the name only if no label holds a zero byte,
+        # but a cache hit settles it: the key is a question the full parser accepted.
+        if (
+            not tcp
+            and len(data) > 16
+            and not data[2] & 0xF8
+            and data[4:12] == _ONE_QUESTION
+            and data.find(0, 12) + 5 == len(data)
+        ):
+            view = self._client_views.get(client)
+            if view is None:
+                view = self.regions.view_of(client)
+            answer = self._cache.get(data[12:] + _VIEW_BYTES[view])
+            if answer is not None:
+                out = data[:2] + answer.heads[data[2] & 1] + data[12:] + answer.body
+                if len(out) <= 512:
+                    return out
+        return self._respond(data, client, tcp)
+
+    def _respond(self, data: bytes, client: str | bytes, tcp: bool) -> bytes | None:
+        """Every query the hot path does not take: EDNS, TCP, cache misses, errors."""
         n = len(data)
         if n < 12 or data[2] & 0x80:
             return None
@@ -471,12 +501,10 @@ class Authority:
             edns = 0
         if view < 0:
             view = self.regions.view_of(client)
-        q = data[12:qend].lower()
-        tail = data[qend:end] + _VIEW_BYTES[view]
-        by_name = self._cache.get(q)
-        answer = by_name.get(tail) if by_name is not None else None
+        key = data[12:end] + _VIEW_BYTES[view]
+        answer = self._cache.get(key)
         if answer is None:
-            answer = self._resolve_and_cache(q, tail, view)
+            answer = self._resolve_and_cache(key, qend - 12, view)
         rd = data[2] & 1
         if edns:
             if options:
@@ -494,17 +522,16 @@ class Authority:
             out = data[:2] + answer.heads[4 | rd | edns] + data[12:end] + opt
         return out
 
-    def _resolve_and_cache(self, q: bytes, tail: bytes, view: int) -> Answer:
-        qtype = tail[0] << 8 | tail[1]
-        qclass = tail[2] << 8 | tail[3]
-        answer = self.resolve(q, qtype, qclass, view)
-        cache = self._cache
-        by_name = cache.get(q)
-        if by_name is None:
-            if len(cache) >= self.config.cache_size:
-                cache.clear()
-            by_name = cache[q] = {}
-        by_name[tail] = answer
+    def _resolve_and_cache(self, key: bytes, name_len: int, view: int) -> Answer:
+        """Resolve a question (``key`` = question bytes + view byte) and remember the answer."""
+        q = key[:name_len].lower()
+        tail = key[name_len:]
+        answer = self.resolve(q, tail[0] << 8 | tail[1], tail[2] << 8 | tail[3], view)
+        if len(self._cache) >= self.config.cache_size:
+            self._cache.clear()
+            self._cached.clear()
+        self._cache[key] = answer
+        self._cached.setdefault(q, []).append(key)
         return answer
 
     def _options(self, data: bytes, i: int, n: int) -> tuple[int, bytes]:
