@@ -38,6 +38,10 @@ from sipzone.model.snapshot import Site, Snapshot
 from sipzone.model.tenancy import TenantView
 from sipzone.sip import SipConfig
 from sipzone.sip.message import (
+    KNOWN,
+    LIST_COMMA,
+    MAX_CSEQ,
+    MAX_FORWARDS,
     MalformedMessage,
     Request,
     Response,
@@ -46,8 +50,12 @@ from sipzone.sip.message import (
     check_request,
     check_response,
     check_uri,
+    header_key,
+    is_address,
+    is_call_id,
+    is_token,
+    match_via,
     parse_address,
-    parse_max_forwards,
     parse_message,
     parse_uri,
     parse_via,
@@ -68,6 +76,13 @@ METHOD_LABELS = frozenset(
     {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
      "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE", "PUBLISH"}
 )  # fmt: skip
+# What a keep-alive may carry and still take the hot path; anything else is decided in full.
+KEEPALIVE_HEADERS = KNOWN - {
+    b"Require", b"Proxy-Require", b"Date", b"Expires", b"Route", b"Record-Route"
+}  # fmt: skip
+# RFC 3261 §8.2.6.2: a response we originate copies Via, From, Call-ID, CSeq and To (+ tag).
+RESPONSE_HEAD = b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
+KEEPALIVE_REQUIRED = (b"Via", b"From", b"To", b"Call-ID", b"CSeq", b"Max-Forwards")
 _STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
 _TENANT_SAFE = re.compile(rb"[^\x20-\x7e]")
 
@@ -115,6 +130,7 @@ class Stats:
     """Counts kept as plain integers on the hot path; ``metrics.py`` publishes them."""
 
     requests: Counter[tuple[str, str]]  # (method label, verdict)
+    keepalives: int = 0  # OPTIONS answered 200 on the hot path
     forwarded: int = 0
     relayed: int = 0
     malformed: int = 0
@@ -133,11 +149,13 @@ class Edge:
         self.stats = Stats.new()
         self._by_transport = {lst.transport: lst for lst in reversed(listeners)}
         self._ours = {(lst.host, lst.port) for lst in listeners}
-        self._tenant_key = config.tenant_header.lower()
+        self._tenant_key = header_key(config.tenant_header.encode())
         self._tenant_name = config.tenant_header.encode()
         self._snapshot: Snapshot | None = None
         self._admissions: dict[bytes, Admission | None] = {}
         self._options_tails: dict[tuple[str, str, int], bytes] = {}
+        self._keepalives: dict[tuple[bytes, bytes, int], bytes] = {}
+        self._good_addresses: set[bytes] = set()
         self._targets: dict[str, Target | None] = {}
         self._upstream_addrs: set[tuple[str, int]] = set()
         self._site: Site | None = None
@@ -160,6 +178,102 @@ class Edge:
             return self.malformed(exc, listener, addr, conn)
         return self.handle(message, listener, addr, snapshot, conn)
 
+    def keepalive(
+        self, data: bytes, listener: Listener, addr: tuple[str, int], snapshot: Snapshot
+    ) -> Send | None:
+        """Answer an OPTIONS keep-alive datagram without the general parser, or return None.
+
+        This is the hot path (a platform's peers ping every few seconds).  It accepts only the
+        plainest shape: one Via without rport, canonical header names once each, no body,
+        nothing that asks for an extension; and it leans on what was checked once and
+        remembered, since a peer's Request-URI and To repeat from one ping to the next.
+        Whatever it accepts, :meth:`receive` would answer with the same bytes; whatever it
+        declines, :meth:`receive` handles.
+        """
+        if snapshot is not self._snapshot:
+            return None
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if body or not sep:
+            return None
+        first, _, block = head.partition(b"\r\n")
+        parts = first.split(b" ")
+        if len(parts) != 3 or parts[0] != b"OPTIONS" or parts[2] != b"SIP/2.0":
+            return None
+        lines = block.split(b"\r\n")
+        try:
+            fields = dict([line.split(b": ", 1) for line in lines])
+        except ValueError:
+            return None
+        if len(fields) != len(lines) or not fields.keys() <= KEEPALIVE_HEADERS:
+            return None
+        get = fields.get
+        via, from_, to, call_id, cseq, mf = (get(k) for k in KEEPALIVE_REQUIRED)
+        if via is None or from_ is None or to is None or call_id is None or cseq is None:
+            return None
+        if mf is None or not mf.isdigit() or len(mf) > 3 or not 0 < int(mf) <= MAX_FORWARDS:
+            return None
+        number = cseq[:-8]
+        if (
+            not cseq.endswith(b" OPTIONS")
+            or not number.isdigit()
+            or len(number) > 10
+            or int(number) > MAX_CSEQ
+        ):
+            return None
+        length = get(b"Content-Length")
+        if length is not None and length != b"0":
+            return None
+        memo_key = (parts[1], to, listener.port)
+        tail = self._keepalives.get(memo_key)
+        if tail is None:
+            tail = self._learn_keepalive(parts[1], to, listener, snapshot)
+            self._keepalives[memo_key] = tail
+        if not tail:
+            return None
+        address, tagged, tag = from_.rpartition(b";tag=")
+        if not tagged or not is_token(tag):
+            return None
+        if address not in self._good_addresses:
+            if not is_address(address) or len(self._good_addresses) > ADMISSION_CACHE:
+                return None
+            self._good_addresses.add(address)
+        if not is_call_id(call_id):
+            return None
+        sent_by = match_via(via)
+        if sent_by is None or b"rport" in sent_by[2].lower():
+            return None
+        source = addr[0]
+        if sent_by[0] != source.encode():
+            via = _stamp_via(via, parse_via(via), addr)
+        self.stats.keepalives += 1
+        tagged_to = to + b";tag=sz%08x" % zlib.crc32(via)
+        data = RESPONSE_HEAD % (200, b"OK", via, from_, tagged_to, call_id, cseq, tail)
+        return Send(data, "udp", source, int(sent_by[1]) if sent_by[1] else 5060)
+
+    def _learn_keepalive(
+        self, uri: bytes, to: bytes, listener: Listener, snapshot: Snapshot
+    ) -> bytes:
+        """The 200 tail for a keep-alive to ``uri`` with this To, or b"" when the general path
+        must decide (an IP literal, a To tag, anything not plainly valid, not admitted)."""
+        if len(self._keepalives) >= ADMISSION_CACHE:
+            self._keepalives.clear()
+        try:
+            check_uri(uri)
+            address = parse_address(to, "To")
+        except MalformedMessage:
+            return b""
+        host = uri_host(uri)
+        if host is None or not host or host[-1] in b"0123456789]" or address.tag is not None:
+            return b""
+        if to != to.strip(b" \t") or b"tag" in to.lower():
+            return b""
+        admission = (
+            self._admissions[host] if host in self._admissions else self._admit(host, snapshot)
+        )
+        if admission is None:
+            return b""
+        return self._options_tail(admission.name, listener)
+
     def handle(
         self,
         message: Request | Response,
@@ -174,10 +288,10 @@ class Edge:
         if isinstance(message, Response):
             return self._relay(message)
         try:
-            check_request(message)
+            top = check_request(message)
             if (addr[0], addr[1]) in self._upstream_addrs:
-                return self._downstream(message, listener, addr, conn)
-            return self._request(message, listener, addr, snapshot, conn)
+                return self._downstream(message, top, listener, addr, conn)
+            return self._request(message, top, listener, addr, snapshot, conn)
         except MalformedMessage as exc:
             return self.malformed(exc, listener, addr, conn)
 
@@ -191,18 +305,23 @@ class Edge:
         if not isinstance(request, Request) or request.method == "ACK":
             self.stats.requests[("other", "dropped_malformed")] += 1
             return []
-        if not request.fields.get("via"):
+        if not request.fields.get(b"Via"):
             self._count(request.method, "dropped_malformed")
             return []
         self._count(request.method, "malformed")
+        try:
+            top: Via | None = parse_via(request.fields[b"Via"])
+        except MalformedMessage:
+            top = None  # answer to the source; echo the Via as it came
         reason = _reason(str(exc))
-        return [self._reply(request, listener, addr, conn, exc.status, reason)]
+        return [self._reply(request, top, listener, addr, conn, exc.status, reason)]
 
     # -- requests towards the core ------------------------------------------------------------
 
     def _request(
         self,
         request: Request,
+        top: Via,
         listener: Listener,
         addr: tuple[str, int],
         snapshot: Snapshot,
@@ -216,7 +335,7 @@ class Edge:
         if not host or host[-1] in b"0123456789]":
             # An IP literal (no top-level domain ends in a digit) names no domain: fall back
             # to the To host, which a phone dialling the edge's address still fills in.
-            to_uri = parse_address(request.fields["to"][0], "To").uri
+            to_uri = parse_address(request.fields[b"To"], "To").uri
             host = uri_host(to_uri) or b""
         admissions = self._admissions
         admission = admissions[host] if host in admissions else self._admit(host, snapshot)
@@ -225,30 +344,31 @@ class Edge:
                 self._count(method, "dropped")
                 return []
             self._count(method, "rejected")
-            return [self._reply(request, listener, addr, conn, 403, b"Domain Not Served")]
+            return [self._reply(request, top, listener, addr, conn, 403, b"Domain Not Served")]
 
-        proxy_require = request.fields.get("proxy-require")
+        fields = request.fields
+        proxy_require = fields.get(b"Proxy-Require")
         if proxy_require and method != "ACK":
             # We implement no proxy extensions (RFC 3261 §16.3 step 5, RFC 4475 §3.3.5).
             self._count(method, "unsupported")
-            return [self._unsupported(request, listener, addr, conn, proxy_require)]
-        mf_values = request.fields.get("max-forwards")
-        max_forwards = parse_max_forwards(mf_values[0]) if mf_values else DEFAULT_MAX_FORWARDS
+            return [self._unsupported(request, top, listener, addr, conn, proxy_require)]
+        mf = fields.get(b"Max-Forwards")
+        max_forwards = int(mf) if mf is not None else DEFAULT_MAX_FORWARDS  # checked already
         if max_forwards == 0:
             if method == "ACK":
                 self._count(method, "dropped")
                 return []
             self._count(method, "too_many_hops")
-            return [self._reply(request, listener, addr, conn, 483, b"Too Many Hops")]
+            return [self._reply(request, top, listener, addr, conn, 483, b"Too Many Hops")]
 
-        if method == "OPTIONS" and not _has_tag(request.fields["to"][0]):
-            require = request.fields.get("require")
+        if method == "OPTIONS" and not _has_tag(fields[b"To"]):
+            require = fields.get(b"Require")
             if require:
                 self._count(method, "unsupported")
-                return [self._unsupported(request, listener, addr, conn, require)]
+                return [self._unsupported(request, top, listener, addr, conn, require)]
             self._count(method, "answered")
             tail = self._options_tail(admission.name, listener)
-            return [self._reply(request, listener, addr, conn, 200, b"OK", tail)]
+            return [self._reply(request, top, listener, addr, conn, 200, b"OK", tail)]
 
         check_contacts(request)
         upstream = admission.tenant.upstream or (self._site.upstream if self._site else None)
@@ -259,35 +379,40 @@ class Edge:
                 self._count(method, "dropped")
                 return []
             self._count(method, "no_upstream")
-            return [self._reply(request, listener, addr, conn, 503, b"No Upstream Configured")]
+            return [self._reply(request, top, listener, addr, conn, 503, b"No Upstream Configured")]
         self._count(method, "forwarded")
         self.stats.forwarded += 1
-        data = self._forwarded(request, listener, addr, conn, target, max_forwards, admission)
+        data = self._forwarded(request, top, addr, conn, target, max_forwards, admission)
         return [Send(data, target.transport, target.host, target.port)]
 
     def _downstream(
-        self, request: Request, listener: Listener, addr: tuple[str, int], conn: int | None
+        self,
+        request: Request,
+        top: Via,
+        listener: Listener,
+        addr: tuple[str, int],
+        conn: int | None,
     ) -> list[Send]:
         """A request from the core to a client (in-dialog): route by Route / Request-URI."""
         routes = self._routes_after_ours(request)
         hop = parse_uri(parse_address(routes[0], "Route").uri if routes else request.uri)
         if not hop.host:
             raise MalformedMessage(f"no host to send {request.method} to", request)
-        mf_values = request.fields.get("max-forwards")
-        max_forwards = parse_max_forwards(mf_values[0]) if mf_values else DEFAULT_MAX_FORWARDS
+        mf = request.fields.get(b"Max-Forwards")
+        max_forwards = int(mf) if mf is not None else DEFAULT_MAX_FORWARDS
         if max_forwards == 0:
             self._count(request.method, "too_many_hops")
-            return [self._reply(request, listener, addr, conn, 483, b"Too Many Hops")]
+            return [self._reply(request, top, listener, addr, conn, 483, b"Too Many Hops")]
         target = Target(hop.transport, hop.host.strip(b"[]").decode(), hop.port or 5060)
         self._count(request.method, "forwarded")
         self.stats.forwarded += 1
-        data = self._forwarded(request, listener, addr, conn, target, max_forwards, None)
+        data = self._forwarded(request, top, addr, conn, target, max_forwards, None)
         return [Send(data, target.transport, target.host, target.port)]
 
     def _forwarded(
         self,
         request: Request,
-        listener: Listener,
+        top: Via,
         addr: tuple[str, int],
         conn: int | None,
         target: Target,
@@ -295,29 +420,27 @@ class Edge:
         admission: Admission | None,
     ) -> bytes:
         """The request as a stateless proxy sends it on (RFC 3261 §16.6, §16.11)."""
-        out = self._by_transport.get(target.transport) or listener
-        top_value = request.fields["via"][0]
-        top = parse_via(top_value)
+        out = self._by_transport.get(target.transport) or self.listeners[0]
         via = b"SIP/2.0/%s %s;branch=%s" % (
             target.transport.upper().encode(),
             out.sent_by,
-            _derived_branch(request, top, top_value),
+            _derived_branch(request, top),
         )
         if conn is not None:
             via += b";%s=%d" % (CONN_PARAM, conn)
         lines = [b"Via: " + via + b"\r\n"]
-        to_tagged = _has_tag(request.fields["to"][0])
+        to_tagged = _has_tag(request.fields[b"To"])
         if admission is not None and not to_tagged and request.method not in NO_RECORD_ROUTE:
             lines.append(b"Record-Route: <sip:%s;lr>\r\n" % admission.name.encode())
         routes = self._routes_after_ours(request)
         seen_via = seen_route = False
         for key, name, value in request.headers():
-            if key == "via" and not seen_via:
+            if key == b"Via" and not seen_via:
                 seen_via = True
                 value = _stamp_via(value, top, addr)
-            elif key == "max-forwards":
+            elif key == b"Max-Forwards":
                 continue
-            elif key == "route":
+            elif key == b"Route":
                 if not seen_route:
                     seen_route = True
                     lines.extend(b"Route: " + r + b"\r\n" for r in routes)
@@ -329,16 +452,16 @@ class Edge:
         if admission is not None:
             tenant = _TENANT_SAFE.sub(b"", admission.tenant.header_value)
             lines.append(self._tenant_name + b": " + tenant + b"\r\n")
-        if "content-length" not in request.fields:
+        if b"Content-Length" not in request.fields:
             lines.append(b"Content-Length: %d\r\n" % len(request.body))
         return request.start_line + b"\r\n" + b"".join(lines) + b"\r\n" + request.body
 
     def _routes_after_ours(self, request: Request) -> list[bytes]:
         """The Route entries left once ours (the top one, if it names us) is popped (§16.4)."""
-        values = request.fields.get("route")
-        if not values:
+        value = request.fields.get(b"Route")
+        if not value:
             return []
-        routes = [r for value in values for r in split_addresses(value)]
+        routes = split_addresses(value)
         first = parse_address(routes[0], "Route")
         host = uri_host(first.uri) or b""
         if self._is_us(host):
@@ -358,36 +481,35 @@ class Edge:
         """Pop our Via and send the response where the next Via says (RFC 3261 §16.7, §18.2.2)."""
         try:
             check_response(response)
-            vias = response.fields["via"]
-            top = parse_via(vias[0])
+            vias = response.fields[b"Via"]
+            top = parse_via(vias)
             branch = top.branch or b""
             if not branch.startswith(OUR_BRANCH) or not self._is_our_sent_by(top):
                 self.stats.requests[("response", "stray")] += 1
                 return []
-            rest = vias[0][top.end :].lstrip(b" \t,")
-            nxt_value = rest or (vias[1] if len(vias) > 1 else b"")
-            if not nxt_value:
+            if top.end >= len(vias):
                 self.stats.requests[("response", "stray")] += 1
                 return []
-            nxt = parse_via(nxt_value)
+            nxt = parse_via(vias, LIST_COMMA.match(vias, top.end).end())  # type: ignore[union-attr]
         except MalformedMessage:
             self.stats.malformed += 1
             return []
         lines = []
         popped = False
         for key, name, value in response.headers():
-            if key == "via" and not popped:
+            if key == b"Via" and not popped:
                 popped = True
-                if not rest:
-                    continue
-                value = rest
+                first = parse_via(value)
+                if first.end >= len(value):
+                    continue  # our Via had the line to itself
+                value = value[LIST_COMMA.match(value, first.end).end() :]  # type: ignore[union-attr]
             lines.append(name + b": " + value + b"\r\n")
         data = response.start_line + b"\r\n" + b"".join(lines) + b"\r\n" + response.body
         conn_param = top.params.get(CONN_PARAM)
         conn = int(conn_param) if conn_param and conn_param.isdigit() else None
         host, port = _via_destination(nxt)
         self.stats.relayed += 1
-        return [Send(data, nxt.transport.lower(), host, port, conn)]
+        return [Send(data, nxt.transport, host, port, conn)]
 
     def _is_our_sent_by(self, via: Via) -> bool:
         host = via.host.strip(b"[]").decode("ascii", "replace")
@@ -398,6 +520,7 @@ class Edge:
     def _reply(
         self,
         request: Request,
+        top: Via | None,
         listener: Listener,
         addr: tuple[str, int],
         conn: int | None,
@@ -406,30 +529,22 @@ class Edge:
         tail: bytes = b"Content-Length: 0\r\n\r\n",
     ) -> Send:
         fields = request.fields
-        vias = fields["via"]
-        try:
-            top: Via | None = parse_via(vias[0])
-        except MalformedMessage:
-            top = None  # answer to the source; echo the Via as it came
-        lines = [b"SIP/2.0 %d %s\r\n" % (status, reason)]
-        first = True
-        for value in vias:
-            if first and top is not None:
-                value = _stamp_via(value, top, addr)
-            first = False
-            lines.append(b"Via: " + value + b"\r\n")
-        for key, name in (("from", b"From: "), ("call-id", b"Call-ID: "), ("cseq", b"CSeq: ")):
-            values = fields.get(key)
-            if values:
-                lines.append(name + values[0] + b"\r\n")
-        to = fields.get("to")
-        if to:
-            value = to[0]
-            if status != 100 and not _has_tag(value):
-                value += b";tag=sz%08x" % zlib.crc32(vias[0])
-            lines.append(b"To: " + value + b"\r\n")
-        lines.append(tail)
-        data = b"".join(lines)
+        via = fields[b"Via"]
+        if top is not None:
+            via = _stamp_via(via, top, addr)
+        to = fields.get(b"To", b"")
+        if status != 100 and to and not _has_tag(to):
+            to += b";tag=sz%08x" % zlib.crc32(via)
+        data = RESPONSE_HEAD % (
+            status,
+            reason,
+            via,
+            fields.get(b"From", b""),
+            to,
+            fields.get(b"Call-ID", b""),
+            fields.get(b"CSeq", b""),
+            tail,
+        )
         if listener.transport != "udp":
             return Send(data, listener.transport, addr[0], addr[1], conn)
         if top is None or top.rport is not None:
@@ -440,13 +555,14 @@ class Edge:
     def _unsupported(
         self,
         request: Request,
+        top: Via,
         listener: Listener,
         addr: tuple[str, int],
         conn: int | None,
-        tags: list[bytes],
+        tags: bytes,
     ) -> Send:
-        tail = b"Unsupported: %s\r\nContent-Length: 0\r\n\r\n" % b", ".join(tags)
-        return self._reply(request, listener, addr, conn, 420, b"Bad Extension", tail)
+        tail = b"Unsupported: %s\r\nContent-Length: 0\r\n\r\n" % tags
+        return self._reply(request, top, listener, addr, conn, 420, b"Bad Extension", tail)
 
     def _options_tail(self, name: str, listener: Listener) -> bytes:
         key = (name, listener.transport, listener.port)
@@ -471,6 +587,7 @@ class Edge:
         self._snapshot = snapshot
         self._admissions = {}
         self._options_tails = {}
+        self._keepalives = {}
         self._warned = set()
         site = None
         if snapshot.sites:
@@ -570,7 +687,7 @@ def _via_destination(via: Via) -> tuple[str, int]:
     return host, via.port or 5060
 
 
-def _derived_branch(request: Request, top: Via, top_value: bytes) -> bytes:
+def _derived_branch(request: Request, top: Via) -> bytes:
     """A branch for the forwarded request that any worker computes alike (RFC 3261 §16.11).
 
     Derived from the incoming branch and sent-by, so a retransmission and its CANCEL get the
@@ -582,12 +699,11 @@ def _derived_branch(request: Request, top: Via, top_value: bytes) -> bytes:
         basis = b"|".join((branch, top.host, b"%d" % (top.port or 0)))
     else:
         fields = request.fields
-        cseq = fields["cseq"][0].split()[0]
-        to_tag = parse_address(fields["to"][0]).tag or b""
-        from_tag = parse_address(fields["from"][0]).tag or b""
-        basis = b"|".join(
-            (to_tag, from_tag, fields["call-id"][0], request.uri, top_value[: top.end], cseq)
-        )
+        cseq = fields[b"CSeq"].split()[0]
+        to_tag = parse_address(fields[b"To"]).tag or b""
+        from_tag = parse_address(fields[b"From"]).tag or b""
+        via = fields[b"Via"][: top.end]
+        basis = b"|".join((to_tag, from_tag, fields[b"Call-ID"], request.uri, via, cseq))
     return OUR_BRANCH + hashlib.blake2b(basis, digest_size=10).hexdigest().encode()
 
 

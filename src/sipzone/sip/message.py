@@ -163,7 +163,7 @@ _VIA_PARM = re.compile(
     rb"(?P<transport>" + TOKEN + rb")[ \t]+(?P<host>" + IPV6_REF + rb"|[A-Za-z0-9.\-]+)"
     rb"(?:[ \t]*:[ \t]*(?P<port>[0-9]{1,5}))?(?P<params>" + PARAMS + rb")[ \t]*"
 )
-_COMMA = re.compile(rb",[ \t]*")
+LIST_COMMA = re.compile(rb",[ \t]*")
 
 # §20.16 CSeq = 1*DIGIT LWS Method
 _CSEQ = re.compile(rb"([0-9]+)[ \t]+(" + TOKEN + rb")\Z")
@@ -179,40 +179,40 @@ _DATE = re.compile(
 _DIGITS = re.compile(rb"[0-9]+\Z")
 _FOLD = re.compile(rb"\r\n[ \t]+")
 
-# §7.3.3 compact forms, plus the ones later RFCs registered.
+# Header keys are the canonical spelling for names we know (b"Via", b"Call-ID") and the lower
+# case name for the rest.  §7.3.3 compact forms, plus the ones later RFCs registered:
 COMPACT = {
-    b"v": "via", b"f": "from", b"t": "to", b"i": "call-id", b"m": "contact",
-    b"l": "content-length", b"k": "supported", b"s": "subject", b"c": "content-type",
-    b"e": "content-encoding", b"o": "event", b"r": "refer-to", b"b": "referred-by",
-    b"u": "allow-events", b"x": "session-expires", b"y": "identity",
-    b"a": "accept-contact", b"j": "reject-contact", b"d": "request-disposition",
+    b"v": b"Via", b"f": b"From", b"t": b"To", b"i": b"Call-ID", b"m": b"Contact",
+    b"l": b"Content-Length", b"k": b"Supported", b"s": b"Subject", b"c": b"Content-Type",
+    b"e": b"Content-Encoding", b"o": b"Event", b"r": b"Refer-To", b"b": b"Referred-By",
+    b"u": b"Allow-Events", b"x": b"Session-Expires", b"y": b"Identity",
+    b"a": b"Accept-Contact", b"j": b"Reject-Contact", b"d": b"Request-Disposition",
 }  # fmt: skip
-
-# How a key is written back out; keys not listed keep the name as the peer wrote it.
-CANONICAL_NAMES = {
-    "via": b"Via", "from": b"From", "to": b"To", "call-id": b"Call-ID", "cseq": b"CSeq",
-    "contact": b"Contact", "content-length": b"Content-Length", "max-forwards": b"Max-Forwards",
-    "record-route": b"Record-Route", "route": b"Route", "supported": b"Supported",
-    "subject": b"Subject", "content-type": b"Content-Type", "content-encoding": b"Content-Encoding",
-    "event": b"Event", "refer-to": b"Refer-To", "referred-by": b"Referred-By",
-    "allow-events": b"Allow-Events", "session-expires": b"Session-Expires",
-    "identity": b"Identity", "accept-contact": b"Accept-Contact",
-    "reject-contact": b"Reject-Contact", "request-disposition": b"Request-Disposition",
+KNOWN = frozenset(COMPACT.values()) | {
+    b"CSeq", b"Max-Forwards", b"Record-Route", b"Route", b"Proxy-Require", b"Require",
+    b"Unsupported", b"Allow", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Date",
+    b"Expires", b"User-Agent", b"Server", b"Organization", b"Priority", b"Timestamp",
+    b"Warning", b"Authorization", b"Proxy-Authorization", b"WWW-Authenticate",
+    b"Proxy-Authenticate", b"Min-Expires", b"Path", b"P-Asserted-Identity",
+    b"P-Preferred-Identity", b"Privacy", b"Reason", b"Diversion", b"Call-Info", b"Alert-Info",
+    b"Content-Disposition", b"MIME-Version", b"In-Reply-To", b"Reply-To", b"Retry-After",
+    b"RSeq", b"RAck", b"Min-SE", b"Replaces", b"Security-Client", b"Security-Server",
 }  # fmt: skip
+_SPELLING = {name.lower(): name for name in KNOWN}
 
 # Headers a request may carry once only (RFC 3261 §20, "single-value" in RFC 4475 §3.3.8).
-SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "content-length")
-REQUIRED = ("via", "to", "from", "call-id", "cseq")
+SINGLE = (b"To", b"From", b"Call-ID", b"CSeq", b"Max-Forwards", b"Content-Length")
+REQUIRED = (b"Via", b"To", b"From", b"Call-ID", b"CSeq")
 
 # Raw header name -> key.  Filled as names are seen so the common spellings cost one dict
 # probe; capped so a peer inventing names cannot grow it without bound.
-_KEYS: dict[bytes, str] = {name: key for name, key in COMPACT.items()}
-_KEYS.update((v, k) for k, v in CANONICAL_NAMES.items())
+_KEYS: dict[bytes, bytes] = {name: name for name in KNOWN}
+_KEYS.update(COMPACT)
 _KEYS_CAP = 2048
 
 
-def header_key(name: bytes) -> str:
-    """The canonical key for a header name as written (``v``, ``VIA``, ``Via `` -> ``via``)."""
+def header_key(name: bytes) -> bytes:
+    """The key for a header name as written (``v``, ``VIA``, ``Via `` -> ``Via``)."""
     key = _KEYS.get(name)
     if key is not None:
         return key
@@ -220,7 +220,7 @@ def header_key(name: bytes) -> str:
     if not _TOKEN_RE.match(stripped):
         raise BadHeaderLine(f"header name {name[:40]!r} is not a token")
     lower = stripped.lower()
-    key = COMPACT.get(lower) or lower.decode("ascii")
+    key = COMPACT.get(lower) or _SPELLING.get(lower) or lower
     if len(_KEYS) < _KEYS_CAP:
         _KEYS[name] = key
     return key
@@ -231,34 +231,22 @@ def header_key(name: bytes) -> str:
 
 @dataclass(slots=True)
 class Message:
-    """What requests and responses share: headers by key (raw values, in order) and a body.
+    """What requests and responses share: header values by key, and a body.
 
-    ``fields`` maps each key to its values in arrival order, one entry per header line;
-    ``lines`` are the unfolded header lines as received, kept to forward headers verbatim.
+    ``fields`` maps each key to its value; a header that appears on several lines has them
+    joined with ", ", which RFC 3261 §7.3.1 makes equivalent, and its key in ``repeated``.
+    ``head`` is the header block as received (unfolded), kept to forward headers verbatim.
     """
 
-    fields: dict[str, list[bytes]]
-    lines: list[bytes]
+    fields: dict[bytes, bytes]
+    head: bytes
+    repeated: frozenset[bytes] = frozenset()
     body: bytes = b""
 
-    def get(self, key: str) -> bytes | None:
-        """The first value of a header, or None."""
-        values = self.fields.get(key)
-        return values[0] if values else None
-
-    def single(self, key: str) -> bytes | None:
-        """The value of a header that may appear once; raises when it appears more often."""
-        values = self.fields.get(key)
-        if not values:
-            return None
-        if len(values) > 1:
-            raise RepeatedHeader(f"{_display(key)} appears {len(values)} times", self)
-        return values[0]
-
-    def headers(self) -> list[tuple[str, bytes, bytes]]:
+    def headers(self) -> list[tuple[bytes, bytes, bytes]]:
         """Every header line as ``(key, name as received, value)``, in order."""
         out = []
-        for line in self.lines:
+        for line in self.head.split(b"\r\n") if self.head else ():
             name, _, value = line.partition(b":")
             out.append((header_key(name), name.rstrip(b" \t"), value.strip(b" \t")))
         return out
@@ -320,13 +308,21 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Via:
-    """One via-parm (RFC 3261 §20.42, RFC 3581 rport)."""
+    """One via-parm (RFC 3261 §20.42, RFC 3581 rport); parameters parsed when asked for."""
 
-    transport: str
+    transport_name: bytes
     host: bytes
     port: int | None
-    params: dict[bytes, bytes | None]
+    raw_params: bytes
     end: int  # offset in the header value where this via-parm ends
+
+    @property
+    def transport(self) -> str:
+        return self.transport_name.decode("ascii").lower()
+
+    @property
+    def params(self) -> dict[bytes, bytes | None]:
+        return parse_params(self.raw_params) if self.raw_params else {}
 
     @property
     def branch(self) -> bytes | None:
@@ -339,9 +335,12 @@ class Via:
     @property
     def rport(self) -> bytes | None:
         """The rport value; b"" when the parameter is present without one, None when absent."""
-        if b"rport" not in self.params:
+        if b"rport" not in self.raw_params.lower():
             return None
-        return self.params[b"rport"] or b""
+        params = self.params
+        if b"rport" not in params:
+            return None
+        return params[b"rport"] or b""
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -359,7 +358,7 @@ def parse_message(data: bytes) -> Request | Response:
         # reading on lets the checks name the real problem (RFC 4475 §3.1.2.15 does this).
         head, rest = data[:-2], b""
     message = parse_head(head)
-    length = message.fields.get("content-length")
+    length = message.fields.get(b"Content-Length")
     if length is None:
         message.body = rest  # a datagram without Content-Length runs to its end (§18.3)
         return message
@@ -374,63 +373,85 @@ def parse_head(head: bytes) -> Request | Response:
     """Parse a start line and header block (without the terminating empty line)."""
     while head.startswith(b"\r\n"):  # RFC 3261 §7.5: ignore CRLFs before the start line
         head = head[2:]
-    if b"\r\n " in head or b"\r\n\t" in head:
-        head = _FOLD.sub(b" ", head)
-    lines = head.split(b"\r\n")
-    if len(lines) > MAX_HEADERS + 1:
-        raise TooManyHeaders(f"message has {len(lines) - 1} header lines; limit {MAX_HEADERS}")
-    first = lines[0]
-    del lines[0]
-    fields: dict[str, list[bytes]] = {}
-    keys = _KEYS
-    for line in lines:
+    first, _, block = head.partition(b"\r\n")
+    if b"\r\n " in block or b"\r\n\t" in block or block[:1] in (b" ", b"\t"):
+        block = _FOLD.sub(b" ", block).lstrip(b" \t")
+    lines = block.split(b"\r\n")
+    if len(lines) > MAX_HEADERS:
+        raise TooManyHeaders(f"message has {len(lines)} header lines; the limit is {MAX_HEADERS}")
+    # The common message: every line "Name: value" with a canonical name, once each, and no
+    # stray whitespace around values.  Then a dict built by C calls is already the answer;
+    # whatever else (compact forms, odd case, repeats, extra spaces) takes the general path.
+    fields: dict[bytes, bytes] | None = None
+    repeated: frozenset[bytes] = frozenset()
+    if not (
+        b" \r\n" in block
+        or b"\t\r\n" in block
+        or b":  " in block
+        or b": \t" in block
+        or block.endswith((b" ", b"\t"))
+    ):
+        try:
+            fields = dict([line.split(b": ", 1) for line in lines])
+        except ValueError:
+            fields = None
+        else:
+            if len(fields) != len(lines) or not fields.keys() <= KNOWN:
+                fields = None
+    if fields is None:
+        fields, repeated = _fields(block)
+    if first.startswith(b"SIP/"):
+        return _status_line(first, fields, block, repeated)
+    return _request_line(first, fields, block, repeated)
+
+
+def _fields(block: bytes) -> tuple[dict[bytes, bytes], frozenset[bytes]]:
+    fields: dict[bytes, bytes] = {}
+    repeated = set()
+    if not block:
+        return fields, frozenset()
+    for line in block.split(b"\r\n"):
         name, colon, value = line.partition(b":")
         if not colon:
             raise BadHeaderLine(f"header line {line[:40]!r} has no ':'")
-        key = keys.get(name) or header_key(name)
+        key = header_key(name)
         value = value.strip(b" \t")
-        values = fields.get(key)
-        if values is None:
-            fields[key] = [value]
+        old = fields.get(key)
+        if old is None:
+            fields[key] = value
         else:
-            values.append(value)
-    if first.startswith(b"SIP/"):
-        return _status_line(first, fields, lines)
-    return _request_line(first, fields, lines)
+            fields[key] = old + b", " + value
+            repeated.add(key)
+    return fields, frozenset(repeated)
 
 
-def _request_line(first: bytes, fields: dict[str, list[bytes]], lines: list[bytes]) -> Request:
+def _request_line(
+    first: bytes, fields: dict[bytes, bytes], block: bytes, repeated: frozenset[bytes]
+) -> Request:
     parts = first.split(b" ")
     if len(parts) == 3 and parts[2] == SIP_VERSION and parts[1] and parts[0]:
-        # The common case; the full check below is only for what does not look like it.
         method, uri = parts[0], parts[1]
-        if not _TOKEN_RE.match(method) or b"\t" in uri:
-            _raise_request_line(first, fields, lines)
-        return Request(fields, lines, b"", method.decode("ascii"), uri)
-    _raise_request_line(first, fields, lines)
-    raise AssertionError("unreachable")
-
-
-def _raise_request_line(first: bytes, fields: dict[str, list[bytes]], lines: list[bytes]) -> None:
+        if _TOKEN_RE.match(method) and b"\t" not in uri:
+            return Request(fields, block, repeated, b"", method.decode("ascii"), uri)
+    # Keep what can be kept so a 400 can still be sent: the method is the first token.
     m = _REQUEST_LINE.match(first)
     if m is None:
-        # Keep what can be kept so a 400 can still be sent: the method is the first token.
         method = first.split(b" ", 1)[0]
         partial = None
         if _TOKEN_RE.match(method):
-            partial = Request(fields, lines, b"", method.decode("ascii"), b"")
+            partial = Request(fields, block, repeated, b"", method.decode("ascii"), b"")
         raise BadStartLine(
             f"request line {first[:80]!r} is not 'METHOD SP Request-URI SP SIP/2.0' "
             "(one space between parts, no spaces inside the URI)",
             partial,
         )
-    partial = Request(fields, lines, b"", m.group(1).decode("ascii"), m.group(2))
-    if m.group(3) != SIP_VERSION:
-        raise BadVersion(f"SIP version {m.group(3).decode()} is not supported", partial)
-    raise BadStartLine(f"request line {first[:80]!r} is malformed", partial)
+    partial = Request(fields, block, repeated, b"", m.group(1).decode("ascii"), m.group(2))
+    raise BadVersion(f"SIP version {m.group(3).decode()} is not supported", partial)
 
 
-def _status_line(first: bytes, fields: dict[str, list[bytes]], lines: list[bytes]) -> Response:
+def _status_line(
+    first: bytes, fields: dict[bytes, bytes], block: bytes, repeated: frozenset[bytes]
+) -> Response:
     m = _STATUS_LINE.match(first)
     if m is None:
         raise BadStartLine(f"status line {first[:80]!r} is not 'SIP/2.0 SP code SP reason'")
@@ -439,17 +460,17 @@ def _status_line(first: bytes, fields: dict[str, list[bytes]], lines: list[bytes
     code = m.group(2)
     if len(code) != 3 or not b"100" <= code <= b"699":
         raise BadStatusCode(f"status code {code[:20].decode()} is not three digits 100-699")
-    return Response(fields, lines, b"", int(code), m.group(3))
+    return Response(fields, block, repeated, b"", int(code), m.group(3))
 
 
 def content_length(message: Message) -> int:
-    value = message.single("content-length")
+    value = message.fields.get(b"Content-Length")
     if value is None:
         return 0
-    if not _DIGITS.match(value):
+    if b"Content-Length" in message.repeated:
+        raise RepeatedHeader("Content-Length appears more than once", message)
+    if not value.isdigit() or len(value) > 10:
         raise BadContentLength(f"Content-Length {value[:20]!r} is not a number", message)
-    if len(value) > 10:
-        raise BadContentLength(f"Content-Length {value[:20]!r} is too large", message)
     return int(value)
 
 
@@ -487,7 +508,7 @@ class StreamReader:
                 raise MessageTooLarge(f"header block exceeds {MAX_MESSAGE} octets")
             return None
         message = parse_head(bytes(buf[:end]))
-        if message.fields.get("content-length") is None:
+        if message.fields.get(b"Content-Length") is None:
             raise BadContentLength("Content-Length is required on a stream transport", message)
         n = content_length(message)
         if end + 4 + n > MAX_MESSAGE:
@@ -504,6 +525,29 @@ class StreamReader:
 
 
 # -- field parsers (on demand) ----------------------------------------------------------------
+
+
+def is_call_id(value: bytes) -> bool:
+    return _CALL_ID.match(value) is not None
+
+
+def is_token(value: bytes) -> bool:
+    return _TOKEN_RE.match(value) is not None
+
+
+def match_via(value: bytes) -> tuple[bytes, bytes | None, bytes] | None:
+    """(host, port, raw params) when ``value`` is exactly one well-formed via-parm, else None."""
+    m = _VIA_PARM.match(value)
+    if m is None or m.end() != len(value):
+        return None
+    host: bytes = m.group(4)
+    port: bytes | None = m.group(5)
+    params: bytes = m.group(6)
+    return host, port, params
+
+
+def is_address(value: bytes) -> bool:
+    return _ADDRESS.match(value) is not None
 
 
 def parse_params(text: bytes) -> dict[bytes, bytes | None]:
@@ -590,9 +634,8 @@ def parse_via(value: bytes, start: int = 0) -> Via:
     m = _VIA_PARM.match(value, start)
     if m is None or (m.end() < len(value) and value[m.end() : m.end() + 1] != b","):
         raise BadVia(f"Via {value[start : start + 80]!r} is not 'SIP/2.0/TRANSPORT host[:port]'")
-    port = int(m.group("port")) if m.group("port") else None
-    params = parse_params(m.group("params")) if m.group("params") else {}
-    return Via(m.group("transport").decode("ascii").upper(), m.group("host"), port, params, m.end())
+    transport, host, port, params = m.group(3, 4, 5, 6)
+    return Via(transport, host, int(port) if port else None, params, m.end())
 
 
 def split_vias(value: bytes) -> list[Via]:
@@ -604,7 +647,7 @@ def split_vias(value: bytes) -> list[Via]:
         vias.append(via)
         if via.end >= len(value):
             return vias
-        comma = _COMMA.match(value, via.end)
+        comma = LIST_COMMA.match(value, via.end)
         assert comma is not None  # parse_via checked the separator
         start = comma.end()
 
@@ -628,42 +671,52 @@ def parse_max_forwards(value: bytes) -> int:
 # -- whole-request checks ---------------------------------------------------------------------
 
 
-def check_request(request: Request) -> None:
+def check_request(request: Request) -> Via:
     """Apply RFC 3261's rules to the fields the edge reads or forwards with meaning.
 
-    Raises the first problem found.  Extension headers are not looked at: a proxy passes them
-    on (RFC 3261 §16.6), and so does the edge.
+    Raises the first problem found; returns the top Via, which every answer needs.  Extension
+    headers are not looked at: a proxy passes them on (RFC 3261 §16.6), and so does the edge.
     """
     fields = request.fields
-    for key in REQUIRED:
-        if key not in fields:
-            raise MissingHeader(f"required header {_display(key)} is missing", request)
-    for key in SINGLE:
-        values = fields.get(key)
-        if values is not None and len(values) > 1:
-            raise RepeatedHeader(f"{_display(key)} appears {len(values)} times", request)
-    _, method = parse_cseq(fields["cseq"][0])
-    if method != request.method:
+    if request.repeated:
+        for key in SINGLE:
+            if key in request.repeated:
+                raise RepeatedHeader(f"{key.decode()} appears more than once", request)
+    try:
+        via, to, from_, call_id, cseq = (fields[k] for k in REQUIRED)
+    except KeyError:
+        missing = [k.decode() for k in REQUIRED if k not in fields]
+        raise MissingHeader(f"required header {', '.join(missing)} missing", request) from None
+    number, _, method = cseq.partition(b" ")
+    if method.strip(b" \t") != request.method.encode() or not number.isdigit():
+        _, cseq_method = parse_cseq(cseq)
         raise BadCSeq(
-            f"CSeq method {method} does not match the request method {request.method}", request
+            f"CSeq method {cseq_method} does not match the request method {request.method}",
+            request,
         )
-    parse_address(fields["from"][0], "From")
-    parse_address(fields["to"][0], "To")
-    if not _CALL_ID.match(fields["call-id"][0]):
-        raise BadCallID(f"Call-ID {fields['call-id'][0][:60]!r} is not word[@word]", request)
-    split_vias(fields["via"][0])
-    max_forwards = fields.get("max-forwards")
+    if len(number) > 10 or int(number) > MAX_CSEQ:
+        raise BadCSeq(f"CSeq number {number[:20].decode()} exceeds 2**31-1", request)
+    if not _ADDRESS.match(from_):
+        raise BadAddress(f"From {from_[:80]!r} is neither name-addr nor addr-spec", request)
+    if not _ADDRESS.match(to):
+        raise BadAddress(f"To {to[:80]!r} is neither name-addr nor addr-spec", request)
+    if not _CALL_ID.match(call_id):
+        raise BadCallID(f"Call-ID {call_id[:60]!r} is not word[@word]", request)
+    top = parse_via(via)
+    if top.end < len(via):
+        split_vias(via)
+    max_forwards = fields.get(b"Max-Forwards")
     if max_forwards is not None:
-        parse_max_forwards(max_forwards[0])
-    if "content-length" in fields:
+        parse_max_forwards(max_forwards)
+    if b"Content-Length" in fields:
         content_length(request)
     # Rarely present: each costs nothing when absent.
-    if "date" in fields and not _DATE.match(fields["date"][0]):
-        raise BadDate(f"Date {fields['date'][0][:40]!r} is not an RFC 1123 date in GMT", request)
-    if "expires" in fields:
-        expires = fields["expires"][0]
-        if not _DIGITS.match(expires) or len(expires) > 10 or int(expires) > MAX_EXPIRES:
-            raise BadExpires(f"Expires {expires[:20]!r} is not a number 0-2**32-1", request)
+    if b"Date" in fields and not _DATE.match(fields[b"Date"]):
+        raise BadDate(f"Date {fields[b'Date'][:40]!r} is not an RFC 1123 date in GMT", request)
+    expires = fields.get(b"Expires")
+    if expires is not None and (not expires.isdigit() or int(expires) > MAX_EXPIRES):
+        raise BadExpires(f"Expires {expires[:20]!r} is not a number 0-2**32-1", request)
+    return top
 
 
 _LIST_ITEM = re.compile(rb"(?:" + QUOTED + rb"|<[^<>]*>|[^,\"<>])+")
@@ -676,19 +729,19 @@ def split_addresses(value: bytes) -> list[bytes]:
 
 def check_contacts(message: Message) -> None:
     """Every Contact value is ``*`` or a list of addresses (RFC 3261 §20.10, RFC 4475 §3.1.2.13)."""
-    for value in message.fields.get("contact", ()):
-        if value == b"*":
-            continue
-        for item in split_addresses(value):
-            parse_address(item, "Contact")
+    value = message.fields.get(b"Contact")
+    if value is None or value == b"*":
+        return
+    for item in split_addresses(value):
+        parse_address(item, "Contact")
 
 
 def check_response(response: Response) -> None:
     """The rules a relayed response must meet: Via and a sane CSeq (RFC 4475 §3.1.2.5)."""
-    for key in ("via", "cseq", "call-id", "from", "to"):
+    for key in REQUIRED:
         if key not in response.fields:
-            raise MissingHeader(f"required header {_display(key)} is missing", response)
-    parse_cseq(response.fields["cseq"][0])
+            raise MissingHeader(f"required header {key.decode()} is missing", response)
+    parse_cseq(response.fields[b"CSeq"])
 
 
 def check_uri(text: bytes) -> URI:
@@ -701,21 +754,3 @@ def check_uri(text: bytes) -> URI:
     if uri.headers is not None:
         raise BadURI(f"Request-URI {text[:80]!r} carries headers ('?'), which it may not")
     return uri
-
-
-def _display(key: str) -> str:
-    name = CANONICAL_NAMES.get(key)
-    return name.decode() if name else key.title()
-
-
-# -- serialising ------------------------------------------------------------------------------
-
-
-def header_line(key: str, value: bytes) -> bytes:
-    name = CANONICAL_NAMES.get(key) or key.title().encode("ascii")
-    return name + b": " + value + b"\r\n"
-
-
-def serialise(start_line: bytes, headers: list[bytes], body: bytes = b"") -> bytes:
-    """Join a start line, ready header lines (each ending CRLF) and a body into a message."""
-    return start_line + b"\r\n" + b"".join(headers) + b"\r\n" + body

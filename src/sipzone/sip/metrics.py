@@ -29,6 +29,9 @@ def publish(stats: Stats) -> None:
     for (method, verdict), n in stats.requests.items():
         REQUESTS.labels(method, verdict).inc(n)
     stats.requests.clear()
+    if stats.keepalives:
+        REQUESTS.labels("OPTIONS", "answered").inc(stats.keepalives)
+        stats.keepalives = 0
     if stats.forwarded:
         FORWARDED.inc(stats.forwarded)
         stats.forwarded = 0

@@ -302,6 +302,13 @@ class DatagramHandler(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
+            if data[:8] == b"OPTIONS ":
+                send = self.edge.keepalive(data, self.listener, addr, self.holder.current)
+                if send is not None and self.transport is not None:
+                    self.transport.sendto(
+                        send.data, addr if send.port == addr[1] else (send.host, send.port)
+                    )
+                    return
             sends = self.edge.receive(data, self.listener, addr, self.holder.current)
         except Exception:  # a bug must cost one message, never the socket
             log.exception("edge failed on a datagram from %s", addr)
@@ -338,7 +345,7 @@ class StreamConnection(asyncio.Protocol):
         self.peer = (str(peer[0]), int(peer[1]))
         self.last_active = self.service._loop.time()
         if not self.service.register(self):
-            transport.abort()
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.service.unregister(self)
