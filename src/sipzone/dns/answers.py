@@ -249,6 +249,7 @@ class Authority:
         self.snapshot = snapshot
         self.regions = RegionMap(self.records.networks())
         self._nodes: dict[tuple[str, tuple[Role, ...], int], dict[int, Answer]] = {}
+        self._naptr_template: tuple[int, list[bytes]] | None = None
         self._soa_answers: list[Answer] = []
         # Question bytes as received (case kept) + view byte -> answer; and, to forget a
         # name's entries in every case and view, lower-case wire name -> its keys.
@@ -413,9 +414,25 @@ class Authority:
         answer = node.get(qtype)
         if answer is not None:
             return answer
-        if qtype == RdType.NAPTR and DOMAIN in roles and self.config.naptr and text:
-            return render(NOERROR, Section([(None, self.records.naptr(text))]))
+        if qtype == RdType.NAPTR and DOMAIN in roles and self.config.naptr:
+            return self._naptr(q)
         return negatives.nodata
+
+    def _naptr(self, q: bytes) -> Answer:
+        """NAPTR for SIP domain ``q`` (wire): the one answer that names its owner, so it is
+        spliced from a template rendered once: each replacement is ``_sip._udp`` + ``q``."""
+        template = self._naptr_template
+        if template is None:
+            rds = self.records.naptr("")
+            # Replacements rendered against the root end in one zero byte: drop it, add q.
+            parts = [rd.to_wire()[:-1] for rd in rds]
+            template = self._naptr_template = (rds.ttl, parts)
+        ttl, parts = template
+        body = b"".join(
+            _PTR_QNAME + _RR_HEADER.pack(RdType.NAPTR, CLASS_IN, ttl, len(p) + len(q)) + p + q
+            for p in parts
+        )
+        return Answer(NOERROR, body, (len(parts), 0, 0))
 
     # -- the responder ------------------------------------------------------------------------
 

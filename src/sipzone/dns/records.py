@@ -182,9 +182,11 @@ class Records:
         return _rdataset(RdType.SRV, self.ttl, rdatas)
 
     def naptr(self, base: str) -> dns.rdataset.Rdataset:
-        """NAPTR at a SIP domain (RFC 3263 §4.1): each transport to its SRV name under ``base``."""
+        """NAPTR at a SIP domain (RFC 3263 §4.1): each transport to its SRV name under ``base``
+        (the empty string gives replacements ending at the root, a template to append to)."""
+        suffix = f".{base}." if base else "."
         rdatas = [
-            _rdata(RdType.NAPTR, f'{(i + 1) * 10} 10 "s" "{service}" "" {first}.{second}.{base}.')
+            _rdata(RdType.NAPTR, f'{(i + 1) * 10} 10 "s" "{service}" "" {first}.{second}{suffix}')
             for i, (first, second, _, service) in enumerate(SERVICES)
         ]
         return _rdataset(RdType.NAPTR, self.ttl, rdatas)
