@@ -285,14 +285,10 @@ def domain_import(
 @guarded
 def check(name: str, db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """Is NAME admitted?  Exit 0 with the rule and owner if so, 1 if not."""
-    snapshot = store(db).load_snapshot()
-    try:
-        from sipzone.model.names import parse_domain
+    from sipzone.model.names import parse_domain
 
-        key = parse_domain(name).text
-    except InvalidName as exc:
-        fail(str(exc))
-    match = snapshot.matcher.match(key)
+    key = parse_domain(name).text
+    match, revision = store(db).check(key)
     if as_json:
         emit(
             {
@@ -302,7 +298,7 @@ def check(name: str, db: Db = DEFAULT_URL, as_json: Json = False) -> None:
                 "wildcard": match.wildcard if match else None,
                 "owner": match.owner.name if match else None,
                 "chain": list(match.owner.chain) if match else None,
-                "revision": snapshot.revision,
+                "revision": revision,
             }
         )
     elif match is not None:

@@ -169,3 +169,29 @@ def test_init_is_repeatable(store: Store) -> None:
     rev = store.revision()
     assert store.init() == rev
     assert "acme" in store.tenants()
+
+
+def test_check_reads_only_candidate_rules_and_agrees_with_the_snapshot(store: Store) -> None:
+    store.add_tenant("acme")
+    store.add_tenant("cust1", "acme")
+    for rule, owner in [
+        ("*.teams.example.com", "acme"),
+        ("*.eu.teams.example.com", "cust1"),
+        ("special.eu.teams.example.com", "cust1"),
+        ("voip.example.com", "acme"),
+    ]:
+        store.add_domain(rule, owner)
+    snap = store.load_snapshot()
+    for name in [
+        "x.teams.example.com",
+        "a.b.eu.teams.example.com",
+        "special.eu.teams.example.com",
+        "eu.teams.example.com",
+        "teams.example.com",
+        "voip.example.com",
+        "sub.voip.example.com",
+        "example.com",
+    ]:
+        match, revision = store.check(name)
+        assert revision == snap.revision
+        assert match == snap.matcher.match(name), name

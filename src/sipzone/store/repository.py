@@ -22,13 +22,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from sipzone.model.errors import Conflict, InvalidValue, NotFound, SipzoneError, UnknownTenant
-from sipzone.model.matcher import Matcher
+from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import DomainName, RuleName, WildcardName, parse_domain, parse_rule
 from sipzone.model.snapshot import DEFAULT_PORTS, Delta, Site, Snapshot
 from sipzone.model.tenancy import (
     PROVIDER,
     TenancyTree,
     Tenant,
+    TenantView,
     check_may_own,
     check_may_remove,
 )
@@ -592,6 +593,21 @@ class Store:
                 Change(r["revision"], r["at"], r["actor"], r["op"], r["subject"], r["detail"])
                 for r in rows
             ]
+
+    def check(self, name: str) -> tuple[Match[TenantView] | None, int]:
+        """Which rule admits ``name`` (a normalised host name), at which revision.
+
+        Reads only the rules that could match (the name itself and a wildcard per parent), so
+        it costs the same with ten rules or a million.
+        """
+        with self.engine.connect() as conn, conn.begin():
+            rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
+            if rev is None:
+                raise StoreNotInitialised(f"the store at {self.url} is not initialised")
+            views = self._tree(conn).views
+            near = self._rules_near(conn, name)
+            matcher = Matcher.from_rules((text, views[owner]) for text, owner in near.rules())
+            return matcher.match(name), int(rev)
 
     def load_snapshot(self) -> Snapshot:
         """The whole state at one revision, read in one transaction."""
