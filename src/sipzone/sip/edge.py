@@ -293,6 +293,8 @@ class Edge:
                 return self._downstream(message, top, listener, addr, conn)
             return self._request(message, top, listener, addr, snapshot, conn)
         except MalformedMessage as exc:
+            if exc.message is None:
+                exc.message = message  # field parsers do not know the message they parse
             return self.malformed(exc, listener, addr, conn)
 
     def malformed(

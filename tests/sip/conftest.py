@@ -1,0 +1,235 @@
+"""Fixtures for the SIP edge: in-memory snapshots, an edge running in a thread, sipp."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from sipzone.model.snapshot import Site, Snapshot, SnapshotHolder
+from sipzone.model.tenancy import TenancyTree, Tenant
+from sipzone.sip import SipConfig
+from sipzone.sip.edge import Listener
+from sipzone.sip.transport import SipService, start_sip
+
+RFC4475 = Path("/work/shared/conformance/rfc4475")
+IDN_NAME = "xn--bcher-kva.example.com"  # bücher.example.com
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (never 5060)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, other) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port != 5060:
+            return port
+
+
+def make_snapshot(
+    upstream: str | None = "sip:127.0.0.1:5999",
+    site_upstream: str | None = None,
+    extra_rules: tuple[tuple[str, str], ...] = (),
+    revision: int = 1,
+) -> Snapshot:
+    """Provider owns voip.example.com and the IDN name; reseller acme owns *.teams.example.com
+    with ``upstream``; customer42 (below acme) owns cust42.example.org and inherits it."""
+    tenants = TenancyTree(
+        [
+            Tenant("acme", "provider", upstream=upstream),
+            Tenant("customer42", "acme"),
+        ]
+    )
+    rules = [
+        ("voip.example.com", "provider"),
+        ("*.teams.example.com", "acme"),
+        ("cust42.example.org", "customer42"),
+        (IDN_NAME, "provider"),
+        *extra_rules,
+    ]
+    site = Site("fra", "eu", (ipaddress.ip_address("127.0.0.1"),), upstream=site_upstream)
+    return Snapshot.build(revision, tenants, rules, sites=(site,))
+
+
+@pytest.fixture
+def snapshot() -> Snapshot:
+    return make_snapshot()
+
+
+@pytest.fixture
+def udp_listener() -> Listener:
+    return Listener("udp", "127.0.0.1", 5070)
+
+
+@pytest.fixture
+def tcp_listener() -> Listener:
+    return Listener("tcp", "127.0.0.1", 5070)
+
+
+class EdgeThread:
+    """``start_sip`` on a uvloop loop in a thread, with a holder the test controls."""
+
+    def __init__(self, holder: SnapshotHolder, config: SipConfig) -> None:
+        self.holder = holder
+        self.config = config
+        self.loop = uvloop.new_event_loop()
+        self.service: SipService | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.service = self.loop.run_until_complete(start_sip(self.config, self.holder))
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> EdgeThread:
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def port(self, transport: str) -> int:
+        assert self.service is not None
+        return next(lst.port for lst in self.service.listeners if lst.transport == transport)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        done = threading.Event()
+
+        def swap() -> None:
+            self.holder.publish(snapshot)
+            done.set()
+
+        self.loop.call_soon_threadsafe(swap)
+        done.wait(5)
+
+    def stop(self) -> None:
+        if self.service is not None:
+            asyncio.run_coroutine_threadsafe(self.service.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def edge_factory() -> Iterator[type[EdgeThread]]:
+    started: list[EdgeThread] = []
+
+    class Factory(EdgeThread):
+        def start(self) -> EdgeThread:
+            started.append(self)
+            return super().start()
+
+    yield Factory
+    for edge in started:
+        edge.stop()
+
+
+# -- sipp -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def sipp_available() -> bool:
+    return shutil.which("sipp") is not None
+
+
+needs_sipp = pytest.mark.skipif(not sipp_available(), reason="sipp (Debian sip-tester) missing")
+
+
+def scenario(name: str, body: str) -> str:
+    return (
+        '<?xml version="1.0" encoding="ISO-8859-1" ?>\n'
+        f'<scenario name="{name}">\n{body}\n</scenario>\n'
+    )
+
+
+class Sipp:
+    """Runs sipp scenarios in a temporary directory; UAS instances run in the background."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._background: list[subprocess.Popen[str]] = []
+        self._n = 0
+
+    def _args(self, xml: str, transport: str, port: int, extra: list[str]) -> list[str]:
+        self._n += 1
+        path = self.workdir / f"scenario{self._n}.xml"
+        path.write_text(xml, encoding="latin-1")
+        return [
+            "sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(port),
+            "-t", "t1" if transport == "tcp" else "u1", "-m", "1", "-nostdin",
+            "-timeout", "15", "-timeout_error", "-max_recv_loops", "1000", *extra,
+        ]  # fmt: skip
+
+    def run(
+        self, xml: str, target: str, transport: str = "udp", extra: list[str] | None = None
+    ) -> SippResult:
+        args = self._args(xml, transport, 0, [*(extra or []), target])
+        proc = subprocess.run(
+            args, cwd=self.workdir, capture_output=True, text=True, timeout=40, check=False
+        )
+        return SippResult(proc.returncode, proc.stdout + proc.stderr + self._errors())
+
+    def serve(self, xml: str, port: int, transport: str = "udp") -> subprocess.Popen[str]:
+        args = self._args(xml, transport, port, [])
+        proc = subprocess.Popen(
+            args, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._background.append(proc)
+        return proc
+
+    def wait(self, proc: subprocess.Popen[str]) -> SippResult:
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            return SippResult(-1, out + self._errors())
+        return SippResult(proc.returncode, out + self._errors())
+
+    def _errors(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.workdir.glob("*_errors.log"))
+
+    def close(self) -> None:
+        for proc in self._background:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[Sipp]:
+    runner = Sipp(tmp_path)
+    yield runner
+    runner.close()
