@@ -115,7 +115,7 @@ def test_unknown_names_get_403(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot, uri: str
 ) -> None:
     to = "<sip:ping@192.0.2.1>" if "192.0.2.1" in uri else None
-    send, reply = one(edge.receive(request(uri=uri, to=to), udp_listener, SOURCE, snapshot))
+    _, reply = one(edge.receive(request(uri=uri, to=to), udp_listener, SOURCE, snapshot))
     assert isinstance(reply, Response)
     assert (reply.status, reply.reason) == (403, b"Domain Not Served")
     assert b"Contact" not in reply.fields
