@@ -674,9 +674,19 @@ def parse_max_forwards(value: bytes) -> int:
 def check_request(request: Request) -> Via:
     """Apply RFC 3261's rules to the fields the edge reads or forwards with meaning.
 
-    Raises the first problem found; returns the top Via, which every answer needs.  Extension
-    headers are not looked at: a proxy passes them on (RFC 3261 §16.6), and so does the edge.
+    Raises the first problem found, carrying ``request`` so an answer can still be built;
+    returns the top Via, which every answer needs.  Extension headers are not looked at: a
+    proxy passes them on (RFC 3261 §16.6), and so does the edge.
     """
+    try:
+        return _check_request(request)
+    except MalformedMessage as exc:
+        if exc.message is None:
+            exc.message = request
+        raise
+
+
+def _check_request(request: Request) -> Via:
     fields = request.fields
     if request.repeated:
         for key in SINGLE:
