@@ -88,11 +88,14 @@ class LiveDns:
     def call(self, coro: object) -> DnsService:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
 
-    def publish(self, snapshot: Snapshot) -> None:
-        """Swap the snapshot on the server's loop, as the runtime does, and wait for it."""
+    def publish(self, *snapshots: Snapshot) -> None:
+        """Swap snapshots on the server's loop back to back, as the runtime does, and wait
+        until the server has applied them."""
 
         async def swap() -> None:
-            self.holder.publish(snapshot)
+            for snapshot in snapshots:
+                self.holder.publish(snapshot)
+            await self.service.settle()
 
         asyncio.run_coroutine_threadsafe(swap(), self.loop).result(10)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 from dataclasses import replace
 
-from sipzone.dns import DnsConfig
+import pytest
+
+from sipzone.dns import DnsConfig, server
 from tests.dns.conftest import SITE_A, SITE_B, LiveDns, dig, ip, snapshot, with_rules
 
 VIPS_V4 = ["192.0.2.10", "198.51.100.10"]
@@ -254,3 +256,17 @@ def test_ipv6_listener_and_plain_asyncio_udp() -> None:
             assert srv(far.rdata("SRV"))[0][3] == "site-b.example.com."
         finally:
             server.close()
+
+
+def test_full_rebuilds_run_on_a_thread_and_later_deltas_follow_in_order(
+    live_dns: type[LiveDns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "REBUILD_ON_THREAD", 0)  # as if the store were huge
+    live = live_dns(snapshot(revision=1))
+    full = snapshot(revision=2, sites=(SITE_A, replace(SITE_B, healthy=False)))  # no delta
+    added = with_rules(full, added=["t1.example.com"])
+    removed = with_rules(added, removed=["voip.example.com"])
+    live.publish(full, added, removed)
+    assert dig(live.port, "t1.example.com", "A").rdata("A") == ["192.0.2.10"]
+    assert dig(live.port, "voip.example.com", "A").status == "NXDOMAIN"
+    assert dig(live.port, "example.com", "SOA").rdata("SOA")[0].split()[2] == "4"

@@ -231,6 +231,69 @@ class ZoneAnswers:
     nxdomain: Answer
 
 
+def count_ancestors(ents: dict[str, int], name: str, step: int) -> None:
+    """Count ``name`` in (step 1) or out (step -1) of its ancestors' empty non-terminal counts."""
+    for parent in ancestors(name):
+        count = ents.get(parent, 0) + step
+        if count > 0:
+            ents[parent] = count
+        else:
+            ents.pop(parent, None)
+
+
+def follows(old: Snapshot, new: Snapshot) -> bool:
+    """Whether ``new`` is ``old`` with only rules changed, as its delta lists them."""
+    return (
+        new.delta is not None
+        and new.sites == old.sites
+        and new.zones == old.zones
+        and new.email_domain == old.email_domain
+        and dict(new.settings) == dict(old.settings)
+    )
+
+
+@dataclass(slots=True)
+class Tables:
+    """What a snapshot determines before any query arrives.  Building it touches every rule
+    once (empty non-terminal counts), so for a big store the server builds it on a thread
+    while the old tables keep answering."""
+
+    snapshot: Snapshot
+    records: Records
+    regions: RegionMap
+    zones_wire: dict[bytes, str]
+    zones: dict[str, ZoneAnswers]
+    ents: dict[str, int]
+    soa_answers: list[Answer]  # every body carrying the SOA serial, patched on each revision
+
+    @classmethod
+    def build(cls, snapshot: Snapshot, config: DnsConfig) -> Tables:
+        records = Records(snapshot, config)
+        soa_answers: list[Answer] = []
+        zones = {}
+        for zone in snapshot.zones:
+            # RFC 2308 §3 wants min(SOA TTL, SOA MINIMUM) here; both are the configured TTL.
+            soa = Section([(wire(zone), records.soa(zone))])
+            nodata = render(NOERROR, Section(()), soa)
+            nxdomain = render(NXDOMAIN, Section(()), soa)
+            soa_answers += (nodata, nxdomain)
+            zones[zone] = ZoneAnswers(zone, nodata, nxdomain)
+        ents: dict[str, int] = {}
+        for name in records.static:
+            count_ancestors(ents, name, 1)
+        for rule, _ in snapshot.matcher.rules():
+            count_ancestors(ents, rule, 1)
+        return cls(
+            snapshot,
+            records,
+            RegionMap(records.networks()),
+            {wire(z): z for z in snapshot.zones},
+            zones,
+            ents,
+            soa_answers,
+        )
+
+
 class Authority:
     """The live answer table for one snapshot at a time, and the responder over it."""
 
@@ -245,37 +308,30 @@ class Authority:
 
     def rebuild(self, snapshot: Snapshot) -> None:
         """Throw everything away and start from ``snapshot``."""
-        self.records = Records(snapshot, self.config)
-        self.snapshot = snapshot
-        self.regions = RegionMap(self.records.networks())
+        self.install(Tables.build(snapshot, self.config))
+
+    def install(self, tables: Tables) -> None:
+        """Switch to tables built (maybe on another thread) by :meth:`Tables.build`."""
+        self.snapshot = tables.snapshot
+        self.records = tables.records
+        self.regions = tables.regions
+        self._client_views = tables.regions.clients
+        self._zones_wire = tables.zones_wire
+        self._zones = tables.zones
+        self._ents = tables.ents
+        self._soa_answers = tables.soa_answers
         self._nodes: dict[tuple[str, tuple[Role, ...], int], dict[int, Answer]] = {}
         self._naptr_template: tuple[int, list[bytes]] | None = None
-        self._soa_answers: list[Answer] = []
         # Question bytes as received (case kept) + view byte -> answer; and, to forget a
         # name's entries in every case and view, lower-case wire name -> its keys.
         self._cache: dict[bytes, Answer] = {}
         self._cached: dict[bytes, list[bytes]] = {}
-        self._client_views = self.regions.clients
-        self._zones_wire = {wire(z): z for z in snapshot.zones}
-        self._zones = {z: self._negatives(z) for z in snapshot.zones}
-        self._ents: dict[str, int] = {}
-        for name in self.records.static:
-            self._count_ancestors(name, 1)
-        for rule, _ in snapshot.matcher.rules():
-            self._count_ancestors(rule, 1)
 
     def update(self, snapshot: Snapshot) -> None:
         """Move to ``snapshot``, touching only what its delta names when it has one."""
         old = self.snapshot
         delta = snapshot.delta
-        same_layout = (
-            delta is not None
-            and snapshot.sites == old.sites
-            and snapshot.zones == old.zones
-            and snapshot.email_domain == old.email_domain
-            and dict(snapshot.settings) == dict(old.settings)
-        )
-        if not same_layout or delta is None:
+        if delta is None or not follows(old, snapshot):
             self.rebuild(snapshot)
             return
         self.records = Records(snapshot, self.config)
@@ -284,21 +340,12 @@ class Authority:
             answer.set_serial(self.records.serial)
         for rule in delta.removed:
             if rule in old.matcher and rule not in snapshot.matcher:
-                self._count_ancestors(rule, -1)
+                count_ancestors(self._ents, rule, -1)
                 self._forget(rule)
         for rule in delta.added:
             if rule not in old.matcher and rule in snapshot.matcher:
-                self._count_ancestors(rule, 1)
+                count_ancestors(self._ents, rule, 1)
                 self._forget(rule)
-
-    def _count_ancestors(self, name: str, step: int) -> None:
-        ents = self._ents
-        for parent in ancestors(name):
-            count = ents.get(parent, 0) + step
-            if count > 0:
-                ents[parent] = count
-            else:
-                ents.pop(parent, None)
 
     def _forget(self, rule: str) -> None:
         """Drop cached answers a rule can change: the name, its service names, its ancestors
@@ -319,14 +366,6 @@ class Authority:
         cache = self._cache
         for key in self._cached.pop(q, ()):
             cache.pop(key, None)
-
-    def _negatives(self, zone: str) -> ZoneAnswers:
-        # RFC 2308 §3 wants min(SOA TTL, SOA MINIMUM) here; both are the configured TTL.
-        soa = Section([(wire(zone), self.records.soa(zone))])
-        nodata = render(NOERROR, Section(()), soa)
-        nxdomain = render(NXDOMAIN, Section(()), soa)
-        self._soa_answers += (nodata, nxdomain)
-        return ZoneAnswers(zone, nodata, nxdomain)
 
     def _node(self, zone: str, roles: tuple[Role, ...], view: int) -> dict[int, Answer]:
         """Answers per type for a name with ``roles`` (compiled once, shared by every name)."""

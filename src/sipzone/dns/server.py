@@ -23,7 +23,16 @@ import dns.rcode
 
 from sipzone.dns import DnsConfig
 from sipzone.dns import udp as udp_batch
-from sipzone.dns.answers import QTYPE_AXFR, QTYPE_IXFR, SERVFAIL, Authority, error, question
+from sipzone.dns.answers import (
+    QTYPE_AXFR,
+    QTYPE_IXFR,
+    SERVFAIL,
+    Authority,
+    Tables,
+    error,
+    follows,
+    question,
+)
 from sipzone.dns.xfr import notify_message, transfer
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 
@@ -31,6 +40,8 @@ log = logging.getLogger("sipzone.dns")
 
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent before we close (RFC 7766 §6.2.3)
 UDP_BUFFER = 4 << 20
+# Above this many rules a full rebuild (about a second per million) runs on a thread.
+REBUILD_ON_THREAD = 50_000
 NOTIFY_TRIES = 5
 NOTIFY_TIMEOUT = 2.0
 
@@ -95,6 +106,8 @@ class DnsService:
         self._batched: udp_batch.BatchedUdp | None = None
         self._tcp: asyncio.Server | None = None
         self._notifying: set[asyncio.Task[None]] = set()
+        self._pending: list[Snapshot] = []
+        self._follower: asyncio.Future[None] | None = None
         self._closed = False
         self.address: tuple[str, int] = ("", 0)
 
@@ -123,17 +136,61 @@ class DnsService:
         log.info("DNS on %s:%d (UDP, TCP), serial %d", host, port, self.authority.serial())
 
     def _on_snapshot(self, old: Snapshot, new: Snapshot) -> None:
+        """Follow a swap: at once when that is cheap (a delta, or a small store), else on a
+        thread while the current tables keep answering; snapshots apply in order either way."""
         if self._closed:
             return
-        before = self.authority.serial()
+        if self._follower is None and (
+            follows(self.authority.snapshot, new) or len(new.matcher) < REBUILD_ON_THREAD
+        ):
+            before = self.authority.serial()
+            try:
+                self.authority.update(new)
+            except Exception:
+                log.exception("applying revision %d failed; rebuilding", new.revision)
+                self.authority.rebuild(new)
+            self._changed(before)
+            return
+        self._pending.append(new)
+        if self._follower is None:
+            self._follower = asyncio.ensure_future(self._follow())
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            self.authority.update(new)
+            while self._pending and not self._closed:
+                batch, self._pending = self._pending, []
+                before = self.authority.serial()
+                # Everything from the last snapshot that does not follow its predecessor on
+                # needs full tables; the ones after it apply as deltas.
+                cut, prev = -1, self.authority.snapshot
+                for i, snapshot in enumerate(batch):
+                    if not follows(prev, snapshot):
+                        cut = i
+                    prev = snapshot
+                if cut >= 0:
+                    tables = await loop.run_in_executor(None, Tables.build, batch[cut], self.config)
+                    if self._closed:
+                        return
+                    self.authority.install(tables)
+                for snapshot in batch[cut + 1 :]:
+                    self.authority.update(snapshot)
+                self._changed(before)
         except Exception:
-            log.exception("applying revision %d failed; rebuilding", new.revision)
-            self.authority.rebuild(new)
-        if self.authority.serial() != before and self.config.send_notify:
+            log.exception("following snapshots failed; still serving revision %d",
+                          self.authority.snapshot.revision)  # fmt: skip
+        finally:
+            self._follower = None
+
+    async def settle(self) -> None:
+        """Wait until every published snapshot is applied (tests, orderly shutdown)."""
+        while self._follower is not None:
+            await asyncio.shield(self._follower)
+
+    def _changed(self, serial_before: int) -> None:
+        if self.authority.serial() != serial_before and self.config.send_notify:
             for target in self.config.notify:
-                for zone in new.zones:
+                for zone in self.authority.snapshot.zones:
                     self._spawn(self._notify(target, zone))
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
@@ -211,10 +268,14 @@ class DnsService:
             self._tcp.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tcp.wait_closed(), 2)
-        for task in list(self._notifying):
+        for task in [*self._notifying, *([self._follower] if self._follower else [])]:
             task.cancel()
-        if self._notifying:
-            await asyncio.gather(*self._notifying, return_exceptions=True)
+        if self._notifying or self._follower:
+            await asyncio.gather(
+                *self._notifying,
+                *([self._follower] if self._follower else []),
+                return_exceptions=True,
+            )
 
 
 async def start_dns(config: DnsConfig, holder: SnapshotHolder) -> DnsService:
