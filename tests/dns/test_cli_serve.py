@@ -80,3 +80,23 @@ def test_cli_zone_export_passes_named_checkzone(cli: Cli, tmp_path: Path) -> Non
     )
     assert check.returncode == 0, check.stdout + out.stdout
     assert "*.teams 300 IN A 192.0.2.10" in out.stdout
+
+
+def test_workers_share_the_port_and_all_follow_changes(
+    cli: Cli, serve: Callable[..., Server]
+) -> None:
+    setup_store(cli)
+    port = free_port()
+    server = serve("--dns", f"127.0.0.1:{port}", "--workers", "2")
+    workers = subprocess.run(
+        ["pgrep", "-g", str(server.proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) >= 3  # the supervisor and two workers
+    cli("domain", "add", "both.example.com", "--owner", "provider", check=True)
+    # Each dig comes from a new source port, so SO_REUSEPORT spreads them over the workers:
+    # twenty answers in a row means every worker has the change.
+    deadline = time.monotonic() + 3.0
+    streak = 0
+    while streak < 20:
+        assert time.monotonic() < deadline, "a worker never saw both.example.com"
+        streak = streak + 1 if dig(port, "both.example.com", "A").status == "NOERROR" else 0
