@@ -1,20 +1,21 @@
 """Precompiled wire answers and the sans-IO responder: query bytes in, response bytes out.
 
 Theory of operation.  A response is ``ID + header + question + body + OPT``.  Every record we
-publish for a name owns its records under the question name (a compression pointer to offset
-12), so the *body* depends on (zone, roles, region view, type), not on the name: one compiled
-body serves a million SIP domains and every name a wildcard covers.  The hot path parses the
-question with byte slicing, finds the body in a cache keyed by the question bytes (name lower
-cased; type, class and view), and glues the pieces together, echoing the question exactly as
-it came so its case survives.  A cache miss classifies the name once (zone, roles, empty
-non-terminal or NXDOMAIN, through the one matcher the SIP edge uses) and costs a few
-microseconds; dnspython is used only to render record sets into bodies.
+publish for a name sits under the question name (a compression pointer to offset 12), so a
+*body* depends on (zone, roles, region view, type) and not on the name: one compiled body
+serves a million SIP domains and every name a wildcard covers.  NAPTR, whose replacement names
+the domain, is spliced from a template instead.  A first question classifies its name once
+(zone, roles, empty non-terminal or NXDOMAIN, through the one matcher the SIP edge uses) in a
+few microseconds and caches the answer under the question bytes as they came, plus the view;
+after that a plain UDP query is one slice, one dictionary probe and four concatenations, and
+the question is echoed exactly as asked, case included.  dnspython renders record sets into
+bodies; it never runs per query.
 
 Changes.  A snapshot that only adds or removes rules (it carries a ``Delta``) touches just those
 names: their cache entries, their ancestors' (an empty non-terminal may appear or vanish) and,
 for a wildcard, the names under its base; the SOA serial is patched in place in the few bodies
-that carry it.  Any other change rebuilds the table, which is cheap: it holds no per-domain
-state apart from the ancestor counts that make empty non-terminals answer NODATA.
+that carry it.  Any other change builds new :class:`Tables` (the only per-rule work is
+counting ancestors for empty non-terminals), on a thread when the store is big.
 """
 
 from __future__ import annotations
