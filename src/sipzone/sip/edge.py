@@ -31,6 +31,7 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
+from itertools import repeat
 from typing import NamedTuple
 
 from sipzone.model.names import lookup_key
@@ -82,7 +83,6 @@ KEEPALIVE_HEADERS = KNOWN - {
 }  # fmt: skip
 # RFC 3261 §8.2.6.2: a response we originate copies Via, From, Call-ID, CSeq and To (+ tag).
 RESPONSE_HEAD = b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
-KEEPALIVE_REQUIRED = (b"Via", b"From", b"To", b"Call-ID", b"CSeq", b"Max-Forwards")
 _STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
 _TENANT_SAFE = re.compile(rb"[^\x20-\x7e]")
 
@@ -101,8 +101,7 @@ class Listener:
         return f"{host}:{self.port}".encode()
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):  # a tuple: built for every answer, so it must be cheap to build
     """Send ``data`` over ``transport`` to host:port; for streams prefer connection ``conn``."""
 
     data: bytes
@@ -156,6 +155,7 @@ class Edge:
         self._options_tails: dict[tuple[str, str, int], bytes] = {}
         self._keepalives: dict[tuple[bytes, bytes, int], bytes] = {}
         self._good_addresses: set[bytes] = set()
+        self._good_vias: dict[bytes, tuple[str, int]] = {}
         self._targets: dict[str, Target | None] = {}
         self._upstream_addrs: set[tuple[str, int]] = set()
         self._site: Site | None = None
@@ -200,14 +200,21 @@ class Edge:
         if len(parts) != 3 or parts[0] != b"OPTIONS" or parts[2] != b"SIP/2.0":
             return None
         lines = block.split(b"\r\n")
+        n = len(lines)
         try:
-            fields = dict([line.split(b": ", 1) for line in lines])
+            # map() over C methods: no Python frame per header line.
+            fields = dict(map(bytes.split, lines, repeat(b": ", n), repeat(1, n)))
         except ValueError:
             return None
-        if len(fields) != len(lines) or not fields.keys() <= KEEPALIVE_HEADERS:
+        if len(fields) != n or not fields.keys() <= KEEPALIVE_HEADERS:
             return None
         get = fields.get
-        via, from_, to, call_id, cseq, mf = (get(k) for k in KEEPALIVE_REQUIRED)
+        via = get(b"Via")
+        from_ = get(b"From")
+        to = get(b"To")
+        call_id = get(b"Call-ID")
+        cseq = get(b"CSeq")
+        mf = get(b"Max-Forwards")
         if via is None or from_ is None or to is None or call_id is None or cseq is None:
             return None
         if mf is None or not mf.isdigit() or len(mf) > 3 or not 0 < int(mf) <= MAX_FORWARDS:
@@ -239,16 +246,36 @@ class Edge:
             self._good_addresses.add(address)
         if not is_call_id(call_id):
             return None
-        sent_by = match_via(via)
-        if sent_by is None or b"rport" in sent_by[2].lower():
+        # A peer's Via differs from ping to ping only in its branch: check the rest once.
+        before, has_branch, branch = via.partition(b";branch=")
+        if not has_branch or not is_token(branch):
             return None
+        sent_by = self._good_vias.get(before)
+        if sent_by is None:
+            sent_by = self._learn_via(before)
+            if sent_by is None:
+                return None
         source = addr[0]
-        if sent_by[0] != source.encode():
+        if sent_by[0] != source:
             via = _stamp_via(via, parse_via(via), addr)
         self.stats.keepalives += 1
         tagged_to = to + b";tag=sz%08x" % zlib.crc32(via)
         data = RESPONSE_HEAD % (200, b"OK", via, from_, tagged_to, call_id, cseq, tail)
-        return Send(data, "udp", source, int(sent_by[1]) if sent_by[1] else 5060)
+        return Send(data, "udp", source, sent_by[1])
+
+    def _learn_via(self, before_branch: bytes) -> tuple[str, int] | None:
+        """(sent-by host, reply port) for a plain UDP Via without rport, else None."""
+        sent_by = match_via(before_branch + b";branch=z9hG4bK")
+        if sent_by is None or b"rport" in sent_by[2].lower() or b"received" in sent_by[2].lower():
+            return None
+        if not before_branch.startswith(b"SIP/2.0/UDP "):
+            return None
+        if len(self._good_vias) >= ADMISSION_CACHE:
+            self._good_vias.clear()
+        host = sent_by[0].strip(b"[]").decode("ascii")
+        learned = (host, int(sent_by[1]) if sent_by[1] else 5060)
+        self._good_vias[before_branch] = learned
+        return learned
 
     def _learn_keepalive(
         self, uri: bytes, to: bytes, listener: Listener, snapshot: Snapshot

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# sipzone's SIP edge against Kamailio 5.6 (../shared/bench/kamailio-anchor.sh), both one worker,
+# both holding the same 10,001 domains: CPU per admitted OPTIONS at RATE/s, measured A B A B
+# with ../shared/bench/sip-cpu.sh, then a short rate ladder for the highest rate each sustains
+# with < 0.1 % failures.  Prints a markdown table (redirect it into bench/sip/RESULTS.md).
+# Every measurement holds /tmp/sipzone-bench.lock: the two cores are shared with other benches.
+# usage: bench/sip/run.sh   (env: N=10000 RATE=5000 COUNT=50000 LADDER="5000 10000 ...")
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+shared=${SHARED_BENCH:-$root/../shared/bench}
+sipzone=${SIPZONE:-$root/.venv/bin/sipzone}
+python=${PYTHON:-$root/.venv/bin/python}
+n=${N:-10000}; rate=${RATE:-5000}; count=${COUNT:-50000}
+ladder=${LADDER:-"5000 10000 15000 20000 25000 30000"}; step_seconds=${STEP_SECONDS:-4}
+
+work=$(mktemp -d /tmp/sipzone-bench-sip.XXXXXX)
+pgids=()
+cleanup() {
+  for g in "${pgids[@]}"; do kill -- "-$g" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { "$python" -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+kport=$(free_port); zport=$(free_port)
+
+# The same names Kamailio's anchor loads: customer1..N.example.com and voip.example.com.
+{ for i in $(seq 1 "$n"); do echo "customer$i.example.com"; done; echo voip.example.com; } >"$work/domains.txt"
+db="sqlite:///$work/sipzone.db"
+"$sipzone" init --db "$db" >/dev/null
+"$sipzone" domain import "$work/domains.txt" --owner provider --db "$db" >/dev/null 2>&1
+
+kpid=$("$shared/kamailio-anchor.sh" "$kport" "$n")
+pgids+=("$(ps -o pgid= "$kpid" | tr -d ' ')")
+setsid "$sipzone" serve --db "$db" --sip "udp:127.0.0.1:$zport" --workers 1 >"$work/serve.log" 2>&1 &
+zpid=$!
+pgids+=("$zpid")
+for _ in $(seq 100); do grep -q "sipzone: ready" "$work/serve.log" && break; sleep 0.1; done
+grep -q "sipzone: ready" "$work/serve.log" || { cat "$work/serve.log" >&2; exit 1; }
+
+measure() {  # measure PORT PID RATE COUNT -> "cpu ok failed offered"
+  flock /tmp/sipzone-bench.lock "$shared/sip-cpu.sh" "127.0.0.1:$1" "$2" "$3" "$4" |
+    sed -E 's/cpu_us_per_request=([0-9.]+) ok=([0-9]+) failed=([0-9]+) offered=([0-9]+).*/\1 \2 \3 \4/'
+}
+
+# Warm both (first packets pay for imports and caches), then A B A B.
+measure "$kport" "$kpid" 1000 2000 >/dev/null
+measure "$zport" "$zpid" 1000 2000 >/dev/null
+declare -a kcpu zcpu
+kfail=0; zfail=0
+for round in 1 2; do
+  read -r c ok f off < <(measure "$kport" "$kpid" "$rate" "$count"); kcpu+=("$c"); kfail=$((kfail + off - ok))
+  read -r c ok f off < <(measure "$zport" "$zpid" "$rate" "$count"); zcpu+=("$c"); zfail=$((zfail + off - ok))
+done
+
+best_rate() {  # best_rate PORT PID -> highest ladder rate with < 0.1 % failures
+  local best=0 r c ok f off
+  for r in $ladder; do
+    read -r c ok f off < <(measure "$1" "$2" "$r" $((r * step_seconds)))
+    if (( (off - ok) * 1000 < off )); then best=$r; else break; fi
+  done
+  echo "$best"
+}
+kbest=$(best_rate "$kport" "$kpid")
+zbest=$(best_rate "$zport" "$zpid")
+
+avg() { echo "$@" | awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.1f", s / NF }'; }
+ka=$(avg "${kcpu[@]}"); za=$(avg "${zcpu[@]}")
+ratio=$(awk -v z="$za" -v k="$ka" 'BEGIN { printf "%.2f", z / k }')
+
+echo "Measured $(date -u +'%Y-%m-%d %H:%M UTC') on $(nproc) shared cores by \`bench/sip/run.sh\`"
+echo "(N=$n domains + voip.example.com, OPTIONS to voip.example.com at $rate/s, $count per run, A B A B)."
+echo
+echo "| server (1 worker) | CPU µs/request, run 1 | run 2 | mean | failed of $((2 * count)) | highest rate with < 0.1 % failures |"
+echo "|---|---|---|---|---|---|"
+echo "| Kamailio 5.6 (anchor) | ${kcpu[0]} | ${kcpu[1]} | $ka | $kfail | $kbest/s |"
+echo "| sipzone | ${zcpu[0]} | ${zcpu[1]} | $za | $zfail | $zbest/s |"
+echo
+echo "sipzone / Kamailio CPU per request: **$ratio** (target ≤ 0.5). Ladder: $ladder/s, ${step_seconds} s per step;"
+echo "the ladder stops at the first failing step, and sipp on the same two cores limits the top."
