@@ -492,19 +492,21 @@ class Authority:
         # The hot path: a plain query over UDP whose exact question was answered before.  The
         # first zero byte after the header ends the name only if no label holds a zero byte,
         # but a cache hit settles it: the key is a question the full parser accepted.
+        n = len(data)
         if (
-            not tcp
-            and len(data) > 16
+            n > 16
+            and not tcp
             and not data[2] & 0xF8
             and data[4:12] == _ONE_QUESTION
-            and data.find(0, 12) + 5 == len(data)
+            and data.find(0, 12) + 5 == n
         ):
             view = self._client_views.get(client)
             if view is None:
                 view = self.regions.view_of(client)
-            answer = self._cache.get(data[12:] + _VIEW_BYTES[view])
+            question = data[12:]
+            answer = self._cache.get(question + _VIEW_BYTES[view])
             if answer is not None:
-                out = data[:2] + answer.heads[data[2] & 1] + data[12:] + answer.body
+                out = data[:2] + answer.heads[data[2] & 1] + question + answer.body
                 if len(out) <= 512:
                     return out
         return self._respond(data, client, tcp)
