@@ -355,3 +355,10 @@ def test_unanswerable_garbage_is_dropped_and_counted(
     for junk in (b"\x00\xff" * 50, b"hello", b"OPTIONS sip:a@b SIP/2.0\r\nTo: x\r\n\r\n"):
         assert edge.receive(junk, udp_listener, SOURCE, snapshot) == []
     assert edge.stats.malformed == 3
+
+
+def test_crlf_keepalive_datagrams_are_ignored_quietly(
+    edge: Edge, udp_listener: Listener, snapshot: Snapshot
+) -> None:
+    assert edge.receive(b"\r\n\r\n", udp_listener, SOURCE, snapshot) == []
+    assert edge.stats.malformed == 0

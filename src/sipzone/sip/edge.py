@@ -172,6 +172,8 @@ class Edge:
         conn: int | None = None,
     ) -> list[Send]:
         """One datagram in, what to send out."""
+        if not data.strip(b"\r\n"):
+            return []  # a CRLF keep-alive (RFC 5626 §3.5.1 style): nothing to answer
         try:
             message = parse_message(data)
         except MalformedMessage as exc:
