@@ -124,8 +124,10 @@ def test_unknown_names_get_403(
 
 def test_drop_unknown_sends_nothing(udp_listener: Listener, snapshot: Snapshot) -> None:
     edge = Edge(SipConfig(drop_unknown=True), [udp_listener])
-    assert edge.receive(request(uri="sip:x@nope.test"), udp_listener, SOURCE, snapshot) == []
-    assert edge.stats.requests[("OPTIONS", "dropped")] == 1
+    data = request(uri="sip:x@nope.test")
+    assert edge.receive(data, udp_listener, SOURCE, snapshot) == []
+    assert edge.keepalive(data, udp_listener, SOURCE, snapshot) == []
+    assert edge.stats.requests[("OPTIONS", "dropped")] == 2
 
 
 def test_domain_added_live_is_admitted_on_the_next_request(
@@ -145,16 +147,29 @@ def test_keepalive_fast_path_matches_the_general_path(
     for uri, via in [
         ("sip:ping@voip.example.com", "SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bK-1"),
         ("sip:ping@a.teams.example.com", "SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK-2"),
+        ("sip:ping@voip.example.com", "SIP/2.0/UDP 10.0.0.1:5062;rport;branch=z9hG4bK-3"),
+        ("sip:ping@voip.example.com", "SIP/2.0/UDP [2001:db8::1];rport;branch=z9hG4bK-4"),
+        ("sip:ping@192.0.2.1", "SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bK-5"),  # To decides
+        ("sip:ping@unknown.example.org", "SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bK-6"),
     ]:
         data = request(uri=uri, via=via)
         general = edge.receive(data, udp_listener, SOURCE, snapshot)
         fast = edge.keepalive(data, udp_listener, SOURCE, snapshot)
         assert fast is not None
-        assert [fast] == general
+        assert fast == general
     # Anything unusual is declined and left to the general path.
     unusual = request(extra="Require: foo")
     assert edge.keepalive(unusual, udp_listener, SOURCE, snapshot) is None
     assert status_of(edge.receive(unusual, udp_listener, SOURCE, snapshot)) == 420
+    for declined in (
+        request(via="SIP/2.0/UDP 10.0.0.1;rport=7;branch=z9hG4bK-5"),
+        request(via="SIP/2.0/TCP 10.0.0.1;branch=z9hG4bK-6"),
+        request(via="SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-7;rport"),
+        request(to="<sip:ping@voip.example.com>;tag=dialog"),
+        request().replace(b"Max-Forwards: 70", b"max-forwards: 70"),
+    ):
+        assert edge.keepalive(declined, udp_listener, SOURCE, snapshot) is None
+        assert edge.receive(declined, udp_listener, SOURCE, snapshot)
 
 
 def test_received_and_rport_are_filled_in(

@@ -58,6 +58,7 @@ from sipzone.sip.message import (
     match_via,
     parse_address,
     parse_message,
+    parse_params,
     parse_uri,
     parse_via,
     split_addresses,
@@ -82,6 +83,7 @@ KEEPALIVE_HEADERS = KNOWN - {
     b"Require", b"Proxy-Require", b"Date", b"Expires", b"Route", b"Record-Route"
 }  # fmt: skip
 # RFC 3261 §8.2.6.2: a response we originate copies Via, From, Call-ID, CSeq and To (+ tag).
+NOT_SERVED = b"\x00not served"  # memo value: this keep-alive's target is not admitted
 RESPONSE_HEAD = b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
 _STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
 _TENANT_SAFE = re.compile(rb"[^\x20-\x7e]")
@@ -155,7 +157,7 @@ class Edge:
         self._options_tails: dict[tuple[str, str, int], bytes] = {}
         self._keepalives: dict[tuple[bytes, bytes, int], bytes] = {}
         self._good_addresses: set[bytes] = set()
-        self._good_vias: dict[bytes, tuple[str, int]] = {}
+        self._good_vias: dict[bytes, tuple[str, int, bool]] = {}
         self._targets: dict[str, Target | None] = {}
         self._upstream_addrs: set[tuple[str, int]] = set()
         self._site: Site | None = None
@@ -182,11 +184,11 @@ class Edge:
 
     def keepalive(
         self, data: bytes, listener: Listener, addr: tuple[str, int], snapshot: Snapshot
-    ) -> Send | None:
+    ) -> list[Send] | None:
         """Answer an OPTIONS keep-alive datagram without the general parser, or return None.
 
         This is the hot path (a platform's peers ping every few seconds).  It accepts only the
-        plainest shape: one Via without rport, canonical header names once each, no body,
+        plainest shape: one UDP Via, canonical header names once each, no body,
         nothing that asks for an extension; and it leans on what was checked once and
         remembered, since a peer's Request-URI and To repeat from one ping to the next.
         Whatever it accepts, :meth:`receive` would answer with the same bytes; whatever it
@@ -257,33 +259,44 @@ class Edge:
             sent_by = self._learn_via(before)
             if sent_by is None:
                 return None
+        if tail is NOT_SERVED:
+            if self.config.drop_unknown:
+                self.stats.requests[("OPTIONS", "dropped")] += 1
+                return []
+            self.stats.requests[("OPTIONS", "rejected")] += 1
+            status, reason, tail = 403, b"Domain Not Served", b"Content-Length: 0\r\n\r\n"
+        else:
+            self.stats.keepalives += 1
+            status, reason = 200, b"OK"
         source = addr[0]
-        if sent_by[0] != source:
+        host, port, rport = sent_by
+        if rport or host != source:
             via = _stamp_via(via, parse_via(via), addr)
-        self.stats.keepalives += 1
         tagged_to = to + b";tag=sz%08x" % zlib.crc32(via)
-        data = RESPONSE_HEAD % (200, b"OK", via, from_, tagged_to, call_id, cseq, tail)
-        return Send(data, "udp", source, sent_by[1])
+        data = RESPONSE_HEAD % (status, reason, via, from_, tagged_to, call_id, cseq, tail)
+        return [Send(data, "udp", source, addr[1] if rport else port)]
 
-    def _learn_via(self, before_branch: bytes) -> tuple[str, int] | None:
-        """(sent-by host, reply port) for a plain UDP Via without rport, else None."""
+    def _learn_via(self, before_branch: bytes) -> tuple[str, int, bool] | None:
+        """(sent-by host, port, has a bare rport) for a plain UDP Via, else None."""
         sent_by = match_via(before_branch + b";branch=z9hG4bK")
-        if sent_by is None or b"rport" in sent_by[2].lower() or b"received" in sent_by[2].lower():
+        if sent_by is None or not before_branch.startswith(b"SIP/2.0/UDP "):
             return None
-        if not before_branch.startswith(b"SIP/2.0/UDP "):
+        params = parse_params(sent_by[2])
+        if b"received" in params or params.get(b"rport", None) is not None:
             return None
         if len(self._good_vias) >= ADMISSION_CACHE:
             self._good_vias.clear()
         host = sent_by[0].strip(b"[]").decode("ascii")
-        learned = (host, int(sent_by[1]) if sent_by[1] else 5060)
+        learned = (host, int(sent_by[1]) if sent_by[1] else 5060, b"rport" in params)
         self._good_vias[before_branch] = learned
         return learned
 
     def _learn_keepalive(
         self, uri: bytes, to: bytes, listener: Listener, snapshot: Snapshot
     ) -> bytes:
-        """The 200 tail for a keep-alive to ``uri`` with this To, or b"" when the general path
-        must decide (an IP literal, a To tag, anything not plainly valid, not admitted)."""
+        """The 200 tail for a keep-alive to ``uri`` with this To, NOT_SERVED when its target is
+        not admitted, or b"" when the general path must decide (a To tag, a tel: URI, anything
+        not plainly valid)."""
         if len(self._keepalives) >= ADMISSION_CACHE:
             self._keepalives.clear()
         try:
@@ -292,15 +305,17 @@ class Edge:
         except MalformedMessage:
             return b""
         host = uri_host(uri)
-        if host is None or not host or host[-1] in b"0123456789]" or address.tag is not None:
+        if host is None or address.tag is not None:
             return b""
         if to != to.strip(b" \t") or b"tag" in to.lower():
             return b""
+        if not host or host[-1] in b"0123456789]":
+            host = uri_host(address.uri) or b""  # as in _request: an address names no domain
         admission = (
             self._admissions[host] if host in self._admissions else self._admit(host, snapshot)
         )
         if admission is None:
-            return b""
+            return NOT_SERVED
         return self._options_tail(admission.name, listener)
 
     def handle(

@@ -303,11 +303,13 @@ class DatagramHandler(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
             if data[:8] == b"OPTIONS ":
-                send = self.edge.keepalive(data, self.listener, addr, self.holder.current)
-                if send is not None and self.transport is not None:
-                    self.transport.sendto(
-                        send.data, addr if send.port == addr[1] else (send.host, send.port)
-                    )
+                answer = self.edge.keepalive(data, self.listener, addr, self.holder.current)
+                if answer is not None and self.transport is not None:
+                    for send in answer:  # one answer, or none for a dropped scanner
+                        port = send.port
+                        self.transport.sendto(
+                            send.data, addr if port == addr[1] else (send.host, port)
+                        )
                     return
             sends = self.edge.receive(data, self.listener, addr, self.holder.current)
         except Exception:  # a bug must cost one message, never the socket
