@@ -6,15 +6,17 @@ publish for a name sits under the question name (a compression pointer to offset
 serves a million SIP domains and every name a wildcard covers.  NAPTR, whose replacement names
 the domain, is spliced from a template instead.  A first question classifies its name once
 (zone, roles, empty non-terminal or NXDOMAIN, through the one matcher the SIP edge uses) in a
-few microseconds and caches the answer under the question bytes as they came, plus the view;
-after that a plain UDP query is one slice, one dictionary probe and four concatenations, and
-the question is echoed exactly as asked, case included.  dnspython renders record sets into
-bodies; it never runs per query.
+few microseconds and caches the answer under the question bytes as they came, plus the view.
+Above that sits a cache of whole UDP responses keyed by the query bytes after the ID (a UDP
+response is a function of those bytes and the client's view), so a query seen before costs
+one slice, one dictionary probe and one concatenation.  The question is always echoed exactly
+as asked, case included.  dnspython renders record sets into bodies; it never runs per query.
 
 Changes.  A snapshot that only adds or removes rules (it carries a ``Delta``) touches just those
 names: their cache entries, their ancestors' (an empty non-terminal may appear or vanish) and,
 for a wildcard, the names under its base; the SOA serial is patched in place in the few bodies
-that carry it.  Any other change builds new :class:`Tables` (the only per-rule work is
+that carry it; whole cached responses are simply dropped.  Any other change builds new
+:class:`Tables` (the only per-rule work is
 counting ancestors for empty non-terminals), on a thread when the store is big.
 """
 
