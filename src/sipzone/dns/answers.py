@@ -16,8 +16,8 @@ Changes.  A snapshot that only adds or removes rules (it carries a ``Delta``) to
 names: their cache entries, their ancestors' (an empty non-terminal may appear or vanish) and,
 for a wildcard, the names under its base; the SOA serial is patched in place in the few bodies
 that carry it; whole cached responses are simply dropped.  Any other change builds new
-:class:`Tables` (the only per-rule work is
-counting ancestors for empty non-terminals), on a thread when the store is big.
+:class:`Tables` (the only per-rule work is counting ancestors for empty non-terminals), on a
+thread when the store is big.
 """
 
 from __future__ import annotations
