@@ -160,3 +160,18 @@ VALID = dns.message.make_query(
     use_edns=0,
     options=[dns.edns.ECSOption("198.51.100.0", 24)],
 ).to_wire()
+
+
+def test_identical_queries_from_different_regions_get_their_own_answers() -> None:
+    auth = Authority(snapshot(), DnsConfig())
+    query = dns.message.make_query("_sip._udp.voip.example.com", "SRV", id=7).to_wire()
+
+    def first_target(client: str) -> str:
+        reply = dns.message.from_wire(auth.respond(query, client) or b"")
+        return str(min(reply.answer[0], key=lambda rd: rd.priority).target)
+
+    for _ in range(2):  # the second round comes from the response cache
+        assert first_target("127.0.0.1") == "site-a.example.com."
+        assert first_target("198.51.100.9") == "site-b.example.com."
+    again = dns.message.make_query("_sip._udp.voip.example.com", "SRV", id=8).to_wire()
+    assert auth.respond(again, "127.0.0.1")[:2] == b"\x00\x08"  # type: ignore[index]
