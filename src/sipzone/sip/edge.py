@@ -245,8 +245,10 @@ class Edge:
         if not tagged or not is_token(tag):
             return None
         if address not in self._good_addresses:
-            if not is_address(address) or len(self._good_addresses) > ADMISSION_CACHE:
+            if not is_address(address):
                 return None
+            if len(self._good_addresses) >= ADMISSION_CACHE:
+                self._good_addresses.clear()
             self._good_addresses.add(address)
         if not is_call_id(call_id):
             return None
