@@ -91,12 +91,12 @@ class SipService:
         self._resolved: dict[str, tuple[str, float]] = {}
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[Any]] = []
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
 
     # -- setup and teardown -------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = self._loop
+        loop = self.loop
         pending: list[tuple[str, socket.socket, str]] = []
         try:
             for spec in self.config.listen:
@@ -158,7 +158,7 @@ class SipService:
             await asyncio.sleep(interval)
             if self.edge is not None:
                 metrics.publish(self.edge.stats)
-            deadline = self._loop.time() - idle
+            deadline = self.loop.time() - idle
             for conn in list(self.connections.values()):
                 if conn.last_active < deadline:
                     log.debug("closing idle connection %d to %s", conn.id, conn.peer)
@@ -208,12 +208,12 @@ class SipService:
     async def _resolve(self, host: str, port: int) -> str | None:
         if _is_ip(host):
             return host
-        now = self._loop.time()
+        now = self.loop.time()
         hit = self._resolved.get(host)
         if hit is not None and hit[1] > now:
             return hit[0]
         try:
-            infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except OSError as exc:
             log.warning("cannot resolve %s: %s", host, exc)
             return None
@@ -236,7 +236,7 @@ class SipService:
         key = (send.host, send.port)
         future = self._connecting.get(key)
         if future is None:
-            future = self._loop.create_future()
+            future = self.loop.create_future()
             self._connecting[key] = future
             try:
                 future.set_result(await self._connect(send.host, send.port))
@@ -254,7 +254,7 @@ class SipService:
         listener = listener or self.listeners[0]
         try:
             _, conn = await asyncio.wait_for(
-                self._loop.create_connection(
+                self.loop.create_connection(
                     lambda: StreamConnection(self, listener), address, port
                 ),
                 5.0,
@@ -345,7 +345,7 @@ class StreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1]))
-        self.last_active = self.service._loop.time()
+        self.last_active = self.service.loop.time()
         if not self.service.register(self):
             self.abort()
 
@@ -353,7 +353,7 @@ class StreamConnection(asyncio.Protocol):
         self.service.unregister(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.service._loop.time()
+        self.last_active = self.service.loop.time()
         edge = self.service.edge
         assert edge is not None
         self.reader.receive_data(data)
@@ -381,7 +381,7 @@ class StreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.last_active = self.service._loop.time()
+            self.last_active = self.service.loop.time()
             self.transport.write(data)
 
     def close(self) -> None:
