@@ -175,3 +175,13 @@ def test_identical_queries_from_different_regions_get_their_own_answers() -> Non
         assert first_target("198.51.100.9") == "site-b.example.com."
     again = dns.message.make_query("_sip._udp.voip.example.com", "SRV", id=8).to_wire()
     assert auth.respond(again, "127.0.0.1")[:2] == b"\x00\x08"  # type: ignore[index]
+
+
+def test_without_sites_sip_names_are_nodata_with_soa() -> None:
+    auth = Authority(snapshot(sites=()), DnsConfig())
+    for rdtype in ("A", "SRV"):
+        name = "voip.example.com" if rdtype == "A" else "_sip._udp.voip.example.com"
+        reply = dns.message.from_wire(ask(auth, name, rdtype))
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert reply.answer == []
+        assert reply.authority[0].rdtype == dns.rdatatype.SOA

@@ -197,7 +197,9 @@ class Records:
         out: Rdatasets = {}
         for role in roles:
             for rdtype, rds in self._role_rdatasets(zone, role, view).items():
-                out.setdefault(rdtype, rds)
+                # No site serving (none configured): no record set, so NODATA with the SOA.
+                if len(rds):
+                    out.setdefault(rdtype, rds)
         return out
 
     def _role_rdatasets(self, zone: str, role: Role, view: int) -> Rdatasets:
