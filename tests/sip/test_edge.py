@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from tests.sip.conftest import IDN_NAME, make_snapshot
 
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
 from sipzone.sip.edge import OUR_BRANCH, Edge, Listener, Send
 from sipzone.sip.message import Request, Response, parse_message
+from tests.sip.conftest import IDN_NAME, make_snapshot
 
 SOURCE = ("192.0.2.7", 40000)
 

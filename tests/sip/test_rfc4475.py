@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-from tests.sip.conftest import RFC4475
 
 from sipzone.model.snapshot import Snapshot
 from sipzone.model.tenancy import TenancyTree, Tenant
@@ -24,6 +23,7 @@ from sipzone.sip.message import (
     check_uri,
     parse_message,
 )
+from tests.sip.conftest import RFC4475
 
 MANIFEST = list(csv.DictReader((RFC4475 / "MANIFEST.tsv").open(), delimiter="\t"))
 UPSTREAM = ("127.0.0.1", 5999)

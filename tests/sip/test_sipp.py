@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from xml.sax.saxutils import escape
 
 import pytest
-from tests.sip.conftest import IDN_NAME, EdgeThread, Sipp, free_port, make_snapshot, needs_sipp
-from tests.sip.conftest import scenario as xml_scenario
 
 from sipzone.model.snapshot import SnapshotHolder
 from sipzone.sip import SipConfig
+from tests.sip.conftest import IDN_NAME, EdgeThread, Sipp, free_port, make_snapshot, needs_sipp
+from tests.sip.conftest import scenario as xml_scenario
 
 pytestmark = needs_sipp
 TRANSPORTS = ["udp", "tcp"]

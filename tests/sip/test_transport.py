@@ -5,11 +5,11 @@ from __future__ import annotations
 import socket
 
 import pytest
-from tests.sip.conftest import EdgeThread, make_snapshot
 
 from sipzone.model.snapshot import SnapshotHolder
 from sipzone.sip import SipConfig
 from sipzone.sip.transport import parse_listen
+from tests.sip.conftest import EdgeThread, make_snapshot
 
 
 def options(via: str, call: str = "t1", domain: str = "voip.example.com") -> bytes:
