@@ -28,6 +28,11 @@ def test_axfr_to_allowed_clients_only(live_dns: type[LiveDns]) -> None:
     assert ("*.teams.example.com.", "A") in owners
     assert ("_sips._tcp.teams.example.com.", "SRV") in owners
     assert ("_sip._udp.voip.example.com.", "SRV") in owners
+    # IXFR: a secondary at our serial gets the SOA alone, an older one the whole zone.
+    current = dig(port, "example.com", "IXFR=5").text_records()
+    assert [row[3] for row in current] == ["SOA"]
+    older = dig(port, "example.com", "IXFR=4").text_records()
+    assert len(older) == len(records)
     closed = live_dns(snapshot(), DnsConfig(allow_transfer=("192.0.2.0/24",)))
     refused = dig(closed.port, "example.com", "AXFR")
     assert "Transfer failed" in refused.text
