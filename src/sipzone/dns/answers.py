@@ -510,7 +510,7 @@ class Authority:
         return self._respond(data, client, tcp)
 
     def _respond(self, data: bytes, client: str | bytes, tcp: bool) -> bytes | None:
-        """Every query the hot path does not take: EDNS, TCP, cache misses, errors."""
+        """Queries whose response is not cached: first sight of their bytes, TCP, errors."""
         n = len(data)
         if n < 12 or data[2] & 0x80:
             return None
