@@ -61,6 +61,9 @@ def test_incremental_updates_answer_exactly_like_a_rebuild() -> None:
         (["*.teams.example.com", "x.new.example.com"], ["new.example.com"]),
         ([], ["a.b.example.com", "a.deep.example.com"]),
         (["new.example.com"], ["*.fleet.example.com", "x.new.example.com"]),
+        # A bulk import: the cache is dropped whole instead of name by name.
+        ([f"bulk{i}.deep.example.com" for i in range(300)] + ["*.fleet.example.com"], []),
+        ([], [f"bulk{i}.deep.example.com" for i in range(300)]),
     ]
     for added, removed in changes:
         every_answer(live)  # fill the cache, so stale entries would show

@@ -51,6 +51,7 @@ META_QTYPES = frozenset({41, 249, 250, 251, 252, 253, 254})  # never answered fr
 CLASS_IN = 1
 OPT_ECS = 8
 TCP_MAX = 65535
+FORGET_ONE_BY_ONE = 256  # rules per change above which the question cache is dropped whole
 RESPONSE_CACHE = 65_536  # whole responses kept per view: the hot set, not every name
 
 _PTR_QNAME = b"\xc0\x0c"  # the question name always starts at offset 12
@@ -147,8 +148,15 @@ def render(
 
 
 def wire(name: str) -> bytes:
-    """Lower-case wire form of a text name without trailing dot."""
-    return dns.name.from_text(name).to_wire().lower()  # type: ignore[union-attr]
+    """Lower-case wire form of a text name without trailing dot (names we store are ASCII)."""
+    if not name.isascii():
+        return dns.name.from_text(name).to_wire().lower()  # type: ignore[union-attr]
+    out = bytearray()
+    for label in name.lower().encode().split(b".") if name else ():
+        out.append(len(label))
+        out += label
+    out.append(0)
+    return bytes(out)
 
 
 def ancestors(name: str) -> Iterator[str]:
@@ -348,14 +356,22 @@ class Authority:
             responses.clear()
         for answer in self._soa_answers:
             answer.set_serial(self.records.serial)
+        # A bulk import changes thousands of names at once: dropping the per-question cache is
+        # then cheaper than forgetting name by name, and it refills in microseconds a question.
+        bulk = len(delta.added) + len(delta.removed) > FORGET_ONE_BY_ONE
+        if bulk:
+            self._cache.clear()
+            self._cached.clear()
         for rule in delta.removed:
             if rule in old.matcher and rule not in snapshot.matcher:
                 count_ancestors(self._ents, rule, -1)
-                self._forget(rule)
+                if not bulk:
+                    self._forget(rule)
         for rule in delta.added:
             if rule not in old.matcher and rule in snapshot.matcher:
                 count_ancestors(self._ents, rule, 1)
-                self._forget(rule)
+                if not bulk:
+                    self._forget(rule)
 
     def _forget(self, rule: str) -> None:
         """Drop cached answers a rule can change: the name, its service names, its ancestors
