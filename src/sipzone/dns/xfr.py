@@ -60,7 +60,7 @@ def transfer(
             rd.serial for rrset in query.authority for rd in rrset if rrset.rdtype == RdType.SOA
         ]
         if theirs and dns.serial.Serial(theirs[0]) >= dns.serial.Serial(records.serial):
-            yield _messages(query, [(apex, soa)]).__next__()
+            yield from _messages(query, [(apex, soa)])
             return
     rrsets = [*records.zone_rrsets(zone), (apex, soa)]
     yield from _messages(query, rrsets)
