@@ -17,7 +17,10 @@ lock=/tmp/sipzone-bench.lock
 
 tmp=$(mktemp -d /tmp/sipzone-dns-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -- -"$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -- -"$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 free_port() {
