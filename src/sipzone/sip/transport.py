@@ -166,10 +166,10 @@ class SipService:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def dispatch(self, sends: list[Send], origin: asyncio.DatagramTransport | None) -> None:
+    def dispatch(self, sends: list[Send]) -> None:
         for send in sends:
             if send.transport == "udp":
-                self._send_udp(send, origin)
+                self._send_udp(send)
             elif send.transport == "tcp":
                 self._send_tcp(send)
             else:
@@ -179,7 +179,7 @@ class SipService:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _send_udp(self, send: Send, origin: asyncio.DatagramTransport | None) -> None:
+    def _send_udp(self, send: Send) -> None:
         host = send.host
         if not _is_ip(host):
             self._later(self._resolve_and_send(send))
@@ -230,7 +230,7 @@ class SipService:
     async def _resolve_and_send(self, send: Send) -> None:
         address = await self._resolve(send.host, send.port)
         if address is not None:
-            self._send_udp(Send(send.data, "udp", address, send.port), None)
+            self._send_udp(Send(send.data, "udp", address, send.port))
 
     async def _connect_and_send(self, send: Send) -> None:
         key = (send.host, send.port)
@@ -323,7 +323,7 @@ class DatagramHandler(asyncio.DatagramProtocol):
                     send.data, addr if send.port == addr[1] else (send.host, send.port)
                 )
                 return
-        self.service.dispatch(sends, self.transport)
+        self.service.dispatch(sends)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP error: %s", exc)  # ICMP unreachable for a past send; nothing to do
@@ -362,7 +362,7 @@ class StreamConnection(asyncio.Protocol):
                 message = self.reader.next_message()
             except MalformedMessage as exc:
                 # The framing is lost: answer if we can, then close (RFC 3261 §18.3).
-                self.service.dispatch(edge.malformed(exc, self.listener, self.peer, self.id), None)
+                self.service.dispatch(edge.malformed(exc, self.listener, self.peer, self.id))
                 self.close()
                 return
             if self.reader.keepalives:
@@ -377,7 +377,7 @@ class StreamConnection(asyncio.Protocol):
             except Exception:
                 log.exception("edge failed on a message from %s", self.peer)
                 continue
-            self.service.dispatch(sends, None)
+            self.service.dispatch(sends)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
