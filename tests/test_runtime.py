@@ -87,3 +87,37 @@ def test_workers_follow_the_store_and_are_restarted(cli: Cli, serve) -> None:  #
     os.killpg(server.proc.pid, signal.SIGTERM)
     assert server.proc.wait(timeout=10) == 0
     assert all(not os.path.exists(f"/proc/{pid}") for pid in replaced)
+
+
+def test_only_one_of_several_workers_sends_notify(cli: Cli, serve) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    import dns.opcode
+
+    for args in (
+        ["init"],
+        ["zone", "add", "example.com"],
+        ["site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu"],
+    ):
+        cli(*args, check=True)
+    secondary = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    secondary.bind(("127.0.0.1", 0))
+    secondary.settimeout(0.2)
+    notify_port = secondary.getsockname()[1]
+    port = free_port()
+    serve("--dns", f"127.0.0.1:{port}", "--workers", "3", "--notify", f"127.0.0.1:{notify_port}")
+    cli("domain", "add", "voip.example.com", check=True)
+    serials: list[int] = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            data, peer = secondary.recvfrom(4096)
+        except TimeoutError:
+            continue
+        msg = dns.message.from_wire(data)
+        assert msg.opcode() == dns.opcode.NOTIFY
+        serials.append(msg.answer[0][0].serial if msg.answer else -1)
+        reply = dns.message.make_response(msg)
+        secondary.sendto(reply.to_wire(), peer)
+    secondary.close()
+    assert len(serials) == 1, serials

@@ -17,7 +17,7 @@ import sqlalchemy.exc
 import typer
 
 from sipzone.model.errors import InvalidName, SipzoneError
-from sipzone.model.names import RuleName, parse_rule, to_unicode
+from sipzone.model.names import RuleName, parse_domain, parse_rule, to_unicode
 from sipzone.model.tenancy import PROVIDER
 from sipzone.store.repository import DEFAULT_URL, Store
 
@@ -285,7 +285,6 @@ def domain_import(
 @guarded
 def check(name: str, db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """Is NAME admitted?  Exit 0 with the rule and owner if so, 1 if not."""
-    from sipzone.model.names import parse_domain
 
     key = parse_domain(name).text
     match, revision = store(db).check(key)
@@ -457,7 +456,6 @@ def zone_export(
 ) -> None:
     """Write ZONE as a zone file (named-checkzone accepts it) to stdout."""
     from sipzone.dns.export import export_zone
-    from sipzone.model.names import parse_domain
 
     if fmt != "bind":
         fail(f"format {fmt!r} is not supported; use 'bind'")
@@ -498,6 +496,10 @@ def serve(
         list[str] | None, typer.Option(help="Secondary HOST:PORT to NOTIFY; repeatable.")
     ] = None,
     naptr: Annotated[bool, typer.Option(help="Publish NAPTR records (RFC 3263).")] = True,
+    nameserver: Annotated[
+        list[str] | None,
+        typer.Option(help="NS name of every zone; repeatable (default: the sites' SIP hosts)."),
+    ] = None,
     ttl: Annotated[int, typer.Option(min=0, help="TTL of published records.")] = 300,
     poll: Annotated[float, typer.Option(help="Seconds between store revision checks.")] = 0.05,
     db: Db = DEFAULT_URL,
@@ -541,6 +543,7 @@ def serve(
             notify=tuple(notify or ()),
             naptr=naptr,
             ttl=ttl,
+            nameservers=tuple(parse_domain(ns).text for ns in nameserver or ()),
         )
         if dns
         else None,

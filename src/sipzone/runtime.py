@@ -15,7 +15,7 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sipzone.dns import DnsConfig
@@ -128,6 +128,14 @@ def serve(config: ServeConfig) -> None:
     _supervise(config)
 
 
+def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
+    """What worker ``index`` runs: all alike, except that only the first sends DNS NOTIFY
+    (secondaries need one per change, not one per worker)."""
+    if config.dns is None or index == 0:
+        return config
+    return replace(config, dns=replace(config.dns, send_notify=False))
+
+
 def _supervise(config: ServeConfig) -> None:
     # Workers write their metrics to files the parent aggregates; the variable must be set
     # before prometheus_client is imported anywhere.
@@ -153,7 +161,7 @@ def _supervise(config: ServeConfig) -> None:
             os.close(ready_r)
             code = 0
             try:
-                _event_loop_run(config, lambda: os.write(ready_w, b"r"))
+                _event_loop_run(_for_worker(config, index), lambda: os.write(ready_w, b"r"))
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
