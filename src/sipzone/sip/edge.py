@@ -86,6 +86,7 @@ KEEPALIVE_HEADERS = KNOWN - {
 NOT_SERVED = b"\x00not served"  # memo value: this keep-alive's target is not admitted
 RESPONSE_HEAD = b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
 _STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
+_TAG_PARAM = re.compile(rb";[ \t]*tag[ \t]*=", re.I)
 _TENANT_SAFE = re.compile(rb"[^\x20-\x7e]")
 
 
@@ -451,7 +452,8 @@ class Edge:
         if max_forwards == 0:
             self._count(request.method, "too_many_hops")
             return [self._reply(request, top, listener, addr, conn, 483, b"Too Many Hops")]
-        target = Target(hop.transport, hop.host.strip(b"[]").decode(), hop.port or 5060)
+        host = hop.host.strip(b"[]").decode("utf-8", "replace")
+        target = Target(hop.transport, host, hop.port or 5060)
         self._count(request.method, "forwarded")
         self.stats.forwarded += 1
         data = self._forwarded(request, top, addr, conn, target, max_forwards, None)
@@ -710,7 +712,11 @@ class Edge:
 def _has_tag(address: bytes) -> bool:
     if b"tag" not in address.lower():
         return False
-    return parse_address(address).tag is not None
+    try:
+        return parse_address(address).tag is not None
+    except MalformedMessage:
+        # A 400 may be about this very To; keep whatever tag-looking parameter it has.
+        return _TAG_PARAM.search(address) is not None
 
 
 def _stamp_via(value: bytes, top: Via, addr: tuple[str, int]) -> bytes:
