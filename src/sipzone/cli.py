@@ -501,7 +501,9 @@ def serve(
         typer.Option(help="NS name of every zone; repeatable (default: the sites' SIP hosts)."),
     ] = None,
     ttl: Annotated[int, typer.Option(min=0, help="TTL of published records.")] = 300,
-    poll: Annotated[float, typer.Option(help="Seconds between store revision checks.")] = 0.05,
+    poll: Annotated[
+        float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
+    ] = 0.02,
     db: Db = DEFAULT_URL,
 ) -> None:
     """Run the SIP edge and/or the DNS authority on the store, following its changes live."""

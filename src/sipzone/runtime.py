@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from sipzone.dns import DnsConfig
 from sipzone.model.snapshot import SnapshotHolder
 from sipzone.sip import SipConfig
+from sipzone.store.feed import ChangeFeed
 from sipzone.store.repository import Store
 
 log = logging.getLogger("sipzone")
@@ -37,7 +38,7 @@ class ServeConfig:
     dns: DnsConfig | None = None
     metrics: str | None = None  # "HOST:PORT"
     workers: int = 1
-    poll_interval: float = 0.05  # seconds between revision checks of the store
+    poll_interval: float = 0.02  # seconds between change-feed checks (SQLite)
 
 
 def split_hostport(text: str) -> tuple[str, int]:
@@ -54,25 +55,32 @@ def split_hostport(text: str) -> tuple[str, int]:
 
 
 async def follow_store(store: Store, holder: SnapshotHolder, interval: float) -> None:
-    """Poll the store's revision; when it moved, advance the snapshot and publish it.
+    """Wait for the change feed; when it fires, advance the snapshot and publish it.
 
-    Reads run in a thread so the event loop keeps answering while a snapshot is built.
+    The feed's check is cheap and runs on the loop; reading the change log and building the
+    snapshot run in a thread, so the loop keeps answering meanwhile.
     """
     from sipzone import metrics
 
     loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            revision = await loop.run_in_executor(None, store.revision)
-            if revision != holder.current.revision:
+    feed = ChangeFeed(store.url, interval=interval)
+    try:
+        while True:
+            await feed.wait()
+            try:
                 snapshot = await loop.run_in_executor(None, store.advance, holder.current)
+            except Exception:  # the store may be unreachable for a while: keep serving
+                log.exception(
+                    "store read failed; still serving revision %d", holder.current.revision
+                )
+                await asyncio.sleep(1.0)
+                continue
+            if snapshot is not holder.current:
                 holder.publish(snapshot)
                 metrics.REVISION.set(snapshot.revision)
                 log.info("revision %d published", snapshot.revision)
-        except Exception:  # the store may be briefly unreachable; keep serving the last snapshot
-            log.exception("store poll failed; still serving revision %d", holder.current.revision)
-            await asyncio.sleep(1.0)
+    finally:
+        await feed.aclose()
 
 
 async def run_worker(config: ServeConfig, ready: Any = None) -> None:

@@ -33,6 +33,7 @@ from sipzone.model.tenancy import (
     check_may_own,
     check_may_remove,
 )
+from sipzone.store.feed import notify_sql
 from sipzone.store.schema import changelog, domains, settings, sites, state, tenants, zones
 
 DEFAULT_URL = "sqlite:///./sipzone.db"
@@ -198,6 +199,8 @@ class Store:
                 .returning(state.c.revision)
             ).scalar_one()
             info = dict(detail or {})
+            if conn.dialect.name == "postgresql":
+                conn.execute(notify_sql(), {"revision": rev})
             yield conn, int(rev)
             conn.execute(
                 changelog.insert().values(
@@ -616,9 +619,7 @@ class Store:
             if rev is None:
                 raise StoreNotInitialised(f"the store at {self.url} is not initialised")
             tree = self._tree(conn)
-            settings_map = dict(
-                conn.execute(sa.select(settings.c.key, settings.c.value)).all()
-            )
+            settings_map = dict(conn.execute(sa.select(settings.c.key, settings.c.value)).all())
             return Snapshot.build(
                 int(rev),
                 tree,
