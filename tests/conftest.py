@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -132,9 +133,16 @@ class Server:
                 break
             self.lines.append(line)
             if "sipzone: ready" in line:
+                # Keep reading, so a chatty server never blocks on a full pipe.
+                threading.Thread(target=self._drain, daemon=True).start()
                 return
         self.stop()
         raise AssertionError("sipzone serve did not start:\n" + "".join(self.lines))
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

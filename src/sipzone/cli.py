@@ -489,6 +489,16 @@ def serve(
     tenant_header: Annotated[
         str, typer.Option(help="Header naming the owning tenant on forwarded requests.")
     ] = "X-Sipzone-Tenant",
+    advertise: Annotated[
+        str | None,
+        typer.Option(help="Host for our Via/Contact when listening on 0.0.0.0 or ::."),
+    ] = None,
+    tcp_idle_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds before an idle SIP TCP connection closes.")
+    ] = 300.0,
+    tcp_max_connections: Annotated[
+        int, typer.Option(min=1, help="SIP TCP connections per worker.")
+    ] = 4096,
     allow_transfer: Annotated[
         list[str] | None, typer.Option(help="CIDR allowed to AXFR; repeatable.")
     ] = None,
@@ -503,7 +513,7 @@ def serve(
     ttl: Annotated[int, typer.Option(min=0, help="TTL of published records.")] = 300,
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
-    ] = 0.02,
+    ] = 0.05,
     db: Db = DEFAULT_URL,
 ) -> None:
     """Run the SIP edge and/or the DNS authority on the store, following its changes live."""
@@ -536,6 +546,9 @@ def serve(
             site=site,
             drop_unknown=drop_unknown,
             tenant_header=tenant_header,
+            advertise=advertise,
+            tcp_idle_timeout=tcp_idle_timeout,
+            tcp_max_connections=tcp_max_connections,
         )
         if sip
         else None,

@@ -38,7 +38,7 @@ class ServeConfig:
     dns: DnsConfig | None = None
     metrics: str | None = None  # "HOST:PORT"
     workers: int = 1
-    poll_interval: float = 0.02  # seconds between change-feed checks (SQLite)
+    poll_interval: float = 0.05  # seconds between change-feed checks (SQLite)
 
 
 def split_hostport(text: str) -> tuple[str, int]:
