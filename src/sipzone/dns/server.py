@@ -22,7 +22,6 @@ import dns.opcode
 import dns.rcode
 
 from sipzone.dns import DnsConfig
-from sipzone.dns import udp as udp_batch
 from sipzone.dns.answers import (
     QTYPE_AXFR,
     QTYPE_IXFR,
@@ -35,40 +34,16 @@ from sipzone.dns.answers import (
 )
 from sipzone.dns.xfr import notify_message, transfer
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
+from sipzone.net import batched_udp, split_hostport
+from sipzone.net.sockets import bound_socket
 
 log = logging.getLogger("sipzone.dns")
 
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent before we close (RFC 7766 §6.2.3)
-UDP_BUFFER = 4 << 20
 # Above this many rules a full rebuild (about a second per million) runs on a thread.
 REBUILD_ON_THREAD = 50_000
 NOTIFY_TRIES = 5
 NOTIFY_TIMEOUT = 2.0
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` to (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def _socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, kind)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if kind == socket.SOCK_DGRAM:
-        # Bursts at full speed outrun one Python thread for a moment; queue, do not drop.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind((host, port))
-    sock.setblocking(False)
-    return sock
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -103,7 +78,7 @@ class DnsService:
         self.holder = holder
         self.authority = Authority(holder.current, config)
         self._udp: asyncio.DatagramTransport | None = None
-        self._batched: udp_batch.BatchedUdp | None = None
+        self._batched: batched_udp.BatchedUdp | None = None
         self._tcp: asyncio.Server | None = None
         self._notifying: set[asyncio.Task[None]] = set()
         self._pending: list[Snapshot] = []
@@ -113,14 +88,13 @@ class DnsService:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        host, port = parse_hostport(self.config.listen)
-        udp = _socket(host, port, socket.SOCK_DGRAM)
+        host, port = split_hostport(self.config.listen, allow_zero=True)
+        udp = bound_socket(host, port, socket.SOCK_DGRAM, dual_stack=True)
         port = udp.getsockname()[1]  # port 0 picks one; TCP follows it
-        tcp = _socket(host, port, socket.SOCK_STREAM)
-        tcp.listen(128)
+        tcp = bound_socket(host, port, socket.SOCK_STREAM, dual_stack=True, backlog=128)
         self.address = (host, port)
-        if self.config.batched_udp and udp_batch.available():
-            self._batched = udp_batch.BatchedUdp(
+        if self.config.batched_udp and batched_udp.available():
+            self._batched = batched_udp.BatchedUdp(
                 udp, self.authority.respond, self.config.udp_payload
             )
             self._batched.start(loop)
@@ -200,7 +174,7 @@ class DnsService:
 
     async def _notify(self, target: str, zone: str) -> None:
         """NOTIFY one secondary, retrying until it answers (RFC 1996 §3.6)."""
-        host, port = parse_hostport(target)
+        host, port = split_hostport(target)
         msg = notify_message(zone, self.authority.records)
         for attempt in range(NOTIFY_TRIES):
             try:

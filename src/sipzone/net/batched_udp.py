@@ -1,16 +1,24 @@
-"""Batched UDP on Linux: up to BATCH queries per recvmmsg(2) and their answers per sendmmsg(2).
+"""Batched UDP on Linux: up to BATCH datagrams per recvmmsg(2) and their answers per sendmmsg(2).
 
-Why: at full speed a Python authority spends more time getting datagrams in and out than
-answering them (the answer itself is a dictionary hit and a few slices).  One system call per
-batch instead of two per query, and no per-datagram event-loop callback, is the difference
-between trailing PowerDNS and passing it; PowerDNS and Knot batch the same way.
+Why: at full speed a Python server spends more time getting datagrams in and out than
+answering them (a DNS answer or a SIP keep-alive reply is a dictionary hit and some slicing).
+One system call per batch instead of two per datagram, and no per-datagram event-loop callback,
+is the difference between trailing PowerDNS or Kamailio and passing them; they batch the same
+way.
 
 Theory of operation: fixed ctypes arrays describe BATCH receive slots (buffer, iovec, source
 address) and BATCH send slots whose address pointers normally reuse the receive slot of the same
-index, so a steady batch touches only each answer's length.  The event loop calls
-:meth:`BatchedUdp.ready` when the socket is readable; it drains a bounded number of batches so a
-flood cannot starve TCP clients or the store feed.  Elsewhere than Linux (or without recvmmsg in
-libc) :func:`available` is False and the server uses the plain asyncio transport.
+index, so a steady batch touches only each answer's length.  The callback returns the answer to
+the source (or None); an answer for somewhere else goes out at once by :meth:`BatchedUdp.sendto`.
+The event loop calls :meth:`BatchedUdp.ready` when the socket is readable; it drains a bounded
+number of batches so a flood cannot starve TCP clients or the store feed.  Elsewhere than Linux
+(or without recvmmsg in libc) :func:`available` is False and callers use the plain asyncio
+transport.
+
+The callback sees the source as the packed address (4 or 16 bytes: cheapest, enough for DNS,
+whose answer always goes back where the query came from), or with ``ports=True`` as the
+``(host, port)`` pair asyncio would give, remembered per source so a busy peer costs one
+dictionary hit (SIP, which answers to the Via's port or to the source port by rport).
 """
 
 from __future__ import annotations
@@ -22,16 +30,18 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
+from typing import Any
 
-log = logging.getLogger("sipzone.dns")
+log = logging.getLogger("sipzone.net")
 
 BATCH = 64
-RECV_SIZE = 4096  # larger queries are not DNS over UDP that we answer
+RECV_SIZE = 65536 // 8  # 8 KiB: larger datagrams are neither DNS queries nor SIP we accept
 MAX_BATCHES = 16  # per readiness callback, then let the loop run other work
 NAME_SIZE = 28  # sizeof(struct sockaddr_in6), enough for either family
 MSG_DONTWAIT = 0x40
+SOURCES_CACHE = 65536  # (host, port) pairs remembered before the memo is reset
 
-Respond = Callable[[bytes, bytes], bytes | None]
+Respond = Callable[[bytes, Any], bytes | None]
 
 
 class _IoVec(ctypes.Structure):
@@ -87,10 +97,23 @@ def available() -> bool:
 
 
 class BatchedUdp:
-    """Answers one bound, non-blocking UDP socket with ``respond(query, client)``, where
-    ``client`` is the packed source address (4 bytes, or 16 for an IPv6 socket)."""
+    """Answers one bound, non-blocking UDP socket with ``respond(datagram, source)``.
 
-    def __init__(self, sock: socket.socket, respond: Respond, max_answer: int) -> None:
+    ``source`` is the packed source address (4 bytes, or 16 for an IPv6 socket), or with
+    ``ports`` the ``(host, port)`` pair.  What ``respond`` returns goes back to the source in
+    the batch's sendmmsg; None sends nothing.  ``recv_size`` bounds a datagram (a larger one
+    is dropped, never read in part); ``max_answer`` bounds an answer (a larger one is dropped).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        respond: Respond,
+        max_answer: int,
+        *,
+        ports: bool = False,
+        recv_size: int = RECV_SIZE,
+    ) -> None:
         libc = _load()
         if libc is None:
             raise OSError("recvmmsg/sendmmsg are not available here")
@@ -100,9 +123,18 @@ class BatchedUdp:
         self._fd = sock.fileno()
         self._respond = respond
         self._send_size = max(512, max_answer)
-        # Where the packed address sits in a sockaddr_in / sockaddr_in6.
-        self._addr = (4, 8) if sock.family == socket.AF_INET else (8, 24)
-        self._rbuf = ctypes.create_string_buffer(BATCH * RECV_SIZE)
+        self._recv_size = recv_size
+        self._family = sock.family
+        # The part of a sockaddr_in / sockaddr_in6 the callback's source is made from: the
+        # packed address alone, or (for ``ports``) the port, the address and for IPv6 the flow
+        # label and scope as well, so two peers never share a cache entry.
+        if ports:
+            self._addr = (2, 8) if sock.family == socket.AF_INET else (2, 28)
+            self._sources: dict[bytes, tuple[str, int]] | None = {}
+        else:
+            self._addr = (4, 8) if sock.family == socket.AF_INET else (8, 24)
+            self._sources = None
+        self._rbuf = ctypes.create_string_buffer(BATCH * recv_size)
         self._sbuf = ctypes.create_string_buffer(BATCH * self._send_size)
         self._names = ctypes.create_string_buffer(BATCH * NAME_SIZE)
         self._riov = (_IoVec * BATCH)()
@@ -111,8 +143,8 @@ class BatchedUdp:
         self._smsg = (_MMsgHdr * BATCH)()
         self._names_at = ctypes.addressof(self._names)
         for i in range(BATCH):
-            self._riov[i].iov_base = ctypes.addressof(self._rbuf) + i * RECV_SIZE
-            self._riov[i].iov_len = RECV_SIZE
+            self._riov[i].iov_base = ctypes.addressof(self._rbuf) + i * recv_size
+            self._riov[i].iov_len = recv_size
             self._siov[i].iov_base = ctypes.addressof(self._sbuf) + i * self._send_size
             for msgs, iovs in ((self._rmsg, self._riov), (self._smsg, self._siov)):
                 hdr = msgs[i].msg_hdr
@@ -130,6 +162,31 @@ class BatchedUdp:
         self._slens = memoryview(self._siov).cast("B").cast("P")
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        """Send one datagram elsewhere than to a source being answered (at once, unbatched)."""
+        try:
+            self._sock.sendto(data, address)
+        except OSError as exc:  # a full buffer or an unreachable peer: UDP may drop, so do we
+            log.debug("sendto %s: %s", address, exc)
+
+    def _source(self, key: bytes) -> tuple[str, int]:
+        """``(host, port)`` for the sockaddr part ``key`` (see ``_addr``), remembered."""
+        sources = self._sources
+        assert sources is not None
+        if len(sources) >= SOURCES_CACHE:
+            sources.clear()
+        port = int.from_bytes(key[:2], "big")
+        if self._family == socket.AF_INET:
+            source = (socket.inet_ntop(socket.AF_INET, key[2:6]), port)
+        else:
+            source = (socket.inet_ntop(socket.AF_INET6, key[6:22]), port)
+        sources[key] = source
+        return source
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         loop.add_reader(self._fd, self.ready)
@@ -146,7 +203,9 @@ class BatchedUdp:
         rmv, smv, nmv = self._rmv, self._smv, self._nmv
         rlens, snames, slens = self._rlens, self._snames, self._slens
         a0, a1 = self._addr
+        sources = self._sources
         size_max = self._send_size
+        recv_size = self._recv_size
         names_at = self._names_at
         for _ in range(MAX_BATCHES):
             n = self._recvmmsg(self._fd, self._rmsg, BATCH, MSG_DONTWAIT, None)
@@ -156,11 +215,18 @@ class BatchedUdp:
                 return
             j = 0
             for i in range(n):
-                at = i * RECV_SIZE
-                data = rmv[at : at + rlens[i * U32_PER_MSG + LEN_INDEX]].tobytes()
+                at = i * recv_size
+                length = rlens[i * U32_PER_MSG + LEN_INDEX]
+                if length >= recv_size:
+                    continue  # perhaps cut short by the kernel: never answer a part
+                data = rmv[at : at + length].tobytes()
                 name = i * NAME_SIZE
+                key = nmv[name + a0 : name + a1].tobytes()
                 try:
-                    out = respond(data, nmv[name + a0 : name + a1].tobytes())
+                    if sources is None:
+                        out = respond(data, key)
+                    else:
+                        out = respond(data, sources.get(key) or self._source(key))
                 except Exception:
                     # A bug must cost one answer, never the server.
                     log.exception("answering %r failed", data[:64])
@@ -170,7 +236,7 @@ class BatchedUdp:
                 at = j * size_max
                 smv[at : at + len(out)] = out
                 slens[j * IOV_WORDS + IOV_LEN_INDEX] = len(out)
-                if i != j:  # a query went unanswered: later answers shift down a slot
+                if i != j:  # a datagram went unanswered: later answers shift down a slot
                     snames[j * MSG_WORDS + NAME_INDEX] = names_at + name
                 j += 1
             self._send(j)
