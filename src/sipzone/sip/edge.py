@@ -43,6 +43,7 @@ from sipzone.sip.message import (
     LIST_COMMA,
     MAX_CSEQ,
     MAX_FORWARDS,
+    PLAIN_GROUPS,
     MalformedMessage,
     Request,
     Response,
@@ -61,6 +62,7 @@ from sipzone.sip.message import (
     parse_params,
     parse_uri,
     parse_via,
+    plain_options_pattern,
     split_addresses,
     uri_host,
 )
@@ -85,6 +87,11 @@ KEEPALIVE_HEADERS = KNOWN - {
 # RFC 3261 §8.2.6.2: a response we originate copies Via, From, Call-ID, CSeq and To (+ tag).
 NOT_SERVED = b"\x00not served"  # memo value: this keep-alive's target is not admitted
 RESPONSE_HEAD = b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
+# The same with the To tag we add (a CRC of the answer's Via) written in place.
+KEEPALIVE_RESPONSE = (
+    b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s;tag=sz%08x\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
+)
+KEEPALIVE_SHAPES = 8  # orders of header lines remembered (a platform's kinds of peers)
 _STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
 _TAG_PARAM = re.compile(rb";[ \t]*tag[ \t]*=", re.I)
 _TENANT_SAFE = re.compile(rb"[^\x20-\x7e]")
@@ -157,6 +164,8 @@ class Edge:
         self._admissions: dict[bytes, Admission | None] = {}
         self._options_tails: dict[tuple[str, str, int], bytes] = {}
         self._keepalives: dict[tuple[bytes, bytes, int], bytes] = {}
+        # (pattern, group numbers of PLAIN_GROUPS, header names) per order of header lines
+        self._shapes: list[tuple[re.Pattern[bytes], tuple[int, ...], tuple[bytes, ...]]] = []
         self._good_addresses: set[bytes] = set()
         self._good_vias: dict[bytes, tuple[str, int, bool]] = {}
         self._targets: dict[str, Target | None] = {}
@@ -186,17 +195,91 @@ class Edge:
     def keepalive(
         self, data: bytes, listener: Listener, addr: tuple[str, int], snapshot: Snapshot
     ) -> list[Send] | None:
+        """:meth:`answer_keepalive` as the list of :class:`Send` that :meth:`receive` returns."""
+        answer = self.answer_keepalive(data, listener, addr, snapshot)
+        if answer is None:
+            return None
+        if isinstance(answer, bytes):
+            return [Send(answer, "udp", addr[0], addr[1])] if answer else []
+        return [answer]
+
+    def answer_keepalive(
+        self, data: bytes, listener: Listener, addr: tuple[str, int], snapshot: Snapshot
+    ) -> bytes | Send | None:
         """Answer an OPTIONS keep-alive datagram without the general parser, or return None.
 
         This is the hot path (a platform's peers ping every few seconds).  It accepts only the
         plainest shape: one UDP Via, canonical header names once each, no body,
         nothing that asks for an extension; and it leans on what was checked once and
-        remembered, since a peer's Request-URI and To repeat from one ping to the next.
+        remembered, since a peer's Request-URI and To repeat from one ping to the next, and so
+        does the order of its header lines: once a peer's order was seen, one compiled pattern
+        for it (:func:`plain_options_pattern`) splits and checks a whole ping in one call.
         Whatever it accepts, :meth:`receive` would answer with the same bytes; whatever it
         declines, :meth:`receive` handles.
+
+        Returns the answer when it goes back to the source address and port (b"" when nothing
+        is sent: a scanner's ping dropped), a :class:`Send` when it goes to another port.
         """
         if snapshot is not self._snapshot:
             return None
+        shapes = self._shapes
+        parsed: tuple[bytes, ...] | None
+        for shape in shapes:
+            m = shape[0].match(data)
+            if m is not None:
+                if shape is not shapes[0]:  # most recently used first
+                    shapes.remove(shape)
+                    shapes.insert(0, shape)
+                parsed = m.group(*shape[1])
+                break
+        else:
+            parsed = self._split_keepalive(data)
+            if parsed is None:
+                return None
+        uri, to, via, before, from_, address, call_id, cseq, number = parsed
+        if len(number) == 10 and int(number) > MAX_CSEQ:
+            return None
+        memo_key = (uri, to, listener.port)
+        tail = self._keepalives.get(memo_key)
+        if tail is None:
+            tail = self._learn_keepalive(uri, to, listener, snapshot)
+            self._keepalives[memo_key] = tail
+        if not tail:
+            return None
+        if address not in self._good_addresses:
+            if not is_address(address):
+                return None
+            if len(self._good_addresses) >= ADMISSION_CACHE:
+                self._good_addresses.clear()
+            self._good_addresses.add(address)
+        # A peer's Via differs from ping to ping only in its branch: check the rest once.
+        sent_by = self._good_vias.get(before)
+        if sent_by is None:
+            sent_by = self._learn_via(before)
+            if sent_by is None:
+                return None
+        if tail is NOT_SERVED:
+            if self.config.drop_unknown:
+                self.stats.requests[("OPTIONS", "dropped")] += 1
+                return b""
+            self.stats.requests[("OPTIONS", "rejected")] += 1
+            status, reason, tail = 403, b"Domain Not Served", b"Content-Length: 0\r\n\r\n"
+        else:
+            self.stats.keepalives += 1
+            status, reason = 200, b"OK"
+        host, port, rport = sent_by
+        if rport or host != addr[0]:
+            via = _stamp_via(via, parse_via(via), addr)
+        data = KEEPALIVE_RESPONSE % (
+            status, reason, via, from_, to, zlib.crc32(via), call_id, cseq, tail
+        )  # fmt: skip
+        if rport or port == addr[1]:
+            return data
+        return Send(data, "udp", addr[0], port)
+
+    def _split_keepalive(self, data: bytes) -> tuple[bytes, ...] | None:
+        """What a plain-options pattern would find in ``data`` (see :data:`PLAIN_GROUPS`),
+        found line by line; learns the pattern for this order of header lines."""
         head, sep, body = data.partition(b"\r\n\r\n")
         if body or not sep:
             return None
@@ -222,62 +305,32 @@ class Edge:
         mf = get(b"Max-Forwards")
         if via is None or from_ is None or to is None or call_id is None or cseq is None:
             return None
-        if mf is None or not mf.isdigit() or len(mf) > 3 or not 0 < int(mf) <= MAX_FORWARDS:
+        if mf is None:
+            return None
+        names = tuple(fields)
+        if all(shape[2] != names for shape in self._shapes):
+            if len(self._shapes) >= KEEPALIVE_SHAPES:
+                self._shapes.pop()  # the least recently used
+            pattern = plain_options_pattern(names)
+            groups = tuple(pattern.groupindex[name] for name in PLAIN_GROUPS)
+            self._shapes.append((pattern, groups, names))
+        if not mf.isdigit() or len(mf) > 3 or not 0 < int(mf) <= MAX_FORWARDS:
             return None
         number = cseq[:-8]
-        if (
-            not cseq.endswith(b" OPTIONS")
-            or not number.isdigit()
-            or len(number) > 10
-            or int(number) > MAX_CSEQ
-        ):
+        if not cseq.endswith(b" OPTIONS") or not number.isdigit() or len(number) > 10:
             return None
         length = get(b"Content-Length")
         if length is not None and length != b"0":
             return None
-        memo_key = (parts[1], to, listener.port)
-        tail = self._keepalives.get(memo_key)
-        if tail is None:
-            tail = self._learn_keepalive(parts[1], to, listener, snapshot)
-            self._keepalives[memo_key] = tail
-        if not tail:
-            return None
         address, tagged, tag = from_.rpartition(b";tag=")
         if not tagged or not is_token(tag):
             return None
-        if address not in self._good_addresses:
-            if not is_address(address):
-                return None
-            if len(self._good_addresses) >= ADMISSION_CACHE:
-                self._good_addresses.clear()
-            self._good_addresses.add(address)
         if not is_call_id(call_id):
             return None
-        # A peer's Via differs from ping to ping only in its branch: check the rest once.
         before, has_branch, branch = via.partition(b";branch=")
         if not has_branch or not is_token(branch):
             return None
-        sent_by = self._good_vias.get(before)
-        if sent_by is None:
-            sent_by = self._learn_via(before)
-            if sent_by is None:
-                return None
-        if tail is NOT_SERVED:
-            if self.config.drop_unknown:
-                self.stats.requests[("OPTIONS", "dropped")] += 1
-                return []
-            self.stats.requests[("OPTIONS", "rejected")] += 1
-            status, reason, tail = 403, b"Domain Not Served", b"Content-Length: 0\r\n\r\n"
-        else:
-            self.stats.keepalives += 1
-            status, reason = 200, b"OK"
-        source = addr[0]
-        host, port, rport = sent_by
-        if rport or host != source:
-            via = _stamp_via(via, parse_via(via), addr)
-        tagged_to = to + b";tag=sz%08x" % zlib.crc32(via)
-        data = RESPONSE_HEAD % (status, reason, via, from_, tagged_to, call_id, cseq, tail)
-        return [Send(data, "udp", source, addr[1] if rport else port)]
+        return (parts[1], to, via, before, from_, address, call_id, cseq, number)
 
     def _learn_via(self, before_branch: bytes) -> tuple[str, int, bool] | None:
         """(sent-by host, port, has a bare rport) for a plain UDP Via, else None."""
@@ -290,7 +343,8 @@ class Edge:
         if len(self._good_vias) >= ADMISSION_CACHE:
             self._good_vias.clear()
         host = sent_by[0].strip(b"[]").decode("ascii")
-        learned = (host, int(sent_by[1]) if sent_by[1] else 5060, b"rport" in params)
+        port = int(sent_by[1]) if sent_by[1] else 0
+        learned = (host, port or 5060, b"rport" in params)  # as the general path: 0 is 5060
         self._good_vias[before_branch] = learned
         return learned
 

@@ -15,6 +15,7 @@ else looks at them.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -169,7 +170,8 @@ LIST_COMMA = re.compile(rb",[ \t]*")
 _CSEQ = re.compile(rb"([0-9]+)[ \t]+(" + TOKEN + rb")\Z")
 # §25.1 callid = word [ "@" word ]
 _WORD = rb"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
-_CALL_ID = re.compile(_WORD + rb"(?:@" + _WORD + rb")?\Z")
+CALL_ID = _WORD + rb"(?:@" + _WORD + rb")?"
+_CALL_ID = re.compile(CALL_ID + rb"\Z")
 # §20.17 Date = rfc1123-date, always GMT
 _DATE = re.compile(
     rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
@@ -764,3 +766,32 @@ def check_uri(text: bytes) -> URI:
     if uri.headers is not None:
         raise BadURI(f"Request-URI {text[:80]!r} carries headers ('?'), which it may not")
     return uri
+
+
+# -- plain OPTIONS in a known header order (the keep-alive hot path) ---------------------------
+
+# Each value as the edge's keep-alive path takes it (``Edge.answer_keepalive``), in named
+# groups: Via up to its first ";branch=" and a token branch after it; From up to its last
+# ";tag=" and a token tag; Call-ID per §25.1; "N OPTIONS"; Max-Forwards 1-255 in at most three
+# digits; a zero Content-Length.  No value may hold CR or LF.
+_PLAIN_VALUES = {
+    b"Via": rb"(?P<via>(?P<before>[^;\r\n]*(?:;(?!branch=)[^;\r\n]*)*);branch=" + TOKEN + rb")",
+    b"From": rb"(?P<from>(?P<address>[^\r\n]*);tag=" + TOKEN + rb")",
+    b"To": rb"(?P<to>[^\r\n]*)",
+    b"Call-ID": rb"(?P<call_id>" + CALL_ID + rb")",
+    b"CSeq": rb"(?P<cseq>(?P<number>[0-9]{1,10}) OPTIONS)",
+    b"Max-Forwards": rb"(?:0{0,2}[1-9]|0?[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])",
+    b"Content-Length": rb"0",
+}
+PLAIN_GROUPS = ("uri", "to", "via", "before", "from", "address", "call_id", "cseq", "number")
+
+
+@functools.lru_cache(maxsize=256)
+def plain_options_pattern(names: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    """A pattern for a whole bodiless OPTIONS datagram whose header lines are ``names`` in
+    this order, each ``Name: value`` once, values as in ``_PLAIN_VALUES`` (any other header's
+    value unchecked).  It must name Via, From, To, Call-ID, CSeq and Max-Forwards."""
+    lines = b"".join(
+        b"\r\n" + re.escape(name) + b": " + _PLAIN_VALUES.get(name, rb"[^\r\n]*") for name in names
+    )
+    return re.compile(rb"OPTIONS (?P<uri>[^ \r\n]+) SIP/2\.0" + lines + rb"\r\n\r\n\Z")

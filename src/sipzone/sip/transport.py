@@ -20,14 +20,18 @@ import ipaddress
 import itertools
 import logging
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 from sipzone.model.snapshot import SnapshotHolder
+from sipzone.net import batched_udp, split_hostport
+from sipzone.net.sockets import bound_socket
 from sipzone.sip import SipConfig, metrics
 from sipzone.sip.edge import Edge, Listener, Send
-from sipzone.sip.message import MalformedMessage, StreamReader
+from sipzone.sip.message import MAX_MESSAGE, MalformedMessage, StreamReader
 
 log = logging.getLogger("sipzone.sip")
+
+RECV_SIZE = MAX_MESSAGE + 1  # no UDP payload is larger: a datagram is never read in part
 
 METRICS_INTERVAL = 1.0
 RESOLVE_TTL = 60.0
@@ -39,13 +43,11 @@ def parse_listen(spec: str) -> tuple[str, str, int]:
     transport = transport.lower()
     if transport not in ("udp", "tcp"):
         raise ValueError(f"listen spec {spec!r}: transport must be udp or tcp")
-    if hostport.startswith("["):
-        host, _, port = hostport[1:].partition("]:")
-    else:
-        host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"listen spec {spec!r} is not TRANSPORT:HOST:PORT")
-    return transport, host, int(port)
+    try:
+        host, port = split_hostport(hostport, allow_zero=True)
+    except ValueError:
+        raise ValueError(f"listen spec {spec!r} is not TRANSPORT:HOST:PORT") from None
+    return transport, host, port
 
 
 def _is_ip(host: str) -> bool:
@@ -57,22 +59,14 @@ def _is_ip(host: str) -> bool:
 
 
 def _bind(transport: str, host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-    sock = socket.socket(family, kind)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.setblocking(False)
-        if kind == socket.SOCK_STREAM:
-            sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return bound_socket(host, port, kind)
+
+
+class UdpSender(Protocol):
+    """What sends a datagram: uvloop's transport, or the batched socket."""
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None: ...
 
 
 class SipService:
@@ -83,7 +77,8 @@ class SipService:
         self.holder = holder
         self.edge: Edge | None = None
         self.listeners: list[Listener] = []
-        self._udp: dict[int, asyncio.DatagramTransport] = {}  # by address family
+        self._udp: dict[int, UdpSender] = {}  # by address family
+        self._datagram: list[asyncio.BaseTransport | batched_udp.BatchedUdp] = []
         self._servers: list[asyncio.AbstractServer] = []
         self.connections: dict[int, StreamConnection] = {}
         self._by_peer: dict[tuple[str, int], StreamConnection] = {}
@@ -118,9 +113,21 @@ class SipService:
         self.edge = Edge(self.config, self.listeners)
         for (transport, sock, _), listener in zip(pending, self.listeners, strict=True):
             if transport == "udp":
-                udp, _ = await loop.create_datagram_endpoint(
-                    functools.partial(DatagramHandler, self, listener), sock=sock
-                )
+                endpoint = UdpEndpoint(self, listener)
+                udp: UdpSender
+                if self.config.batched_udp and batched_udp.available():
+                    batched = batched_udp.BatchedUdp(
+                        sock, endpoint.respond, MAX_MESSAGE, ports=True, recv_size=RECV_SIZE
+                    )
+                    batched.start(loop)
+                    self._datagram.append(batched)
+                    udp = batched
+                else:
+                    plain, _ = await loop.create_datagram_endpoint(
+                        functools.partial(DatagramHandler, endpoint), sock=sock
+                    )
+                    self._datagram.append(plain)
+                    udp = plain
                 self._udp.setdefault(sock.family, udp)
             else:
                 server = await loop.create_server(
@@ -142,8 +149,8 @@ class SipService:
             server.close()
         for conn in list(self.connections.values()):
             conn.abort()
-        for udp in self._udp.values():
-            udp.close()
+        for endpoint in self._datagram:
+            endpoint.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
@@ -285,45 +292,55 @@ class SipService:
             del self._by_peer[key]
 
 
-class DatagramHandler(asyncio.DatagramProtocol):
-    """One UDP socket: each datagram is a whole message."""
+class UdpEndpoint:
+    """One UDP socket of the edge, where each datagram is a whole message: its answer to the
+    source is returned (the batched socket or the protocol below sends it), anything else goes
+    out through the service."""
 
     def __init__(self, service: SipService, listener: Listener) -> None:
         self.service = service
         self.listener = listener
-        self.transport: asyncio.DatagramTransport | None = None
         assert service.edge is not None
         self.edge = service.edge
         self.holder = service.holder
+
+    def respond(self, data: bytes, addr: tuple[str, int]) -> bytes | None:
+        try:
+            if data[:8] == b"OPTIONS ":
+                answer = self.edge.answer_keepalive(data, self.listener, addr, self.holder.current)
+                if answer is not None:
+                    if isinstance(answer, bytes):
+                        return answer or None  # b"": a scanner's ping, dropped
+                    self.service.dispatch([answer])
+                    return None
+            sends = self.edge.receive(data, self.listener, addr, self.holder.current)
+        except Exception:  # a bug must cost one message, never the socket
+            log.exception("edge failed on a datagram from %s", addr)
+            return None
+        if len(sends) == 1:
+            send = sends[0]
+            # An answer back where the request came from: no dispatch.
+            if send.transport == "udp" and send.host == addr[0] and send.port == addr[1]:
+                return send.data
+        self.service.dispatch(sends)
+        return None
+
+
+class DatagramHandler(asyncio.DatagramProtocol):
+    """A UDP socket on the event loop's own transport (where batching is not available)."""
+
+    def __init__(self, endpoint: UdpEndpoint) -> None:
+        self.respond = endpoint.respond
+        self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport does not subclass asyncio.DatagramTransport; it quacks like one.
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        try:
-            if data[:8] == b"OPTIONS ":
-                answer = self.edge.keepalive(data, self.listener, addr, self.holder.current)
-                if answer is not None and self.transport is not None:
-                    for send in answer:  # one answer, or none for a dropped scanner
-                        port = send.port
-                        self.transport.sendto(
-                            send.data, addr if port == addr[1] else (send.host, port)
-                        )
-                    return
-            sends = self.edge.receive(data, self.listener, addr, self.holder.current)
-        except Exception:  # a bug must cost one message, never the socket
-            log.exception("edge failed on a datagram from %s", addr)
-            return
-        if len(sends) == 1:
-            send = sends[0]
-            # The keep-alive answer goes back where the request came from: skip dispatch.
-            if send.transport == "udp" and send.host == addr[0] and self.transport is not None:
-                self.transport.sendto(
-                    send.data, addr if send.port == addr[1] else (send.host, send.port)
-                )
-                return
-        self.service.dispatch(sends)
+        answer = self.respond(data, addr)
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP error: %s", exc)  # ICMP unreachable for a past send; nothing to do
