@@ -160,6 +160,22 @@ class BatchedUdp:
         self._rlens = memoryview(self._rmsg).cast("B").cast("I")
         self._snames = memoryview(self._smsg).cast("B").cast("P")
         self._slens = memoryview(self._siov).cast("B").cast("P")
+        # Per slot, every offset the hot loop needs, computed once: arithmetic on ints this
+        # large allocates in CPython, and the loop would do it several times per datagram.
+        a0, a1 = self._addr
+        self._slots = tuple(
+            (
+                i * recv_size,  # the datagram in the receive buffer
+                i * U32_PER_MSG + LEN_INDEX,  # its length in the receive headers
+                slice(i * NAME_SIZE + a0, i * NAME_SIZE + a1),  # its source, as passed on
+                self._names_at + i * NAME_SIZE,  # its sockaddr, for a send slot
+                i * self._send_size,  # an answer in the send buffer
+                i * IOV_WORDS + IOV_LEN_INDEX,  # its length in the send iovecs
+                i * MSG_WORDS + NAME_INDEX,  # its address pointer in the send headers
+            )
+            for i in range(BATCH)
+        )
+        self._rmsg_at = ctypes.addressof(self._rmsg)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -202,26 +218,24 @@ class BatchedUdp:
         respond = self._respond
         rmv, smv, nmv = self._rmv, self._smv, self._nmv
         rlens, snames, slens = self._rlens, self._snames, self._slens
-        a0, a1 = self._addr
+        slots = self._slots
         sources = self._sources
         size_max = self._send_size
         recv_size = self._recv_size
-        names_at = self._names_at
         for _ in range(MAX_BATCHES):
-            n = self._recvmmsg(self._fd, self._rmsg, BATCH, MSG_DONTWAIT, None)
+            n = self._recvmmsg(self._fd, self._rmsg_at, BATCH, MSG_DONTWAIT, None)
             if n <= 0:
                 if n < 0 and ctypes.get_errno() not in (errno.EAGAIN, errno.EINTR):
                     log.debug("recvmmsg: %s", errno.errorcode.get(ctypes.get_errno()))
                 return
             j = 0
             for i in range(n):
-                at = i * recv_size
-                length = rlens[i * U32_PER_MSG + LEN_INDEX]
+                at, length_at, source_at, name_at, _, _, _ = slots[i]
+                length = rlens[length_at]
                 if length >= recv_size:
                     continue  # perhaps cut short by the kernel: never answer a part
                 data = rmv[at : at + length].tobytes()
-                name = i * NAME_SIZE
-                key = nmv[name + a0 : name + a1].tobytes()
+                key = nmv[source_at].tobytes()
                 try:
                     if sources is None:
                         out = respond(data, key)
@@ -231,18 +245,21 @@ class BatchedUdp:
                     # A bug must cost one answer, never the server.
                     log.exception("answering %r failed", data[:64])
                     continue
-                if out is None or len(out) > size_max:
+                if out is None:
                     continue
-                at = j * size_max
-                smv[at : at + len(out)] = out
-                slens[j * IOV_WORDS + IOV_LEN_INDEX] = len(out)
+                size = len(out)
+                if size > size_max:
+                    continue
+                _, _, _, _, at, length_at, pointer_at = slots[j]
+                smv[at : at + size] = out
+                slens[length_at] = size
                 if i != j:  # a datagram went unanswered: later answers shift down a slot
-                    snames[j * MSG_WORDS + NAME_INDEX] = names_at + name
+                    snames[pointer_at] = name_at
                 j += 1
             self._send(j)
             if j != n:
-                for k in range(j):
-                    snames[k * MSG_WORDS + NAME_INDEX] = names_at + k * NAME_SIZE
+                for slot in slots[:j]:
+                    snames[slot[6]] = slot[3]
             if n < BATCH:
                 return
 

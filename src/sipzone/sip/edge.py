@@ -85,12 +85,20 @@ KEEPALIVE_HEADERS = KNOWN - {
     b"Require", b"Proxy-Require", b"Date", b"Expires", b"Route", b"Record-Route"
 }  # fmt: skip
 # RFC 3261 §8.2.6.2: a response we originate copies Via, From, Call-ID, CSeq and To (+ tag).
-NOT_SERVED = b"\x00not served"  # memo value: this keep-alive's target is not admitted
 RESPONSE_HEAD = b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
-# The same with the To tag we add (a CRC of the answer's Via) written in place.
-KEEPALIVE_RESPONSE = (
-    b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s;tag=sz%08x\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
-)
+
+
+def _keepalive_template(status: int, reason: bytes, tail: bytes) -> bytes:
+    """A whole answer to a keep-alive but for what differs per ping, left as ``%`` fields:
+    Via, From, To, the To tag we add (a CRC of the answer's Via), Call-ID and CSeq."""
+    return (
+        b"SIP/2.0 %d %s\r\nVia: %%s\r\nFrom: %%s\r\nTo: %%s;tag=sz%%08x\r\nCall-ID: %%s\r\n"
+        b"CSeq: %%s\r\n" % (status, reason) + tail.replace(b"%", b"%%")
+    )
+
+
+# Memo value: this keep-alive's target is not admitted.
+NOT_SERVED = _keepalive_template(403, b"Domain Not Served", b"Content-Length: 0\r\n\r\n")
 KEEPALIVE_SHAPES = 8  # orders of header lines remembered (a platform's kinds of peers)
 _STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
 _TAG_PARAM = re.compile(rb";[ \t]*tag[ \t]*=", re.I)
@@ -240,11 +248,11 @@ class Edge:
         if len(number) == 10 and int(number) > MAX_CSEQ:
             return None
         memo_key = (uri, to, listener.port)
-        tail = self._keepalives.get(memo_key)
-        if tail is None:
-            tail = self._learn_keepalive(uri, to, listener, snapshot)
-            self._keepalives[memo_key] = tail
-        if not tail:
+        template = self._keepalives.get(memo_key)
+        if template is None:
+            template = self._learn_keepalive(uri, to, listener, snapshot)
+            self._keepalives[memo_key] = template
+        if not template:
             return None
         if address not in self._good_addresses:
             if not is_address(address):
@@ -258,21 +266,17 @@ class Edge:
             sent_by = self._learn_via(before)
             if sent_by is None:
                 return None
-        if tail is NOT_SERVED:
+        if template is NOT_SERVED:
             if self.config.drop_unknown:
                 self.stats.requests[("OPTIONS", "dropped")] += 1
                 return b""
             self.stats.requests[("OPTIONS", "rejected")] += 1
-            status, reason, tail = 403, b"Domain Not Served", b"Content-Length: 0\r\n\r\n"
         else:
             self.stats.keepalives += 1
-            status, reason = 200, b"OK"
         host, port, rport = sent_by
         if rport or host != addr[0]:
             via = _stamp_via(via, parse_via(via), addr)
-        data = KEEPALIVE_RESPONSE % (
-            status, reason, via, from_, to, zlib.crc32(via), call_id, cseq, tail
-        )  # fmt: skip
+        data = template % (via, from_, to, zlib.crc32(via), call_id, cseq)
         if rport or port == addr[1]:
             return data
         return Send(data, "udp", addr[0], port)
@@ -351,9 +355,9 @@ class Edge:
     def _learn_keepalive(
         self, uri: bytes, to: bytes, listener: Listener, snapshot: Snapshot
     ) -> bytes:
-        """The 200 tail for a keep-alive to ``uri`` with this To, NOT_SERVED when its target is
-        not admitted, or b"" when the general path must decide (a To tag, a tel: URI, anything
-        not plainly valid)."""
+        """The answer template for a keep-alive to ``uri`` with this To (200 with the Contact
+        of the matched name), NOT_SERVED when its target is not admitted, or b"" when the
+        general path must decide (a To tag, a tel: URI, anything not plainly valid)."""
         if len(self._keepalives) >= ADMISSION_CACHE:
             self._keepalives.clear()
         try:
@@ -373,7 +377,7 @@ class Edge:
         )
         if admission is None:
             return NOT_SERVED
-        return self._options_tail(admission.name, listener)
+        return _keepalive_template(200, b"OK", self._options_tail(admission.name, listener))
 
     def handle(
         self,
