@@ -520,7 +520,8 @@ def serve(
     import ipaddress
 
     from sipzone.dns import DnsConfig
-    from sipzone.runtime import ServeConfig, split_hostport
+    from sipzone.net import split_hostport
+    from sipzone.runtime import ServeConfig
     from sipzone.runtime import serve as run
     from sipzone.sip import SipConfig
 
@@ -531,7 +532,7 @@ def serve(
             transport, _, hostport = item.partition(":")
             if transport not in ("udp", "tcp"):
                 raise ValueError(f"{item!r}: transport must be udp or tcp")
-            split_hostport(hostport)
+            split_hostport(hostport, allow_zero=True)
         for hp in [*(notify or []), *([dns] if dns else []), *([metrics] if metrics else [])]:
             split_hostport(hp)
         for cidr in allow_transfer or []:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from sipzone.dns import DnsConfig
 from sipzone.model.snapshot import SnapshotHolder
+from sipzone.net import split_hostport
 from sipzone.sip import SipConfig
 from sipzone.store.feed import ChangeFeed
 from sipzone.store.repository import Store
@@ -39,19 +40,6 @@ class ServeConfig:
     metrics: str | None = None  # "HOST:PORT"
     workers: int = 1
     poll_interval: float = 0.05  # seconds between change-feed checks (SQLite)
-
-
-def split_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` to ``(host, port)``; raises ValueError on anything else."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    number = int(port)
-    if not 0 < number < 65536:
-        raise ValueError(f"port {number} in {text!r} is outside 1-65535")
-    return host, number
 
 
 async def follow_store(store: Store, holder: SnapshotHolder, interval: float) -> None:

@@ -153,3 +153,19 @@ def test_cli_on_postgresql(cli: Cli, pg_url: str) -> None:
     hit = cli("check", "x.teams.example.com", "--json", db=url)
     assert hit.returncode == 0 and json.loads(hit.stdout)["owner"] == "acme"
     assert cli("check", "teams.example.com", db=url).returncode == 1
+
+
+def test_serve_refuses_bad_listeners_before_starting(cli: Cli) -> None:
+    cli("init", check=True)
+    cases = [
+        ([], "nothing to serve"),
+        (["--sip", "sctp:127.0.0.1:5070"], "transport must be udp or tcp"),
+        (["--sip", "udp:127.0.0.1"], "not HOST:PORT"),
+        (["--dns", "127.0.0.1:99999"], "outside 1-65535"),
+        (["--dns", "127.0.0.1:5353", "--allow-transfer", "10.0.0.0/99"], "10.0.0.0/99"),
+        (["--dns", "127.0.0.1:5353", "--nameserver", "ns_1.example.com"], "'_'"),
+    ]
+    for args, reason in cases:
+        result = cli("serve", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert reason in result.stderr, (args, result.stderr)
