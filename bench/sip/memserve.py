@@ -1,6 +1,7 @@
 """Serve the SIP edge from an in-memory snapshot (no store): for quick hot-path measurements.
 
-usage: memserve.py PORT [N_DOMAINS]  — customer1..N.example.com and voip.example.com, UDP.
+usage: memserve.py PORT [N_DOMAINS] [--plain-udp]  — customer1..N.example.com and
+voip.example.com, UDP; ``--plain-udp``: uvloop's datagram transport instead of recvmmsg/sendmmsg.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from sipzone.sip import SipConfig
 from sipzone.sip.transport import start_sip
 
 
-async def main(port: int, n: int) -> None:
+async def main(port: int, n: int, batched: bool) -> None:
     rules = [(f"customer{i}.example.com", "provider") for i in range(1, n + 1)]
     rules.append(("voip.example.com", "provider"))
     holder = SnapshotHolder(Snapshot.build(1, TenancyTree([]), rules))
-    service = await start_sip(SipConfig(listen=(f"udp:127.0.0.1:{port}",)), holder)
+    service = await start_sip(
+        SipConfig(listen=(f"udp:127.0.0.1:{port}",), batched_udp=batched), holder
+    )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
@@ -30,4 +33,7 @@ async def main(port: int, n: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 10000))
+    args = [a for a in sys.argv[1:] if a != "--plain-udp"]
+    uvloop.run(
+        main(int(args[0]), int(args[1]) if len(args) > 1 else 10000, len(args) == len(sys.argv) - 1)
+    )
