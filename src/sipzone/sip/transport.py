@@ -6,6 +6,11 @@ own :class:`~sipzone.sip.edge.Edge`; since the edge is stateless, which worker s
 does not matter, except that a response relayed over TCP must leave by the connection its
 request came in on, which only the receiving worker holds (its id travels in our Via).
 
+On Linux a UDP socket is served by :class:`sipzone.net.batched_udp.BatchedUdp` (datagrams in
+by recvmmsg, the answers back to their sources by one sendmmsg per batch); elsewhere, or with
+``SipConfig.batched_udp`` off, by the event loop's datagram transport.  Either way
+:meth:`UdpEndpoint.respond` decides, and a keep-alive takes :meth:`Edge.answer_keepalive`.
+
 Stream connections are kept in one table per worker whether a peer opened them or we did (to
 a TCP upstream, or back to a client): responses and in-dialog requests reuse them, idle ones
 are closed after ``tcp_idle_timeout`` and at most ``tcp_max_connections`` are kept.
