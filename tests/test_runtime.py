@@ -121,3 +121,40 @@ def test_only_one_of_several_workers_sends_notify(cli: Cli, serve) -> None:  # t
         secondary.sendto(reply.to_wire(), peer)
     secondary.close()
     assert len(serials) == 1, serials
+
+
+def test_plain_udp_path_serves_sip_and_dns(cli: Cli, serve) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    for args in (
+        ["init"],
+        ["zone", "add", "example.com"],
+        ["site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu"],
+        ["domain", "add", "*.teams.example.com"],
+    ):
+        cli(*args, check=True)
+    dns_port, sip_port = free_port(), free_port()
+    serve(
+        "--dns", f"127.0.0.1:{dns_port}", "--sip", f"udp:127.0.0.1:{sip_port}", "--no-batched-udp"
+    )
+    assert a_records(dns_port, "cust42.teams.example.com") == ["192.0.2.10"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ua:
+        ua.bind(("127.0.0.1", 0))
+        ua.settimeout(3)
+        port = ua.getsockname()[1]
+        ua.sendto(
+            (
+                "OPTIONS sip:ping@cust42.teams.example.com SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-plain-1\r\n"
+                "Max-Forwards: 70\r\n"
+                "To: <sip:ping@cust42.teams.example.com>\r\n"
+                f"From: <sip:probe@127.0.0.1:{port}>;tag=1\r\n"
+                "Call-ID: plain-1@127.0.0.1\r\n"
+                "CSeq: 1 OPTIONS\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(),
+            ("127.0.0.1", sip_port),
+        )
+        reply = ua.recv(4096).decode()
+    assert reply.startswith("SIP/2.0 200 ")
+    assert f"Contact: <sip:cust42.teams.example.com:{sip_port};transport=udp>" in reply

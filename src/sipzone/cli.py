@@ -511,6 +511,9 @@ def serve(
         typer.Option(help="NS name of every zone; repeatable (default: the sites' SIP hosts)."),
     ] = None,
     ttl: Annotated[int, typer.Option(min=0, help="TTL of published records.")] = 300,
+    batched_udp: Annotated[
+        bool, typer.Option(help="recvmmsg/sendmmsg for UDP on Linux (SIP and DNS).")
+    ] = True,
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
     ] = 0.05,
@@ -550,6 +553,7 @@ def serve(
             advertise=advertise,
             tcp_idle_timeout=tcp_idle_timeout,
             tcp_max_connections=tcp_max_connections,
+            batched_udp=batched_udp,
         )
         if sip
         else None,
@@ -560,6 +564,7 @@ def serve(
             naptr=naptr,
             ttl=ttl,
             nameservers=tuple(parse_domain(ns).text for ns in nameserver or ()),
+            batched_udp=batched_udp,
         )
         if dns
         else None,

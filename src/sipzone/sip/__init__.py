@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -24,4 +24,3 @@ class SipConfig:
     tcp_idle_timeout: float = 300.0  # seconds without a byte before a TCP connection is closed
     tcp_max_connections: int = 4096  # per worker; connections beyond it are closed at once
     batched_udp: bool = True  # recvmmsg/sendmmsg on Linux; False: one asyncio callback each
-    extra: dict[str, str] = field(default_factory=dict)
