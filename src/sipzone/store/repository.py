@@ -12,7 +12,7 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,22 +165,20 @@ class Store:
                 conn.execute(tenants.insert().values(name=PROVIDER, parent_id=None))
         return self.revision()
 
+    def _not_initialised(self, cause: object = None) -> StoreNotInitialised:
+        reason = f": {cause}" if cause else ""
+        return StoreNotInitialised(
+            f"the store at {self.url} is not initialised (run `sipzone init`){reason}"
+        )
+
     def revision(self) -> int:
         try:
             with self.engine.connect() as conn:
                 row = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).first()
-        except sa.exc.OperationalError as exc:
-            raise StoreNotInitialised(
-                f"the store at {self.url} is not initialised (run `sipzone init`): {exc.orig}"
-            ) from None
-        except sa.exc.ProgrammingError as exc:
-            raise StoreNotInitialised(
-                f"the store at {self.url} is not initialised (run `sipzone init`): {exc.orig}"
-            ) from None
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            raise self._not_initialised(exc.orig) from None
         if row is None:
-            raise StoreNotInitialised(
-                f"the store at {self.url} is not initialised (run `sipzone init`)"
-            )
+            raise self._not_initialised()
         return int(row[0])
 
     # ------------------------------------------------------------------ the write path
@@ -190,14 +188,18 @@ class Store:
         self, op: str, subject: str, detail: dict[str, Any] | None = None
     ) -> Iterator[tuple[Connection, int]]:
         """One transaction: bump the revision, let the caller validate and write, log it."""
-        self.revision()  # a clear error on an uninitialised store
         with self.engine.begin() as conn:
-            rev = conn.execute(
-                state.update()
-                .where(state.c.id == 1)
-                .values(revision=state.c.revision + 1)
-                .returning(state.c.revision)
-            ).scalar_one()
+            try:
+                rev = conn.execute(
+                    state.update()
+                    .where(state.c.id == 1)
+                    .values(revision=state.c.revision + 1)
+                    .returning(state.c.revision)
+                ).scalar()
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+                raise self._not_initialised(exc.orig) from None
+            if rev is None:
+                raise self._not_initialised()
             info = dict(detail or {})
             if conn.dialect.name == "postgresql":
                 conn.execute(notify_sql(), {"revision": rev})
@@ -606,7 +608,7 @@ class Store:
         with self.engine.connect() as conn, conn.begin():
             rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
             if rev is None:
-                raise StoreNotInitialised(f"the store at {self.url} is not initialised")
+                raise self._not_initialised()
             views = self._tree(conn).views
             near = self._rules_near(conn, name)
             matcher = Matcher.from_rules((text, views[owner]) for text, owner in near.rules())
@@ -617,7 +619,7 @@ class Store:
         with self.engine.connect() as conn, conn.begin():
             rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
             if rev is None:
-                raise StoreNotInitialised(f"the store at {self.url} is not initialised")
+                raise self._not_initialised()
             tree = self._tree(conn)
             settings_map = dict(conn.execute(sa.select(settings.c.key, settings.c.value)).all())
             return Snapshot.build(
@@ -651,8 +653,6 @@ class Store:
         matcher = snapshot.matcher.with_changes(
             added=((n, views[o]) for n, o in added.items()), removed=removed
         )
-        from dataclasses import replace
-
         return replace(
             snapshot,
             revision=changes[-1].revision,
