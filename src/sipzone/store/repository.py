@@ -424,6 +424,8 @@ class Store:
         if errors:
             raise InvalidValue(_refusal(errors))
         items = list(pending.items())
+        if progress is not None:
+            progress(len(entries) - len(items))  # lines with nothing to write are done
         added = 0
         dialect = self.engine.dialect.name
         insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
