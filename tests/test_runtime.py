@@ -43,14 +43,17 @@ def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
     raise AssertionError("condition not reached")
 
 
+def one_site_store(cli: Cli, *domains: str) -> None:
+    """A store with zone example.com, one site and ``domains``, made with the real CLI."""
+    cli("init", check=True)
+    cli("zone", "add", "example.com", check=True)
+    cli("site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu", check=True)
+    for domain in domains:
+        cli("domain", "add", domain, check=True)
+
+
 def test_workers_follow_the_store_and_are_restarted(cli: Cli, serve) -> None:  # type: ignore[no-untyped-def]
-    for args in (
-        ["init"],
-        ["zone", "add", "example.com"],
-        ["site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu"],
-        ["domain", "add", "voip.example.com"],
-    ):
-        cli(*args, check=True)
+    one_site_store(cli, "voip.example.com")
     port, metrics_port = free_port(), free_port()
     server = serve(
         "--dns", f"127.0.0.1:{port}", "--workers", "2", "--metrics", f"127.0.0.1:{metrics_port}"
@@ -94,12 +97,7 @@ def test_only_one_of_several_workers_sends_notify(cli: Cli, serve) -> None:  # t
 
     import dns.opcode
 
-    for args in (
-        ["init"],
-        ["zone", "add", "example.com"],
-        ["site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu"],
-    ):
-        cli(*args, check=True)
+    one_site_store(cli)
     secondary = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     secondary.bind(("127.0.0.1", 0))
     secondary.settimeout(0.2)
@@ -126,13 +124,7 @@ def test_only_one_of_several_workers_sends_notify(cli: Cli, serve) -> None:  # t
 def test_plain_udp_path_serves_sip_and_dns(cli: Cli, serve) -> None:  # type: ignore[no-untyped-def]
     import socket
 
-    for args in (
-        ["init"],
-        ["zone", "add", "example.com"],
-        ["site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu"],
-        ["domain", "add", "*.teams.example.com"],
-    ):
-        cli(*args, check=True)
+    one_site_store(cli, "*.teams.example.com")
     dns_port, sip_port = free_port(), free_port()
     serve(
         "--dns", f"127.0.0.1:{dns_port}", "--sip", f"udp:127.0.0.1:{sip_port}", "--no-batched-udp"

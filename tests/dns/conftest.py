@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import pytest
-import uvloop
 
 from sipzone.dns import DnsConfig
 from sipzone.dns.server import DnsService, start_dns
 from sipzone.model.snapshot import Delta, Site, Snapshot, SnapshotHolder
 from sipzone.model.tenancy import TenancyTree
+from tests.harness import ServiceThread
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -74,36 +72,16 @@ def with_rules(old: Snapshot, added: Sequence[str] = (), removed: Sequence[str] 
     )
 
 
-class LiveDns:
+class LiveDns(ServiceThread):
     """`start_dns` running on its own uvloop thread, fed from a holder the test controls."""
 
     def __init__(self, first: Snapshot, config: DnsConfig) -> None:
-        self.holder = SnapshotHolder(first)
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__(SnapshotHolder(first))
         self.service: DnsService = self.call(start_dns(config, self.holder))
         self.port = self.service.address[1]
 
-    def call(self, coro: object) -> DnsService:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
-
-    def publish(self, *snapshots: Snapshot) -> None:
-        """Swap snapshots on the server's loop back to back, as the runtime does, and wait
-        until the server has applied them."""
-
-        async def swap() -> None:
-            for snapshot in snapshots:
-                self.holder.publish(snapshot)
-            await self.service.settle()
-
-        asyncio.run_coroutine_threadsafe(swap(), self.loop).result(10)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.service.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+    async def settle(self) -> None:
+        await self.service.settle()
 
 
 @pytest.fixture

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import shutil
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from sipzone.model.snapshot import Site, Snapshot, SnapshotHolder
 from sipzone.model.tenancy import TenancyTree, Tenant
 from sipzone.sip import SipConfig
 from sipzone.sip.edge import Listener
 from sipzone.sip.transport import SipService, start_sip
+from tests.harness import ServiceThread
 
 RFC4475 = Path("/work/shared/conformance/rfc4475")
 IDN_NAME = "xn--bcher-kva.example.com"  # bücher.example.com
@@ -81,56 +79,24 @@ def tcp_listener() -> Listener:
     return Listener("tcp", "127.0.0.1", 5070)
 
 
-class EdgeThread:
+class EdgeThread(ServiceThread):
     """``start_sip`` on a uvloop loop in a thread, with a holder the test controls."""
 
     def __init__(self, holder: SnapshotHolder, config: SipConfig) -> None:
-        self.holder = holder
+        super().__init__(holder)
         self.config = config
-        self.loop = uvloop.new_event_loop()
         self.service: SipService | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.service = self.loop.run_until_complete(start_sip(self.config, self.holder))
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        self.loop.run_forever()
 
     def start(self) -> EdgeThread:
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            raise self._error
+        self.service = self.call(start_sip(self.config, self.holder))
         return self
 
     def port(self, transport: str) -> int:
         assert self.service is not None
         return next(lst.port for lst in self.service.listeners if lst.transport == transport)
 
-    def publish(self, snapshot: Snapshot) -> None:
-        done = threading.Event()
-
-        def swap() -> None:
-            self.holder.publish(snapshot)
-            done.set()
-
-        self.loop.call_soon_threadsafe(swap)
-        done.wait(5)
-
     def stop(self) -> None:
-        if self.service is not None:
-            asyncio.run_coroutine_threadsafe(self.service.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
+        self.close()
 
 
 @pytest.fixture
