@@ -487,10 +487,7 @@ class Edge:
                 return []
             self._count(method, "no_upstream")
             return [self._reply(request, top, listener, addr, conn, 503, b"No Upstream Configured")]
-        self._count(method, "forwarded")
-        self.stats.forwarded += 1
-        data = self._forwarded(request, top, addr, conn, target, max_forwards, admission)
-        return [Send(data, target.transport, target.host, target.port)]
+        return self._forward(request, top, addr, conn, target, max_forwards, admission)
 
     def _downstream(
         self,
@@ -512,9 +509,22 @@ class Edge:
             return [self._reply(request, top, listener, addr, conn, 483, b"Too Many Hops")]
         host = hop.host.strip(b"[]").decode("utf-8", "replace")
         target = Target(hop.transport, host, hop.port or 5060)
+        return self._forward(request, top, addr, conn, target, max_forwards, None)
+
+    def _forward(
+        self,
+        request: Request,
+        top: Via,
+        addr: tuple[str, int],
+        conn: int | None,
+        target: Target,
+        max_forwards: int,
+        admission: Admission | None,
+    ) -> list[Send]:
+        """Count the request as forwarded and send it on to ``target``."""
         self._count(request.method, "forwarded")
         self.stats.forwarded += 1
-        data = self._forwarded(request, top, addr, conn, target, max_forwards, None)
+        data = self._forwarded(request, top, addr, conn, target, max_forwards, admission)
         return [Send(data, target.transport, target.host, target.port)]
 
     def _forwarded(
