@@ -19,7 +19,12 @@ import typer
 from sipzone.model.errors import InvalidName, SipzoneError
 from sipzone.model.names import RuleName, parse_domain, parse_rule, to_unicode
 from sipzone.model.tenancy import PROVIDER
-from sipzone.store.repository import DEFAULT_URL, Store
+from sipzone.store.repository import (
+    DEFAULT_URL,
+    IMPORT_ERRORS_SHOWN,
+    Store,
+    import_refusal,
+)
 
 app = typer.Typer(
     help="Run a SIP platform under domain names: tenants, SIP domains, sites, zones, DNS.",
@@ -249,10 +254,10 @@ def _read_import(path: Path) -> Iterator[tuple[int, RuleName, str | None]]:
                     yield lineno, parse_rule(text[0]), text[1] if len(text) == 2 else None
                 except InvalidName as exc:
                     errors.append(f"line {lineno}: {exc}")
-            if len(errors) >= 20:
+            if len(errors) >= IMPORT_ERRORS_SHOWN:
                 break
     if errors:
-        fail("import refused, nothing was added:\n  " + "\n  ".join(errors))
+        fail(import_refusal(errors))
 
 
 @domain_app.command("import")

@@ -128,8 +128,12 @@ def _tenant_name(name: str) -> str:
     return name
 
 
-def _refusal(errors: list[str]) -> str:
-    more = " (first 20 shown)" if len(errors) >= 20 else ""
+IMPORT_ERRORS_SHOWN = 20  # a refused import lists this many problems, then stops reading
+
+
+def import_refusal(errors: list[str]) -> str:
+    """The message of a refused import: the first problems, line by line."""
+    more = f" (first {IMPORT_ERRORS_SHOWN} shown)" if len(errors) >= IMPORT_ERRORS_SHOWN else ""
     return f"import refused, nothing was added{more}:\n  " + "\n  ".join(errors)
 
 
@@ -174,12 +178,15 @@ class Store:
     def revision(self) -> int:
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).first()
+                return self._revision(conn)
         except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
             raise self._not_initialised(exc.orig) from None
-        if row is None:
+
+    def _revision(self, conn: Connection) -> int:
+        rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
+        if rev is None:
             raise self._not_initialised()
-        return int(row[0])
+        return int(rev)
 
     # ------------------------------------------------------------------ the write path
 
@@ -396,8 +403,8 @@ class Store:
 
         def refuse(lineno: int, exc: SipzoneError) -> None:
             errors.append(f"line {lineno}: {exc}")
-            if len(errors) >= 20:
-                raise InvalidValue(_refusal(errors))
+            if len(errors) >= IMPORT_ERRORS_SHOWN:
+                raise InvalidValue(import_refusal(errors))
 
         for lineno, rule, owner in entries:
             owner = owner or default_owner
@@ -422,7 +429,7 @@ class Store:
             except SipzoneError as exc:
                 refuse(lineno, exc)
         if errors:
-            raise InvalidValue(_refusal(errors))
+            raise InvalidValue(import_refusal(errors))
         items = list(pending.items())
         if progress is not None:
             progress(len(entries) - len(items))  # lines with nothing to write are done
@@ -608,24 +615,20 @@ class Store:
         it costs the same with ten rules or a million.
         """
         with self.engine.connect() as conn, conn.begin():
-            rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
-            if rev is None:
-                raise self._not_initialised()
+            rev = self._revision(conn)
             views = self._tree(conn).views
             near = self._rules_near(conn, name)
             matcher = Matcher.from_rules((text, views[owner]) for text, owner in near.rules())
-            return matcher.match(name), int(rev)
+            return matcher.match(name), rev
 
     def load_snapshot(self) -> Snapshot:
         """The whole state at one revision, read in one transaction."""
         with self.engine.connect() as conn, conn.begin():
-            rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
-            if rev is None:
-                raise self._not_initialised()
+            rev = self._revision(conn)
             tree = self._tree(conn)
             settings_map = dict(conn.execute(sa.select(settings.c.key, settings.c.value)).all())
             return Snapshot.build(
-                int(rev),
+                rev,
                 tree,
                 self.domain_rules(conn),
                 sites=tuple(self._sites(conn)),
