@@ -35,10 +35,6 @@ class Match(Generic[OwnerT]):
     wildcard: bool
     owner: OwnerT
 
-    @property
-    def base(self) -> str:
-        return self.rule[2:] if self.wildcard else self.rule
-
 
 class Matcher(Generic[OwnerT]):
     """Immutable rule set; ``OwnerT`` is whatever the caller uses as owner (a tenant, a name)."""

@@ -41,24 +41,8 @@ class DomainName:
     text: str
 
     @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(self.text.split("."))
-
-    @property
     def is_wildcard(self) -> bool:
         return False
-
-    def parent(self) -> DomainName | None:
-        """The name one label up, or None when that would leave a single label."""
-        _, _, rest = self.text.partition(".")
-        return DomainName(rest) if "." in rest else None
-
-    def is_below(self, base: str) -> bool:
-        """True when this name is a proper subdomain of ``base`` (on a label boundary)."""
-        return self.text.endswith("." + base)
-
-    def unicode(self) -> str:
-        return to_unicode(self.text)
 
     def __str__(self) -> str:
         return self.text
@@ -80,9 +64,6 @@ class WildcardName:
 
     def covers(self, name: str) -> bool:
         return name.endswith("." + self.base.text)
-
-    def unicode(self) -> str:
-        return "*." + to_unicode(self.base.text)
 
     def __str__(self) -> str:
         return self.text

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import lookup_key
-from sipzone.model.tenancy import PROVIDER, TenancyTree, TenantView
+from sipzone.model.tenancy import TenancyTree, TenantView
 
 TRANSPORTS = ("udp", "tcp", "tls")
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"udp": 5060, "tcp": 5060, "tls": 5061})
@@ -110,10 +110,6 @@ class Snapshot:
             ):
                 best = zone
         return best
-
-    @property
-    def provider(self) -> TenantView:
-        return self.tenants.view(PROVIDER)
 
 
 Listener = Callable[[Snapshot, Snapshot], None]
