@@ -28,6 +28,10 @@ MAX_HEADERS = 128  # longreq.dat (RFC 4475 §3.1.1.7) has 44
 MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
 MAX_FORWARDS = 255  # RFC 3261 §20.22 allows 0-255 in practice (RFC 4475 §3.1.2.4)
 MAX_EXPIRES = 2**32 - 1
+MAX_PORT = 65535
+# Via entries a message may carry: Max-Forwards starts at 70, so a request that has taken
+# more hops looped; refusing the rest bounds what one message can cost (RFC 3261 §16.3).
+MAX_VIAS = 70
 
 # -- errors -----------------------------------------------------------------------------------
 
@@ -101,6 +105,10 @@ class BadAddress(MalformedMessage):
 
 class BadVia(MalformedMessage):
     pass
+
+
+class TooManyVias(MalformedMessage):
+    status = 483
 
 
 class BadCSeq(MalformedMessage):
@@ -482,19 +490,22 @@ class StreamReader:
     Feed bytes with :meth:`receive_data`; :meth:`next_message` returns a message, None when
     more bytes are needed, or raises :class:`MalformedMessage` (after which the stream cannot
     be trusted: close it).  ``keepalives`` counts RFC 5626 double-CRLF pings seen, each of
-    which wants a single CRLF back.
+    which wants a single CRLF back.  ``head_complete`` says whether the message in the buffer
+    has its header block whole and waits for its body (the transport's deadlines differ).
     """
 
-    __slots__ = ("_buffer", "keepalives")
+    __slots__ = ("_buffer", "head_complete", "keepalives")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self.keepalives = 0
+        self.head_complete = False
 
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
     def next_message(self) -> Request | Response | None:
+        self.head_complete = False
         buf = self._buffer
         while buf.startswith(b"\r\n"):
             if buf.startswith(b"\r\n\r\n"):
@@ -516,6 +527,7 @@ class StreamReader:
         if end + 4 + n > MAX_MESSAGE:
             raise MessageTooLarge(f"message would be {end + 4 + n} octets", message)
         if len(buf) < end + 4 + n:
+            self.head_complete = True
             return None
         message.body = bytes(buf[end + 4 : end + 4 + n])
         del buf[: end + 4 + n]
@@ -524,6 +536,13 @@ class StreamReader:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    @property
+    def in_message(self) -> bool:
+        """Whether the buffer holds part of a message (not nothing, not half a CRLF ping);
+        true only between :meth:`next_message` calls that returned None."""
+        buf = self._buffer
+        return bool(buf) and not (len(buf) < 4 and b"\r\n\r\n".startswith(buf))
 
 
 # -- field parsers (on demand) ----------------------------------------------------------------
@@ -544,6 +563,8 @@ def match_via(value: bytes) -> tuple[bytes, bytes | None, bytes] | None:
         return None
     host: bytes = m.group(4)
     port: bytes | None = m.group(5)
+    if port is not None and int(port) > MAX_PORT:
+        return None
     params: bytes = m.group(6)
     return host, port, params
 
@@ -637,11 +658,15 @@ def parse_via(value: bytes, start: int = 0) -> Via:
     if m is None or (m.end() < len(value) and value[m.end() : m.end() + 1] != b","):
         raise BadVia(f"Via {value[start : start + 80]!r} is not 'SIP/2.0/TRANSPORT host[:port]'")
     transport, host, port, params = m.group(3, 4, 5, 6)
-    return Via(transport, host, int(port) if port else None, params, m.end())
+    number = int(port) if port else None
+    if number is not None and number > MAX_PORT:
+        raise BadVia(f"Via {value[start : start + 80]!r} has port {number} above {MAX_PORT}")
+    return Via(transport, host, number, params, m.end())
 
 
 def split_vias(value: bytes) -> list[Via]:
-    """Every via-parm of one Via header value (they may be comma-joined)."""
+    """Every via-parm of one Via header value (they may be comma-joined); more than
+    :data:`MAX_VIAS` raise :class:`TooManyVias` before the rest is read."""
     vias = []
     start = 0
     while True:
@@ -649,6 +674,8 @@ def split_vias(value: bytes) -> list[Via]:
         vias.append(via)
         if via.end >= len(value):
             return vias
+        if len(vias) >= MAX_VIAS:
+            raise TooManyVias(f"more than {MAX_VIAS} Via entries: the request has looped")
         comma = LIST_COMMA.match(value, via.end)
         assert comma is not None  # parse_via checked the separator
         start = comma.end()
