@@ -233,8 +233,12 @@ def test_upstream_is_inherited_and_falls_back_to_the_site(
     assert (send.host, send.port) == ("127.0.0.1", 5999)  # customer42 inherits acme's
     assert fwd.fields[b"x-sipzone-tenant"] == b"customer42"
     site_only = make_snapshot(upstream=None, site_upstream="sip:core.invalid:5080;transport=tcp")
+    # A name goes out only as the transport resolved it in the background: until then, 503.
+    assert status_of(edge.receive(data, udp_listener, SOURCE, site_only)) == 503
+    assert edge.upstream_names(site_only) == {"core.invalid"}
+    edge.set_resolved({"core.invalid": "192.0.2.80"})
     send, _ = one(edge.receive(data, udp_listener, SOURCE, site_only))
-    assert (send.transport, send.host, send.port) == ("tcp", "core.invalid", 5080)
+    assert (send.transport, send.host, send.port) == ("tcp", "192.0.2.80", 5080)
 
 
 def test_no_upstream_gets_503(

@@ -391,3 +391,54 @@ def test_malformed_streams_are_answered_or_closed_and_the_edge_still_answers(
         conn.sendall(ping[len(ping) // 2 :])
         received = b"".join(recv_all(conn, 3.0))
     assert received.startswith(b"\r\nSIP/2.0 200 OK"), received[:200]
+
+
+# -- issue 7: forged responses go nowhere, genuine calls still work ----------------------------
+
+
+def forged_ok(edge_port: int, transport: str, sink_port: int, body: bytes) -> bytes:
+    """The issue's repro: our address and a z9hG4bKsz branch on top, a sink below."""
+    return (
+        b"SIP/2.0 200 OK\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKszdead\r\n"
+        b"Via: SIP/2.0/%s 127.0.0.1:%d;branch=z9hG4bKv\r\n"
+        b"From: <sip:a@b.example>;tag=1\r\nTo: <sip:c@voip.example.com>;tag=2\r\n"
+        b"Call-ID: forged\r\nCSeq: 1 INVITE\r\nContent-Length: %d\r\n\r\n%s"
+    ) % (edge_port, transport.upper().encode(), sink_port, len(body), body)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_forged_responses_reach_no_sink_while_a_call_goes_through(
+    sipp: Sipp, edge: EdgeThread, uas_port: int, transport: str
+) -> None:
+    body = b"GET /internal/admin HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp_sink,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp_sink,
+    ):
+        tcp_sink.bind(("127.0.0.1", 0))
+        tcp_sink.listen(8)
+        udp_sink.bind(("127.0.0.1", 0))
+        sinks = {"tcp": tcp_sink.getsockname()[1], "udp": udp_sink.getsockname()[1]}
+        forged = [forged_ok(edge.port("udp"), t, port, body) for t, port in sinks.items()]
+        forged += [f.replace(b"UDP 127.0.0.1", b"TCP 127.0.0.1", 1) for f in forged]
+        if transport == "udp":
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+                for data in forged * 5:
+                    attacker.sendto(data, ("127.0.0.1", edge.port("udp")))
+        else:
+            with socket.create_connection(("127.0.0.1", edge.port("tcp")), timeout=5) as conn:
+                conn.sendall(b"".join(forged * 5))
+        # A genuine call through the same edge meanwhile: its responses are relayed.
+        uas = sipp.serve(xml_scenario("uas", UAS_CALL), uas_port, "udp")
+        time.sleep(0.3)
+        caller = sipp.run(xml_scenario("uac", UAC_CALL), target(edge, transport), transport)
+        callee = sipp.wait(uas)
+        assert caller.ok, caller.output
+        assert callee.ok, callee.output
+        tcp_sink.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            tcp_sink.accept()
+        udp_sink.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            udp_sink.recv(65535)

@@ -1,14 +1,18 @@
-"""Sockets: IPv6, TCP idle timeout and connection cap, a TCP upstream, SO_REUSEPORT."""
+"""Sockets: IPv6, TCP deadlines and connection caps, a TCP upstream, SO_REUSEPORT, what the
+transport looks up (configured upstream names only) and logs (never a flood)."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 
 import pytest
 
 from sipzone.model.snapshot import SnapshotHolder
+from sipzone.net.limits import connection_cap
 from sipzone.sip import SipConfig
-from sipzone.sip.transport import parse_listen
+from sipzone.sip.transport import SipService, parse_listen
 from tests.sip.conftest import EdgeThread, make_snapshot
 
 
@@ -149,3 +153,203 @@ def test_two_services_share_a_port_with_so_reuseport(edge_factory: type[EdgeThre
         SnapshotHolder(make_snapshot()), SipConfig(listen=(f"udp:127.0.0.1:{port}",))
     ).start()
     assert second.port("udp") == port
+
+
+# -- issue 7: slow clients, caps, names, log floods -------------------------------------------
+
+
+def closed_after(conn: socket.socket, dribble: bytes, every: float, limit: float) -> float:
+    """Send ``dribble`` one byte per ``every`` seconds until the edge closes the connection;
+    the seconds that took (fails past ``limit``)."""
+    start = time.monotonic()
+    conn.settimeout(every)
+    for n in range(len(dribble)):
+        assert time.monotonic() - start < limit, "the edge kept a dribbling client"
+        try:
+            conn.sendall(dribble[n : n + 1])
+            if conn.recv(100) == b"":
+                return time.monotonic() - start
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - start
+    raise AssertionError("ran out of bytes before the edge closed the connection")
+
+
+def test_a_client_dribbling_its_headers_is_closed_at_the_header_deadline(
+    edge_factory: type[EdgeThread],
+) -> None:
+    config = SipConfig(
+        listen=("tcp:127.0.0.1:0",),
+        tcp_idle_timeout=30,
+        tcp_header_timeout=0.6,
+        tcp_message_timeout=10,
+    )
+    edge = edge_factory(SnapshotHolder(make_snapshot()), config).start()
+    with socket.create_connection(("127.0.0.1", edge.port("tcp")), timeout=5) as conn:
+        took = closed_after(conn, options("SIP/2.0/TCP 127.0.0.1:5060") * 2, 0.1, 5.0)
+    assert 0.5 <= took < 2.0, took  # each byte reset the idle timer; the deadline did not move
+
+
+def test_a_client_dribbling_its_body_is_closed_at_the_message_deadline(
+    edge_factory: type[EdgeThread],
+) -> None:
+    config = SipConfig(
+        listen=("tcp:127.0.0.1:0",),
+        tcp_idle_timeout=30,
+        tcp_header_timeout=0.3,
+        tcp_message_timeout=1.0,
+    )
+    edge = edge_factory(SnapshotHolder(make_snapshot()), config).start()
+    head = options("SIP/2.0/TCP 127.0.0.1:5060").replace(
+        b"Content-Length: 0", b"Content-Length: 500"
+    )
+    with socket.create_connection(("127.0.0.1", edge.port("tcp")), timeout=5) as conn:
+        conn.sendall(head)  # the headers arrive at once: the header deadline is met
+        took = closed_after(conn, b"x" * 500, 0.1, 5.0)
+    assert 0.6 <= took < 3.0, took
+
+
+def test_slow_but_whole_messages_and_crlf_pings_keep_a_connection(
+    edge_factory: type[EdgeThread],
+) -> None:
+    config = SipConfig(
+        listen=("tcp:127.0.0.1:0",),
+        tcp_idle_timeout=30,
+        tcp_header_timeout=0.3,
+        tcp_message_timeout=0.6,
+    )
+    edge = edge_factory(SnapshotHolder(make_snapshot()), config).start()
+    with socket.create_connection(("127.0.0.1", edge.port("tcp")), timeout=5) as conn:
+        for n in range(4):  # 1.6 s in all, far past both deadlines, one message at a time
+            conn.sendall(options("SIP/2.0/TCP 127.0.0.1:5060", f"slow{n}"))
+            assert read_message(conn).startswith(b"SIP/2.0 200 OK"), n
+            time.sleep(0.2)
+            conn.sendall(b"\r\n\r\n")  # an RFC 5626 ping is no message: no deadline runs
+            assert conn.recv(10) == b"\r\n"
+            time.sleep(0.2)
+
+
+def test_connections_beyond_the_per_source_cap_are_closed_at_once(
+    edge_factory: type[EdgeThread],
+) -> None:
+    config = SipConfig(listen=("tcp:127.0.0.1:0",), tcp_max_per_source=2)
+    edge = edge_factory(SnapshotHolder(make_snapshot()), config).start()
+    assert edge.service is not None
+    assert edge.service.max_connections == connection_cap()  # None: the open-file share
+    address = ("127.0.0.1", edge.port("tcp"))
+    kept = [socket.create_connection(address, timeout=5) for _ in range(2)]
+    try:
+        for i, conn in enumerate(kept):
+            conn.sendall(options("SIP/2.0/TCP 127.0.0.1:5060", f"src{i}"))
+            assert read_message(conn).startswith(b"SIP/2.0 200 OK")
+        for _ in range(3):
+            with socket.create_connection(address, timeout=5) as extra:
+                start = time.monotonic()
+                try:
+                    closed = extra.recv(100) == b""
+                except ConnectionResetError:
+                    closed = True
+                assert closed and time.monotonic() - start < 1.0
+        kept.pop().close()  # a slot comes free
+        time.sleep(0.2)
+        with socket.create_connection(address, timeout=5) as again:
+            again.sendall(options("SIP/2.0/TCP 127.0.0.1:5060", "again"))
+            assert read_message(again).startswith(b"SIP/2.0 200 OK")
+    finally:
+        for conn in kept:
+            conn.close()
+
+
+def test_an_asked_connection_cap_never_exceeds_the_open_file_share(
+    edge_factory: type[EdgeThread],
+) -> None:
+    config = SipConfig(listen=("tcp:127.0.0.1:0",), tcp_max_connections=10**9)
+    edge = edge_factory(SnapshotHolder(make_snapshot()), config).start()
+    assert edge.service is not None
+    assert edge.service.max_connections == connection_cap() < 10**9
+
+
+def test_names_are_looked_up_for_configured_upstreams_only(
+    edge_factory: type[EdgeThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 7 item 2: no lookup for a peer's Via or Route; the configured upstream name is
+    resolved in the background and alone says who the core is."""
+    looked_up: list[str] = []
+    real = SipService._lookup
+
+    async def recording(self: SipService, name: str) -> str | None:
+        looked_up.append(name)
+        return await real(self, name)
+
+    monkeypatch.setattr(SipService, "_lookup", recording)
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as core,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+    ):
+        for s in (core, attacker, sink):
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(1.0)
+        core_port, attacker_port = core.getsockname()[1], attacker.getsockname()[1]
+        sink_port = sink.getsockname()[1]
+        snapshot = make_snapshot(upstream=f"sip:localhost:{core_port}")
+        config = SipConfig(listen=("udp:127.0.0.1:0",))
+        edge = edge_factory(SnapshotHolder(snapshot), config).start()
+        dest = ("127.0.0.1", edge.port("udp"))
+        assert looked_up == ["localhost"]
+        # The configured name works: an INVITE reaches the core at its resolved address.
+        invite = options(f"SIP/2.0/UDP 127.0.0.1:{attacker_port}", "up", "x.teams.example.com")
+        attacker.sendto(invite.replace(b"OPTIONS", b"INVITE"), dest)
+        assert core.recv(65535).startswith(b"INVITE sip:ping@x.teams.example.com")
+        # The issue's repro: a forged response whose next Via names the attacker by a name.
+        forged = (
+            f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:{dest[1]};branch=z9hG4bKszdead\r\n"
+            f"Via: SIP/2.0/UDP resolver-bait.example:{attacker_port};branch=z9hG4bKv\r\n"
+            "From: <sip:a@b.example>;tag=1\r\nTo: <sip:c@d.example>;tag=2\r\n"
+            "Call-ID: f\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        for _ in range(3):
+            attacker.sendto(forged, dest)
+            attacker.sendto(forged.replace(b"resolver-bait.example", b"localhost"), dest)
+        # ... then asks to be relayed somewhere as if it were the core.
+        bye = (
+            f"BYE sip:victim@127.0.0.1:{sink_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP localhost:{attacker_port};branch=z9hG4bK-relay\r\n"
+            "Max-Forwards: 70\r\nTo: <sip:victim@127.0.0.1>;tag=x\r\n"
+            "From: <sip:a@evil.example>;tag=y\r\nCall-ID: relay\r\nCSeq: 2 BYE\r\n"
+            f"Route: <sip:resolver-bait.example:{sink_port};lr>\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        attacker.sendto(bye, dest)
+        reply = attacker.recv(65535)
+        assert reply.startswith(b"SIP/2.0 403"), reply[:100]  # a client's request, refused
+        with pytest.raises(TimeoutError):
+            sink.recv(65535)
+        with pytest.raises(TimeoutError):
+            attacker.recv(65535)  # nothing was relayed back to the attacker either
+    assert looked_up == ["localhost"]
+
+
+def test_a_flood_of_bad_via_ports_logs_one_line_and_no_traceback(
+    edge_factory: type[EdgeThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 7 item 10: a Via port above 65535 logged a traceback per datagram."""
+    edge = edge_factory(
+        SnapshotHolder(make_snapshot()), SipConfig(listen=("udp:127.0.0.1:0", "tcp:127.0.0.1:0"))
+    ).start()
+    caplog.set_level(logging.DEBUG, logger="sipzone")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+        for n in range(200):
+            sock.sendto(
+                options("SIP/2.0/UDP 127.0.0.1:99999", f"p{n}"), ("127.0.0.1", edge.port("udp"))
+            )
+        replies = [sock.recv(65535) for _ in range(200)]
+    assert all(r.startswith(b"SIP/2.0 400") for r in replies)
+    with socket.create_connection(("127.0.0.1", edge.port("tcp")), timeout=5) as conn:
+        conn.sendall(options("SIP/2.0/TCP 127.0.0.1:70000") * 20)
+        assert read_message(conn).startswith(b"SIP/2.0 400")
+    records = [r for r in caplog.records if r.name.startswith("sipzone")]
+    assert not [r for r in records if r.exc_info or "Traceback" in r.getMessage()]
+    assert len([r for r in records if r.levelno >= logging.WARNING]) <= 1, records

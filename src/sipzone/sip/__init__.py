@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Settings (store table ``settings``) holding the key our Via branches are signed with, and
+# the one before the last rotation, still accepted for responses to what it signed.
+BRANCH_SECRET = "sip_branch_secret"
+BRANCH_SECRET_PREVIOUS = "sip_branch_secret_previous"
+
 
 @dataclass(frozen=True)
 class SipConfig:
@@ -22,5 +27,12 @@ class SipConfig:
         "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE",
     )  # fmt: skip
     tcp_idle_timeout: float = 300.0  # seconds without a byte before a TCP connection is closed
-    tcp_max_connections: int = 4096  # per worker; connections beyond it are closed at once
+    # Seconds from a message's first byte to the end of its headers, and to the end of its body:
+    # a peer that dribbles bytes keeps the idle timer young, not these.
+    tcp_header_timeout: float = 5.0
+    tcp_message_timeout: float = 30.0
+    # Per worker; connections beyond it are closed at once.  None: as many as the open-file
+    # limit leaves (sipzone.net.limits.connection_cap), which also caps any number given.
+    tcp_max_connections: int | None = None
+    tcp_max_per_source: int = 256  # connections a peer address may open (phones behind a NAT)
     batched_udp: bool = True  # recvmmsg/sendmmsg on Linux; False: one asyncio callback each

@@ -11,11 +11,25 @@ a retransmission is handled exactly like the original.
 * OPTIONS to an admitted name is answered here, ``200 OK`` with a Contact that holds the
   matched name (Microsoft Teams checks that it is a name, never an address).
 * Every other admitted request goes to the owning tenant's upstream (or the site's): our Via
-  on top with a branch derived from the incoming one, Max-Forwards decremented,
+  on top with a signed branch (below), Max-Forwards decremented,
   ``Record-Route: <sip:NAME;lr>`` on dialog-creating requests, and the tenant header.
-* A response whose top Via is ours loses that Via and goes to the next one.
+* A response whose top Via is ours, and whose branch proves it, loses that Via and goes to the
+  next one (its ``received``/``rport``/sent-by, RFC 3261 §18.2.2, RFC 3581).
 * A request arriving *from* an upstream (the core's BYE, re-INVITE) is in-dialog: our Route is
   popped and it goes where the next Route or the Request-URI says.
+
+Our branch is ``z9hG4bKsz`` + a hash of the fields a loop keeps (Request-URI, From tag,
+Call-ID, CSeq number, Route: RFC 3261 §16.6 step 8) + an HMAC, keyed with the installation's
+secret (store setting ``sip_branch_secret``), over what a response's way back depends on: the
+Via below ours as we forwarded it, the connection it came in on, our Via's transport.  Both
+parts are functions of the request, so retransmissions, the CANCEL and the ACK of a non-2xx
+answer get the INVITE's branch on any worker or node (§16.11).  A response is relayed only
+when the HMAC checks out (current or previous secret): whoever forges one cannot choose where
+it goes.  A request carrying a Via of ours with its own loop hash has been here: 482.
+
+Who the core is comes from configuration only: upstream URIs that hold an address, and the
+names among them as the transport resolved them in the background (:meth:`Edge.set_resolved`).
+Nothing a peer sends makes the edge look a name up, and the edge never sends to itself.
 
 Nothing here touches a socket: :meth:`Edge.receive` returns :class:`Send` values and
 ``transport.py`` carries them out.  What is worth remembering per snapshot (the admission
@@ -25,19 +39,25 @@ the snapshot changes, which keeps keep-alives cheap.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
+import ipaddress
 import logging
 import re
+import secrets
 import zlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import repeat
 from typing import NamedTuple
 
+from sipzone.eventlog import EventLog
 from sipzone.model.names import lookup_key
 from sipzone.model.snapshot import Site, Snapshot
 from sipzone.model.tenancy import TenantView
-from sipzone.sip import SipConfig
+from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS, SipConfig
 from sipzone.sip.message import (
     KNOWN,
     LIST_COMMA,
@@ -64,13 +84,17 @@ from sipzone.sip.message import (
     parse_via,
     plain_options_pattern,
     split_addresses,
+    split_vias,
     uri_host,
 )
 
 log = logging.getLogger("sipzone.sip")
 
 MAGIC_COOKIE = b"z9hG4bK"  # RFC 3261 §8.1.1.7
-OUR_BRANCH = MAGIC_COOKIE + b"sz"  # every branch we generate starts so: responses prove ours
+OUR_BRANCH = MAGIC_COOKIE + b"sz"  # every branch we generate starts so
+LOOP_HASH = 10  # hex digits after OUR_BRANCH: what a looping request keeps (§16.3 step 4)
+BRANCH_MAC = 20  # hex digits after those: the HMAC that vouches for the way back (80 bits)
+BRANCH_LEN = len(OUR_BRANCH) + LOOP_HASH + BRANCH_MAC
 CONN_PARAM = b"sz-c"  # in our Via: the stream connection the request came in on
 DEFAULT_MAX_FORWARDS = 70
 ADMISSION_CACHE = 65536  # distinct hosts remembered per snapshot before the memo is reset
@@ -103,6 +127,7 @@ KEEPALIVE_SHAPES = 8  # orders of header lines remembered (a platform's kinds of
 _STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
 _TAG_PARAM = re.compile(rb";[ \t]*tag[ \t]*=", re.I)
 _TENANT_SAFE = re.compile(rb"[^\x20-\x7e]")
+_SWS = re.compile(rb"[ \t]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +191,7 @@ class Edge:
         self.stats = Stats.new()
         self._by_transport = {lst.transport: lst for lst in reversed(listeners)}
         self._ours = {(lst.host, lst.port) for lst in listeners}
+        self._our_ports = {lst.port for lst in listeners}
         self._tenant_key = header_key(config.tenant_header.encode())
         self._tenant_name = config.tenant_header.encode()
         self._snapshot: Snapshot | None = None
@@ -178,8 +204,13 @@ class Edge:
         self._good_vias: dict[bytes, tuple[str, int, bool]] = {}
         self._targets: dict[str, Target | None] = {}
         self._upstream_addrs: set[tuple[str, int]] = set()
+        self._resolved: dict[str, str] = {}  # configured upstream name -> its address
         self._site: Site | None = None
-        self._warned: set[str] = set()
+        # Branch keys: the store's current secret first, then the previous one.  Without one
+        # in the store (tests, a store `sipzone init` never saw) a key of this process only.
+        self._keys: tuple[bytes, ...] = ()
+        self._own_key = secrets.token_bytes(32)
+        self.events = EventLog(log)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -230,6 +261,9 @@ class Edge:
         """
         if snapshot is not self._snapshot:
             return None
+        if addr in self._ours:
+            self.stats.requests[("OPTIONS", "loop")] += 1
+            return b""  # a datagram from our own socket (spoofed): never answer ourselves
         shapes = self._shapes
         parsed: tuple[bytes, ...] | None
         for shape in shapes:
@@ -390,17 +424,25 @@ class Edge:
         """One parsed message in (from a datagram or a stream), what to send out."""
         if snapshot is not self._snapshot:
             self._adopt(snapshot)
+        if addr in self._ours:  # from our own socket: spoofed, or a loop; never answer it
+            if isinstance(message, Response):
+                self.stats.requests[("response", "loop")] += 1
+            else:
+                self._count(message.method, "loop")
+            return []
         if isinstance(message, Response):
             return self._relay(message)
         try:
             top = check_request(message)
             if (addr[0], addr[1]) in self._upstream_addrs:
-                return self._downstream(message, top, listener, addr, conn)
-            return self._request(message, top, listener, addr, snapshot, conn)
+                sends = self._downstream(message, top, listener, addr, conn)
+            else:
+                sends = self._request(message, top, listener, addr, snapshot, conn)
         except MalformedMessage as exc:
             if exc.message is None:
                 exc.message = message  # field parsers do not know the message they parse
             return self.malformed(exc, listener, addr, conn)
+        return self._not_to_us(sends)
 
     def malformed(
         self, exc: MalformedMessage, listener: Listener, addr: tuple[str, int], conn: int | None
@@ -421,7 +463,16 @@ class Edge:
         except MalformedMessage:
             top = None  # answer to the source; echo the Via as it came
         reason = _reason(str(exc))
-        return [self._reply(request, top, listener, addr, conn, exc.status, reason)]
+        reply = self._reply(request, top, listener, addr, conn, exc.status, reason)
+        return self._not_to_us([reply])
+
+    def _not_to_us(self, sends: list[Send]) -> list[Send]:
+        """``sends`` without what would go to one of our own listeners (a Via naming us)."""
+        for send in sends:
+            if (send.host, send.port) in self._ours:
+                self.stats.requests[("other", "loop")] += 1
+                return [s for s in sends if (s.host, s.port) not in self._ours]
+        return sends
 
     # -- requests towards the core ------------------------------------------------------------
 
@@ -479,15 +530,15 @@ class Edge:
 
         check_contacts(request)
         upstream = admission.tenant.upstream or (self._site.upstream if self._site else None)
-        target = self._target(upstream) if upstream else None
+        target = self._address_of(self._target(upstream)) if upstream else None
         if target is None:
-            self._warn_no_upstream(admission.tenant.name, upstream)
+            reason = self._no_upstream(admission.tenant.name, upstream)
             if method == "ACK":
                 self._count(method, "dropped")
                 return []
             self._count(method, "no_upstream")
-            return [self._reply(request, top, listener, addr, conn, 503, b"No Upstream Configured")]
-        return self._forward(request, top, addr, conn, target, max_forwards, admission)
+            return [self._reply(request, top, listener, addr, conn, 503, reason)]
+        return self._forward(request, top, listener, addr, conn, target, max_forwards, admission)
 
     def _downstream(
         self,
@@ -508,24 +559,57 @@ class Edge:
             self._count(request.method, "too_many_hops")
             return [self._reply(request, top, listener, addr, conn, 483, b"Too Many Hops")]
         host = hop.host.strip(b"[]").decode("utf-8", "replace")
-        target = Target(hop.transport, host, hop.port or 5060)
-        return self._forward(request, top, addr, conn, target, max_forwards, None)
+        # Only an address, or a name of our configured upstreams: never a lookup for a peer.
+        target = self._address_of(Target(hop.transport, host, hop.port or 5060))
+        if target is None:
+            self.events.warning(
+                "next-hop-name",
+                "in-dialog %s from %s:%d: next hop %s is a name we do not resolve; answering 502",
+                request.method, addr[0], addr[1], host[:100],
+            )  # fmt: skip
+            if request.method == "ACK":
+                self._count(request.method, "dropped")
+                return []
+            self._count(request.method, "unresolvable")
+            reason = b"Next Hop Is Not An Address"
+            return [self._reply(request, top, listener, addr, conn, 502, reason)]
+        return self._forward(request, top, listener, addr, conn, target, max_forwards, None)
 
     def _forward(
         self,
         request: Request,
         top: Via,
+        listener: Listener,
         addr: tuple[str, int],
         conn: int | None,
         target: Target,
         max_forwards: int,
         admission: Admission | None,
     ) -> list[Send]:
-        """Count the request as forwarded and send it on to ``target``."""
+        """Send the request on to ``target`` and count it, unless it loops (482)."""
+        loop = _loop_hash(request)
+        if (target.host, target.port) in self._ours or self._has_looped(request, loop):
+            if request.method == "ACK":
+                self._count(request.method, "dropped")
+                return []
+            self._count(request.method, "loop")
+            return [self._reply(request, top, listener, addr, conn, 482, b"Loop Detected")]
         self._count(request.method, "forwarded")
         self.stats.forwarded += 1
-        data = self._forwarded(request, top, addr, conn, target, max_forwards, admission)
+        data = self._forwarded(request, top, addr, conn, target, max_forwards, admission, loop)
         return [Send(data, target.transport, target.host, target.port)]
+
+    def _has_looped(self, request: Request, loop: bytes) -> bool:
+        """Whether a Via of ours carries this request's loop hash: it was here before and
+        comes back unchanged (RFC 3261 §16.3 step 4; a changed one is a spiral)."""
+        vias = request.fields[b"Via"]
+        marker = OUR_BRANCH + loop
+        if marker not in vias:
+            return False  # the common case costs one substring search
+        return any(
+            (via.branch or b"").startswith(marker) and self._is_our_sent_by(via)
+            for via in split_vias(vias)  # at most MAX_VIAS: check_request counted them
+        )
 
     def _forwarded(
         self,
@@ -536,16 +620,18 @@ class Edge:
         target: Target,
         max_forwards: int,
         admission: Admission | None,
+        loop: bytes,
     ) -> bytes:
         """The request as a stateless proxy sends it on (RFC 3261 §16.6, §16.11)."""
         out = self._by_transport.get(target.transport) or self.listeners[0]
-        via = b"SIP/2.0/%s %s;branch=%s" % (
-            target.transport.upper().encode(),
-            out.sent_by,
-            _derived_branch(request, top),
-        )
+        transport = target.transport.upper().encode()
+        # The Via below ours exactly as it leaves (stamped), which the HMAC vouches for.
+        below = parse_via(_stamp_via(request.fields[b"Via"][: top.end], top, addr))
+        conn_value = b"%d" % conn if conn is not None else b""
+        mac = _branch_mac(self._keys[0], loop, below, conn_value, transport)
+        via = b"SIP/2.0/%s %s;branch=%s%s%s" % (transport, out.sent_by, OUR_BRANCH, loop, mac)
         if conn is not None:
-            via += b";%s=%d" % (CONN_PARAM, conn)
+            via += b";%s=%s" % (CONN_PARAM, conn_value)
         lines = [b"Via: " + via + b"\r\n"]
         to_tagged = _has_tag(request.fields[b"To"])
         if admission is not None and not to_tagged and request.method not in NO_RECORD_ROUTE:
@@ -581,22 +667,34 @@ class Edge:
             return []
         routes = split_addresses(value)
         first = parse_address(routes[0], "Route")
-        host = uri_host(first.uri) or b""
-        if self._is_us(host):
+        if self._is_us(first.uri):
             del routes[0]
         return routes
 
-    def _is_us(self, host: bytes) -> bool:
-        text = host.strip(b"[]").decode("utf-8", "replace")
-        if any(text == h for h, _ in self._ours):
+    def _is_us(self, uri: bytes) -> bool:
+        """Whether a Route URI names this edge: host AND port of one of our listeners (the
+        scheme's default port when none is written), or a name we serve with no port or one
+        of our listeners' ports."""
+        try:
+            parsed = parse_uri(uri)
+        except MalformedMessage:
+            return False
+        if parsed.scheme not in ("sip", "sips"):
+            return False
+        text = parsed.host.strip(b"[]").decode("utf-8", "replace")
+        port = parsed.port or (5061 if parsed.scheme == "sips" else 5060)
+        if (text, port) in self._ours:
             return True
+        if parsed.port is not None and parsed.port not in self._our_ports:
+            return False
         snapshot = self._snapshot
         return snapshot is not None and snapshot.matcher.owner(lookup_key(text)) is not None
 
     # -- responses from the core --------------------------------------------------------------
 
     def _relay(self, response: Response) -> list[Send]:
-        """Pop our Via and send the response where the next Via says (RFC 3261 §16.7, §18.2.2)."""
+        """Pop our Via and send the response where the next Via says (RFC 3261 §16.7, §18.2.2),
+        if our branch vouches for that Via; anything else is dropped and counted."""
         try:
             check_response(response)
             vias = response.fields[b"Via"]
@@ -606,11 +704,22 @@ class Edge:
                 self.stats.requests[("response", "stray")] += 1
                 return []
             if top.end >= len(vias):
-                self.stats.requests[("response", "stray")] += 1
+                self.stats.requests[("response", "forged")] += 1
                 return []
             nxt = parse_via(vias, LIST_COMMA.match(vias, top.end).end())  # type: ignore[union-attr]
         except MalformedMessage:
             self.stats.malformed += 1
+            return []
+        if not self._vouches(top, nxt):
+            self.stats.requests[("response", "forged")] += 1
+            return []
+        host, port = _via_destination(nxt)
+        if not _is_ip(host):
+            # Our stamp makes every Via we vouch for name an address (received); never resolve.
+            self.stats.requests[("response", "unroutable")] += 1
+            return []
+        if (host, port) in self._ours:
+            self.stats.requests[("response", "loop")] += 1
             return []
         lines = []
         popped = False
@@ -625,9 +734,23 @@ class Edge:
         data = response.start_line + b"\r\n" + b"".join(lines) + b"\r\n" + response.body
         conn_param = top.params.get(CONN_PARAM)
         conn = int(conn_param) if conn_param and conn_param.isdigit() else None
-        host, port = _via_destination(nxt)
         self.stats.relayed += 1
         return [Send(data, nxt.transport, host, port, conn)]
+
+    def _vouches(self, top: Via, below: Via) -> bool:
+        """Whether the branch of our Via ``top`` is what we computed for ``below``, under the
+        current secret or the previous one."""
+        branch = top.branch or b""
+        if len(branch) != BRANCH_LEN:
+            return False
+        loop = branch[len(OUR_BRANCH) : len(OUR_BRANCH) + LOOP_HASH]
+        mac = branch[len(OUR_BRANCH) + LOOP_HASH :]
+        conn = top.params.get(CONN_PARAM) or b""
+        transport = top.transport_name.upper()
+        return any(
+            hmac.compare_digest(mac, _branch_mac(key, loop, below, conn, transport))
+            for key in self._keys
+        )
 
     def _is_our_sent_by(self, via: Via) -> bool:
         host = via.host.strip(b"[]").decode("ascii", "replace")
@@ -706,22 +829,74 @@ class Edge:
         self._admissions = {}
         self._options_tails = {}
         self._keepalives = {}
-        self._warned = set()
-        site = None
-        if snapshot.sites:
-            wanted = self.config.site
-            site = next((s for s in snapshot.sites if s.name == wanted), None)
-            if site is None and wanted is None:
-                site = snapshot.sites[0]
-        self._site = site
+        self._site = self._site_of(snapshot)
+        self._upstream_addrs = self._core_addresses(snapshot)
+        settings = snapshot.settings
+        keys = tuple(
+            settings[name].encode()
+            for name in (BRANCH_SECRET, BRANCH_SECRET_PREVIOUS)
+            if settings.get(name)
+        )
+        if not keys:
+            self.events.warning(
+                "no-branch-secret",
+                "the store holds no %s (run `sipzone init`): branches are signed with a key of "
+                "this process only, so other workers and nodes cannot relay their responses",
+                BRANCH_SECRET,
+            )
+            keys = (self._own_key,)
+        self._keys = keys
+
+    def _site_of(self, snapshot: Snapshot) -> Site | None:
+        """The site this edge runs at: the configured one, else the first."""
+        if not snapshot.sites:
+            return None
+        wanted = self.config.site
+        site = next((s for s in snapshot.sites if s.name == wanted), None)
+        if site is None and wanted is None:
+            site = snapshot.sites[0]
+        return site
+
+    def _upstream_uris(self, snapshot: Snapshot) -> set[str]:
+        """The upstreams configured in ``snapshot``: every tenant's and this site's."""
         upstreams = {t.upstream for t in snapshot.tenants.views.values() if t.upstream}
+        site = self._site_of(snapshot)
         if site is not None and site.upstream:
             upstreams.add(site.upstream)
-        self._upstream_addrs = set()
-        for text in upstreams:
-            target = self._target(text)
+        return upstreams
+
+    def _core_addresses(self, snapshot: Snapshot) -> set[tuple[str, int]]:
+        """(address, port) of every configured upstream: requests from there come from the core."""
+        addresses = set()
+        for text in self._upstream_uris(snapshot):
+            target = self._address_of(self._target(text))
             if target is not None:
-                self._upstream_addrs.add((target.host, target.port))
+                addresses.add((target.host, target.port))
+        return addresses
+
+    def upstream_names(self, snapshot: Snapshot) -> set[str]:
+        """The host names (not addresses) among the upstreams configured in ``snapshot``: the
+        transport resolves these, and nothing else, in the background."""
+        names = set()
+        for text in self._upstream_uris(snapshot):
+            target = self._target(text)
+            if target is not None and not _is_ip(target.host):
+                names.add(target.host)
+        return names
+
+    def set_resolved(self, addresses: Mapping[str, str]) -> None:
+        """The transport resolved the configured upstream names: name -> address."""
+        self._resolved = dict(addresses)
+        if self._snapshot is not None:
+            self._upstream_addrs = self._core_addresses(self._snapshot)
+
+    def _address_of(self, target: Target | None) -> Target | None:
+        """``target`` with its host as an address: as written, or as resolved for a configured
+        upstream name; None for any other name."""
+        if target is None or _is_ip(target.host):
+            return target
+        address = self._resolved.get(target.host)
+        return target._replace(host=address) if address is not None else None
 
     def _admit(self, host: bytes, snapshot: Snapshot) -> Admission | None:
         try:
@@ -751,24 +926,31 @@ class Edge:
         self._targets[upstream] = target
         return target
 
-    def add_upstream_address(self, host: str, port: int) -> None:
-        """The transport resolved an upstream name: requests from there come from the core."""
-        self._upstream_addrs.add((host, port))
-
-    def _warn_no_upstream(self, tenant: str, upstream: str | None) -> None:
-        if tenant in self._warned:
-            return
-        self._warned.add(tenant)
-        if upstream:
-            log.warning(
-                "tenant %s: upstream %r is not a usable sip: URI (udp/tcp)", tenant, upstream
-            )
-        else:
-            log.warning(
+    def _no_upstream(self, tenant: str, upstream: str | None) -> bytes:
+        """Log (rate-limited) why ``tenant``'s requests cannot go on; the 503 reason phrase."""
+        if not upstream:
+            self.events.warning(
+                f"no-upstream:{tenant}",
                 "tenant %s has no upstream and site %s has none: answering 503",
                 tenant,
                 self._site.name if self._site else "(none)",
             )
+            return b"No Upstream Configured"
+        if self._target(upstream) is None:
+            self.events.warning(
+                f"bad-upstream:{tenant}",
+                "tenant %s: upstream %r is not a usable sip: URI (udp/tcp)",
+                tenant,
+                upstream,
+            )
+            return b"No Upstream Configured"
+        self.events.warning(
+            f"unresolved-upstream:{tenant}",
+            "tenant %s: upstream %r does not resolve (yet): answering 503",
+            tenant,
+            upstream,
+        )
+        return b"Upstream Not Resolved"
 
     def _count(self, method: str, verdict: str) -> None:
         self.stats.requests[(method if method in METHOD_LABELS else "other", verdict)] += 1
@@ -809,24 +991,41 @@ def _via_destination(via: Via) -> tuple[str, int]:
     return host, via.port or 5060
 
 
-def _derived_branch(request: Request, top: Via) -> bytes:
-    """A branch for the forwarded request that any worker computes alike (RFC 3261 §16.11).
+def _loop_hash(request: Request) -> bytes:
+    """The part of our branch a request keeps if it comes back to us unchanged (RFC 3261 §16.6
+    step 8): Request-URI, From tag, Call-ID, CSeq number and Route.  No To tag and no method,
+    so the INVITE, its CANCEL and the ACK of a non-2xx answer share it (§16.11)."""
+    fields = request.fields
+    from_tag = parse_address(fields[b"From"], "From").tag or b""
+    cseq = fields[b"CSeq"].split(None, 1)[0]
+    route = fields.get(b"Route", b"")
+    basis = b"\n".join((request.uri, from_tag, fields[b"Call-ID"], cseq, route))
+    return hashlib.blake2b(basis, digest_size=LOOP_HASH // 2).hexdigest().encode()
 
-    Derived from the incoming branch and sent-by, so a retransmission and its CANCEL get the
-    same one; for an RFC 2543 peer (no magic cookie) from the fields that identified its
-    transaction instead: To tag, From tag, Call-ID, Request-URI, top Via and CSeq number.
-    """
-    branch = top.branch
-    if branch and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
-        basis = b"|".join((branch, top.host, b"%d" % (top.port or 0)))
-    else:
-        fields = request.fields
-        cseq = fields[b"CSeq"].split()[0]
-        to_tag = parse_address(fields[b"To"]).tag or b""
-        from_tag = parse_address(fields[b"From"]).tag or b""
-        via = fields[b"Via"][: top.end]
-        basis = b"|".join((to_tag, from_tag, fields[b"Call-ID"], request.uri, via, cseq))
-    return OUR_BRANCH + hashlib.blake2b(basis, digest_size=10).hexdigest().encode()
+
+def _branch_mac(key: bytes, loop: bytes, below: Via, conn: bytes, transport: bytes) -> bytes:
+    """The HMAC in our branch, over what a response's way back depends on: the Via below ours
+    as we forwarded it (received/rport stamped; spacing aside, which a UAS may redo), the
+    connection the request came in on, the transport of our Via, and the loop hash."""
+    port = b"%d" % below.port if below.port is not None else b""
+    canonical = b"%s %s:%s%s" % (
+        below.transport_name.upper(),
+        below.host.lower(),
+        port,
+        _SWS.sub(b"", below.raw_params),
+    )
+    message = b"\n".join((loop, canonical, conn, transport.upper()))
+    return hmac.digest(key, message, "sha256")[: BRANCH_MAC // 2].hex().encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip(host: str) -> bool:
+    """Whether ``host`` (IPv6 without brackets) is an address rather than a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _reason(text: str) -> bytes:

@@ -12,8 +12,17 @@ by recvmmsg, the answers back to their sources by one sendmmsg per batch); elsew
 :meth:`UdpEndpoint.respond` decides, and a keep-alive takes :meth:`Edge.answer_keepalive`.
 
 Stream connections are kept in one table per worker whether a peer opened them or we did (to
-a TCP upstream, or back to a client): responses and in-dialog requests reuse them, idle ones
-are closed after ``tcp_idle_timeout`` and at most ``tcp_max_connections`` are kept.
+a TCP upstream, or back to a client): responses and in-dialog requests reuse them.  A
+connection is closed when idle for ``tcp_idle_timeout``, and also when a message takes longer
+than ``tcp_header_timeout`` from its first byte to the end of its headers or
+``tcp_message_timeout`` to its end (a peer dribbling bytes resets only the idle timer); at
+most ``tcp_max_connections`` (below the open-file limit) are kept, ``tcp_max_per_source`` from
+one peer address.
+
+Names are resolved here and only here, in the background: the configured upstreams' (see
+:meth:`Edge.upstream_names`) when the snapshot changes and every ``RESOLVE_INTERVAL``.  The
+edge hands this module addresses only; nothing a peer sends triggers a lookup.  Whatever
+traffic can make this module log goes through :class:`~sipzone.eventlog.EventLog`.
 """
 
 from __future__ import annotations
@@ -25,10 +34,14 @@ import ipaddress
 import itertools
 import logging
 import socket
+import traceback
+from collections import Counter
 from typing import Any, Protocol
 
-from sipzone.model.snapshot import SnapshotHolder
+from sipzone.eventlog import EventLog
+from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import batched_udp, split_hostport
+from sipzone.net.limits import connection_cap
 from sipzone.net.sockets import bound_socket
 from sipzone.sip import SipConfig, metrics
 from sipzone.sip.edge import Edge, Listener, Send
@@ -39,7 +52,8 @@ log = logging.getLogger("sipzone.sip")
 RECV_SIZE = MAX_MESSAGE + 1  # no UDP payload is larger: a datagram is never read in part
 
 METRICS_INTERVAL = 1.0
-RESOLVE_TTL = 60.0
+RESOLVE_INTERVAL = 60.0  # seconds between lookups of the configured upstream names
+RESOLVE_TIMEOUT = 5.0  # for one name; a name that fails keeps its last address
 
 
 def parse_listen(spec: str) -> tuple[str, str, int]:
@@ -61,6 +75,16 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class _Traceback:
+    """A traceback formatted only if the line that carries it is written."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __str__(self) -> str:
+        return "".join(traceback.format_exception(self.exc)).rstrip()
 
 
 def _bind(transport: str, host: str, port: int) -> socket.socket:
@@ -87,10 +111,14 @@ class SipService:
         self._servers: list[asyncio.AbstractServer] = []
         self.connections: dict[int, StreamConnection] = {}
         self._by_peer: dict[tuple[str, int], StreamConnection] = {}
+        self._per_source: Counter[str] = Counter()  # connections peers opened, by address
         self._connecting: dict[tuple[str, int], asyncio.Future[StreamConnection | None]] = {}
-        self._resolved: dict[str, tuple[str, float]] = {}
+        self.max_connections = connection_cap(config.tcp_max_connections)
+        self.resolved: dict[str, str] = {}  # configured upstream name -> address
+        self._names: frozenset[str] = frozenset()  # the names last resolved
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[Any]] = []
+        self.events = EventLog(log)
         self.loop = asyncio.get_running_loop()
 
     # -- setup and teardown -------------------------------------------------------------------
@@ -116,6 +144,7 @@ class SipService:
                 )
             self.listeners.append(Listener(transport, advertise, port))
         self.edge = Edge(self.config, self.listeners)
+        await self._resolve_upstreams()  # before the first request needs them
         for (transport, sock, _), listener in zip(pending, self.listeners, strict=True):
             if transport == "udp":
                 endpoint = UdpEndpoint(self, listener)
@@ -140,6 +169,7 @@ class SipService:
                 )
                 self._servers.append(server)
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
+        self._tasks.append(asyncio.ensure_future(self._follow_upstreams()))
         log.info(
             "SIP edge listening on %s",
             ", ".join(f"{lst.transport}:{lst.host}:{lst.port}" for lst in self.listeners),
@@ -163,18 +193,74 @@ class SipService:
             metrics.publish(self.edge.stats)
 
     async def _housekeeping(self) -> None:
-        """Publish counters and close idle connections, on one timer."""
-        idle = self.config.tcp_idle_timeout
-        interval = min(METRICS_INTERVAL, max(idle / 2, 0.05))
+        """Publish counters and close connections past a deadline, on one timer."""
+        cfg = self.config
+        shortest = min(cfg.tcp_idle_timeout, cfg.tcp_header_timeout, cfg.tcp_message_timeout)
+        interval = min(METRICS_INTERVAL, max(shortest / 4, 0.02))
         while True:
             await asyncio.sleep(interval)
             if self.edge is not None:
                 metrics.publish(self.edge.stats)
-            deadline = self.loop.time() - idle
+            now = self.loop.time()
             for conn in list(self.connections.values()):
-                if conn.last_active < deadline:
-                    log.debug("closing idle connection %d to %s", conn.id, conn.peer)
+                late = conn.overdue(now)
+                if late:
+                    log.debug("closing connection %d to %s: %s", conn.id, conn.peer, late)
                     conn.abort()
+
+    # -- the configured upstreams' names -------------------------------------------------------
+
+    async def _follow_upstreams(self) -> None:
+        """Resolve the configured upstream names when the snapshot changes and periodically."""
+        changed = asyncio.Event()
+
+        def on_publish(_old: Snapshot, _new: Snapshot) -> None:
+            changed.set()
+
+        self.holder.subscribe(on_publish)
+        while True:
+            periodic = False
+            try:
+                await asyncio.wait_for(changed.wait(), RESOLVE_INTERVAL)
+            except TimeoutError:
+                periodic = True
+            changed.clear()
+            try:
+                await self._resolve_upstreams(again=periodic)
+            except Exception as exc:  # a bug here must not end the resolving for good
+                self.events.error("resolver-bug", "resolving upstreams failed: %s", _Traceback(exc))
+
+    async def _resolve_upstreams(self, again: bool = True) -> None:
+        """Look the configured upstream names up and hand their addresses to the edge; with
+        ``again`` False, only when the set of names changed."""
+        assert self.edge is not None
+        names = frozenset(self.edge.upstream_names(self.holder.current))
+        if not again and names == self._names:
+            return
+        self._names = names
+        found = await asyncio.gather(*(self._lookup(name) for name in sorted(names)))
+        resolved = {}
+        for name, address in zip(sorted(names), found, strict=True):
+            address = address or self.resolved.get(name)  # a failed lookup keeps the old one
+            if address is not None:
+                resolved[name] = address
+        self.resolved = resolved
+        self.edge.set_resolved(resolved)
+
+    async def _lookup(self, name: str) -> str | None:
+        """One configured name's address, preferring a family we have a UDP socket for."""
+        try:
+            infos = await asyncio.wait_for(
+                self.loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            self.events.warning(f"resolve:{name}", "cannot resolve upstream %s: %s", name, exc)
+            return None
+        if not infos:
+            return None
+        self.events.forget(f"resolve:{name}")
+        families = {self._udp_family(f) for f, *_ in infos}
+        return next((str(i[4][0]) for i in infos if i[0] in families), str(infos[0][4][0]))
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -185,64 +271,58 @@ class SipService:
             elif send.transport == "tcp":
                 self._send_tcp(send)
             else:
-                log.debug(
-                    "no %s transport for a message to %s:%d", send.transport, send.host, send.port
-                )
+                self.events.warning(
+                    f"no-transport:{send.transport[:20]}",
+                    "no %s transport for a message to %s:%d; dropped",
+                    send.transport[:20], send.host, send.port,
+                )  # fmt: skip
 
     # -- sending ------------------------------------------------------------------------------
 
+    def _is_address(self, send: Send) -> bool:
+        """The edge hands over addresses only; a name here is our bug, and is not looked up."""
+        if _is_ip(send.host):
+            return True
+        self.events.error(
+            "send-to-name", "a message for %r (a name, not an address) dropped", send.host[:100]
+        )
+        return False
+
     def _send_udp(self, send: Send) -> None:
         host = send.host
-        if not _is_ip(host):
-            self._later(self._resolve_and_send(send))
+        if not self._is_address(send):
             return
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         udp = self._udp.get(family)
         if udp is None:
-            log.warning("no UDP socket of the family of %s; message dropped", host)
+            self.events.warning(
+                f"no-udp-family:{family}", "no UDP socket of the family of %s; dropped", host
+            )
             return
-        udp.sendto(send.data, (host, send.port))
+        try:
+            udp.sendto(send.data, (host, send.port))
+        except (OSError, OverflowError) as exc:  # an unreachable or impossible destination
+            self.events.warning("udp-send", "UDP to %s:%d failed: %s", host, send.port, exc)
 
     def _send_tcp(self, send: Send) -> None:
         conn = self.connections.get(send.conn) if send.conn is not None else None
+        if conn is not None and conn.peer[0] != send.host:
+            conn = None  # a connection id of another worker's: not this peer's connection
         if conn is None:
             conn = self._by_peer.get((send.host, send.port))
         if conn is not None:
             conn.write(send.data)
             return
-        self._later(self._connect_and_send(send))
+        if self._is_address(send):
+            self._later(self._connect_and_send(send))
 
     def _later(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
 
-    async def _resolve(self, host: str, port: int) -> str | None:
-        if _is_ip(host):
-            return host
-        now = self.loop.time()
-        hit = self._resolved.get(host)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        try:
-            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            log.warning("cannot resolve %s: %s", host, exc)
-            return None
-        families = {self._udp_family(f) for f, *_ in infos}
-        address = next((str(i[4][0]) for i in infos if i[0] in families), str(infos[0][4][0]))
-        self._resolved[host] = (address, now + RESOLVE_TTL)
-        if self.edge is not None:
-            self.edge.add_upstream_address(address, port)
-        return address
-
     def _udp_family(self, family: int) -> int:
         return family if family in self._udp else -1
-
-    async def _resolve_and_send(self, send: Send) -> None:
-        address = await self._resolve(send.host, send.port)
-        if address is not None:
-            self._send_udp(Send(send.data, "udp", address, send.port))
 
     async def _connect_and_send(self, send: Send) -> None:
         key = (send.host, send.port)
@@ -259,40 +339,59 @@ class SipService:
             conn.write(send.data)
 
     async def _connect(self, host: str, port: int) -> StreamConnection | None:
-        address = await self._resolve(host, port)
-        if address is None:
-            return None
         listener = next((lst for lst in self.listeners if lst.transport == "tcp"), None)
         listener = listener or self.listeners[0]
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: StreamConnection(self, listener), address, port
+                    lambda: StreamConnection(self, listener, outbound=True), host, port
                 ),
                 5.0,
             )
-        except (OSError, TimeoutError) as exc:
-            log.warning("cannot connect to %s:%d over TCP: %s", host, port, exc)
+        except (OSError, OverflowError, TimeoutError) as exc:
+            self.events.warning(
+                "tcp-connect", "cannot connect to %s:%d over TCP: %s", host, port, exc
+            )
             return None
-        # Responses and in-dialog requests name the peer as the caller wrote it; index both.
         self._by_peer.setdefault((host, port), conn)
         return conn
 
     # -- connection table ---------------------------------------------------------------------
 
     def register(self, conn: StreamConnection) -> bool:
-        if len(self.connections) >= self.config.tcp_max_connections:
-            log.warning(
-                "connection cap %d reached; refusing %s", self.config.tcp_max_connections, conn.peer
+        """Admit a new connection into the table, or refuse it (the caller closes it)."""
+        if len(self.connections) >= self.max_connections:
+            self.events.warning(
+                "tcp-cap",
+                "SIP TCP connection cap %d reached; refusing %s",
+                self.max_connections,
+                conn.peer[0],
             )
             return False
+        if not conn.outbound:
+            source = conn.peer[0]
+            if self._per_source[source] >= self.config.tcp_max_per_source:
+                self.events.warning(
+                    "tcp-cap-source",
+                    "%s holds %d SIP TCP connections, the most one address may; refusing more",
+                    source,
+                    self.config.tcp_max_per_source,
+                )
+                return False
+            self._per_source[source] += 1
         conn.id = next(self._ids)
         self.connections[conn.id] = conn
         self._by_peer[conn.peer] = conn
         return True
 
     def unregister(self, conn: StreamConnection) -> None:
-        self.connections.pop(conn.id, None)
+        if self.connections.pop(conn.id, None) is None:
+            return  # never admitted
+        if not conn.outbound:
+            source = conn.peer[0]
+            self._per_source[source] -= 1
+            if self._per_source[source] <= 0:
+                del self._per_source[source]
         for key in [k for k, v in self._by_peer.items() if v is conn]:
             del self._by_peer[key]
 
@@ -319,8 +418,13 @@ class UdpEndpoint:
                     self.service.dispatch([answer])
                     return None
             sends = self.edge.receive(data, self.listener, addr, self.holder.current)
-        except Exception:  # a bug must cost one message, never the socket
-            log.exception("edge failed on a datagram from %s", addr)
+        except Exception as exc:  # a bug must cost one message, never the socket
+            self.service.events.error(
+                f"edge-bug:{type(exc).__name__}",
+                "edge failed on a datagram from %s: %s",
+                addr,
+                _Traceback(exc),
+            )
             return None
         if len(sends) == 1:
             send = sends[0]
@@ -354,14 +458,16 @@ class DatagramHandler(asyncio.DatagramProtocol):
 class StreamConnection(asyncio.Protocol):
     """One TCP connection, accepted or opened by us: frames messages by Content-Length."""
 
-    def __init__(self, service: SipService, listener: Listener) -> None:
+    def __init__(self, service: SipService, listener: Listener, outbound: bool = False) -> None:
         self.service = service
         self.listener = listener
+        self.outbound = outbound  # we opened it (to an upstream, or back to a client)
         self.reader = StreamReader()
         self.transport: asyncio.Transport | None = None
         self.id = 0
         self.peer: tuple[str, int] = ("", 0)
         self.last_active = 0.0
+        self.message_started: float | None = None  # first byte of the message being read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -374,11 +480,34 @@ class StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.service.unregister(self)
 
+    def overdue(self, now: float) -> str | None:
+        """Which deadline this connection has passed at ``now``, if any."""
+        cfg = self.service.config
+        if now - self.last_active > cfg.tcp_idle_timeout:
+            return "idle"
+        started = self.message_started
+        if started is not None:
+            if now - started > cfg.tcp_message_timeout:
+                return "message deadline"
+            if not self.reader.head_complete and now - started > cfg.tcp_header_timeout:
+                return "header deadline"
+        return None
+
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.service.loop.time()
+        now = self.last_active = self.service.loop.time()
         edge = self.service.edge
         assert edge is not None
         self.reader.receive_data(data)
+        try:
+            self._read(edge)
+        finally:
+            # Whatever is left is the start of the next message: its clock starts now.
+            if not self.reader.in_message:
+                self.message_started = None
+            elif self.message_started is None:
+                self.message_started = now
+
+    def _read(self, edge: Edge) -> None:
         while True:
             try:
                 message = self.reader.next_message()
@@ -392,12 +521,18 @@ class StreamConnection(asyncio.Protocol):
                 self.write(b"\r\n")  # RFC 5626 §4.4.1 pong
             if message is None:
                 return
+            self.message_started = None  # the next message's clock starts with its first byte
             try:
                 sends = edge.handle(
                     message, self.listener, self.peer, self.service.holder.current, self.id
                 )
-            except Exception:
-                log.exception("edge failed on a message from %s", self.peer)
+            except Exception as exc:
+                self.service.events.error(
+                    f"edge-bug:{type(exc).__name__}",
+                    "edge failed on a message from %s: %s",
+                    self.peer,
+                    _Traceback(exc),
+                )
                 continue
             self.service.dispatch(sends)
 
