@@ -45,6 +45,8 @@ for sub, name in (
     (email_app, "email-domain"),
 ):
     app.add_typer(sub, name=name, no_args_is_help=True)
+sip_app = typer.Typer(help="The SIP edge's installation-wide state.")
+app.add_typer(sip_app, name="sip", no_args_is_help=True)
 
 Db = Annotated[
     str,
@@ -97,8 +99,26 @@ def emit(data: Any) -> None:
 @guarded
 def init(db: Db = DEFAULT_URL) -> None:
     """Create the store or migrate it to the current schema."""
-    revision = store(db).init()
-    typer.echo(f"store ready at {db} (revision {revision})")
+    from sipzone.sip import BRANCH_SECRET
+
+    repo = store(db)
+    repo.init()
+    repo.ensure_secret(BRANCH_SECRET)
+    typer.echo(f"store ready at {db} (revision {repo.revision()})")
+
+
+@sip_app.command("rotate-secret")
+@guarded
+def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Replace the key that signs the SIP edge's Via branches (the value is never shown).
+
+    The previous key stays valid for responses to requests it signed until the next rotation,
+    so rotate at most once per a few minutes (the longest INVITE transaction).
+    """
+    from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS
+
+    rev = store(db, actor).rotate_secret(BRANCH_SECRET, BRANCH_SECRET_PREVIOUS)
+    typer.echo(f"SIP branch secret rotated; the previous one is still accepted (revision {rev})")
 
 
 # ---------------------------------------------------------------------------- tenants
@@ -502,8 +522,24 @@ def serve(
         float, typer.Option(min=1, help="Seconds before an idle SIP TCP connection closes.")
     ] = 300.0,
     tcp_max_connections: Annotated[
-        int, typer.Option(min=1, help="SIP TCP connections per worker.")
-    ] = 4096,
+        int | None,
+        typer.Option(
+            min=1, help="SIP TCP connections per worker (default: what the open-file limit allows)."
+        ),
+    ] = None,
+    tcp_header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01, help="Seconds from a SIP TCP message's first byte to its headers' end."
+        ),
+    ] = 5.0,
+    tcp_message_timeout: Annotated[
+        float,
+        typer.Option(min=0.01, help="Seconds from a SIP TCP message's first byte to its end."),
+    ] = 30.0,
+    tcp_max_per_source: Annotated[
+        int, typer.Option(min=1, help="SIP TCP connections one peer address may open, per worker.")
+    ] = 256,
     allow_transfer: Annotated[
         list[str] | None, typer.Option(help="CIDR allowed to AXFR; repeatable.")
     ] = None,
@@ -547,7 +583,10 @@ def serve(
             ipaddress.ip_network(cidr, strict=False)
     except ValueError as exc:
         fail(str(exc))
+    from sipzone.sip import BRANCH_SECRET
+
     store(db).revision()
+    store(db).ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
     config = ServeConfig(
         db=db,
         sip=SipConfig(
@@ -557,7 +596,10 @@ def serve(
             tenant_header=tenant_header,
             advertise=advertise,
             tcp_idle_timeout=tcp_idle_timeout,
+            tcp_header_timeout=tcp_header_timeout,
+            tcp_message_timeout=tcp_message_timeout,
             tcp_max_connections=tcp_max_connections,
+            tcp_max_per_source=tcp_max_per_source,
             batched_udp=batched_udp,
         )
         if sip

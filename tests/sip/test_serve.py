@@ -3,12 +3,15 @@ domains changed with the CLI while it runs."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS
+from sipzone.store.repository import Store
 from tests.sip.conftest import free_port
 
 
@@ -84,3 +87,93 @@ def test_domains_added_and_removed_with_the_cli_apply_live(
         assert time.monotonic() < deadline, text[-2000:]
         time.sleep(0.2)
     assert 'verdict="rejected"' in text
+
+
+# -- issue 7: the branch secret ---------------------------------------------------------------
+
+
+def secrets_of(db: str) -> dict[str, str]:
+    store = Store(db)
+    try:
+        values = store.settings()
+    finally:
+        store.close()
+    return {k: v for k, v in values.items() if k in (BRANCH_SECRET, BRANCH_SECRET_PREVIOUS)}
+
+
+def test_the_branch_secret_is_made_by_init_rotated_by_the_provider_and_never_shown(
+    cli: Callable[..., Any], sqlite_url: str
+) -> None:
+    outputs = [cli("init", check=True)]
+    first = secrets_of(sqlite_url)
+    assert list(first) == [BRANCH_SECRET] and re.fullmatch("[0-9a-f]{64}", first[BRANCH_SECRET])
+    outputs.append(cli("init", check=True))
+    assert secrets_of(sqlite_url) == first  # init again keeps it
+
+    outputs.append(cli("sip", "rotate-secret", check=True))
+    rotated = secrets_of(sqlite_url)
+    assert rotated[BRANCH_SECRET_PREVIOUS] == first[BRANCH_SECRET]
+    assert rotated[BRANCH_SECRET] not in (first[BRANCH_SECRET], "")
+    outputs.append(cli("sip", "rotate-secret", check=True))
+    again = secrets_of(sqlite_url)
+    assert again[BRANCH_SECRET_PREVIOUS] == rotated[BRANCH_SECRET]  # the oldest is gone
+
+    outputs.append(cli("tenant", "add", "acme", check=True))
+    refused = cli("sip", "rotate-secret", "--as", "acme")
+    assert refused.returncode == 2 and "provider" in refused.stderr
+    assert secrets_of(sqlite_url) == again
+
+    outputs.append(cli("email-domain", "set", "mail.example.com", check=True))
+    outputs.append(cli("email-domain", "show", check=True))  # the one that reads settings
+    outputs.append(cli("email-domain", "show", "--json", check=True))
+    shown = "".join(out.stdout + out.stderr for out in [*outputs, refused])
+    store = Store(sqlite_url)
+    changes = repr(store.changes_since(0))
+    store.close()
+    for value in [*first.values(), *rotated.values(), *again.values()]:
+        assert value not in shown
+        assert value not in changes  # the change log names the rotation, not the value
+
+
+def test_serve_creates_a_missing_secret_and_every_worker_relays_with_it(
+    cli: Callable[..., Any], serve: Callable[..., Any], sqlite_url: str
+) -> None:
+    store = Store(sqlite_url)
+    store.init()  # as an old store: no secret yet
+    store.close()
+    assert secrets_of(sqlite_url) == {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as core:
+        core.bind(("127.0.0.1", 0))
+        core.settimeout(5)
+        core_port = core.getsockname()[1]
+        cli("tenant", "add", "acme", "--upstream", f"sip:127.0.0.1:{core_port}", check=True)
+        cli("domain", "add", "*.teams.example.com", "--owner", "acme", check=True)
+        port = free_port()
+        server = serve(
+            "--sip", f"udp:127.0.0.1:{port}", "--workers", "2",
+            "--tcp-header-timeout", "2", "--tcp-message-timeout", "10",
+            "--tcp-max-per-source", "4",
+        )  # fmt: skip
+        secret = secrets_of(sqlite_url)[BRANCH_SECRET]
+        # Each answer leaves the core from a new port, so the kernel spreads them over both
+        # workers (SO_REUSEPORT): each must vouch for the branch the other one wrote.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+            phone.bind(("127.0.0.1", 0))
+            phone.settimeout(5)
+            for n in range(8):
+                invite = options(phone.getsockname()[1], "x.teams.example.com", f"w{n}")
+                phone.sendto(invite.replace(b"OPTIONS", b"INVITE"), ("127.0.0.1", port))
+                forwarded = core.recv(65535).split(b"\r\n\r\n")[0].split(b"\r\n")
+                answer = [b"SIP/2.0 180 Ringing"]
+                copied = (b"Via", b"From", b"To", b"Call-ID", b"CSeq")
+                answer += [h for h in forwarded if h.split(b":")[0] in copied]
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as core_out:
+                    core_out.bind(("127.0.0.1", 0))
+                    core_out.sendto(
+                        b"\r\n".join([*answer, b"Content-Length: 0", b"", b""]),
+                        ("127.0.0.1", port),
+                    )
+                relayed = phone.recv(65535)
+                assert relayed.startswith(b"SIP/2.0 180 Ringing"), n
+                assert f"Call-ID: w{n}".encode() in relayed
+    assert secret not in "".join(server.lines)

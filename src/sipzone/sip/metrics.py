@@ -13,8 +13,9 @@ from sipzone.sip.edge import Stats
 
 REQUESTS = Counter(
     "sipzone_sip_requests",
-    "SIP requests by method and verdict (answered, forwarded, rejected, dropped, malformed, "
-    "too_many_hops, no_upstream, unsupported)",
+    "SIP messages by method and verdict (answered, forwarded, rejected, dropped, malformed, "
+    "dropped_malformed, too_many_hops, no_upstream, unsupported, loop, unresolvable); "
+    "responses not relayed as method 'response' (stray, forged, unroutable, loop)",
     ["method", "verdict"],
 )
 FORWARDED = Counter(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -45,6 +46,10 @@ RULE_OPS = frozenset({"domain.add", "domain.remove"})
 
 class StoreNotInitialised(SipzoneError):
     pass
+
+
+class _Present(Exception):
+    """Raised inside a write to roll it back: what it would create exists already."""
 
 
 @dataclass(frozen=True)
@@ -592,6 +597,37 @@ class Store:
     def settings(self) -> dict[str, str]:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(settings.c.key, settings.c.value)).all())
+
+    # A secret setting (the SIP branch key) is 32 random octets in hex.  Its value never enters
+    # the change log, and no command prints it.
+
+    def ensure_secret(self, key: str) -> bool:
+        """Create the secret setting ``key`` unless it exists; True when it was created."""
+        if key in self.settings():
+            return False  # the common case: no write, no new revision
+        try:
+            with self._write("secret.create", key) as (conn, _rev):
+                if conn.execute(sa.select(settings.c.key).where(settings.c.key == key)).first():
+                    raise _Present  # another process created it meanwhile: roll back
+                conn.execute(settings.insert().values(key=key, value=secrets.token_bytes(32).hex()))
+        except _Present:
+            return False
+        return True
+
+    def rotate_secret(self, key: str, previous_key: str) -> int:
+        """A new value for the secret setting ``key``; the old one moves to ``previous_key``
+        (still accepted for what it signed), the one before it is gone.  Provider only."""
+        with self._write("secret.rotate", key) as (conn, rev):
+            if self.actor != PROVIDER:
+                raise SipzoneError("only the provider rotates installation secrets")
+            current = conn.execute(
+                sa.select(settings.c.value).where(settings.c.key == key)
+            ).scalar()
+            conn.execute(settings.delete().where(settings.c.key.in_((key, previous_key))))
+            conn.execute(settings.insert().values(key=key, value=secrets.token_bytes(32).hex()))
+            if current is not None:
+                conn.execute(settings.insert().values(key=previous_key, value=current))
+            return rev
 
     # ------------------------------------------------------------------ snapshots and feed
 
