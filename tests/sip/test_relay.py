@@ -477,3 +477,17 @@ def test_only_configured_upstreams_are_the_core(edge: Edge, snapshot: Snapshot) 
     assert isinstance(reply, Response) and reply.status == 403  # a client's, not the core's
     assert (send.host, send.port) == attacker
     assert edge.upstream_names(snapshot) == set()
+
+
+def test_an_ipv6_client_behind_nat_gets_its_responses(edge: Edge, snapshot: Snapshot) -> None:
+    """The stamp writes received=IPv6 without brackets (RFC 3261 §20.42, RFC 5118 §4.5); the
+    Via grammar and the way back must take it."""
+    source = ("2001:db8::7", 40000)
+    data = invite(via="SIP/2.0/UDP [2001:db8::1]:5062;rport;branch=z9hG4bK-v6")
+    send, fwd = one(edge.receive(data, UDP, source, snapshot))
+    assert isinstance(fwd, Request) and (send.host, send.port) == CORE
+    below = fwd.fields[b"Via"].split(b", ")[1]
+    assert below.endswith(b";received=2001:db8::7;rport=40000")
+    relayed, reply = one(edge.receive(response_to(send.data), UDP, CORE, snapshot))
+    assert (relayed.host, relayed.port) == source
+    assert isinstance(reply, Response) and reply.fields[b"Via"] == below

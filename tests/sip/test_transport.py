@@ -3,6 +3,7 @@ transport looks up (configured upstream names only) and logs (never a flood)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
@@ -11,7 +12,7 @@ import pytest
 
 from sipzone.model.snapshot import SnapshotHolder
 from sipzone.net.limits import connection_cap
-from sipzone.sip import SipConfig
+from sipzone.sip import BRANCH_SECRET, SipConfig
 from sipzone.sip.transport import SipService, parse_listen
 from tests.sip.conftest import EdgeThread, make_snapshot
 
@@ -334,22 +335,22 @@ def test_a_flood_of_bad_via_ports_logs_one_line_and_no_traceback(
     edge_factory: type[EdgeThread], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Issue 7 item 10: a Via port above 65535 logged a traceback per datagram."""
-    edge = edge_factory(
-        SnapshotHolder(make_snapshot()), SipConfig(listen=("udp:127.0.0.1:0", "tcp:127.0.0.1:0"))
-    ).start()
+    snapshot = dataclasses.replace(make_snapshot(), settings={BRANCH_SECRET: "s" * 64})
+    config = SipConfig(listen=("udp:127.0.0.1:0", "tcp:127.0.0.1:0"))
+    edge = edge_factory(SnapshotHolder(snapshot), config).start()
     caplog.set_level(logging.DEBUG, logger="sipzone")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(2)
-        for n in range(200):
-            sock.sendto(
-                options("SIP/2.0/UDP 127.0.0.1:99999", f"p{n}"), ("127.0.0.1", edge.port("udp"))
-            )
-        replies = [sock.recv(65535) for _ in range(200)]
-    assert all(r.startswith(b"SIP/2.0 400") for r in replies)
+        for burst in range(20):  # in bursts our own receive buffer holds
+            for n in range(10):
+                data = options("SIP/2.0/UDP 127.0.0.1:99999", f"p{burst}-{n}")
+                sock.sendto(data, ("127.0.0.1", edge.port("udp")))
+            replies = [sock.recv(65535) for _ in range(10)]
+            assert all(r.startswith(b"SIP/2.0 400") for r in replies)
     with socket.create_connection(("127.0.0.1", edge.port("tcp")), timeout=5) as conn:
         conn.sendall(options("SIP/2.0/TCP 127.0.0.1:70000") * 20)
         assert read_message(conn).startswith(b"SIP/2.0 400")
     records = [r for r in caplog.records if r.name.startswith("sipzone")]
     assert not [r for r in records if r.exc_info or "Traceback" in r.getMessage()]
-    assert len([r for r in records if r.levelno >= logging.WARNING]) <= 1, records
+    assert not [r for r in records if r.levelno >= logging.WARNING], records

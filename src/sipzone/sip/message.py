@@ -141,9 +141,14 @@ IPV6_REF = rb"\[[0-9A-Fa-f:.]+\]"
 GEN_VALUE = rb"(?:" + TOKEN + rb"|" + IPV6_REF + rb"|" + QUOTED + rb")"
 # generic-param, with the SWS RFC 3261 allows around ";" and "="
 PARAMS = rb"(?:[ \t]*;[ \t]*" + TOKEN + rb"(?:[ \t]*=[ \t]*" + GEN_VALUE + rb")?)*"
+# §20.42 via-received = "received" EQUAL (IPv4address / IPv6address): IPv6 without brackets
+# (RFC 5118 §4.5), so a Via parameter value may also be a bare IPv6 address.
+VIA_VALUE = rb"(?:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|" + TOKEN + rb"|" + IPV6_REF + rb"|" + QUOTED + rb")"
+VIA_PARAMS = rb"(?:[ \t]*;[ \t]*" + TOKEN + rb"(?:[ \t]*=[ \t]*" + VIA_VALUE + rb")?)*"
 
 _TOKEN_RE = re.compile(TOKEN + rb"\Z")
-_PARAM_RE = re.compile(rb";[ \t]*(" + TOKEN + rb")(?:[ \t]*=[ \t]*(" + GEN_VALUE + rb"))?")
+# Takes parameters apart once a grammar above accepted them: any of the value forms.
+_PARAM_RE = re.compile(rb";[ \t]*(" + TOKEN + rb")(?:[ \t]*=[ \t]*(" + VIA_VALUE + rb"))?")
 
 # §7.1 Request-Line = Method SP Request-URI SP SIP-Version CRLF; exactly one SP between parts.
 _REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([^ \t\r\n]+) (SIP/[0-9]+\.[0-9]+)\Z")
@@ -170,7 +175,7 @@ _ADDRESS = re.compile(
 _VIA_PARM = re.compile(
     rb"(?P<protocol>" + TOKEN + rb")[ \t]*/[ \t]*(?P<version>" + TOKEN + rb")[ \t]*/[ \t]*"
     rb"(?P<transport>" + TOKEN + rb")[ \t]+(?P<host>" + IPV6_REF + rb"|[A-Za-z0-9.\-]+)"
-    rb"(?:[ \t]*:[ \t]*(?P<port>[0-9]{1,5}))?(?P<params>" + PARAMS + rb")[ \t]*"
+    rb"(?:[ \t]*:[ \t]*(?P<port>[0-9]{1,5}))?(?P<params>" + VIA_PARAMS + rb")[ \t]*"
 )
 LIST_COMMA = re.compile(rb",[ \t]*")
 
