@@ -558,6 +558,10 @@ def serve(
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
     ] = 0.05,
+    share_ports: Annotated[
+        bool,
+        typer.Option(help="Start even when another process holds the ports, sharing them."),
+    ] = False,
     db: Db = DEFAULT_URL,
 ) -> None:
     """Run the SIP edge and/or the DNS authority on the store, following its changes live."""
@@ -618,6 +622,7 @@ def serve(
         metrics=metrics,
         workers=workers,
         poll_interval=poll,
+        share_ports=share_ports,
     )
     run(config)
 

@@ -2,34 +2,80 @@
 
 One process runs everything by default; ``--workers N`` forks N identical workers that share
 their listening ports with SO_REUSEPORT, each following the store on its own.  The parent only
-supervises (restarts a worker that dies) and, with several workers, serves their combined
-Prometheus metrics.
+supervises and, with several workers, serves their combined Prometheus metrics.
+
+Theory of operation:
+
+- Before anything binds, every listening address is probed without SO_REUSEPORT: a port held
+  by another process (a second ``serve`` would silently take half of its traffic) refuses the
+  start with exit 2, unless ``--share-ports`` asks for exactly that.
+- The supervisor replaces a worker that dies, after a back-off that doubles from
+  ``RESTART_FIRST`` to ``RESTART_MAX`` while the worker keeps dying and starts again once one
+  has stayed up ``STABLE_AFTER`` seconds.  Every death is one log line until it has happened
+  ``KEEPS_DYING`` times in a row; then one line says the worker keeps dying, and one a minute
+  after that, with the count (``sipzone_worker_restarts_total`` counts them all).
+- Secondaries need one NOTIFY per change, not one per worker: worker 0 holds the role, and its
+  replacement takes it over.  A worker holding it announces every zone when it starts, since
+  changes may have landed while no process held the role.
+- Each worker follows the store: along the change log after each wake of the feed, whole when
+  the feed says the file was replaced or the change log no longer holds the revision served
+  (a restored backup).  A failed read is one log line (then one a minute), retried with
+  back-off while the last snapshot keeps answering; its end is one line too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
+import select
+import shutil
 import signal
+import socket
+import sqlite3
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Protocol
 
+import sqlalchemy as sa
+
 from sipzone.dns import DnsConfig
-from sipzone.model.snapshot import SnapshotHolder
+from sipzone.eventlog import EventLog
+from sipzone.model.errors import SipzoneError
+from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import split_hostport
+from sipzone.net.limits import raise_open_files
+from sipzone.net.sockets import held_elsewhere
 from sipzone.sip import SipConfig
-from sipzone.store.feed import ChangeFeed
+from sipzone.store.feed import ChangeFeed, Wake, first_line
 from sipzone.store.repository import Store
 
 log = logging.getLogger("sipzone")
 
+RETRY_FIRST = 0.5  # seconds before reading a store again after a failed read; doubles ...
+RETRY_MAX = 10.0  # ... up to this
+RESTART_FIRST = 0.1  # seconds before a dead worker is replaced; doubles while it keeps dying ...
+RESTART_MAX = 10.0  # ... up to this
+STABLE_AFTER = 30.0  # a worker up this long starts the back-off afresh when it dies
+KEEPS_DYING = 3  # deaths in a row that make "keeps dying" the news instead of each death
+STOP_GRACE = 10.0  # seconds workers get to finish after SIGTERM before SIGKILL
+PARENT_CHECK = 1.0  # seconds between a worker's checks that its supervisor still runs
+
+# What a store that is away or not (yet) a store raises: news for the log, not a bug.
+STORE_TROUBLE = (sa.exc.SQLAlchemyError, sqlite3.Error, SipzoneError, OSError)
+
 
 class Service(Protocol):
     async def close(self) -> None: ...
+
+
+class CannotListen(SipzoneError):
+    """A listening address is held by another process, or cannot be bound at all."""
 
 
 @dataclass(frozen=True)
@@ -40,44 +86,158 @@ class ServeConfig:
     metrics: str | None = None  # "HOST:PORT"
     workers: int = 1
     poll_interval: float = 0.05  # seconds between change-feed checks (SQLite)
+    share_ports: bool = False  # True: join ports another process holds (SO_REUSEPORT)
 
 
-async def follow_store(store: Store, holder: SnapshotHolder, interval: float) -> None:
-    """Wait for the change feed; when it fires, advance the snapshot and publish it.
+# ------------------------------------------------------------------------ ports
 
-    The feed's check is cheap and runs on the loop; reading the change log and building the
-    snapshot run in a thread, so the loop keeps answering meanwhile.
+
+def _listeners(config: ServeConfig) -> Iterator[tuple[str, str, int, socket.SocketKind, bool]]:
+    """(what, host, port, kind, dual_stack) of every socket the services will bind."""
+    if config.sip is not None:
+        from sipzone.sip.transport import parse_listen
+
+        for spec in config.sip.listen:
+            transport, host, port = parse_listen(spec)
+            kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+            yield f"SIP {transport}", host, port, kind, False
+    if config.dns is not None:
+        host, port = split_hostport(config.dns.listen, allow_zero=True)
+        yield "DNS udp", host, port, socket.SOCK_DGRAM, True
+        yield "DNS tcp", host, port, socket.SOCK_STREAM, True
+
+
+def check_ports(config: ServeConfig) -> None:
+    """Raise :class:`CannotListen` naming the first address another process holds.
+
+    The metrics port is checked even with ``share_ports``: its HTTP server never shares.
     """
-    from sipzone import metrics
-
-    loop = asyncio.get_running_loop()
-    feed = ChangeFeed(store.url, interval=interval)
-    try:
-        while True:
-            await feed.wait()
-            try:
-                snapshot = await loop.run_in_executor(None, store.advance, holder.current)
-            except Exception:  # the store may be unreachable for a while: keep serving
-                log.exception(
-                    "store read failed; still serving revision %d", holder.current.revision
-                )
-                await asyncio.sleep(1.0)
-                continue
-            if snapshot is not holder.current:
-                holder.publish(snapshot)
-                metrics.REVISION.set(snapshot.revision)
-                log.info("revision %d published", snapshot.revision)
-    finally:
-        await feed.aclose()
+    wanted = [] if config.share_ports else list(_listeners(config))
+    if config.metrics:
+        host, port = split_hostport(config.metrics)
+        wanted.append(("metrics", host, port, socket.SOCK_STREAM, False))
+    for what, host, port, kind, dual_stack in wanted:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if port == 0:
+            continue  # any free port: nobody can hold it
+        try:
+            held = held_elsewhere(host, port, kind, dual_stack=dual_stack)
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {what} {where}: {exc.strerror}") from None
+        if held:
+            hint = "" if what == "metrics" else ", or give --share-ports to share it on purpose"
+            raise CannotListen(
+                f"{what} {where} is held by another process (another sipzone serve?); stop it{hint}"
+            )
 
 
-async def run_worker(config: ServeConfig, ready: Any = None) -> None:
-    """Start the configured services in this process and run until SIGTERM/SIGINT."""
+# ------------------------------------------------------------------------ following the store
+
+Mark = tuple[int, datetime] | None
+
+
+def history_mark(store: Store, revision: int) -> Mark:
+    """What the change log says about ``revision``: its row's revision and time (None for an
+    empty store).  Another value for the same revision later means another history: the store
+    was restored from a backup or replaced, and a snapshot must not be advanced across that."""
+    if revision <= 0:
+        return None
+    rows = store.changes_since(revision - 1, limit=1)
+    return (rows[0].revision, rows[0].at) if rows else None
+
+
+class StoreFollower:
+    """Keeps a SnapshotHolder at the store's revision, reading after each wake of the feed."""
+
+    def __init__(self, store: Store, interval: float) -> None:
+        self.store = store
+        self.interval = interval
+        self.events = EventLog(log)
+        self.mark: Mark = None
+        self._failing = False
+
+    def load(self) -> Snapshot:
+        """The whole store, and the mark of its history (runs in a thread)."""
+        snapshot = self.store.load_snapshot()
+        self.mark = history_mark(self.store, snapshot.revision)
+        return snapshot
+
+    def next_snapshot(self, current: Snapshot, whole: bool) -> Snapshot:
+        """``current`` advanced along the change log, or the store read whole (in a thread)."""
+        if not whole and history_mark(self.store, current.revision) != self.mark:
+            log.warning(
+                "the store's change log no longer holds revision %d as served (restored from "
+                "a backup?); reading it whole",
+                current.revision,
+            )
+            whole = True
+        if whole:
+            return self.load()
+        snapshot = self.store.advance(current)
+        if snapshot is not current:
+            self.mark = history_mark(self.store, snapshot.revision)
+        return snapshot
+
+    async def follow(self, holder: SnapshotHolder) -> None:
+        """Publish every new snapshot into ``holder`` until cancelled."""
+        from sipzone import metrics
+
+        loop = asyncio.get_running_loop()
+        feed = ChangeFeed(self.store.url, interval=self.interval)
+        retry: float | None = None  # seconds until a failed read is tried again
+        whole = False
+        try:
+            while True:
+                wake = await feed.wait(timeout=retry)
+                if wake is not Wake.CHANGED:
+                    # Pooled connections hold the old file, or a server that went away.
+                    await loop.run_in_executor(None, self.store.close)
+                whole = whole or wake is Wake.REPLACED
+                current = holder.current
+                try:
+                    snapshot = await loop.run_in_executor(None, self.next_snapshot, current, whole)
+                except Exception as exc:
+                    self._failed(exc, current.revision)
+                    await loop.run_in_executor(None, self.store.close)
+                    retry = RETRY_FIRST if retry is None else min(retry * 2, RETRY_MAX)
+                    continue
+                retry, whole = None, False
+                if self._failing:
+                    self._failing = False
+                    self.events.forget("read")
+                    log.info("store readable again at revision %d", snapshot.revision)
+                if snapshot is not current:
+                    holder.publish(snapshot)
+                    metrics.REVISION.set(snapshot.revision)
+                    log.info("revision %d published", snapshot.revision)
+        finally:
+            await feed.aclose()
+
+    def _failed(self, exc: Exception, revision: int) -> None:
+        self._failing = True
+        if isinstance(exc, STORE_TROUBLE):
+            self.events.warning(
+                "read", "store read failed (%s); still serving revision %d", first_line(exc),
+                revision,
+            )  # fmt: skip
+        else:  # ours: worth a traceback, and the back-off keeps it rare
+            log.exception("reading the store failed; still serving revision %d", revision)
+
+
+# ------------------------------------------------------------------------ one worker
+
+
+async def run_worker(
+    config: ServeConfig, ready: Callable[[], None] | None = None, parent: int | None = None
+) -> None:
+    """Start the configured services in this process and run until SIGTERM/SIGINT (or until
+    the supervisor ``parent`` is gone: an orphan must not keep its ports)."""
     from sipzone import metrics
 
     store = Store(config.db, via="serve")
     loop = asyncio.get_running_loop()
-    holder = SnapshotHolder(await loop.run_in_executor(None, store.load_snapshot))
+    follower = StoreFollower(store, config.poll_interval)
+    holder = SnapshotHolder(await loop.run_in_executor(None, follower.load))
     metrics.REVISION.set(holder.current.revision)
     services: list[Service] = []
     if config.sip is not None:
@@ -87,120 +247,291 @@ async def run_worker(config: ServeConfig, ready: Any = None) -> None:
     if config.dns is not None:
         from sipzone.dns.server import start_dns
 
-        services.append(await start_dns(config.dns, holder))
+        dns_service = await start_dns(config.dns, holder)
+        services.append(dns_service)
+        dns_service.notify_secondaries()  # see the module's docstring: the NOTIFY role
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    feed = asyncio.create_task(follow_store(store, holder, config.poll_interval))
+    tasks = [asyncio.create_task(follower.follow(holder))]
+    if parent is not None:
+        tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
     log.info("serving revision %d (pid %d)", holder.current.revision, os.getpid())
     if ready is not None:
         ready()
     await stop.wait()
-    feed.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await feed
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     for service in services:
         await service.close()
     store.close()
 
 
-def _event_loop_run(config: ServeConfig, ready: Any = None) -> None:
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK)
+    log.warning("supervisor (pid %d) is gone; stopping", parent)
+    stop.set()
+
+
+def _event_loop_run(
+    config: ServeConfig, ready: Callable[[], None] | None = None, parent: int | None = None
+) -> None:
     import uvloop
 
-    uvloop.run(run_worker(config, ready))
+    uvloop.run(run_worker(config, ready, parent))
+
+
+# ------------------------------------------------------------------------ serve
 
 
 def serve(config: ServeConfig) -> None:
-    """Run until stopped: in this process, or as a supervisor of ``config.workers`` workers."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(message)s")
-    if config.workers <= 1:
-        if config.metrics:
-            from prometheus_client import start_http_server
+    """Run until stopped: in this process, or as a supervisor of ``config.workers`` workers.
 
-            host, port = split_hostport(config.metrics)
-            start_http_server(port, host)
-        _event_loop_run(config, lambda: print("sipzone: ready", flush=True))
+    Raises :class:`CannotListen` (exit 2 in the CLI) before starting anything when a port is
+    held elsewhere; exits with status 1 when a worker cannot start.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(message)s")
+    with _shared_metrics(config.workers > 1):
+        check_ports(config)
+        # Every connection is a descriptor: take what the hard limit allows before the
+        # services size their connection caps from it.
+        log.info("open-file limit %d", raise_open_files())
+        if config.workers <= 1:
+            if config.metrics:
+                from prometheus_client import start_http_server
+
+                host, port = split_hostport(config.metrics)
+                start_http_server(port, host)
+            _event_loop_run(config, lambda: print("sipzone: ready", flush=True))
+            return
+        code = _Supervisor(config).run()
+    if code:
+        raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def _shared_metrics(enabled: bool) -> Iterator[None]:
+    """Workers write their metrics to files in one directory the supervisor aggregates; the
+    variable must be set before prometheus_client is imported anywhere."""
+    if not enabled:
+        yield
         return
-    _supervise(config)
+    path = tempfile.mkdtemp(prefix="sipzone-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
-    """What worker ``index`` runs: all alike, except that only the first sends DNS NOTIFY
-    (secondaries need one per change, not one per worker)."""
+    """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
+    that replaced it) sends DNS NOTIFY."""
     if config.dns is None or index == 0:
         return config
     return replace(config, dns=replace(config.dns, send_notify=False))
 
 
-def _supervise(config: ServeConfig) -> None:
-    # Workers write their metrics to files the parent aggregates; the variable must be set
-    # before prometheus_client is imported anywhere.
-    metrics_dir = tempfile.mkdtemp(prefix="sipzone-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    if config.metrics:
-        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+def _how(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            return f"was killed by {signal.Signals(number).name}"
+        except ValueError:
+            return f"was killed by signal {number}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        host, port = split_hostport(config.metrics)
-        start_http_server(port, host, registry=registry)
-    children: dict[int, int] = {}
-    stopping = False
-    # Each worker writes one byte here once its sockets listen: "ready" means all of them do.
-    ready_r, ready_w = os.pipe()
 
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.close(ready_r)
-            code = 0
+@dataclass
+class _Slot:
+    """One worker position: the process in it now, and how its predecessors fared."""
+
+    index: int
+    pid: int = 0  # 0: empty, a replacement is due at restart_at
+    started: float = 0.0
+    ready_fd: int = -1  # the worker writes one byte here once it listens
+    ready: bool = False
+    deaths: int = 0  # in a row, none after STABLE_AFTER seconds up
+    restart_at: float = 0.0
+
+
+class _Supervisor:
+    def __init__(self, config: ServeConfig) -> None:
+        from sipzone import metrics  # after PROMETHEUS_MULTIPROC_DIR is set
+
+        self.config = config
+        self.restarts = metrics.WORKER_RESTARTS
+        self.slots = [_Slot(i) for i in range(config.workers)]
+        self.events = EventLog(log)
+        self.pid = os.getpid()
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.code = 0
+        self.announced = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def run(self) -> int:
+        if self.config.metrics:
+            from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            host, port = split_hostport(self.config.metrics)
+            start_http_server(port, host, registry=registry)
+        # What every worker imports, imported once here: a fork shares it, so a replacement
+        # starts serving sooner.
+        for module in ("uvloop", "sipzone.dns.server", "sipzone.sip.transport"):
+            importlib.import_module(module)
+
+        # Signals only wake the loop below (through wake_w); they are handled in it.
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        for slot in self.slots:
+            self._spawn(slot)
+        while not self.stopping or any(slot.pid for slot in self.slots):
+            self._wait_for_news()
+            self._reap()
+            now = time.monotonic()
+            if self.stopping:
+                if now >= self.stop_deadline:
+                    self._signal_all(signal.SIGKILL)
+                    self.stop_deadline = now + 1.0
+                continue
+            if not self.announced and all(slot.ready for slot in self.slots):
+                self.announced = True
+                print("sipzone: ready", flush=True)
+            for slot in self.slots:
+                if not slot.pid and now >= slot.restart_at:
+                    self.restarts.inc()
+                    self._spawn(slot)
+        signal.set_wakeup_fd(-1)
+        return self.code
+
+    def _wait_for_news(self) -> None:
+        """Sleep until a signal, a worker's ready byte, or the next due restart."""
+        now = time.monotonic()
+        due = [slot.restart_at - now for slot in self.slots if not slot.pid]
+        if self.stopping:
+            due.append(self.stop_deadline - now)
+        timeout = max(0.0, min(due)) if due else None
+        watched = [slot.ready_fd for slot in self.slots if slot.ready_fd >= 0]
+        readable, _, _ = select.select([self.wake_r, *watched], [], [], timeout)
+        if self.wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.wake_r, 512):
+                    pass
+        for slot in self.slots:
+            if slot.ready_fd in readable:
+                slot.ready = bool(os.read(slot.ready_fd, 1))  # b"": it died before ready
+                os.close(slot.ready_fd)
+                slot.ready_fd = -1
+
+    def _reap(self) -> None:
+        while True:
             try:
-                _event_loop_run(_for_worker(config, index), lambda: os.write(ready_w, b"r"))
-            except BaseException:
-                log.exception("worker %d failed", index)
-                code = 1
-            finally:
-                os._exit(code)
-        children[pid] = index
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            from prometheus_client import multiprocess
 
-    def stop(_sig: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+            self._died(slot, status)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for index in range(config.workers):
-        spawn(index)
-    os.close(ready_w)
-    started = 0
-    while started < config.workers and not stopping:
+    def _died(self, slot: _Slot, status: int) -> None:
+        now = time.monotonic()
+        up = now - slot.started
+        pid, slot.pid = slot.pid, 0
+        if slot.ready_fd >= 0:
+            os.close(slot.ready_fd)
+            slot.ready_fd = -1
+        slot.ready = False
+        if self.stopping:
+            return
+        how = _how(status)
+        if not self.announced:
+            # Something in the set-up itself (the store, an address): restarting cannot help.
+            log.error("worker %d (pid %d) %s while starting; stopping", slot.index, pid, how)
+            self.code = 1
+            self._stop(0, None)
+            return
+        if up >= STABLE_AFTER:
+            slot.deaths = 0
+            self.events.forget(f"dying-{slot.index}")
+        slot.deaths += 1
+        delay = min(RESTART_FIRST * 2 ** (slot.deaths - 1), RESTART_MAX)
+        slot.restart_at = now + delay
+        if slot.deaths < KEEPS_DYING:
+            log.error(
+                "worker %d (pid %d) %s after %.1f s up; replacing it in %.1f s",
+                slot.index, pid, how, up, delay,
+            )  # fmt: skip
+        else:
+            self.events.error(
+                f"dying-{slot.index}",
+                "worker %d keeps dying: %d times in a row, the last (pid %d) %s after %.1f s up; "
+                "replacing it in %.1f s",
+                slot.index, slot.deaths, pid, how, up, delay,
+            )  # fmt: skip
+
+    def _spawn(self, slot: _Slot) -> None:
+        ready_r, ready_w = os.pipe()
+        # No signal may reach the child before it has dropped the supervisor's handlers.
+        masked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        signal.pthread_sigmask(signal.SIG_BLOCK, masked)
         try:
-            got = os.read(ready_r, config.workers)
-        except InterruptedError:
-            continue
-        if not got:  # every worker died before it was ready
-            break
-        started += len(got)
-    os.close(ready_r)
-    if started == config.workers:
-        print("sipzone: ready", flush=True)
-    while children:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(slot.index, ready_r, ready_w)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, masked)
+        os.close(ready_w)
+        slot.pid, slot.started, slot.ready_fd, slot.ready = pid, time.monotonic(), ready_r, False
+
+    def _become_worker(self, index: int, ready_r: int, ready_w: int) -> None:
+        code = 1
         try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid not in children:
-            continue
-        index = children.pop(pid)
-        if stopping:
-            continue
-        log.error("worker %d (pid %d) ended with status %d; restarting", index, pid, status)
-        time.sleep(0.5)
-        spawn(index)
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(
+                signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+            )
+            for fd in (ready_r, self.wake_r, self.wake_w):
+                os.close(fd)
+            for other in self.slots:
+                if other.ready_fd >= 0:
+                    os.close(other.ready_fd)
+
+            def ready() -> None:
+                os.write(ready_w, b"r")
+                os.close(ready_w)
+
+            _event_loop_run(_for_worker(self.config, index), ready, parent=self.pid)
+            code = 0
+        except STORE_TROUBLE as exc:
+            log.error("worker %d cannot run: %s", index, first_line(exc))
+        except BaseException:
+            log.exception("worker %d failed", index)
+        finally:
+            os._exit(code)
+
+    def _stop(self, _sig: int, _frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_deadline = time.monotonic() + STOP_GRACE
+            self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        for slot in self.slots:
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, sig)

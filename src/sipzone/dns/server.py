@@ -162,7 +162,13 @@ class DnsService:
             await asyncio.shield(self._follower)
 
     def _changed(self, serial_before: int) -> None:
-        if self.authority.serial() != serial_before and self.config.send_notify:
+        if self.authority.serial() != serial_before:
+            self.notify_secondaries()
+
+    def notify_secondaries(self) -> None:
+        """NOTIFY every zone to every secondary, if this process holds the NOTIFY role: after
+        a change, and when the runtime starts a worker that takes the role over."""
+        if self.config.send_notify:
             for target in self.config.notify:
                 for zone in self.authority.snapshot.zones:
                     self._spawn(self._notify(target, zone))

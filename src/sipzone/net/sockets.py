@@ -1,9 +1,10 @@
 """Listening sockets as both services bind them: SO_REUSEPORT for ``--workers N``, IPv4 or IPv6
-chosen by the host, non-blocking."""
+chosen by the host, non-blocking; and the probe that tells whether another process holds one."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 
 UDP_BUFFER = 4 << 20  # bursts at full speed outrun one Python thread for a moment: queue them
@@ -45,3 +46,29 @@ def bound_socket(
         sock.close()
         raise
     return sock
+
+
+def held_elsewhere(
+    host: str, port: int, kind: socket.SocketKind, *, dual_stack: bool = False
+) -> bool:
+    """Whether another socket already holds ``host:port`` for ``kind`` (UDP or TCP).
+
+    SO_REUSEPORT lets any process of the same user join a port silently and take a share of
+    its traffic; a bind *without* it fails with EADDRINUSE while any other socket holds the
+    port, so a throw-away bind tells.  A stream probe sets SO_REUSEADDR, as the listeners do,
+    so that connections of an earlier run still in TIME_WAIT hold nothing.  Any other bind
+    failure (an address not on this host, a privileged port) is raised as it is.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as probe:
+        if kind == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
