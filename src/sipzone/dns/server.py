@@ -215,6 +215,8 @@ class DnsService:
             await asyncio.shield(self._follower)
 
     def _changed(self, serial_before: int) -> None:
+        if self.rrl is not None:
+            self.rrl.forget_answers()
         if self.authority.serial() != serial_before and self.config.send_notify:
             for target in self.config.notify:
                 for zone in self.authority.snapshot.zones:
