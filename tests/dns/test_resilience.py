@@ -30,8 +30,12 @@ def test_a_scoped_vip_is_left_out_and_everything_else_answers(
 ) -> None:
     caplog.set_level(logging.WARNING, "sipzone.dns")
     first = snapshot(sites=(SITE_A, SCOPED, RAW_TEXT))
-    live = live_dns(first)
+    live = live_dns(first, DnsConfig(allow_transfer=("127.0.0.0/8",)))
     port = live.port
+    # The zone still transfers, without the bad addresses.
+    axfr = dig(port, "example.com", "AXFR").text_records()
+    assert ["s2.example.com.", "300", "IN", "A", "198.51.100.20"] in axfr
+    assert axfr[0][3] == axfr[-1][3] == "SOA" and "fe80" not in str(axfr)
     for transport in ("+notcp", "+tcp"):
         soa = dig(port, "example.com", "SOA", transport)
         assert soa.status == "NOERROR" and len(soa.rdata("SOA")) == 1
