@@ -31,8 +31,10 @@ export SIPZONE_DB="sqlite:///$tmp/bench.db"
 {
   "$sipzone" init
   "$sipzone" zone add example.com
-  "$sipzone" site add site-a --vip 192.0.2.10 --region a --network 127.0.0.0/8 --weight 50 --order 1
-  "$sipzone" site add site-b --vip 198.51.100.10 --region b --weight 50 --order 2
+  # TLS ports: PowerDNS's zone has _sips._tcp SRV records, and sites offer no TLS by default.
+  "$sipzone" site add site-a --vip 192.0.2.10 --region a --network 127.0.0.0/8 --weight 50 --order 1 \
+      --port-tls 5061
+  "$sipzone" site add site-b --vip 198.51.100.10 --region b --weight 50 --order 2 --port-tls 5061
   "$sipzone" domain add voip.example.com --owner provider
   "$sipzone" domain add '*.teams.example.com' --owner provider
   "$sipzone" domain add geo.example.com --owner provider

@@ -347,9 +347,9 @@ def site_add(
     host: Annotated[str | None, typer.Option(help="SIP host name (SRV target).")] = None,
     weight: Annotated[int, typer.Option(help="Capacity weight (SRV weight).")] = 100,
     order: Annotated[int | None, typer.Option(help="Position among other regions.")] = None,
-    port_udp: Annotated[int, typer.Option()] = 5060,
-    port_tcp: Annotated[int, typer.Option()] = 5060,
-    port_tls: Annotated[int, typer.Option()] = 5061,
+    port_udp: Annotated[int, typer.Option(help="SIP over UDP port; 0: not offered.")] = 5060,
+    port_tcp: Annotated[int, typer.Option(help="SIP over TCP port; 0: not offered.")] = 5060,
+    port_tls: Annotated[int, typer.Option(help="SIP over TLS port; 0 (default): not offered.")] = 0,
     upstream: Annotated[str | None, typer.Option(help="Default SIP core URI.")] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
@@ -552,6 +552,29 @@ def serve(
         typer.Option(help="NS name of every zone; repeatable (default: the sites' SIP hosts)."),
     ] = None,
     ttl: Annotated[int, typer.Option(min=0, help="TTL of published records.")] = 300,
+    negative_ttl: Annotated[
+        int,
+        typer.Option(min=0, max=2**31 - 1, help="How long NXDOMAIN/NODATA may be cached."),
+    ] = 60,
+    dns_tcp_idle_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a DNS TCP client may go without a query answered."),
+    ] = 10.0,
+    dns_tcp_max_connections: Annotated[
+        int | None,
+        typer.Option(min=1, help="DNS TCP connections per worker (default: half the fd limit)."),
+    ] = None,
+    dns_tcp_max_per_source: Annotated[
+        int, typer.Option(min=1, help="DNS TCP connections per IPv4 address or IPv6 /64.")
+    ] = 32,
+    dns_rrl: Annotated[
+        int,
+        typer.Option(min=0, help="UDP responses/s per client /24 or /56 and answer; 0: off."),
+    ] = 0,
+    dns_rrl_slip: Annotated[
+        int,
+        typer.Option(min=0, max=10, help="Send every Nth rate-limited response truncated."),
+    ] = 2,
     batched_udp: Annotated[
         bool, typer.Option(help="recvmmsg/sendmmsg for UDP on Linux (SIP and DNS).")
     ] = True,
@@ -614,6 +637,12 @@ def serve(
             notify=tuple(notify or ()),
             naptr=naptr,
             ttl=ttl,
+            negative_ttl=negative_ttl,
+            tcp_idle_timeout=dns_tcp_idle_timeout,
+            tcp_max_connections=dns_tcp_max_connections,
+            tcp_max_per_source=dns_tcp_max_per_source,
+            rrl=dns_rrl,
+            rrl_slip=dns_rrl_slip,
             nameservers=tuple(parse_domain(ns).text for ns in nameserver or ()),
             batched_udp=batched_udp,
         )

@@ -180,11 +180,16 @@ def test_identical_queries_from_different_regions_get_their_own_answers() -> Non
     assert auth.respond(again, "127.0.0.1")[:2] == b"\x00\x08"  # type: ignore[index]
 
 
-def test_without_sites_sip_names_are_nodata_with_soa() -> None:
+def test_without_sites_sip_names_are_nodata_and_offer_no_transport() -> None:
     auth = Authority(snapshot(sites=()), DnsConfig())
-    for rdtype in ("A", "SRV"):
-        name = "voip.example.com" if rdtype == "A" else "_sip._udp.voip.example.com"
+    # The domain exists, with no address to give: NODATA.  No site offers any transport, so
+    # its service names do not exist (as in the zone a secondary transfers): NXDOMAIN.
+    for name, rdtype, rcode in [
+        ("voip.example.com", "A", dns.rcode.NOERROR),
+        ("voip.example.com", "NAPTR", dns.rcode.NOERROR),
+        ("_sip._udp.voip.example.com", "SRV", dns.rcode.NXDOMAIN),
+    ]:
         reply = dns.message.from_wire(ask(auth, name, rdtype))
-        assert reply.rcode() == dns.rcode.NOERROR
+        assert reply.rcode() == rcode
         assert reply.answer == []
         assert reply.authority[0].rdtype == dns.rdatatype.SOA

@@ -44,10 +44,10 @@ def test_srv_per_transport_ordered_by_client_region(live_dns: type[LiveDns]) -> 
     # Glue for the targets in the additional section.
     assert {r[0] for r in local.additional} == {"site-a.example.com.", "site-b.example.com."}
     # ECS from site-b's network: site-b first, scope echoed.
-    far = dig(port, "_sips._tcp.voip.example.com", "SRV", "+subnet=198.51.100.0/24")
+    far = dig(port, "_sip._tcp.voip.example.com", "SRV", "+subnet=198.51.100.0/24")
     assert srv(far.rdata("SRV")) == [
-        (10, 50, 5071, "site-b.example.com."),
-        (20, 100, 5061, "site-a.example.com."),
+        (10, 50, 5070, "site-b.example.com."),
+        (20, 100, 5060, "site-a.example.com."),
     ]
     assert "CLIENT-SUBNET: 198.51.100.0/24/24" in far.text
     # ECS matching no site: the configured order (site-a order 1, site-b order 2).
@@ -85,7 +85,7 @@ def test_wildcard_names_answer_like_exact_domains(live_dns: type[LiveDns]) -> No
     assert sorted(dig(port, "deep.er.teams.example.com", "A").rdata("A")) == VIPS_V4
     sips = dig(port, "_sips._tcp.Cust42.teams.example.com", "SRV")
     assert sips.answer[0][0] == "_sips._tcp.Cust42.teams.example.com."
-    assert [s[2] for s in srv(sips.rdata("SRV"))] == [5061, 5071]
+    assert [s[2] for s in srv(sips.rdata("SRV"))] == [5071]  # site-a offers no TLS
     naptr = dig(port, "cust42.teams.example.com", "NAPTR").rdata("NAPTR")
     assert naptr[0].endswith("_sips._tcp.cust42.teams.example.com.")
     # The SRV name of a wildcard-covered name has SRV only; its parent is an empty

@@ -20,3 +20,21 @@ class DnsConfig:
     send_notify: bool = True  # with --workers N, only one worker should send NOTIFY
     cache_size: int = 200_000  # per-question answer cache entries before it is dropped
     batched_udp: bool = True  # recvmmsg/sendmmsg on Linux; False: one asyncio callback each
+    # Negative answers (NXDOMAIN, NODATA) are cached this long: the SOA MINIMUM, and the TTL of
+    # the SOA they carry is min(ttl, negative_ttl) (RFC 2308 §3, §5).  Short, so a name asked
+    # for just before it was added comes alive soon.
+    negative_ttl: int = 60
+    # DNS over TCP (RFC 7766): a connection must send a complete query every tcp_idle_timeout
+    # seconds (frames we cannot answer do not count), and once a query's first byte is in, the
+    # rest within tcp_query_timeout.  Caps: tcp_max_connections in all (None: this service's
+    # share of the open-file limit, sipzone.net.limits) and tcp_max_per_source per IPv4
+    # address or IPv6 /64; a connection beyond a cap is closed at once.
+    tcp_idle_timeout: float = 10.0
+    tcp_query_timeout: float = 2.0
+    tcp_max_connections: int | None = None
+    tcp_max_per_source: int = 32
+    # Response rate limiting over UDP (like BIND's RRL): at most rrl responses/s per client
+    # /24 (IPv4) or /56 (IPv6) and answer; of the responses dropped beyond it, every
+    # rrl_slip-th goes out truncated (TC=1) so a real client retries over TCP.  0: off.
+    rrl: int = 0
+    rrl_slip: int = 2

@@ -18,13 +18,24 @@ for a wildcard, the names under its base; the SOA serial is patched in place in 
 that carry it; whole cached responses are simply dropped.  Any other change builds new
 :class:`Tables` (the only per-rule work is counting ancestors for empty non-terminals), on a
 thread when the store is big.
+
+Failures.  A value that cannot be rendered is left out of its record set (records.py); a zone
+whose SOA cannot be rendered is left out, the other zones answer.  Any failure while answering
+one question costs that question a SERVFAIL (remembered with the tables, so a repeat costs no
+more than a hit) and one rate-limited log line, never the server or the other names.
+
+Size.  A response too big for the client's payload first loses whole record sets from the end
+of its additional section; only when the answer and authority sections alone do not fit is it
+sent truncated (TC) and empty, so the client retries over TCP (RFC 2181 §9).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import struct
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +52,7 @@ from sipzone.dns.records import (
     Records,
     Role,
 )
+from sipzone.eventlog import EventLog
 from sipzone.model.names import lookup_key
 from sipzone.model.snapshot import IPNetwork, Snapshot
 
@@ -60,6 +72,33 @@ _ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _RR_HEADER = struct.Struct("!HHIH")
 _NAME_TEXT = re.compile(rb"[a-z0-9_*.-]+")
 _VIEW_BYTES = [bytes((i,)) for i in range(256)]
+MAX_NAME = 255  # octets of a wire name (RFC 1035 §3.1)
+
+log = logging.getLogger("sipzone.dns")
+events = EventLog(log)
+
+
+class _Traceback:
+    """A traceback formatted only if the line carrying it is written (EventLog may hide it)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __str__(self) -> str:
+        return "".join(traceback.format_exception(self.exc)).rstrip()
+
+
+def log_bug(what: str, exc: BaseException) -> None:
+    """Log a failure of ours (a traceback), once per place it happened and minute."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    events.error(
+        f"bug {what} {type(exc).__name__} {where}", "%s failed:\n%s", what, _Traceback(exc)
+    )
 
 
 class Answer:
@@ -68,10 +107,12 @@ class Answer:
     ``heads[i]`` are the 10 header bytes after the ID, indexed by ``rd | edns << 1 | tc << 2``
     (RD is copied from the query; with EDNS the additional count includes our OPT; the
     truncated form carries no records).  ``serial_at`` lists where an SOA serial sits in
-    ``body`` so a new revision can be patched in without recompiling.
+    ``body`` so a new revision can be patched in without recompiling.  ``cuts`` are the
+    shorter forms for a small payload, longest first: (body length, additional count) after
+    dropping whole record sets from the end of the additional section, down to none.
     """
 
-    __slots__ = ("body", "heads", "regional", "serial_at")
+    __slots__ = ("body", "cuts", "heads", "regional", "serial_at")
 
     def __init__(
         self,
@@ -82,10 +123,12 @@ class Answer:
         regional: bool = False,
         authoritative: bool = True,
         serial_at: tuple[int, ...] = (),
+        cuts: tuple[tuple[int, int], ...] = (),
     ) -> None:
         self.body = body
         self.regional = regional
         self.serial_at = serial_at
+        self.cuts = cuts
         heads = []
         for i in range(8):
             rd, edns, tc = i & 1, (i >> 1) & 1, (i >> 2) & 1
@@ -100,6 +143,17 @@ class Answer:
         for at in self.serial_at:
             body[at : at + 4] = packed
         self.body = bytes(body)
+
+    def fit(self, head: bytes, question: bytes, opt: bytes, limit: int, form: int) -> bytes:
+        """The response (ID ``head``) in at most ``limit`` octets: whole additional record
+        sets dropped from the end until it fits, else truncated (TC, no records)."""
+        room = limit - 12 - len(question) - len(opt)
+        for length, additional in self.cuts:
+            if length <= room:
+                counts = self.heads[form]
+                ar = (additional + (form >> 1 & 1)).to_bytes(2, "big")
+                return head + counts[:8] + ar + question + self.body[:length] + opt
+        return head + self.heads[4 | form] + question + opt
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +177,12 @@ def render(
     serial_at: list[int] = []
     size = 0
     counts = []
+    cuts: list[tuple[int, int]] = []  # (size, additional count) before each additional set
     for section in (answer, authority, additional):
         count = 0
         for owner, rds in section.rrsets:
+            if section is additional:
+                cuts.append((size, count))
             for rd in rds:
                 rdata = rd.to_wire()
                 head = (owner if owner is not None else _PTR_QNAME) + _RR_HEADER.pack(
@@ -144,6 +201,7 @@ def render(
         (counts[0], counts[1], counts[2]),
         regional=regional,
         serial_at=tuple(serial_at),
+        cuts=tuple(reversed(cuts)),
     )
 
 
@@ -283,9 +341,15 @@ class Tables:
         records = Records(snapshot, config)
         soa_answers: list[Answer] = []
         zones = {}
+        negative_ttl = min(config.ttl, config.negative_ttl)  # RFC 2308 §3 and §5
         for zone in snapshot.zones:
-            # RFC 2308 §3 wants min(SOA TTL, SOA MINIMUM) here; both are the configured TTL.
-            soa = Section([(wire(zone), records.soa(zone))])
+            try:
+                soa = Section([(wire(zone), records.soa(zone, negative_ttl))])
+            except Exception as exc:  # one bad zone must not take the others
+                events.error(
+                    f"zone {zone}", "zone %s has no SOA we can render (%s); not served", zone, exc
+                )
+                continue
             nodata = render(NOERROR, Section(()), soa)
             nxdomain = render(NXDOMAIN, Section(()), soa)
             soa_answers += (nodata, nxdomain)
@@ -299,7 +363,7 @@ class Tables:
             snapshot,
             records,
             RegionMap(records.networks()),
-            {wire(z): z for z in snapshot.zones},
+            {wire(z): z for z in zones},
             zones,
             ents,
             soa_answers,
@@ -313,6 +377,7 @@ class Authority:
         self.config = config
         self._refused = Answer(REFUSED, authoritative=False)
         self._notimp = Answer(NOTIMP, authoritative=False)
+        self._servfail = Answer(SERVFAIL, authoritative=False)
         self._opt_plain = (self._opt(0, b""), self._opt(0x8000, b""))
         self.rebuild(snapshot)
 
@@ -333,7 +398,7 @@ class Authority:
         self._ents = tables.ents
         self._soa_answers = tables.soa_answers
         self._nodes: dict[tuple[str, tuple[Role, ...], int], dict[int, Answer]] = {}
-        self._naptr_template: tuple[int, list[bytes]] | None = None
+        self._naptr_template: tuple[int, list[tuple[bytes, int]]] | None = None
         # Question bytes as received (case kept) + view byte -> answer; and, to forget a
         # name's entries in every case and view, lower-case wire name -> its keys.
         self._cache: dict[bytes, Answer] = {}
@@ -434,10 +499,15 @@ class Authority:
         if len(parts) == 3:
             service = SERVICE_PREFIXES.get((parts[0], parts[1]))
             # `_sip._udp.D` of a SIP domain D, or of a wildcard base (zone files list the
-            # wildcard's service names there); `_udp.D` is then an empty non-terminal.
-            if service is not None and self._is_sip_domain(parts[2]):
+            # wildcard's service names there), for the transports some site offers; `_udp.D`
+            # is then an empty non-terminal.
+            if (
+                service is not None
+                and service in self.records.offered
+                and self._is_sip_domain(parts[2])
+            ):
                 return (*static, Role("service", service))
-        if len(parts) >= 2 and parts[0] in PROTOCOL_LABELS:
+        if len(parts) >= 2 and parts[0] in self.records.protocols:
             rest = name.partition(".")[2]
             if self._is_sip_domain(rest):
                 return static
@@ -480,24 +550,28 @@ class Authority:
         if answer is not None:
             return answer
         if qtype == RdType.NAPTR and DOMAIN in roles and self.config.naptr:
-            return self._naptr(q)
+            return self._naptr(q) or negatives.nodata
         return negatives.nodata
 
-    def _naptr(self, q: bytes) -> Answer:
+    def _naptr(self, q: bytes) -> Answer | None:
         """NAPTR for SIP domain ``q`` (wire): the one answer that names its owner, so it is
-        spliced from a template rendered once: each replacement is ``_sip._udp`` + ``q``."""
+        spliced from a template rendered once: each replacement is ``_sip._udp`` + ``q``.
+        A replacement that would exceed 255 octets is left out; None when none is left."""
         template = self._naptr_template
         if template is None:
             rds = self.records.naptr("")
             # Replacements rendered against the root end in one zero byte: drop it, add q.
-            parts = [rd.to_wire()[:-1] for rd in rds]
+            parts = [(rd.to_wire()[:-1], len(rd.replacement.to_wire()) - 1) for rd in rds]
             template = self._naptr_template = (rds.ttl, parts)
         ttl, parts = template
+        fitting = [p for p, prefix in parts if prefix + len(q) <= MAX_NAME]
+        if not fitting:
+            return None
         body = b"".join(
             _PTR_QNAME + _RR_HEADER.pack(RdType.NAPTR, CLASS_IN, ttl, len(p) + len(q)) + p + q
-            for p in parts
+            for p in fitting
         )
-        return Answer(NOERROR, body, (len(parts), 0, 0))
+        return Answer(NOERROR, body, (len(fitting), 0, 0))
 
     # -- the responder ------------------------------------------------------------------------
 
@@ -523,7 +597,11 @@ class Authority:
                 tail = self._responses[view].get(data[2:])
                 if tail is not None:
                     return data[:2] + tail
-        return self._respond(data, client, tcp)
+        try:
+            return self._respond(data, client, tcp)
+        except Exception as exc:  # a bug costs one answer, never the server
+            log_bug("answering a query", exc)
+            return error(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
 
     def _respond(self, data: bytes, client: str | bytes, tcp: bool) -> bytes | None:
         """Queries whose response is not cached: first sight of their bytes, TCP, errors."""
@@ -592,7 +670,7 @@ class Authority:
             opt = b""
         out = data[:2] + answer.heads[rd | edns] + data[12:end] + answer.body + opt
         if len(out) > limit:
-            out = data[:2] + answer.heads[4 | rd | edns] + data[12:end] + opt
+            out = answer.fit(data[:2], data[12:end], opt, limit, rd | edns)
         if not tcp:
             responses = self._responses[self.regions.view_of(client)]
             if len(responses) >= RESPONSE_CACHE:
@@ -604,7 +682,11 @@ class Authority:
         """Resolve a question (``key`` = question bytes + view byte) and remember the answer."""
         q = key[:name_len].lower()
         tail = key[name_len:]
-        answer = self.resolve(q, tail[0] << 8 | tail[1], tail[2] << 8 | tail[3], view)
+        try:
+            answer = self.resolve(q, tail[0] << 8 | tail[1], tail[2] << 8 | tail[3], view)
+        except Exception as exc:  # this question gets SERVFAIL, the rest answer
+            log_bug("resolving a question", exc)
+            answer = self._servfail
         if len(self._cache) >= self.config.cache_size:
             self._cache.clear()
             self._cached.clear()

@@ -6,11 +6,18 @@ and the record sets of a role depend only on the sites, the zone and the client'
 never on the name itself (NAPTR is the one exception: its replacement names the domain).  So the
 live server compiles each (zone, roles, region) once and shares it between a million domains,
 and zone transfer and export walk the same roles to list a zone.  Nothing here does I/O.
+
+A site publishes only the transports it has a port for (port 0: not offered): the service
+names ``_sip._udp.D`` and friends exist only for transports some site offers, and the SRV and
+NAPTR sets list only the serving sites that offer them.  A value that cannot be rendered (a
+scoped IPv6 address such as ``fe80::1%eth0``, a name that is not a DNS name) is left out of its
+record set and logged, rate-limited: one bad row never takes a zone down.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +28,13 @@ import dns.rdataset
 import dns.rdatatype
 
 from sipzone.dns import DnsConfig
+from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Site, Snapshot
+
+log = logging.getLogger("sipzone.dns")
+# Records are rebuilt on every store change: a bad row is logged at its first sight, then
+# once a minute with a count, not once per rebuild.
+events = EventLog(log)
 
 IN = dns.rdataclass.IN
 RdType = dns.rdatatype.RdataType
@@ -36,7 +49,7 @@ SERVICES: tuple[tuple[str, str, str, str], ...] = (
 SERVICE_PREFIXES: dict[tuple[str, str], int] = {(s[0], s[1]): i for i, s in enumerate(SERVICES)}
 PROTOCOL_LABELS = frozenset(s[1] for s in SERVICES)  # "_udp.D" and "_tcp.D" are empty non-terminals
 
-SOA_TIMERS = (3600, 600, 1209600)  # refresh, retry, expire; minimum is the configured TTL
+SOA_TIMERS = (3600, 600, 1209600)  # refresh, retry, expire; minimum is the negative TTL
 MX_PREFERENCE = 10
 PRIORITY_STEP = 10
 
@@ -71,6 +84,25 @@ def _rdata(rdtype: RdType, text: str) -> dns.rdata.Rdata:
     return dns.rdata.from_text(IN, rdtype, text)
 
 
+def _rdatas(rdtype: RdType, texts: Sequence[tuple[str, str]]) -> list[dns.rdata.Rdata]:
+    """The records of ``(text, what it comes from)`` pairs that render, in order and without
+    duplicates; the others are logged (rate-limited) and left out."""
+    out: dict[dns.rdata.Rdata, None] = {}
+    for text, source in texts:
+        try:
+            out[_rdata(rdtype, text)] = None
+        except Exception as exc:  # any value dnspython refuses is left out
+            events.warning(
+                f"render {rdtype.name} {text}",
+                "%s: %s record %r cannot be published (%s); left out",
+                source,
+                rdtype.name,
+                text,
+                exc,
+            )
+    return list(out)
+
+
 def in_zone(name: str, zone: str) -> bool:
     return name == zone or name.endswith("." + zone)
 
@@ -94,6 +126,14 @@ class Records:
         self.serving: tuple[Site, ...] = tuple(s for s in sites if s.healthy) or sites
         # Only a client network can select a view other than the default one.
         self.regional = any(s.networks for s in sites)
+        # A and AAAA records per site name, rendered once; an address that cannot be
+        # published (a scope ID) is dropped here and nowhere else.
+        self._addrs = {s.name: self._site_addresses(s) for s in sites}
+        # SERVICES indexes some site offers (their names exist) and some serving site offers
+        # (NAPTR lists them); both follow SERVICES' order of preference.
+        self.offered = tuple(i for i in range(len(SERVICES)) if _offering(sites, i))
+        self.naptr_services = tuple(i for i in self.offered if _offering(self.serving, i))
+        self.protocols = frozenset(SERVICES[i][1] for i in self.offered)
         self._views = [self._site_order(r) for r in self.regions]
         self.static: dict[str, tuple[Role, ...]] = {}
         for zone in snapshot.zones:
@@ -111,6 +151,15 @@ class Records:
         self.static[name] = tuple(sorted(roles, key=lambda r: (ROLE_ORDER[r.kind], r.index)))
 
     # -- sites and regions -------------------------------------------------------------------
+
+    @staticmethod
+    def _site_addresses(site: Site) -> tuple[list[dns.rdata.Rdata], list[dns.rdata.Rdata]]:
+        v4: list[tuple[str, str]] = []
+        v6: list[tuple[str, str]] = []
+        for vip in site.vips:
+            text = str(vip)
+            (v6 if ":" in text else v4).append((text, f"site {site.name}"))
+        return _rdatas(RdType.A, v4), _rdatas(RdType.AAAA, v6)
 
     @staticmethod
     def site_host(site: Site, zone: str) -> str:
@@ -147,22 +196,24 @@ class Records:
 
     # -- record sets per role ----------------------------------------------------------------
 
-    def nameservers(self, zone: str) -> tuple[str, ...]:
-        if self.config.nameservers:
-            return self.config.nameservers
-        hosts = dict.fromkeys(self.site_host(s, zone) for s in self.snapshot.sites)
-        return tuple(hosts) or (f"ns1.{zone}",)
+    def nameservers(self, zone: str) -> list[dns.rdata.Rdata]:
+        """NS records of ``zone``: ``--nameserver``, else the sites' SIP hosts (those that are
+        DNS names), else ``ns1.<zone>``."""
+        hosts = self.config.nameservers or (self.site_host(s, zone) for s in self.snapshot.sites)
+        ns = _rdatas(RdType.NS, [(f"{h}.", f"zone {zone} NS") for h in dict.fromkeys(hosts)])
+        return ns or [_rdata(RdType.NS, f"ns1.{zone}.")]
 
-    def soa(self, zone: str) -> dns.rdataset.Rdataset:
-        mname = self.nameservers(zone)[0]
-        text = (
-            f"{mname}. hostmaster.{zone}. {self.serial} {' '.join(map(str, SOA_TIMERS))} {self.ttl}"
-        )
-        return _rdataset(RdType.SOA, self.ttl, [_rdata(RdType.SOA, text)])
+    def soa(self, zone: str, ttl: int | None = None) -> dns.rdataset.Rdataset:
+        """The SOA of ``zone``: MINIMUM is the negative TTL (RFC 2308 §4); the record's own TTL
+        is ``ttl``, default the record TTL (negative answers pass the lower of the two, §3)."""
+        mname = self.nameservers(zone)[0].target  # type: ignore[attr-defined]
+        timers = " ".join(map(str, SOA_TIMERS))
+        text = f"{mname} hostmaster.{zone}. {self.serial} {timers} {self.config.negative_ttl}"
+        return _rdataset(RdType.SOA, self.ttl if ttl is None else ttl, [_rdata(RdType.SOA, text)])
 
     def _addresses(self, sites: Sequence[Site]) -> Rdatasets:
-        v4 = [_rdata(RdType.A, str(a)) for s in sites for a in s.vips4]
-        v6 = [_rdata(RdType.AAAA, str(a)) for s in sites for a in s.vips6]
+        v4 = [rd for s in sites for rd in self._addrs[s.name][0]]
+        v6 = [rd for s in sites for rd in self._addrs[s.name][1]]
         out: Rdatasets = {}
         if v4:
             out[RdType.A] = _rdataset(RdType.A, self.ttl, list(dict.fromkeys(v4)))
@@ -172,24 +223,26 @@ class Records:
 
     def _srv(self, zone: str, service: int, view: int) -> dns.rdataset.Rdataset:
         port_key = SERVICES[service][2]
-        rdatas = [
-            _rdata(
-                RdType.SRV,
+        texts = [
+            (
                 f"{priority} {site.weight} {site.ports[port_key]} {self.site_host(site, zone)}.",
+                f"site {site.name}",
             )
             for priority, site in self._views[view]
+            if site.ports.get(port_key, 0)
         ]
-        return _rdataset(RdType.SRV, self.ttl, rdatas)
+        return _rdataset(RdType.SRV, self.ttl, _rdatas(RdType.SRV, texts))
 
     def naptr(self, base: str) -> dns.rdataset.Rdataset:
-        """NAPTR at a SIP domain (RFC 3263 §4.1): each transport to its SRV name under ``base``
-        (the empty string gives replacements ending at the root, a template to append to)."""
+        """NAPTR at a SIP domain (RFC 3263 §4.1): each transport some serving site offers, to its
+        SRV name under ``base`` (the empty string gives replacements ending at the root, a
+        template to append to).  The order value stays the transport's rank in SERVICES."""
         suffix = f".{base}." if base else "."
-        rdatas = [
-            _rdata(RdType.NAPTR, f'{(i + 1) * 10} 10 "s" "{service}" "" {first}.{second}{suffix}')
-            for i, (first, second, _, service) in enumerate(SERVICES)
-        ]
-        return _rdataset(RdType.NAPTR, self.ttl, rdatas)
+        texts = []
+        for i in self.naptr_services:
+            first, second, _, service = SERVICES[i]
+            texts.append((f'{(i + 1) * 10} 10 "s" "{service}" "" {first}.{second}{suffix}', base))
+        return _rdataset(RdType.NAPTR, self.ttl, _rdatas(RdType.NAPTR, texts))
 
     def rdatasets(self, zone: str, roles: Sequence[Role], view: int) -> Rdatasets:
         """The record sets of a name with ``roles`` in ``zone`` for region ``view``, NAPTR
@@ -205,16 +258,16 @@ class Records:
     def _role_rdatasets(self, zone: str, role: Role, view: int) -> Rdatasets:
         kind = role.kind
         if kind == "apex":
-            ns = [_rdata(RdType.NS, n + ".") for n in self.nameservers(zone)]
-            return {RdType.SOA: self.soa(zone), RdType.NS: _rdataset(RdType.NS, self.ttl, ns)}
+            ns = _rdataset(RdType.NS, self.ttl, self.nameservers(zone))
+            return {RdType.SOA: self.soa(zone), RdType.NS: ns}
         if kind == "host":
             return self._addresses([self.snapshot.sites[role.index]])
         if kind == "email":
             out = self._addresses(self.serving)
             email = self.snapshot.email_domain or zone
             target = self.snapshot.settings.get("email_mx") or email
-            mx = _rdata(RdType.MX, f"{MX_PREFERENCE} {target}.")
-            out[RdType.MX] = _rdataset(RdType.MX, self.ttl, [mx])
+            mx = _rdatas(RdType.MX, [(f"{MX_PREFERENCE} {target}.", "email domain")])
+            out[RdType.MX] = _rdataset(RdType.MX, self.ttl, mx)
             return out
         if kind == "domain":
             return self._addresses([site for _, site in self._views[view]])
@@ -255,7 +308,8 @@ class Records:
         names: dict[str, tuple[Role, ...]] = {n: r for n, r in self.static.items() if mine(n)}
         for name, base in domains.items():
             names[name] = (*names.get(name, ()), DOMAIN)
-            for i, (first, second, _, _) in enumerate(SERVICES):
+            for i in self.offered:
+                first, second, _, _ = SERVICES[i]
                 service = f"{first}.{second}.{base}"
                 names[service] = (*names.get(service, ()), Role("service", i))
         for name in sorted(names, key=lambda n: n.split(".")[::-1]):
@@ -275,3 +329,9 @@ class Records:
             for rdtype, rds in rdatasets.items():
                 if rdtype != RdType.SOA:
                     yield owner, rds
+
+
+def _offering(sites: Sequence[Site], service: int) -> bool:
+    """Whether one of ``sites`` has a port (not 0) for SERVICES[service]'s transport."""
+    key = SERVICES[service][2]
+    return any(site.ports.get(key, 0) for site in sites)

@@ -3,6 +3,14 @@
 Everything that decides an answer lives in :mod:`sipzone.dns.answers`; this module only moves
 bytes.  Sockets are bound with SO_REUSEPORT so ``--workers N`` processes can share the port, the
 kernel spreading queries between them.
+
+TCP is where a client can hold what it costs us (a descriptor, a task), so it is bounded: a cap
+on connections in all and per source (IPv4 address, IPv6 /64), a connection closed once it has
+gone ``tcp_idle_timeout`` without a query we answered (a zero-length frame, a half length
+prefix or a byte at a time never resets that clock), a query's bytes due within
+``tcp_query_timeout`` of its first, and our answers read by the client within the idle timeout.
+Over UDP, ``--dns-rrl`` wraps the responder in :class:`~sipzone.dns.rrl.RateLimiter`; without
+it the responder is called directly.
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import cast
 
 import dns.asyncquery
@@ -25,30 +34,47 @@ from sipzone.dns import DnsConfig
 from sipzone.dns.answers import (
     QTYPE_AXFR,
     QTYPE_IXFR,
-    SERVFAIL,
     Authority,
     Tables,
     error,
     follows,
+    log_bug,
     question,
 )
+from sipzone.dns.rrl import RateLimiter, client_block
 from sipzone.dns.xfr import notify_message, transfer
+from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import batched_udp, split_hostport
+from sipzone.net.limits import connection_cap
 from sipzone.net.sockets import bound_socket
 
 log = logging.getLogger("sipzone.dns")
+events = EventLog(log)
 
-TCP_IDLE = 10.0  # seconds a TCP client may stay silent before we close (RFC 7766 §6.2.3)
 # Above this many rules a full rebuild (about a second per million) runs on a thread.
 REBUILD_ON_THREAD = 50_000
 NOTIFY_TRIES = 5
 NOTIFY_TIMEOUT = 2.0
 
 
+Respond = Callable[[bytes, str | bytes], bytes | None]
+
+
+@dataclass(slots=True)
+class DnsStats:
+    """What the server refused or cut short since it started (plain counters)."""
+
+    tcp_over_cap: int = 0  # connections closed at once: the total cap was reached
+    tcp_over_source_cap: int = 0  # ... their source already held its share
+    tcp_timed_out: int = 0  # connections closed by the idle, query or write deadline
+    rrl_dropped: int = 0  # UDP responses not sent (--dns-rrl)
+    rrl_slipped: int = 0  # UDP responses sent truncated instead (--dns-rrl-slip)
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, authority: Authority) -> None:
-        self._respond = authority.respond
+    def __init__(self, respond: Respond) -> None:
+        self._respond = respond
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,10 +84,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         try:
             out = self._respond(data, str(addr[0]))
-        except Exception:
-            # A bug must cost one answer, never the server.
-            log.exception("answering %r from %s failed", data[:64], addr[0])
-            out = error(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
+        except Exception as exc:  # a bug must cost one answer, never the server
+            log_bug("answering a UDP query", exc)
+            out = None
         if out is not None and self._transport is not None:
             self._transport.sendto(out, addr)
 
@@ -85,6 +110,31 @@ class DnsService:
         self._follower: asyncio.Future[None] | None = None
         self._closed = False
         self.address: tuple[str, int] = ("", 0)
+        self.tcp_cap = connection_cap(config.tcp_max_connections)
+        self._tcp_clients = 0
+        self._tcp_sources: dict[bytes, int] = {}
+        self._stats = DnsStats()
+        self.rrl = RateLimiter(config.rrl, config.rrl_slip) if config.rrl > 0 else None
+
+    @property
+    def stats(self) -> DnsStats:
+        if self.rrl is not None:
+            self._stats.rrl_dropped = self.rrl.dropped
+            self._stats.rrl_slipped = self.rrl.slipped
+        return self._stats
+
+    def _udp_responder(self) -> Respond:
+        """The UDP responder: the authority's own (the hot path), or behind the rate limiter."""
+        respond: Respond = self.authority.respond
+        if self.rrl is None:
+            return respond
+        check = self.rrl.check
+
+        def limited(data: bytes, client: str | bytes) -> bytes | None:
+            out = respond(data, client)
+            return None if out is None else check(data, out, client)
+
+        return limited
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,14 +143,13 @@ class DnsService:
         port = udp.getsockname()[1]  # port 0 picks one; TCP follows it
         tcp = bound_socket(host, port, socket.SOCK_STREAM, dual_stack=True, backlog=128)
         self.address = (host, port)
+        respond = self._udp_responder()
         if self.config.batched_udp and batched_udp.available():
-            self._batched = batched_udp.BatchedUdp(
-                udp, self.authority.respond, self.config.udp_payload
-            )
+            self._batched = batched_udp.BatchedUdp(udp, respond, self.config.udp_payload)
             self._batched.start(loop)
         else:
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self.authority), sock=udp
+                lambda: _UdpProtocol(respond), sock=udp
             )
             self._udp = transport
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
@@ -120,9 +169,13 @@ class DnsService:
             before = self.authority.serial()
             try:
                 self.authority.update(new)
-            except Exception:
-                log.exception("applying revision %d failed; rebuilding", new.revision)
-                self.authority.rebuild(new)
+            except Exception as exc:  # ours; a rebuild may still succeed
+                log_bug(f"applying revision {new.revision}", exc)
+                try:
+                    self.authority.rebuild(new)
+                except Exception as again:  # keep answering what we have
+                    log_bug(f"rebuilding for revision {new.revision}", again)
+                    return
             self._changed(before)
             return
         self._pending.append(new)
@@ -150,9 +203,9 @@ class DnsService:
                 for snapshot in batch[cut + 1 :]:
                     self.authority.update(snapshot)
                 self._changed(before)
-        except Exception:
-            log.exception("following snapshots failed; still serving revision %d",
-                          self.authority.snapshot.revision)  # fmt: skip
+        except Exception as exc:  # keep answering the revision we have
+            log_bug(f"following snapshots (serving revision {self.authority.snapshot.revision})",
+                    exc)  # fmt: skip
         finally:
             self._follower = None
 
@@ -162,6 +215,8 @@ class DnsService:
             await asyncio.shield(self._follower)
 
     def _changed(self, serial_before: int) -> None:
+        if self.rrl is not None:
+            self.rrl.forget_answers()
         if self.authority.serial() != serial_before:
             self.notify_secondaries()
 
@@ -199,26 +254,77 @@ class DnsService:
                 return
         log.warning("NOTIFY %s to %s: no answer after %d tries", zone, target, NOTIFY_TRIES)
 
+    def _admit_tcp(self, client: str, source: bytes) -> bool:
+        """Count a new connection in, or say no when a cap is reached."""
+        held = self._tcp_sources.get(source, 0)
+        if self._tcp_clients >= self.tcp_cap:
+            self._stats.tcp_over_cap += 1
+            events.warning("tcp cap", "DNS over TCP: %d connections (the cap); closing new ones",
+                           self.tcp_cap)  # fmt: skip
+            return False
+        if held >= self.config.tcp_max_per_source:
+            self._stats.tcp_over_source_cap += 1
+            events.warning("tcp source cap",
+                           "DNS over TCP: %s holds %d connections (the cap per source); "
+                           "closing its new ones", client, held)  # fmt: skip
+            return False
+        self._tcp_clients += 1
+        self._tcp_sources[source] = held + 1
+        return True
+
+    def _release_tcp(self, source: bytes) -> None:
+        self._tcp_clients -= 1
+        held = self._tcp_sources.pop(source, 1) - 1
+        if held > 0:
+            self._tcp_sources[source] = held
+
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
+        source = client_block(client, 32, 64)
+        if not self._admit_tcp(client, source):
+            writer.transport.abort()
+            return
         try:
-            while True:
-                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
-                data = await asyncio.wait_for(
-                    reader.readexactly(struct.unpack("!H", head)[0]), TCP_IDLE
-                )
-                for out in self._tcp_answers(data, client):
-                    writer.write(struct.pack("!H", len(out)) + out)
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            await self._tcp_session(reader, writer, client)
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except Exception:
-            log.exception("TCP client %s failed", client)
+        except TimeoutError:
+            self._stats.tcp_timed_out += 1
+        except Exception as exc:  # a bug costs this connection, not the server
+            log_bug("serving a TCP client", exc)
         finally:
+            self._release_tcp(source)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _tcp_session(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
+    ) -> None:
+        """Answer length-prefixed queries (RFC 1035 §4.2.2) until a deadline passes."""
+        loop = asyncio.get_running_loop()
+        idle = self.config.tcp_idle_timeout
+        per_query = min(self.config.tcp_query_timeout, idle)
+        deadline = loop.time() + idle  # moves only when a query was answered
+        while True:
+            # Checked here as well: a read the buffer can satisfy never waits, so a timeout
+            # around it alone would never fire for a client that keeps bytes coming.
+            if loop.time() >= deadline:
+                raise TimeoutError
+            async with asyncio.timeout_at(deadline):
+                first = await reader.readexactly(1)
+            async with asyncio.timeout(per_query):
+                length = first[0] << 8 | (await reader.readexactly(1))[0]
+                data = await reader.readexactly(length)
+            answered = False
+            for out in self._tcp_answers(data, client):
+                writer.write(struct.pack("!H", len(out)) + out)
+                async with asyncio.timeout(idle):
+                    await writer.drain()
+                answered = True
+            if answered:
+                deadline = loop.time() + idle
 
     def _tcp_answers(self, data: bytes, client: str) -> Iterable[bytes]:
         q = question(data)
@@ -231,11 +337,7 @@ class DnsService:
             # A generator: each message is rendered just before it is written, so a big zone
             # streams with the writer's flow control instead of piling up in memory.
             return transfer(records, query, client, self.config.allow_transfer)
-        try:
-            out = self.authority.respond(data, client, tcp=True)
-        except Exception:
-            log.exception("answering %r from %s over TCP failed", data[:64], client)
-            out = error(data, SERVFAIL) if len(data) >= 12 else None
+        out = self.authority.respond(data, client, tcp=True)
         return [out] if out is not None else []
 
     async def close(self) -> None:

@@ -16,7 +16,9 @@ from sipzone.model.names import lookup_key
 from sipzone.model.tenancy import TenancyTree, TenantView
 
 TRANSPORTS = ("udp", "tcp", "tls")
-DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"udp": 5060, "tcp": 5060, "tls": 5061})
+# A site's SIP port per transport; 0 means the site does not offer that transport, and the DNS
+# publishes no SRV or NAPTR for it.  No TLS unless a port is given: nothing serves it yet.
+DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"udp": 5060, "tcp": 5060, "tls": 0})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

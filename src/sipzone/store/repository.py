@@ -111,8 +111,8 @@ def _network(text: str) -> str:
 
 
 def _port(transport: str, value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise InvalidValue(f"{transport} port {value} is outside 1-65535")
+    if not 0 <= value <= 65535:
+        raise InvalidValue(f"{transport} port {value} is outside 1-65535 (0: not offered)")
     return value
 
 
@@ -490,6 +490,8 @@ class Store:
         merged = {**DEFAULT_PORTS, **(ports or {})}
         for transport, port in merged.items():
             _port(transport, port)
+        if not any(merged.values()):
+            raise InvalidValue("a site must offer at least one transport (a port other than 0)")
         with self._write("site.add", name) as (conn, rev):
             if self.actor != PROVIDER:
                 raise SipzoneError("only the provider manages sites")
