@@ -11,7 +11,8 @@ and zone transfer and export walk the same roles to list a zone.  Nothing here d
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dns.name
@@ -21,6 +22,7 @@ import dns.rdataset
 import dns.rdatatype
 
 from sipzone.dns import DnsConfig
+from sipzone.model.names import MAX_NAME
 from sipzone.model.snapshot import Site, Snapshot
 
 IN = dns.rdataclass.IN
@@ -55,6 +57,12 @@ EMAIL = Role("email")
 DOMAIN = Role("domain")
 # When two roles share a name and give the same type, the first in this order wins.
 ROLE_ORDER = {"apex": 0, "host": 1, "email": 2, "service": 3, "domain": 4}
+# The roles of every SIP domain and every service name: shared objects, so the walk of a
+# million names allocates no tuples and its consumers can cache renderings per roles.
+DOMAIN_ROLES: tuple[Role, ...] = (DOMAIN,)
+SERVICE_ROLES: tuple[tuple[Role, ...], ...] = tuple(
+    (Role("service", i),) for i in range(len(SERVICES))
+)
 
 Rdatasets = dict[RdType, dns.rdataset.Rdataset]
 
@@ -275,3 +283,71 @@ class Records:
             for rdtype, rds in rdatasets.items():
                 if rdtype != RdType.SOA:
                     yield owner, rds
+
+    def zone_walk(
+        self, zone: str, too_long: Callable[[str], None]
+    ) -> Iterator[tuple[str, tuple[Role, ...], str | None]]:
+        """Every owner name of ``zone`` with its roles and, for SIP domains, the name its NAPTR
+        points under; each exactly once, in no particular order, with no table of the zone's
+        names, so a transfer or export of a million domains starts at once and costs memory
+        independent of the zone's size.  Wildcards come out as ``*.B`` with their service names
+        ``_sip._udp.B``, the closest a zone file gets to per-name SRV synthesis.
+
+        The snapshot's rule dicts are never mutated, so the walk may be resumed across event
+        loop turns while newer snapshots come and go.  A name longer than 253 octets (255 on the
+        wire: a ``_sips._tcp.`` owner over a long domain) cannot be written; it is handed to
+        ``too_long`` and left out.
+        """
+        matcher = self.snapshot.matcher
+        suffix = "." + zone
+        # Zones nested in this one hold their own names.
+        nested = tuple("." + z for z in self.snapshot.zones if z.endswith(suffix))
+
+        def mine(name: str) -> bool:
+            return (name == zone or name.endswith(suffix)) and not (
+                nested and any(("." + name).endswith(n) for n in nested)
+            )
+
+        def is_domain(name: str) -> bool:
+            return matcher.exact_owner(name) is not None or matcher.wildcard_owner(name) is not None
+
+        # Site hosts, the apex and the email domain first, with whatever SIP roles they also have.
+        static = {n: r for n, r in self.static.items() if mine(n)}
+        for name, roles in static.items():
+            naptr_base = None
+            if matcher.exact_owner(name) is not None:
+                roles, naptr_base = (*roles, DOMAIN), name
+            parts = name.split(".", 2)
+            service = SERVICE_PREFIXES.get((parts[0], parts[1])) if len(parts) == 3 else None
+            if service is not None and is_domain(parts[2]):
+                roles = (*roles, Role("service", service))
+            roles = tuple(sorted(roles, key=lambda r: (ROLE_ORDER[r.kind], r.index)))
+            yield name, roles, naptr_base
+        # Then every SIP domain (``*.B`` for a wildcard) and its service names.  An exact rule
+        # for a wildcard's base B has already listed B's service names.
+        services = [
+            (f"{a}.{b}.", roles)
+            for (a, b, _, _), roles in zip(SERVICES, SERVICE_ROLES, strict=True)
+        ]
+        exact = ((n, n, True) for n in matcher.exact_names() if mine(n))
+        wild = (
+            ("*." + b, b, matcher.exact_owner(b) is None)
+            for b in matcher.wildcard_bases()
+            if mine(b)
+        )
+        for name, base, with_services in itertools.chain(exact, wild):
+            if name in static:
+                pass
+            elif len(name) <= MAX_NAME:
+                yield name, DOMAIN_ROLES, base
+            else:
+                too_long(name)
+            if with_services:
+                for prefix, roles in services:
+                    owner = prefix + base
+                    if owner in static:
+                        continue
+                    if len(owner) <= MAX_NAME:
+                        yield owner, roles, None
+                    else:
+                        too_long(owner)

@@ -204,7 +204,11 @@ class DnsService:
                 )
                 for out in self._tcp_answers(data, client):
                     writer.write(struct.pack("!H", len(out)) + out)
-                    await writer.drain()
+                    # A zone transfer is thousands of messages: a reader that stops reading
+                    # must not hold it (and its snapshot) forever, and drain() returns
+                    # without yielding while the socket keeps up, so yield to queries and SIP.
+                    await asyncio.wait_for(writer.drain(), TCP_IDLE)
+                    await asyncio.sleep(0)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         except Exception:
