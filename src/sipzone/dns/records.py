@@ -15,7 +15,6 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdataset
@@ -247,42 +246,6 @@ class Records:
                 yield name, {t: r for t, r in addrs.items() if t in (RdType.A, RdType.AAAA)}
 
     # -- whole zones (transfer, export) -------------------------------------------------------
-
-    def zone_names(self, zone: str) -> Iterator[tuple[str, tuple[Role, ...], str | None]]:
-        """Every owner name of ``zone`` with its roles and, for SIP domains, the name its NAPTR
-        points under.  Wildcards come out as ``*.B`` with their service names ``_sip._udp.B``,
-        the closest a zone file gets to per-name SRV synthesis."""
-        snapshot = self.snapshot
-        matcher = snapshot.matcher
-
-        def mine(name: str) -> bool:
-            return snapshot.zone_of(name) == zone
-
-        domains: dict[str, str] = {n: n for n in matcher.exact_names() if mine(n)}
-        domains.update(("*." + b, b) for b in matcher.wildcard_bases() if mine("*." + b))
-        names: dict[str, tuple[Role, ...]] = {n: r for n, r in self.static.items() if mine(n)}
-        for name, base in domains.items():
-            names[name] = (*names.get(name, ()), DOMAIN)
-            for i, (first, second, _, _) in enumerate(SERVICES):
-                service = f"{first}.{second}.{base}"
-                names[service] = (*names.get(service, ()), Role("service", i))
-        for name in sorted(names, key=lambda n: n.split(".")[::-1]):
-            roles = tuple(sorted(names[name], key=lambda r: (ROLE_ORDER[r.kind], r.index)))
-            yield name, roles, domains.get(name)
-
-    def zone_rrsets(
-        self, zone: str, view: int = 0
-    ) -> Iterator[tuple[dns.name.Name, dns.rdataset.Rdataset]]:
-        """Every record set of ``zone`` as region ``view`` sees it, SOA first."""
-        yield dns.name.from_text(zone), self.soa(zone)
-        for name, roles, naptr_base in self.zone_names(zone):
-            owner = dns.name.from_text(name)
-            rdatasets = self.rdatasets(zone, roles, view)
-            if naptr_base is not None and self.config.naptr:
-                rdatasets.setdefault(RdType.NAPTR, self.naptr(naptr_base))
-            for rdtype, rds in rdatasets.items():
-                if rdtype != RdType.SOA:
-                    yield owner, rds
 
     def zone_walk(
         self, zone: str, too_long: Callable[[str], None]
