@@ -151,6 +151,7 @@ def _zone(records: Records, zone: str, soa: list[bytes], out: _Messages) -> Iter
         rds = records.naptr("")
         head = _RR.pack(RdType.NAPTR, IN, rds.ttl, 0)[:-2]
         naptr = [(head, rd.to_wire()[:-1], rd.replacement.to_text()) for rd in rds]
+    room = MAX_NAME - max((len(r) for _, _, r in naptr), default=0)  # any base this long fits
     apex = _labels(zone) + b"\x00"
     cut = len(zone) + 1
     out.add(zone, soa)
@@ -168,7 +169,7 @@ def _zone(records: Records, zone: str, soa: list[bytes], out: _Messages) -> Iter
             rrs = rrs + [
                 head + _POINTER.pack(len(rdata) + len(base)) + rdata + base
                 for head, rdata, replacement in naptr
-                if omitted.fits(replacement + naptr_base)
+                if len(naptr_base) <= room or omitted.fits(replacement + naptr_base)
             ]
         if rrs:
             done = out.add(name, rrs)
