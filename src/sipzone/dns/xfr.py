@@ -190,6 +190,13 @@ def _rrs(rdatasets: Iterable[dns.rdataset.Rdataset]) -> list[bytes]:
     ]
 
 
+# "_sips._tcp" and friends: the labels before a SIP domain's service names.
+_SERVICE_LABELS = {
+    f"{first}.{second}": (chr(len(first)) + first + chr(len(second)) + second).encode("latin-1")
+    for first, second, _, _ in SERVICES
+}
+
+
 def _labels(name: str) -> bytes:
     """Wire labels of a non-empty text name (ours are ASCII), without the root."""
     if "." not in name:  # the usual owner below the apex: one label
@@ -198,13 +205,6 @@ def _labels(name: str) -> bytes:
     if known is not None:
         return known
     return "".join(chr(len(label)) + label for label in name.split(".")).encode("latin-1")
-
-
-# "_sips._tcp" and friends: the labels before a SIP domain's service names.
-_SERVICE_LABELS = {
-    f"{first}.{second}": (chr(len(first)) + first + chr(len(second)) + second).encode("latin-1")
-    for first, second, _, _ in SERVICES
-}
 
 
 class _Messages:
