@@ -480,7 +480,8 @@ def zone_export(
     db: Db = DEFAULT_URL,
 ) -> None:
     """Write ZONE as a zone file (named-checkzone accepts it) to stdout."""
-    from sipzone.dns.export import export_zone
+    from sipzone.dns.export import zone_file
+    from sipzone.dns.xfr import Omissions
 
     if fmt != "bind":
         fail(f"format {fmt!r} is not supported; use 'bind'")
@@ -488,7 +489,18 @@ def zone_export(
     zone = parse_domain(name).text
     if zone not in snapshot.zones:
         fail(f"zone {zone!r} is not one of ours (sipzone zone add {zone})")
-    typer.echo(export_zone(snapshot, zone, region=region), nl=False)
+    omitted = Omissions(zone)
+    try:
+        for text in zone_file(snapshot, zone, region=region, omitted=omitted):
+            sys.stdout.write(text)  # piece by piece: a big zone never sits in memory whole
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+    if omitted.count:
+        typer.echo(
+            f"sipzone: left out {omitted.count} records whose names exceed 255 octets", err=True
+        )
 
 
 def _listen_list(text: str) -> tuple[str, ...]:

@@ -17,11 +17,11 @@ record set and logged, rate-limited: one bad row never takes a zone down.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdataset
@@ -29,6 +29,7 @@ import dns.rdatatype
 
 from sipzone.dns import DnsConfig
 from sipzone.eventlog import EventLog
+from sipzone.model.names import MAX_NAME
 from sipzone.model.snapshot import Site, Snapshot
 
 log = logging.getLogger("sipzone.dns")
@@ -68,6 +69,12 @@ EMAIL = Role("email")
 DOMAIN = Role("domain")
 # When two roles share a name and give the same type, the first in this order wins.
 ROLE_ORDER = {"apex": 0, "host": 1, "email": 2, "service": 3, "domain": 4}
+# The roles of every SIP domain and every service name: shared objects, so the walk of a
+# million names allocates no tuples and its consumers can cache renderings per roles.
+DOMAIN_ROLES: tuple[Role, ...] = (DOMAIN,)
+SERVICE_ROLES: tuple[tuple[Role, ...], ...] = tuple(
+    (Role("service", i),) for i in range(len(SERVICES))
+)
 
 Rdatasets = dict[RdType, dns.rdataset.Rdataset]
 
@@ -293,42 +300,74 @@ class Records:
 
     # -- whole zones (transfer, export) -------------------------------------------------------
 
-    def zone_names(self, zone: str) -> Iterator[tuple[str, tuple[Role, ...], str | None]]:
+    def zone_walk(
+        self, zone: str, too_long: Callable[[str], None]
+    ) -> Iterator[tuple[str, tuple[Role, ...], str | None]]:
         """Every owner name of ``zone`` with its roles and, for SIP domains, the name its NAPTR
-        points under.  Wildcards come out as ``*.B`` with their service names ``_sip._udp.B``,
-        the closest a zone file gets to per-name SRV synthesis."""
-        snapshot = self.snapshot
-        matcher = snapshot.matcher
+        points under; each exactly once, in no particular order, with no table of the zone's
+        names, so a transfer or export of a million domains starts at once and costs memory
+        independent of the zone's size.  Wildcards come out as ``*.B`` with their service names
+        ``_sip._udp.B``, the closest a zone file gets to per-name SRV synthesis.
+
+        The snapshot's rule dicts are never mutated, so the walk may be resumed across event
+        loop turns while newer snapshots come and go.  A name longer than 253 octets (255 on the
+        wire: a ``_sips._tcp.`` owner over a long domain) cannot be written; it is handed to
+        ``too_long`` and left out.
+        """
+        matcher = self.snapshot.matcher
+        suffix = "." + zone
+        # Zones nested in this one hold their own names.
+        nested = tuple("." + z for z in self.snapshot.zones if z.endswith(suffix))
 
         def mine(name: str) -> bool:
-            return snapshot.zone_of(name) == zone
+            return (name == zone or name.endswith(suffix)) and not (
+                nested and any(("." + name).endswith(n) for n in nested)
+            )
 
-        domains: dict[str, str] = {n: n for n in matcher.exact_names() if mine(n)}
-        domains.update(("*." + b, b) for b in matcher.wildcard_bases() if mine("*." + b))
-        names: dict[str, tuple[Role, ...]] = {n: r for n, r in self.static.items() if mine(n)}
-        for name, base in domains.items():
-            names[name] = (*names.get(name, ()), DOMAIN)
-            for i in self.offered:
-                first, second, _, _ = SERVICES[i]
-                service = f"{first}.{second}.{base}"
-                names[service] = (*names.get(service, ()), Role("service", i))
-        for name in sorted(names, key=lambda n: n.split(".")[::-1]):
-            roles = tuple(sorted(names[name], key=lambda r: (ROLE_ORDER[r.kind], r.index)))
-            yield name, roles, domains.get(name)
+        def is_domain(name: str) -> bool:
+            return matcher.exact_owner(name) is not None or matcher.wildcard_owner(name) is not None
 
-    def zone_rrsets(
-        self, zone: str, view: int = 0
-    ) -> Iterator[tuple[dns.name.Name, dns.rdataset.Rdataset]]:
-        """Every record set of ``zone`` as region ``view`` sees it, SOA first."""
-        yield dns.name.from_text(zone), self.soa(zone)
-        for name, roles, naptr_base in self.zone_names(zone):
-            owner = dns.name.from_text(name)
-            rdatasets = self.rdatasets(zone, roles, view)
-            if naptr_base is not None and self.config.naptr:
-                rdatasets.setdefault(RdType.NAPTR, self.naptr(naptr_base))
-            for rdtype, rds in rdatasets.items():
-                if rdtype != RdType.SOA:
-                    yield owner, rds
+        # Site hosts, the apex and the email domain first, with whatever SIP roles they also have.
+        static = {n: r for n, r in self.static.items() if mine(n)}
+        for name, roles in static.items():
+            naptr_base = None
+            if matcher.exact_owner(name) is not None:
+                roles, naptr_base = (*roles, DOMAIN), name
+            parts = name.split(".", 2)
+            service = SERVICE_PREFIXES.get((parts[0], parts[1])) if len(parts) == 3 else None
+            if service is not None and service in self.offered and is_domain(parts[2]):
+                roles = (*roles, Role("service", service))
+            roles = tuple(sorted(roles, key=lambda r: (ROLE_ORDER[r.kind], r.index)))
+            yield name, roles, naptr_base
+        # Then every SIP domain (``*.B`` for a wildcard) and its service names.  An exact rule
+        # for a wildcard's base B has already listed B's service names.
+        services = [
+            (f"{a}.{b}.", roles)
+            for i, ((a, b, _, _), roles) in enumerate(zip(SERVICES, SERVICE_ROLES, strict=True))
+            if i in self.offered  # a transport no site offers has no names (see ``offered``)
+        ]
+        exact = ((n, n, True) for n in matcher.exact_names() if mine(n))
+        wild = (
+            ("*." + b, b, matcher.exact_owner(b) is None)
+            for b in matcher.wildcard_bases()
+            if mine(b)
+        )
+        for name, base, with_services in itertools.chain(exact, wild):
+            if name in static:
+                pass
+            elif len(name) <= MAX_NAME:
+                yield name, DOMAIN_ROLES, base
+            else:
+                too_long(name)
+            if with_services:
+                for prefix, roles in services:
+                    owner = prefix + base
+                    if owner in static:
+                        continue
+                    if len(owner) <= MAX_NAME:
+                        yield owner, roles, None
+                    else:
+                        too_long(owner)
 
 
 def _offering(sites: Sequence[Site], service: int) -> bool:

@@ -320,8 +320,12 @@ class DnsService:
             answered = False
             for out in self._tcp_answers(data, client):
                 writer.write(struct.pack("!H", len(out)) + out)
+                # A zone transfer is thousands of messages: a reader that stops reading must
+                # not hold it (and its snapshot) forever, and drain() returns without yielding
+                # while the socket keeps up, so yield to queries and SIP between messages.
                 async with asyncio.timeout(idle):
                     await writer.drain()
+                await asyncio.sleep(0)
                 answered = True
             if answered:
                 deadline = loop.time() + idle

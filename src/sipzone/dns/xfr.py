@@ -1,32 +1,63 @@
 """Feeding secondaries: AXFR (and IXFR answered as AXFR) responses, and NOTIFY messages.
 
-Transfers are rare and large, so they use dnspython end to end; they read the same
-:class:`~sipzone.dns.records.Records` as the live answers and the zone export, from the default
-region view (a secondary cannot tell clients apart).
+Theory of operation.  A zone of a million SIP domains is four million owner names and hundreds
+of megabytes on the wire, so a transfer is a stream: :meth:`Records.zone_walk` lists the names
+one by one, without sorting them or tabling them, and :func:`transfer` turns them into
+response messages as the server asks for the next one (it writes one per turn of the event
+loop, waiting while the secondary's socket is full).  The first message leaves at once; memory
+does not depend on the zone's size; queries and SIP are answered between two messages.
+
+The records under a name depend only on its roles (see :mod:`sipzone.dns.records`), so each
+set of roles is rendered once per transfer to RR *tails* (type, class, TTL, RDATA); a name then
+costs its owner's labels and a two-byte pointer per further record.  Owners are compressed
+against the question (the apex, at offset 12) and against owners written earlier in the same
+message, so ``_sip._udp.D`` is two labels and a pointer to ``D``; a message is closed before it
+passes 16 KB so that every owner stays within reach of a 14-bit pointer.  NAPTR, which names
+its domain, is spliced from the template the live answers use; names inside RDATA are never
+compressed (RFC 3597 §4).  The zone comes from the default region view: a secondary cannot tell
+clients apart.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
-from typing import Any
+import logging
+import struct
+import time
+from collections.abc import Iterable, Iterator, Sequence
 
-import dns.exception
 import dns.flags
 import dns.message
-import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdataset
 import dns.rdatatype
-import dns.renderer
 import dns.rrset
 import dns.serial
+from prometheus_client import Counter
 
-from sipzone.dns.records import IN, RdType, Records
+from sipzone.dns.records import IN, SERVICES, RdType, Records, Role
+from sipzone.eventlog import EventLog
+from sipzone.model.names import MAX_NAME
 
-MAX_MESSAGE = 65535
-# dnspython's renderer has no type hints; it is the one way to fill messages up to a size.
-_Renderer: Any = dns.renderer.Renderer
+log = logging.getLogger("sipzone.dns")
+_events = EventLog(log)
+
+OMITTED = Counter(
+    "sipzone_dns_omitted_records",
+    "Records left out of zone transfers and exports because a name sipzone would write "
+    "(an owner such as _sips._tcp.D, or a NAPTR replacement) exceeds 255 octets",
+)
+
+# Close a message before it passes this size: every owner then sits below offset 0x4000,
+# where a compression pointer can reach it.  Bigger messages (up to 64 KB) would save a few
+# headers per megabyte and lose the pointers to owners written after 16 KB.
+MESSAGE_TARGET = 0x3FFF
+_HEADER = struct.Struct("!HHHHHH")
+_RR = struct.Struct("!HHIH")
+_POINTER = struct.Struct("!H")
+_QNAME = 12  # offset of the question name: the apex
+_FLAGS = 0x8400  # QR, AA, opcode QUERY, NOERROR
 
 
 def allowed(client: str, cidrs: tuple[str, ...]) -> bool:
@@ -38,6 +69,33 @@ def allowed(client: str, cidrs: tuple[str, ...]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+class Omissions:
+    """Names of one listing of ``zone`` that cannot be written because they exceed 255 octets
+    (a store filled before names were checked for room under ``_sips._tcp.`` can hold such
+    domains): each is counted, the first logged, then one line a minute per zone."""
+
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+        self.count = 0
+
+    def __call__(self, name: str) -> None:
+        self.count += 1
+        OMITTED.inc()
+        _events.warning(
+            "too long in " + self.zone,
+            "zone %s: left out the records of %s, longer than 255 octets on the wire",
+            self.zone,
+            name,
+        )
+
+    def fits(self, name: str) -> bool:
+        """Whether text name ``name`` fits in 255 wire octets; if not, it is counted here."""
+        if len(name) <= MAX_NAME:
+            return True
+        self(name)
+        return False
 
 
 def transfer(
@@ -53,44 +111,167 @@ def transfer(
         response.set_rcode(dns.rcode.REFUSED)
         yield response.to_wire()
         return
-    soa = records.soa(zone)
-    apex = dns.name.from_text(zone)
+    soa = _rrs([records.soa(zone)])
+    qname = q.name.to_wire()
+    assert qname is not None  # to_wire() without a file returns the bytes
+    out = _Messages(query.id, qname + struct.pack("!HH", q.rdtype, q.rdclass), zone)
     if q.rdtype == dns.rdatatype.IXFR:
         theirs = [
             rd.serial for rrset in query.authority for rd in rrset if rrset.rdtype == RdType.SOA
         ]
         if theirs and dns.serial.Serial(theirs[0]) >= dns.serial.Serial(records.serial):
-            yield from _messages(query, [(apex, soa)])
+            out.add(zone, soa)
+            yield out.finish()
             return
-    rrsets = [*records.zone_rrsets(zone), (apex, soa)]
-    yield from _messages(query, rrsets)
+    started = time.monotonic()
+    sent = 0
+    for message in _zone(records, zone, soa, out):
+        sent += len(message)
+        yield message
+    log.info(
+        "transfer of %s serial %d to %s: %d messages, %d bytes, %.1f s",
+        zone,
+        records.serial,
+        client,
+        out.messages,
+        sent,
+        time.monotonic() - started,
+    )
 
 
-def _messages(
-    query: dns.message.Message, rrsets: list[tuple[dns.name.Name, dns.rdataset.Rdataset]]
-) -> Iterator[bytes]:
-    q = query.question[0]
+def _zone(records: Records, zone: str, soa: list[bytes], out: _Messages) -> Iterator[bytes]:
+    """The whole zone through ``out``: SOA, every other record once, SOA again."""
+    omitted = Omissions(zone)
+    # RR tails per set of roles (the walk shares one tuple object between all names with the
+    # same roles), keyed by id(): the tuple kept in the value keeps its id from being reused.
+    tails: dict[int, tuple[tuple[Role, ...], list[bytes]]] = {}
+    # NAPTR rendered for the root: drop the root's zero byte, append the domain's wire name.
+    naptr: list[tuple[bytes, bytes, str]] = []
+    if records.config.naptr:
+        rds = records.naptr("")
+        head = _RR.pack(RdType.NAPTR, IN, rds.ttl, 0)[:-2]
+        naptr = [(head, rd.to_wire()[:-1], rd.replacement.to_text()) for rd in rds]
+    room = MAX_NAME - max((len(r) for _, _, r in naptr), default=0)  # any base this long fits
+    apex = _labels(zone) + b"\x00"
+    cut = len(zone) + 1
+    out.add(zone, soa)
+    for name, roles, naptr_base in records.zone_walk(zone, omitted):
+        hit = tails.get(id(roles))
+        if hit is None:
+            rdatasets = records.rdatasets(zone, roles, 0)
+            hit = tails[id(roles)] = (
+                roles,
+                _rrs(r for t, r in rdatasets.items() if t != RdType.SOA),
+            )
+        rrs = hit[1]
+        if naptr_base is not None and naptr:
+            base = _labels(naptr_base[:-cut]) + apex if naptr_base != zone else apex
+            rrs = rrs + [
+                head + _POINTER.pack(len(rdata) + len(base)) + rdata + base
+                for head, rdata, replacement in naptr
+                if len(naptr_base) <= room or omitted.fits(replacement + naptr_base)
+            ]
+        if rrs:
+            done = out.add(name, rrs)
+            if done is not None:
+                yield done
+    done = out.add(zone, soa)
+    if done is not None:
+        yield done
+    yield out.finish()
 
-    def start() -> Any:
-        r = _Renderer(query.id, dns.flags.QR | dns.flags.AA, MAX_MESSAGE)
-        r.add_question(q.name, q.rdtype, IN)
-        return r
 
-    renderer = start()
-    pending = False
-    for name, rds in rrsets:
-        rrset = dns.rrset.from_rdata_list(name, rds.ttl, list(rds))
-        try:
-            renderer.add_rrset(dns.renderer.ANSWER, rrset)
-        except dns.exception.TooBig:
-            renderer.write_header()
-            yield renderer.get_wire()
-            renderer = start()
-            renderer.add_rrset(dns.renderer.ANSWER, rrset)
-        pending = True
-    if pending:
-        renderer.write_header()
-        yield renderer.get_wire()
+def _rrs(rdatasets: Iterable[dns.rdataset.Rdataset]) -> list[bytes]:
+    """Wire RRs without their owner (type, class, TTL, RDATA)."""
+    return [
+        _RR.pack(rds.rdtype, IN, rds.ttl, len(rdata)) + rdata
+        for rds in rdatasets
+        for rdata in (rd.to_wire() for rd in rds)
+    ]
+
+
+# "_sips._tcp" and friends: the labels before a SIP domain's service names.
+_SERVICE_LABELS = {
+    f"{first}.{second}": (chr(len(first)) + first + chr(len(second)) + second).encode("latin-1")
+    for first, second, _, _ in SERVICES
+}
+
+
+def _labels(name: str) -> bytes:
+    """Wire labels of a non-empty text name (ours are ASCII), without the root."""
+    if "." not in name:  # the usual owner below the apex: one label
+        return (chr(len(name)) + name).encode("latin-1")
+    known = _SERVICE_LABELS.get(name)
+    if known is not None:
+        return known
+    return "".join(chr(len(label)) + label for label in name.split(".")).encode("latin-1")
+
+
+class _Messages:
+    """Response messages being filled, one at a time, with owners and their RR tails."""
+
+    def __init__(self, query_id: int, question: bytes, zone: str) -> None:
+        self._id = query_id
+        self._question = question
+        self._zone = zone
+        self.messages = 0
+        self._start()
+
+    def _start(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 12 + len(self._question)
+        self._count = 0
+        self._offsets: dict[str, int] = {}  # owners written in this message
+
+    def add(self, name: str, rrs: Sequence[bytes]) -> bytes | None:
+        """Append ``rrs`` under owner ``name`` (in the zone); returns the message this closed
+        when there was no room left, else None."""
+        block = self._block(name, rrs)
+        done = None
+        if self._count and self._size + len(block) > MESSAGE_TARGET:
+            done = self.finish()
+            block = self._block(name, rrs)  # offsets differ in the new message
+        self._parts.append(block)
+        self._size += len(block)
+        self._count += len(rrs)
+        return done
+
+    def finish(self) -> bytes:
+        """The message filled so far; the next :meth:`add` starts another."""
+        header = _HEADER.pack(self._id, _FLAGS, 1, self._count, 0, 0)
+        message = b"".join([header, self._question, *self._parts])
+        self.messages += 1
+        self._start()
+        return message
+
+    def _block(self, name: str, rrs: Sequence[bytes]) -> bytes:
+        """Owner, first RR, then a pointer to the owner before each further RR."""
+        if name == self._zone:
+            pointer = _POINTER.pack(0xC000 | _QNAME)
+            return pointer + pointer.join(rrs)
+        # Labels up to the nearest suffix already written (else the apex), then a pointer.
+        offsets = self._offsets
+        rest = name
+        target = _QNAME
+        while True:
+            dot = rest.find(".")
+            if dot < 0:
+                raise ValueError(f"{name!r} is not in zone {self._zone!r}")
+            rest = rest[dot + 1 :]
+            if rest == self._zone:
+                break
+            hit = offsets.get(rest)
+            if hit is not None:
+                target = hit
+                break
+        owner = _labels(name[: len(name) - len(rest) - 1]) + _POINTER.pack(0xC000 | target)
+        at = self._size
+        if at < 0x4000:
+            offsets[name] = at
+            pointer = _POINTER.pack(0xC000 | at)
+        else:  # only a record set bigger than a message gets here: repeat the owner
+            pointer = owner
+        return owner + pointer.join(rrs)
 
 
 def notify_message(zone: str, records: Records) -> dns.message.Message:
