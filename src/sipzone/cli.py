@@ -557,7 +557,9 @@ def serve(
         list[str] | None,
         typer.Option(help="NS name of every zone; repeatable (default: the sites' SIP hosts)."),
     ] = None,
-    ttl: Annotated[int, typer.Option(min=0, help="TTL of published records.")] = 300,
+    ttl: Annotated[
+        int, typer.Option(min=0, max=2**31 - 1, help="TTL of published records (RFC 2181 §8).")
+    ] = 300,
     batched_udp: Annotated[
         bool, typer.Option(help="recvmmsg/sendmmsg for UDP on Linux (SIP and DNS).")
     ] = True,

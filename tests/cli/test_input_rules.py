@@ -100,6 +100,7 @@ def test_every_failure_is_one_line_with_exit_2_and_changes_nothing(
         ([*site, "--weight", "-1"], "outside 0-65535"),
         ([*site, "--port-udp", "99999999999999999999"], "udp port"),
         ([*site, "--weight", "ten"], "'--weight'"),
+        (["serve", "--dns", "127.0.0.1:5353", "--ttl", "99999999999999999999"], "'--ttl'"),
         (["domain", "list", "--db", "mysql://root:secret@db.example/x"], "not supported"),
         (["domain", "add", "-foo.example.com"], "goes after '--'"),
         (["domain", "add", "--", "-foo.example.com"], "label '-foo' starts or ends with '-'"),
