@@ -256,13 +256,15 @@ def _read_import(path: Path) -> list[tuple[int, RuleName, str | None]]:
         with path.open("rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 try:
-                    line = raw.decode("utf-8").removeprefix("\ufeff" if lineno == 1 else "")
+                    line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     errors.append(
                         f"line {lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
                         f"{exc.start + 1})"
                     )
                     line = ""
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte order mark some editors write
                 text = line.split("#", 1)[0].replace(",", " ").split()
                 if len(text) > 2:
                     errors.append(f"line {lineno}: expected NAME [OWNER], got {len(text)} fields")
@@ -315,15 +317,17 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
         yield lambda _n: None
         return
     with contextlib.ExitStack() as stack:
-        bars: list[Any] = []
+        bar: Any = None
 
         def step(n: int) -> None:
-            if not bars:
-                bar = typer.progressbar(
-                    length=total, label="importing", file=sys.stderr, show_pos=True
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(
+                    typer.progressbar(
+                        length=total, label="importing", file=sys.stderr, show_pos=True
+                    )
                 )
-                bars.append(stack.enter_context(bar))
-            bars[0].update(n)
+            bar.update(n)
 
         yield step
 
