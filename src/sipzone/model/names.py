@@ -274,6 +274,7 @@ def parse_rule(text: str) -> RuleName:
 _STORED_NAME = re.compile(r"(?:[a-z0-9-]{1,63}\.)+[a-z0-9-]{1,63}\Z")
 _STORED_RULE = re.compile(r"(?:\*\.)?(?:[a-z0-9-]{1,63}\.)+[a-z0-9-]{1,63}\Z")
 _STORED_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789.-*\n"
+_ALL_BUT_DOT_AND_NEWLINE = bytes(b for b in range(256) if b not in b".\n")
 
 
 def check_stored_rule(text: str) -> None:
@@ -303,7 +304,8 @@ def _plausibly_all_stored(texts: Sequence[str]) -> bool:
     """
     if not texts:
         return True
-    if max(map(len, texts)) > MAX_SIP_DOMAIN:
+    longest = max(map(len, texts))
+    if longest > MAX_SIP_DOMAIN:
         return False
     try:
         blob = "\n".join(texts).encode("ascii")
@@ -316,10 +318,10 @@ def _plausibly_all_stored(texts: Sequence[str]) -> bool:
     stars = blob.count(b"*")
     if stars and (stars != blob.count(b"\n*.") + blob.startswith(b"*.") or b"*.*" in blob):
         return False
-    # Labels of more than 63 octets and single-label names: only possible in a few texts.
-    return all(
-        "." in text and (len(text) <= MAX_LABEL or _STORED_RULE.match(text)) for text in texts
-    )
+    if b"\n\n" in b"\n" + blob.translate(None, _ALL_BUT_DOT_AND_NEWLINE) + b"\n":
+        return False  # a single-label name
+    # A label of more than 63 octets needs a name longer than that: look at those alone.
+    return longest <= MAX_LABEL or all(_STORED_RULE.match(t) for t in texts if len(t) > MAX_LABEL)
 
 
 def invalid_stored_rules(texts: Sequence[str]) -> list[tuple[str, InvalidName]]:
