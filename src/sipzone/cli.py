@@ -85,6 +85,8 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
             fail(f"conflicting change, nothing was written: {exc.orig}")
         except sqlalchemy.exc.SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
+            if "database is locked" in str(cause):  # SQLite's busy timeout ran out
+                fail("the store stayed busy with another write (an import?); nothing was written")
             fail(f"store error ({cause}); is the store initialised? run `sipzone init`")
 
     return wrapper
