@@ -1,15 +1,18 @@
 """The `sipzone` command: operators' hands on the store, and `serve` to run the services.
 
 Exit codes scripts rely on: 0 done; 1 `check` found no rule admitting the name; 2 bad input,
-with the reason on stderr and nothing changed.
+with the reason on stderr as ONE line, ``sipzone: REASON``, and nothing changed.  That holds for
+usage errors too (an unknown option, ``--weight ten``): :func:`main` runs Click without its
+standalone mode and says each failure in that one line.  A traceback means a bug of ours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -60,8 +63,13 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (sta
 T = TypeVar("T")
 
 
+def say(message: str) -> None:
+    """Write ``sipzone: MESSAGE`` to stderr as one line, whatever the message holds."""
+    typer.echo("sipzone: " + " ".join(message.splitlines()), err=True)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"sipzone: {message}", err=True)
+    say(message)
     raise typer.Exit(code)
 
 
@@ -79,6 +87,8 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
             fail(f"conflicting change, nothing was written: {exc.orig}")
         except sqlalchemy.exc.SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
+            if "database is locked" in str(cause):  # SQLite's busy timeout ran out
+                fail("the store stayed busy with another write (an import?); nothing was written")
             fail(f"store error ({cause}); is the store initialised? run `sipzone init`")
 
     return wrapper
@@ -259,25 +269,41 @@ def domain_list(
         typer.echo(f"{r.name}\t{r.owner}")
 
 
-def _read_import(path: Path) -> Iterator[tuple[int, RuleName, str | None]]:
-    """Lines of ``NAME [OWNER]`` (space, tab or comma separated); '#' starts a comment."""
+def _read_import(path: Path) -> list[tuple[int, RuleName, str | None]]:
+    """Lines of ``NAME [OWNER]`` (space, tab or comma separated) in UTF-8; '#' starts a
+    comment.  Every bad line is reported, up to IMPORT_ERRORS_SHOWN of them."""
+    entries: list[tuple[int, RuleName, str | None]] = []
     errors: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            text = line.split("#", 1)[0].replace(",", " ").split()
-            if not text:
-                continue
-            if len(text) > 2:
-                errors.append(f"line {lineno}: expected NAME [OWNER], got {len(text)} fields")
-            else:
+    try:
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
                 try:
-                    yield lineno, parse_rule(text[0]), text[1] if len(text) == 2 else None
-                except InvalidName as exc:
-                    errors.append(f"line {lineno}: {exc}")
-            if len(errors) >= IMPORT_ERRORS_SHOWN:
-                break
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    errors.append(
+                        f"line {lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                        f"{exc.start + 1})"
+                    )
+                    line = ""
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte order mark some editors write
+                text = line.split("#", 1)[0].replace(",", " ").split()
+                if len(text) > 2:
+                    errors.append(f"line {lineno}: expected NAME [OWNER], got {len(text)} fields")
+                elif text:
+                    try:
+                        entries.append(
+                            (lineno, parse_rule(text[0]), text[1] if len(text) == 2 else None)
+                        )
+                    except InvalidName as exc:
+                        errors.append(f"line {lineno}: {exc}")
+                if len(errors) >= IMPORT_ERRORS_SHOWN:
+                    break
+    except OSError as exc:
+        fail(f"cannot read {str(path)!r}: {exc.strerror or exc}")
     if errors:
         fail(import_refusal(errors))
+    return entries
 
 
 @domain_app.command("import")
@@ -285,25 +311,47 @@ def _read_import(path: Path) -> Iterator[tuple[int, RuleName, str | None]]:
 def domain_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     owner: Annotated[str | None, typer.Option(help="Owner for lines without one.")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 20_000,
+    batch: Annotated[int, typer.Option(min=1, help="Rows per INSERT statement.")] = 20_000,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
 ) -> None:
-    """Load many domains from FILE (one per line, optional owner column).
+    """Load many domains from FILE (one per line, optional owner column), all or nothing.
 
-    The whole file is validated first; on any bad line nothing is added.  Names already
-    present with the same owner are skipped, so running an import twice is harmless.
+    The file is checked whole, then validated and written in ONE transaction against the
+    store as it is then: on any bad line or conflict nothing is added (exit 2, the lines
+    named).  Names already present with the same owner are skipped, so an import can be re-run.
     """
-    entries = list(_read_import(file))
+    entries = _read_import(file)
     repo = store(db, actor)
-    with typer.progressbar(
-        length=len(entries), label="importing", file=sys.stderr, show_pos=True
-    ) as bar:
-        report = repo.import_domains(entries, owner, batch=batch, progress=bar.update)
+    with _progress(len(entries)) as progress:
+        report = repo.import_domains(entries, owner, batch=batch, progress=progress)
     typer.echo(
         f"read {report.read}, added {report.added}, already present {report.unchanged} "
         f"(revision {repo.revision()})"
     )
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal's stderr, started at the first step (after validation);
+    nothing at all when stderr is not a terminal, so a script sees only the one error line."""
+    if not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    with contextlib.ExitStack() as stack:
+        bar: Any = None
+
+        def step(n: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(
+                    typer.progressbar(
+                        length=total, label="importing", file=sys.stderr, show_pos=True
+                    )
+                )
+            bar.update(n)
+
+        yield step
 
 
 @app.command()
@@ -563,7 +611,9 @@ def serve(
         list[str] | None,
         typer.Option(help="NS name of every zone; repeatable (default: the sites' SIP hosts)."),
     ] = None,
-    ttl: Annotated[int, typer.Option(min=0, help="TTL of published records.")] = 300,
+    ttl: Annotated[
+        int, typer.Option(min=0, max=2**31 - 1, help="TTL of published records (RFC 2181 §8).")
+    ] = 300,
     negative_ttl: Annotated[
         int,
         typer.Option(min=0, max=2**31 - 1, help="How long NXDOMAIN/NODATA may be cached."),
@@ -668,8 +718,31 @@ def serve(
     run(config)
 
 
-def main() -> None:
-    app()
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console script: runs the command, and says any failure as one line (exit 2)."""
+    import typer._click.exceptions as click_errors  # Typer bundles its own Click
+
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="sipzone", standalone_mode=False)
+    except typer.Abort:
+        say("aborted")
+        code = 2
+    except click_errors.NoArgsIsHelpError:
+        say("missing command; the help above lists them")  # Typer printed the help
+        code = 2
+    except click_errors.NoSuchOption as exc:
+        path = exc.ctx.command_path if exc.ctx else "sipzone"
+        if exc.option_name.startswith("--"):
+            hint = f"'{path} --help' lists the options; they go after the command"
+        else:  # a short option, or a value such as '-foo.example.com' taken for options
+            hint = f"a value that starts with '-' goes after '--', as in: {path} -- -VALUE"
+        say(f"{exc.format_message()}; {hint}")
+        code = 2
+    except click_errors.ClickException as exc:
+        say(exc.format_message())
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

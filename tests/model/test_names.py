@@ -1,14 +1,19 @@
+import dns.name
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sipzone.model import errors
+from sipzone.model import names as names_mod
 from sipzone.model.names import (
     DomainName,
     WildcardName,
+    check_stored_rule,
+    invalid_stored_rules,
     lookup_key,
     parse_domain,
     parse_rule,
+    parse_zone,
 )
 
 
@@ -120,3 +125,141 @@ def test_lookup_key_matches_stored_form() -> None:
     assert lookup_key("VOIP.Acme.Example.") == "voip.acme.example"
     assert lookup_key("Bücher.example") == parse_rule("Bücher.example").text
     assert lookup_key("bad_ü.example") == ""
+
+
+# -- the room the DNS needs around a name (issue 7, item 5) --------------------------------
+
+
+def long_name(octets: int, suffix: str = "example.com") -> str:
+    """A name of exactly ``octets`` octets ending in ``suffix``, in labels of at most 63."""
+    labels: list[str] = []
+    room = octets - len(suffix) - 1
+    while room > 0:
+        size = min(63, room) if room - min(63, room) != 1 else 61
+        labels.append("a" * size)
+        room -= size + 1
+    name = ".".join([*labels, suffix])
+    assert len(name) == octets, (len(name), octets)
+    return name
+
+
+def test_sip_domains_leave_room_for_every_service_name_the_dns_writes() -> None:
+    from sipzone.dns.records import PROTOCOL_LABELS, SERVICES
+
+    prefixes = [f"{first}.{second}." for first, second, _, _ in SERVICES]
+    prefixes += [f"{label}." for label in PROTOCOL_LABELS]
+    assert max(map(len, prefixes)) <= len(names_mod.SERVICE_PREFIX)
+    longest = parse_rule(long_name(names_mod.MAX_SIP_DOMAIN))
+    for prefix in prefixes:
+        # dnspython refuses a name over 255 octets on the wire; these must all fit.
+        dns.name.from_text(prefix + longest.text)
+    wildcard = parse_rule("*." + long_name(names_mod.MAX_SIP_DOMAIN - 2))
+    assert isinstance(wildcard, WildcardName)
+    for prefix in prefixes:
+        dns.name.from_text(prefix + wildcard.base.text)
+        dns.name.from_text(prefix + "x." + wildcard.base.text)  # a name the wildcard admits
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        long_name(243),
+        long_name(250),
+        "*." + long_name(241),
+    ],
+)
+def test_names_too_long_for_their_service_names_are_refused(text: str) -> None:
+    with pytest.raises(errors.NoRoomForServiceNames) as info:
+        parse_rule(text)
+    assert "at most 242" in str(info.value) and "_sips._tcp." in str(info.value)
+
+
+def test_zone_names_leave_room_for_the_soa_mailbox() -> None:
+    assert parse_zone(long_name(242)).text == long_name(242)
+    with pytest.raises(errors.NoRoomForServiceNames, match="hostmaster"):
+        parse_zone(long_name(243))
+    dns.name.from_text("hostmaster." + long_name(names_mod.MAX_ZONE))
+
+
+# -- one script per label (issue 7, item 12) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "p\u0430ypal.example.com",  # Cyrillic a among Latin
+        "xn--pypal-4ve.example.com",  # the same, given as its A-label
+        "\u03b1pple.example.com",  # Greek alpha
+        "g\u043e\u043egle.example.com",  # two Cyrillic o
+        "ex\u0430mple-\u043f\u0440\u0438\u043c\u0435\u0440.example",  # Latin-Cyrillic words
+        "*.p\u0430ypal.example.com",
+    ],
+)
+def test_labels_mixing_scripts_are_refused(text: str) -> None:
+    with pytest.raises(errors.MixedScript, match="mixes scripts"):
+        parse_rule(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "b\u00fccher.example",  # Latin with diacritics
+        "\u043f\u0440\u0438\u043c\u0435\u0440.example.com",  # all Cyrillic
+        "\u043f\u0440\u0438\u043c\u0435\u04401.example.com",  # Cyrillic and digits
+        "\u03b5\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac.example",  # Greek
+        "\u65e5\u672c\u8a9e\u306e\u30b5\u30a4\u30c8.example",  # Han, Hiragana, Katakana
+        "\ud55c\uad6d\uc5b4.example",  # Hangul
+        "\u0645\u062b\u0627\u0644\u0661.example",  # Arabic with an Arabic-Indic digit
+        "caf\u00e9-bar.example",
+    ],
+)
+def test_labels_in_one_script_are_allowed(text: str) -> None:
+    rule = parse_rule(text)
+    assert parse_rule(rule.text) == rule
+
+
+# -- what a store read accepts --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a..b.example",
+        ".a.example",
+        "a.example.",
+        "nodot",
+        "",
+        "A.example",
+        "a_b.example",
+        "b\u00fccher.example",
+        "x.*.example",
+        "*.*.example",
+        "*x.example",
+        "a" * 64 + ".example",
+        long_name(243),
+    ],
+)
+def test_store_reads_refuse_what_the_services_cannot_serve(text: str) -> None:
+    with pytest.raises(errors.InvalidName):
+        check_stored_rule(text)
+    good = [f"c{i}.example.com" for i in range(50)] + ["*.teams.example.com"]
+    for position in (0, 25, len(good)):
+        mixed = [*good[:position], text, *good[position:]]
+        assert [t for t, _ in invalid_stored_rules(mixed)] == [text]
+
+
+stored_text = st.text(alphabet="ab0-.*_A\u00fc", min_size=0, max_size=12) | st.sampled_from(
+    ["x.example.com", "*.teams.example.com", long_name(242), long_name(243)]
+)
+
+
+@given(st.lists(stored_text, max_size=8))
+def test_the_fast_store_check_agrees_with_the_one_by_one_check(texts: list[str]) -> None:
+    def bad(text: str) -> bool:
+        try:
+            check_stored_rule(text)
+        except errors.InvalidName:
+            return True
+        return False
+
+    assert [t for t, _ in invalid_stored_rules(texts)] == [t for t in texts if bad(t)]

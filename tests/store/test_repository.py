@@ -5,7 +5,14 @@ import threading
 
 import pytest
 
-from sipzone.model.errors import Conflict, InvalidName, InvalidValue, NotFound, NotPermitted
+from sipzone.model.errors import (
+    Conflict,
+    ImportRefused,
+    InvalidName,
+    InvalidValue,
+    NotFound,
+    NotPermitted,
+)
 from sipzone.model.names import parse_rule
 from sipzone.store.repository import Store, StoreNotInitialised
 
@@ -117,15 +124,19 @@ def test_import_is_batched_idempotent_and_all_or_nothing(store: Store) -> None:
     before = store.revision()
     report = store.import_domains(entries, "acme", batch=1000)
     assert (report.read, report.added, report.unchanged) == (2501, 2501, 0)
-    assert store.revision() == before + 3  # three batches, one revision each
+    assert store.revision() == before + 1  # one transaction, one revision, three statements
+    assert [(c.op, c.detail) for c in store.changes_since(before)] == [
+        ("domain.import", {"lines": 2501, "added": 2501, "last": "*.teams.example.com"})
+    ]
     again = store.import_domains(entries, "acme", batch=1000)
     assert (again.added, again.unchanged) == (0, 2501)
+    assert store.revision() == before + 1  # nothing added, no revision
     bad = [
         (1, parse_rule("new1.example.com"), "acme"),
         (2, parse_rule("x.teams.example.com"), "other"),
     ]
     rev = store.revision()
-    with pytest.raises(InvalidValue, match="line 2"):
+    with pytest.raises(ImportRefused, match="line 2"):
         store.import_domains(bad)
     assert store.revision() == rev
     assert store.load_snapshot().check("new1.example.com") is None

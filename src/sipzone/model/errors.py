@@ -12,39 +12,47 @@ class InvalidName(SipzoneError):
 
 
 class EmptyLabel(InvalidName):
-    pass
+    """A name with an empty label: two dots in a row, a leading dot, or nothing at all."""
 
 
 class LabelTooLong(InvalidName):
-    pass
+    """A label longer than 63 octets (RFC 1035 §2.3.4)."""
 
 
 class NameTooLong(InvalidName):
-    pass
+    """A name longer than 253 octets in text, 255 on the wire (RFC 1035 §2.3.4)."""
+
+
+class NoRoomForServiceNames(NameTooLong):
+    """A name the DNS would extend (``_sips._tcp.D``, ``hostmaster.Z``) past 255 octets."""
 
 
 class BadCharacter(InvalidName):
-    pass
+    """A label with a character other than letters, digits and '-'."""
 
 
 class BadHyphen(InvalidName):
-    pass
+    """A label that starts or ends with '-', or has '--' at 3-4 without being an A-label."""
 
 
 class TooFewLabels(InvalidName):
-    pass
+    """A single-label name: a SIP domain needs at least two."""
 
 
 class IPLiteral(InvalidName):
-    pass
+    """An IP address or literal where a name is required."""
 
 
 class BadIDNA(InvalidName):
-    pass
+    """A name that IDNA 2008 / UTS 46 refuses, or an A-label that does not decode."""
+
+
+class MixedScript(InvalidName):
+    """A label mixing scripts (Latin with Cyrillic, ...): the stuff of look-alike names."""
 
 
 class BadWildcard(InvalidName):
-    pass
+    """A '*' anywhere but as the whole leftmost label."""
 
 
 class PublicSuffixWildcard(BadWildcard):
@@ -56,11 +64,11 @@ class TenancyError(SipzoneError):
 
 
 class UnknownTenant(TenancyError):
-    pass
+    """A tenant name that names no tenant."""
 
 
 class TenantCycle(TenancyError):
-    pass
+    """A tenant that would be its own ancestor."""
 
 
 class NotPermitted(TenancyError):
@@ -71,9 +79,57 @@ class Conflict(SipzoneError):
     """The object exists already (double add) or is still in use."""
 
 
+class TenantCaseTwin(Conflict):
+    """A tenant name equal to an existing one but for case (`Acme` next to `acme`)."""
+
+
 class NotFound(SipzoneError):
-    pass
+    """The object to change or remove does not exist."""
 
 
 class InvalidValue(SipzoneError):
     """A field other than a name is malformed: an address, a CIDR, a port, a URI."""
+
+
+class BadAddress(InvalidValue):
+    """A virtual IP that is no plain unicast address a client could reach."""
+
+
+class BadNetwork(InvalidValue):
+    """A client network that is not a strict CIDR (no host bits, no scope) of unicast space."""
+
+
+class OutOfRange(InvalidValue):
+    """A number outside what its field (and the DNS record carrying it) can hold."""
+
+
+class BadTenantName(InvalidValue):
+    """A tenant name outside the tenant name syntax."""
+
+
+class BadWord(InvalidValue):
+    """A site name or region outside its syntax."""
+
+
+class BadText(InvalidValue):
+    """A free-text field with control characters or line breaks, or too long."""
+
+
+class BadEmail(InvalidValue):
+    """A support address that is not a plain ``local@domain`` address."""
+
+
+class BadURL(InvalidValue):
+    """A web or logo URL that is not a plain http(s) URL."""
+
+
+class BadSipURI(InvalidValue):
+    """An upstream that is not a SIP URI such as ``sip:core.example:5060``."""
+
+
+class UnsupportedDatabase(InvalidValue):
+    """A store URL for a database sipzone does not run on (only SQLite and PostgreSQL)."""
+
+
+class ImportRefused(InvalidValue):
+    """A `domain import` file with bad lines; nothing of it was added."""

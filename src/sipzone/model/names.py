@@ -3,12 +3,20 @@
 A stored name is its IDNA 2008 / UTS 46 A-label form, lower case, without the trailing dot.
 Wildcards are `*` as the whole leftmost label and nowhere else.  Every rejection raises a
 subclass of :class:`InvalidName` whose message names the bad part.
+
+Two limits come from what the DNS builds on a name: it publishes ``_sips._tcp.D`` (and
+``_sip._tcp.D``, ``_sip._udp.D``) for every SIP domain D and ``hostmaster.Z`` in the SOA of
+every zone Z, so D and Z must leave room for that prefix within 255 octets on the wire.  And
+every label must be written in one script (UTS 39 §5.1), so that ``paypal`` spelt with a
+Cyrillic ``a`` (U+0430) cannot pass for the real one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,13 +31,23 @@ from sipzone.model.errors import (
     InvalidName,
     IPLiteral,
     LabelTooLong,
+    MixedScript,
     NameTooLong,
+    NoRoomForServiceNames,
     PublicSuffixWildcard,
     TooFewLabels,
 )
+from sipzone.model.scriptdata import SETS, STARTS, VALUES
 
-MAX_NAME = 253
+MAX_NAME = 253  # octets in text without the final dot: 255 on the wire (RFC 1035 §2.3.4)
 MAX_LABEL = 63
+# The longest prefix the DNS puts before a SIP domain D (sipzone.dns.records.SERVICES) and
+# before a zone Z (the SOA's rname); both must fit, so D and Z are that much shorter.
+SERVICE_PREFIX = "_sips._tcp."
+ZONE_PREFIX = "hostmaster."
+# A rule `*.B` admits `x.B`, which is as long as the rule text, so one limit serves both kinds.
+MAX_SIP_DOMAIN = MAX_NAME - len(SERVICE_PREFIX)
+MAX_ZONE = MAX_NAME - len(ZONE_PREFIX)
 _LDH = re.compile(r"[a-z0-9-]+\Z")
 _NOT_LDH = re.compile(r"[^a-z0-9-]")
 
@@ -102,9 +120,48 @@ def _check_label(label: str, position: int, original: str) -> None:
                 f"label {label!r} has '--' in positions 3-4 but is not an 'xn--' A-label"
             )
         try:
-            idna.decode(label)
+            ulabel = idna.decode(label)
         except (idna.IDNAError, UnicodeError) as exc:
             raise BadIDNA(f"label {label!r} is not a valid IDNA A-label: {exc}") from None
+        _check_script(ulabel, label)
+
+
+_ANY_SCRIPT = frozenset({"Zyyy", "Zinh"})  # Common, Inherited: compatible with every script
+
+
+@lru_cache(maxsize=8192)
+def _scripts(char: str) -> frozenset[str] | None:
+    """The augmented Script_Extensions of ``char`` (UTS 39 §5.1); None means any script."""
+    codes = frozenset(SETS[VALUES[bisect_right(STARTS, ord(char)) - 1]].split())
+    if codes <= _ANY_SCRIPT:
+        return None
+    # Writing systems that mix scripts by nature count as one (Japanese, Korean, Chinese).
+    extra: set[str] = set()
+    if "Hani" in codes:
+        extra |= {"Hanb", "Jpan", "Kore"}
+    if codes & {"Hira", "Kana"}:
+        extra.add("Jpan")
+    if "Hang" in codes:
+        extra.add("Kore")
+    if "Bopo" in codes:
+        extra.add("Hanb")
+    return codes | extra
+
+
+def _check_script(ulabel: str, alabel: str) -> None:
+    """Refuse a label whose characters share no script (UTS 39 "single script")."""
+    resolved: frozenset[str] | None = None
+    for char in ulabel:
+        scripts = _scripts(char)
+        if scripts is None:
+            continue
+        if resolved is not None and not resolved & scripts:
+            raise MixedScript(
+                f"label {ulabel!r} ({alabel}) mixes scripts: {char!r} (U+{ord(char):04X}, "
+                f"{'/'.join(sorted(scripts))}) next to {'/'.join(sorted(resolved))}; a label "
+                "must be written in one script, so that it cannot pass for another name"
+            )
+        resolved = scripts if resolved is None else resolved & scripts
 
 
 def _to_ascii(text: str, original: str) -> str:
@@ -129,12 +186,13 @@ def _parse_host(text: str, original: str) -> DomainName:
         raise EmptyLabel(f"{original!r} is empty")
     if text.startswith("[") or ":" in text:
         raise IPLiteral(f"{original!r} is an IP literal; a SIP domain must be a name")
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        pass
-    else:
-        raise IPLiteral(f"{original!r} is an IP address; a SIP domain must be a name")
+    if text[-1].isdigit():  # every IPv4 form does; skipping the rest saves a third of a parse
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            pass
+        else:
+            raise IPLiteral(f"{original!r} is an IP address; a SIP domain must be a name")
     if "*" in text:
         raise BadWildcard(
             f"{original!r} has '*' where it is not allowed; a wildcard is '*' as the whole "
@@ -156,8 +214,28 @@ def _parse_host(text: str, original: str) -> DomainName:
 
 
 def parse_domain(text: str) -> DomainName:
-    """Parse an exact host name; wildcards are refused."""
+    """Parse an exact host name (a site host, an MX, a name to check); wildcards are refused."""
     return _parse_host(_strip(text), text)
+
+
+def _room_for_services(name: str, original: str) -> None:
+    if len(name) > MAX_SIP_DOMAIN:
+        raise NoRoomForServiceNames(
+            f"{original!r} is {len(name)} octets; a SIP domain holds at most {MAX_SIP_DOMAIN}, "
+            f"because the DNS publishes '{SERVICE_PREFIX}' + the name (RFC 3263 SRV) and a "
+            f"name holds at most {MAX_NAME} octets"
+        )
+
+
+def parse_zone(text: str) -> DomainName:
+    """Parse a zone name: a host name short enough for the SOA's ``hostmaster.ZONE``."""
+    zone = parse_domain(text)
+    if len(zone.text) > MAX_ZONE:
+        raise NoRoomForServiceNames(
+            f"{text!r} is {len(zone.text)} octets; a zone holds at most {MAX_ZONE}, because "
+            f"its SOA names '{ZONE_PREFIX}' + the zone and a name holds at most {MAX_NAME} octets"
+        )
+    return zone
 
 
 def parse_rule(text: str) -> RuleName:
@@ -176,15 +254,87 @@ def parse_rule(text: str) -> RuleName:
                 f"{text!r} would admit a whole top-level domain; write '*.BASE' with BASE at "
                 "least two labels"
             ) from None
-        if len(base.text) + 2 > MAX_NAME:
-            raise NameTooLong(f"{text!r} is longer than {MAX_NAME} octets")
+        _room_for_services("*." + base.text, text)
         if is_public_suffix(base.text):
             raise PublicSuffixWildcard(
                 f"'*.{base.text}': {base.text!r} is a public suffix; a wildcard there would "
                 "claim names that belong to others"
             )
         return WildcardName(base)
-    return _parse_host(stripped, text)
+    name = _parse_host(stripped, text)
+    _room_for_services(name.text, text)
+    return name
+
+
+# What a stored rule may look like, checked on store reads: what the DNS and the matcher rely
+# on (label and name lengths, no empty label, LDH, '*' only as the whole first label).  Policy
+# that data files can change (the Public Suffix List, Unicode's scripts) and the finer syntax
+# (hyphen placement, A-label validity) are checked when a rule is written, not when it is read,
+# so an upgrade never silently drops a customer's working domain.
+_STORED_NAME = re.compile(r"(?:[a-z0-9-]{1,63}\.)+[a-z0-9-]{1,63}\Z")
+_STORED_RULE = re.compile(r"(?:\*\.)?(?:[a-z0-9-]{1,63}\.)+[a-z0-9-]{1,63}\Z")
+_STORED_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789.-*\n"
+_ALL_BUT_DOT_AND_NEWLINE = bytes(b for b in range(256) if b not in b".\n")
+
+
+def check_stored_rule(text: str) -> None:
+    """Raise :class:`InvalidName` unless ``text`` is shaped like a rule sipzone stores."""
+    if len(text) <= MAX_SIP_DOMAIN and _STORED_RULE.match(text):
+        return
+    parse_rule(text)  # raises with the precise reason, when there is one
+    raise InvalidName(f"{text!r} is not a rule in the stored form (lower case A-labels)")
+
+
+def check_stored_name(text: str, limit: int = MAX_NAME) -> None:
+    """Like :func:`check_stored_rule` for an exact name of at most ``limit`` octets (a zone,
+    a site host, the email domain)."""
+    if len(text) <= limit and _STORED_NAME.match(text):
+        return
+    parse_domain(text)
+    if len(text) > limit:
+        raise NoRoomForServiceNames(f"{text!r} is {len(text)} octets; here at most {limit}")
+    raise InvalidName(f"{text!r} is not a name in the stored form (lower case A-labels)")
+
+
+def _plausibly_all_stored(texts: Sequence[str]) -> bool:
+    """True only if every text passes :func:`check_stored_rule`; False means "look closer".
+
+    A million rules are read at every server start, so this tests the whole list with a few
+    passes in C (lengths, bytes, substrings) instead of one pattern per name.
+    """
+    if not texts:
+        return True
+    longest = max(map(len, texts))
+    if longest > MAX_SIP_DOMAIN:
+        return False
+    try:
+        blob = "\n".join(texts).encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    if blob.translate(None, _STORED_BYTES) or blob[:1] == b"." or blob[-1:] == b".":
+        return False
+    if b".." in blob or b"\n." in blob or b".\n" in blob or b"\n\n" in blob:
+        return False
+    stars = blob.count(b"*")
+    if stars and (stars != blob.count(b"\n*.") + blob.startswith(b"*.") or b"*.*" in blob):
+        return False
+    if b"\n\n" in b"\n" + blob.translate(None, _ALL_BUT_DOT_AND_NEWLINE) + b"\n":
+        return False  # a single-label name
+    # A label of more than 63 octets needs a name longer than that: look at those alone.
+    return longest <= MAX_LABEL or all(_STORED_RULE.match(t) for t in texts if len(t) > MAX_LABEL)
+
+
+def invalid_stored_rules(texts: Sequence[str]) -> list[tuple[str, InvalidName]]:
+    """The texts that fail :func:`check_stored_rule`, with the reason; fast when there are none."""
+    if _plausibly_all_stored(texts):
+        return []
+    bad: list[tuple[str, InvalidName]] = []
+    for text in texts:
+        try:
+            check_stored_rule(text)
+        except InvalidName as exc:
+            bad.append((text, exc))
+    return bad
 
 
 def lookup_key(host: str) -> str:

@@ -1,18 +1,22 @@
 """An immutable view of one store revision: everything the SIP edge and the DNS need.
 
 Services hold a reference to the current snapshot and swap it atomically when a newer revision
-arrives; work in flight finishes on the snapshot it started with.
+arrives; work in flight finishes on the snapshot it started with.  The value rules of a site
+(addresses, networks, ports, weight, order, names) live here too, one function per kind, so
+that every interface that writes a site and every store read applies the same ones.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from sipzone.model.errors import BadAddress, BadNetwork, BadWord, NoRoomForServiceNames, OutOfRange
 from sipzone.model.matcher import Match, Matcher
-from sipzone.model.names import lookup_key
+from sipzone.model.names import MAX_LABEL, MAX_NAME, lookup_key
 from sipzone.model.tenancy import TenancyTree, TenantView
 
 TRANSPORTS = ("udp", "tcp", "tls")
@@ -22,6 +26,116 @@ DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"udp": 5060, "tcp": 5060, "
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Numbers a site carries, bounded by the DNS field each one ends up in.
+MAX_WEIGHT = 65535  # SRV weight, 16 bits (RFC 2782)
+MAX_ORDER = 65535  # sites in distinct orders get SRV priorities 10, 20, ...: keep it small
+MAX_PORT = 65535
+MAX_REGION = 100
+# A site name is one DNS label: without --host, the site's SIP host is "<site name>.<zone>".
+_SITE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_REGION = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_REGION - 1}}}\Z")
+
+
+def parse_vip(text: str) -> IPAddress:
+    """A virtual IP clients are sent to: a plain unicast IPv4 or IPv6 address.
+
+    Refused: a scope id (``fe80::1%eth0``: no DNS record can carry one), the unspecified
+    address, multicast, link-local (only reachable on one link), IPv4-mapped IPv6 and the
+    IPv4 broadcast and reserved ranges.  Loopback and the documentation ranges are kept: tests
+    and demos use them.
+    """
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise BadAddress(f"virtual IP {text!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            raise BadAddress(
+                f"virtual IP {text!r} has a scope id ('%{address.scope_id}'); DNS records "
+                "carry plain addresses only"
+            )
+        if address.ipv4_mapped is not None:
+            raise BadAddress(
+                f"virtual IP {text!r} is an IPv4-mapped IPv6 address; give {address.ipv4_mapped}"
+            )
+    refused = (
+        (address.is_unspecified, "the unspecified address"),
+        (address.is_multicast, "a multicast address"),
+        (address.is_link_local, "a link-local address, reachable on one link only"),
+        (isinstance(address, ipaddress.IPv4Address) and address.is_reserved, "a reserved address"),
+    )
+    for hit, kind in refused:
+        if hit:
+            raise BadAddress(
+                f"virtual IP {text!r} is {kind}; a virtual IP must be a unicast address "
+                "clients can reach"
+            )
+    return address
+
+
+def parse_network(text: str) -> IPNetwork:
+    """A client network in strict CIDR form (``10.0.0.0/8``; no host bits, no scope id)."""
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise BadNetwork(
+            f"client network {text!r} is not a CIDR such as 10.0.0.0/8 ({exc})"
+        ) from None
+    if "%" in text:
+        raise BadNetwork(f"client network {text!r} has a scope id; give a plain CIDR")
+    if network.is_multicast:
+        raise BadNetwork(f"client network {text!r} is multicast; no client sends from there")
+    return network
+
+
+def check_number(what: str, value: int, low: int, high: int) -> int:
+    """``value`` if ``low <= value <= high``, else :class:`OutOfRange` naming the field."""
+    if not low <= value <= high:
+        raise OutOfRange(f"{what} {value} is outside {low}-{high}")
+    return value
+
+
+def check_port(transport: str, value: int) -> int:
+    """A site's port for ``transport``; 0 means the site does not offer that transport."""
+    return check_number(f"{transport} port (0: not offered)", value, 0, MAX_PORT)
+
+
+def check_weight(value: int) -> int:
+    return check_number("weight (the SRV weight)", value, 0, MAX_WEIGHT)
+
+
+def check_order(value: int) -> int:
+    return check_number("order", value, 0, MAX_ORDER)
+
+
+def parse_site_name(text: str) -> str:
+    """A site name: one DNS label (letters, digits, inner '-'), as it forms the default host."""
+    if not _SITE_NAME.match(text):
+        raise BadWord(
+            f"site name {text!r} must be one DNS label: letters, digits and inner '-', at most "
+            f"{MAX_LABEL} (without --host the site's SIP host is <site name>.<zone>)"
+        )
+    return text
+
+
+def parse_region(text: str) -> str:
+    """A region: a word such as ``eu`` or ``us-east``."""
+    if not _REGION.match(text):
+        raise BadWord(f"region {text!r} must be a word such as 'eu' or 'us-east'")
+    return text
+
+
+def check_site_host_fits(site: str, host: str | None, zones: Iterable[str]) -> None:
+    """Without a host, a site's SIP host in zone Z is ``<site>.Z``: it must be a valid name."""
+    if host is not None:
+        return
+    for zone in zones:
+        if len(site) + 1 + len(zone) > MAX_NAME:
+            raise NoRoomForServiceNames(
+                f"site {site!r} without --host would be named '{site}.{zone}' in zone "
+                f"{zone!r}, longer than {MAX_NAME} octets; give the site a --host"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,18 +9,177 @@ Namespace rule: every name has a *controller*, the owner of the most specific ru
 provider when none does.  A rule for ``N`` or ``*.N`` may be owned by tenant T only when the
 controller of ``N`` is T or one of T's ancestors, so a reseller can never claim a name inside
 another reseller's space.
+
+The value rules of a tenant live here too (its name, brand fields and upstream), so that every
+interface that writes a tenant (CLI, API, store reads) applies the same ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from sipzone.model.errors import NotPermitted, TenantCycle, UnknownTenant
+from sipzone.model.errors import (
+    BadEmail,
+    BadSipURI,
+    BadTenantName,
+    BadText,
+    BadURL,
+    Conflict,
+    InvalidName,
+    InvalidValue,
+    NotPermitted,
+    TenantCaseTwin,
+    TenantCycle,
+    UnknownTenant,
+)
 from sipzone.model.matcher import Matcher
+from sipzone.model.names import parse_domain
 
 PROVIDER = "provider"
 BRAND_FIELDS = ("brand_name", "support_email", "web_url", "logo_url")
+
+# Lengths are what the store's columns hold (store/schema.py; a test keeps them in step).
+MAX_TENANT_NAME = 100
+MAX_BRAND_NAME = 200
+MAX_EMAIL = 254  # RFC 5321 §4.5.3.1.3: the longest path
+MAX_URL = 500
+MAX_UPSTREAM = 500
+
+# A tenant name travels in a SIP header (X-Sipzone-Tenant) and in URLs of the API to come:
+# an RFC 3261 token subset, starting with a letter or digit.  Unique regardless of case.
+_TENANT_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_TENANT_NAME - 1}}}\Z")
+# A SIP or SIPS URI without spaces, controls, quotes or angle brackets (RFC 3261 §25.1).
+_SIP_URI = re.compile(r"sips?:[\x21\x23-\x3b\x3d\x3f-\x7e]+\Z", re.IGNORECASE)
+# RFC 5322 dot-atom local part.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_PART = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
+# Characters no displayed text may hold: controls, line and paragraph separators, surrogates,
+# private use, unassigned, and the bidi overrides and isolates that reorder what a reader sees.
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def parse_tenant_name(text: str) -> str:
+    """A tenant name as given (case kept); raises :class:`BadTenantName`."""
+    if not _TENANT_NAME.match(text):
+        raise BadTenantName(
+            f"tenant name {text!r} must start with a letter or digit and hold only ASCII "
+            f"letters, digits, '_', '.', '-' (at most {MAX_TENANT_NAME})"
+        )
+    return text
+
+
+def check_new_tenant_name(name: str, existing: Iterable[str]) -> None:
+    """Refuse ``name`` when a tenant of that name exists, in any case (``Acme`` vs ``acme``)."""
+    key = name.casefold()
+    for other in existing:
+        if other.casefold() == key:
+            if other == name:
+                raise Conflict(f"tenant {name!r} exists already")
+            raise TenantCaseTwin(
+                f"tenant {name!r} differs from the existing {other!r} only in case; tenant "
+                "names are unique regardless of case"
+            )
+
+
+def _check_text(what: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise BadText(f"{what} is {len(value)} characters; it holds at most {limit}")
+    for char in value:
+        if unicodedata.category(char) in _BAD_CATEGORIES or char in _BIDI_CONTROLS:
+            raise BadText(
+                f"{what} {value[:40]!r} has the control character U+{ord(char):04X}; it must "
+                "be one line of printable text"
+            )
+    return value
+
+
+def parse_brand_name(value: str) -> str:
+    """A display name: one line of printable text, at most :data:`MAX_BRAND_NAME` characters."""
+    return _check_text("brand name", value.strip(), MAX_BRAND_NAME)
+
+
+def parse_support_email(value: str) -> str:
+    """A plain ``local@domain`` address (no display name, no comments)."""
+    value = _check_text("support email", value.strip(), MAX_EMAIL)
+    local, at, domain = value.rpartition("@")
+    if not at or not _LOCAL_PART.match(local) or len(local) > 64:
+        raise BadEmail(f"support email {value!r} is not an address such as support@example.com")
+    try:
+        parse_domain(domain)
+    except InvalidName as exc:
+        raise BadEmail(f"support email {value!r}: {exc}") from None
+    return value
+
+
+def _parse_url(what: str, value: str) -> str:
+    value = _check_text(what, value.strip(), MAX_URL)
+    if any(c.isspace() for c in value):
+        raise BadURL(f"{what} {value!r} has white space")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        raise BadURL(f"{what} {value!r} is not a URL: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise BadURL(f"{what} {value!r} is not an http(s) URL such as https://example.com/")
+    if parts.username is not None or parts.password is not None:
+        raise BadURL(f"{what} {value!r} carries a user name; give the URL without one")
+    try:
+        ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        try:
+            parse_domain(parts.hostname)
+        except InvalidName as exc:
+            raise BadURL(f"{what} {value!r}: {exc}") from None
+    return value
+
+
+def parse_web_url(value: str) -> str:
+    """The brand's web site: an http(s) URL without user name, at most :data:`MAX_URL`."""
+    return _parse_url("web URL", value)
+
+
+def parse_logo_url(value: str) -> str:
+    """The brand's logo: an http(s) URL without user name, at most :data:`MAX_URL`."""
+    return _parse_url("logo URL", value)
+
+
+def parse_upstream(value: str) -> str:
+    """The SIP URI of a core (``sip:core.example:5060;transport=tcp``)."""
+    value = value.strip()
+    if len(value) > MAX_UPSTREAM:
+        raise BadSipURI(f"upstream is {len(value)} characters; it holds at most {MAX_UPSTREAM}")
+    if not _SIP_URI.match(value):
+        raise BadSipURI(f"upstream {value!r} is not a SIP URI such as sip:core.example:5060")
+    return value
+
+
+# One parser per optional tenant field, keyed by the field's name.
+FIELD_PARSERS: Mapping[str, Callable[[str], str]] = {
+    "brand_name": parse_brand_name,
+    "support_email": parse_support_email,
+    "web_url": parse_web_url,
+    "logo_url": parse_logo_url,
+    "upstream": parse_upstream,
+}
+
+
+def parse_tenant_field(name: str, value: str | None) -> str | None:
+    """Validate one optional field; None or '' means "not set here" (inherit)."""
+    parser = FIELD_PARSERS.get(name)
+    if parser is None:
+        raise InvalidValue(f"a tenant has no field {name!r}; fields: {', '.join(FIELD_PARSERS)}")
+    if value is None or value.strip() == "":
+        return None
+    return parser(value)
 
 
 @dataclass(frozen=True, slots=True)

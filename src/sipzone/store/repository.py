@@ -3,14 +3,18 @@
 Each write runs in one transaction that first bumps the global revision (which also
 serialises writers), then validates against the current state, then changes rows and appends a
 change-log row saying what, who and when.  A write that fails validation rolls back whole:
-nothing changed, revision included.
+nothing changed, revision included.  The rules themselves live in ``sipzone.model`` (one
+function per kind of value); this module calls them, so every interface gets the same ones.
+
+Reads check what the services rely on, too: a row an older version or a hand edit left behind
+(a VIP with a scope id, a name too long for its service names) is skipped with one log line,
+never allowed to crash a server or poison a snapshot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import re
+import logging
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -19,27 +23,66 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from sipzone.model.errors import Conflict, InvalidValue, NotFound, SipzoneError, UnknownTenant
+from sipzone.eventlog import EventLog
+from sipzone.model.errors import (
+    BadAddress,
+    Conflict,
+    ImportRefused,
+    InvalidName,
+    InvalidValue,
+    NotFound,
+    NotPermitted,
+    SipzoneError,
+    UnknownTenant,
+    UnsupportedDatabase,
+)
 from sipzone.model.matcher import Match, Matcher
-from sipzone.model.names import DomainName, RuleName, WildcardName, parse_domain, parse_rule
-from sipzone.model.snapshot import DEFAULT_PORTS, Delta, Site, Snapshot
+from sipzone.model.names import (
+    MAX_ZONE,
+    DomainName,
+    RuleName,
+    WildcardName,
+    check_stored_name,
+    check_stored_rule,
+    invalid_stored_rules,
+    parse_domain,
+    parse_rule,
+    parse_zone,
+)
+from sipzone.model.snapshot import (
+    DEFAULT_PORTS,
+    Delta,
+    Site,
+    Snapshot,
+    check_order,
+    check_port,
+    check_site_host_fits,
+    check_weight,
+    parse_network,
+    parse_region,
+    parse_site_name,
+    parse_vip,
+)
 from sipzone.model.tenancy import (
+    FIELD_PARSERS,
     PROVIDER,
     TenancyTree,
     Tenant,
     TenantView,
     check_may_own,
     check_may_remove,
+    check_new_tenant_name,
+    parse_tenant_field,
+    parse_tenant_name,
 )
 from sipzone.store.feed import notify_sql
 from sipzone.store.schema import changelog, domains, settings, sites, state, tenants, zones
 
 DEFAULT_URL = "sqlite:///./sipzone.db"
-_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
-_SIP_URI = re.compile(r"sips?:[^\s<>\"]+\Z")
+# The databases sipzone runs on, by SQLAlchemy driver name (``postgresql://`` means psycopg).
+SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"})
 # Ops the change feed can apply incrementally; any other op rebuilds the snapshot whole.
 RULE_OPS = frozenset({"domain.add", "domain.remove"})
 
@@ -77,11 +120,25 @@ class ImportReport:
     unchanged: int
 
 
+def check_url(url: str) -> sa.URL:
+    """The parsed store URL; :class:`UnsupportedDatabase` unless SQLite or PostgreSQL."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        parsed = None
+    if parsed is None or parsed.drivername not in SUPPORTED_DRIVERS:
+        shown = parsed.render_as_string(hide_password=True) if parsed else url.split("@")[-1]
+        raise UnsupportedDatabase(
+            f"store URL {shown!r} is not supported; use sqlite:///FILE or postgresql://USER@HOST/DB"
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on."""
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = sa.create_engine(url, future=True)
+    engine = sa.create_engine(check_url(url), future=True)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
@@ -96,50 +153,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _vip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        raise InvalidValue(f"virtual IP {text!r} is not an IPv4 or IPv6 address") from None
-
-
-def _network(text: str) -> str:
-    try:
-        return str(ipaddress.ip_network(text.strip(), strict=False))
-    except ValueError:
-        raise InvalidValue(f"client network {text!r} is not a CIDR such as 10.0.0.0/8") from None
-
-
-def _port(transport: str, value: int) -> int:
-    if not 0 <= value <= 65535:
-        raise InvalidValue(f"{transport} port {value} is outside 1-65535 (0: not offered)")
-    return value
-
-
-def _uri(value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    if not _SIP_URI.match(value):
-        raise InvalidValue(f"upstream {value!r} is not a SIP URI such as sip:core.example:5060")
-    return value
-
-
-def _tenant_name(name: str) -> str:
-    if not _TENANT_NAME.match(name):
-        raise InvalidValue(
-            f"tenant name {name!r} must start with a letter or digit and hold only letters, "
-            "digits, '_', '.', '-' (at most 100)"
-        )
-    return name
-
-
 IMPORT_ERRORS_SHOWN = 20  # a refused import lists this many problems, then stops reading
 
 
 def import_refusal(errors: list[str]) -> str:
-    """The message of a refused import: the first problems, line by line."""
+    """The one-line message of a refused import: the first problems, '; ' between them."""
     more = f" (first {IMPORT_ERRORS_SHOWN} shown)" if len(errors) >= IMPORT_ERRORS_SHOWN else ""
-    return f"import refused, nothing was added{more}:\n  " + "\n  ".join(errors)
+    return f"import refused, nothing was added{more}: " + "; ".join(errors)
+
+
+class _Unchanged(Exception):
+    """Raised inside a write that found nothing to change, to roll back its revision."""
 
 
 class Store:
@@ -150,6 +174,8 @@ class Store:
         self.engine = make_engine(url)
         self.actor = actor
         self.via = via
+        # Bad rows met while reading: one line per row and minute (a server reads often).
+        self.read_log = EventLog(logging.getLogger("sipzone.store"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -212,7 +238,7 @@ class Store:
                 raise self._not_initialised(exc.orig) from None
             if rev is None:
                 raise self._not_initialised()
-            info = dict(detail or {})
+            info = detail if detail is not None else {}  # the caller may add to it
             if conn.dialect.name == "postgresql":
                 conn.execute(notify_sql(), {"revision": rev})
             yield conn, int(rev)
@@ -243,7 +269,24 @@ class Store:
                 tenants.c.upstream,
             ).outerjoin(parent, tenants.c.parent_id == parent.c.id)
         ).all()
-        return [Tenant(*row) for row in rows]
+        return [self._stored_tenant(*row) for row in rows]
+
+    def _stored_tenant(self, name: str, parent: str | None, *values: str | None) -> Tenant:
+        """A tenant row as read; a field that breaks today's rules is dropped (inherited)."""
+        fields: dict[str, str | None] = {}
+        for field_name, value in zip(FIELD_PARSERS, values, strict=True):
+            try:
+                fields[field_name] = parse_tenant_field(field_name, value)
+            except InvalidValue as exc:
+                self.read_log.warning(
+                    f"tenant {name} {field_name}",
+                    "store: tenant %r: stored %s ignored: %s",
+                    name,
+                    field_name,
+                    exc,
+                )
+                fields[field_name] = None
+        return Tenant(name, parent, **fields)
 
     def _tenant_id(self, conn: Connection, name: str) -> int:
         tid = conn.execute(sa.select(tenants.c.id).where(tenants.c.name == name)).scalar()
@@ -280,41 +323,36 @@ class Store:
         logo_url: str | None = None,
         upstream: str | None = None,
     ) -> int:
-        name = _tenant_name(name)
-        upstream = _uri(upstream)
+        name = parse_tenant_name(name)
+        given = {
+            "brand_name": brand_name,
+            "support_email": support_email,
+            "web_url": web_url,
+            "logo_url": logo_url,
+            "upstream": upstream,
+        }
+        values = {k: parse_tenant_field(k, v) for k, v in given.items()}
         with self._write("tenant.add", name, {"parent": parent}) as (conn, rev):
             tree = self._tree(conn)
-            if name in tree:
-                raise Conflict(f"tenant {name!r} exists already")
+            check_new_tenant_name(name, (t.name for t in tree))
             tree.get(parent)
             if not tree.is_ancestor_or_self(self.actor, parent):
-                raise SipzoneError(f"tenant {self.actor!r} may not add tenants under {parent!r}")
+                raise NotPermitted(f"tenant {self.actor!r} may not add tenants under {parent!r}")
             conn.execute(
                 tenants.insert().values(
-                    name=name,
-                    parent_id=self._tenant_id(conn, parent),
-                    brand_name=brand_name,
-                    support_email=support_email,
-                    web_url=web_url,
-                    logo_url=logo_url,
-                    upstream=upstream,
+                    name=name, parent_id=self._tenant_id(conn, parent), **values
                 )
             )
             return rev
 
     def update_tenant(self, name: str, **fields: str | None) -> int:
-        allowed = {"brand_name", "support_email", "web_url", "logo_url", "upstream"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise InvalidValue(f"tenant has no field(s) {sorted(unknown)}")
-        if "upstream" in fields:
-            fields["upstream"] = _uri(fields["upstream"])
-        values = {k: (v or None) for k, v in fields.items()}
-        with self._write("tenant.update", name, values) as (conn, rev):
+        """Change some of a tenant's optional fields; None or '' clears one (inherit)."""
+        values = {k: parse_tenant_field(k, v) for k, v in fields.items()}
+        with self._write("tenant.update", name, dict(values)) as (conn, rev):
             tree = self._tree(conn)
             tree.get(name)
             if not tree.is_ancestor_or_self(self.actor, name):
-                raise SipzoneError(f"tenant {self.actor!r} may not change {name!r}")
+                raise NotPermitted(f"tenant {self.actor!r} may not change {name!r}")
             conn.execute(tenants.update().where(tenants.c.name == name).values(**values))
             return rev
 
@@ -391,76 +429,82 @@ class Store:
         batch: int = 20_000,
         progress: Any = None,
     ) -> ImportReport:
-        """Add many rules: validate all first (nothing is written if one fails), then write in
-        batches, one transaction and one revision each.  Rules already present with the same
-        owner are left alone, so the import is idempotent.
+        """Add many rules in one transaction and one revision: all of them or none.
 
-        ``entries`` are ``(line number, parsed rule, owner or None)``.
+        Validation (owner, conflicts, the namespace rule with the file's own wildcards in view)
+        runs inside the transaction that writes, after it has serialised against every other
+        writer, so it sees exactly the state the rows land in: a rule added by someone else
+        a moment earlier is a conflict reported with its line, never a silent skip.  A refusal
+        lists up to :data:`IMPORT_ERRORS_SHOWN` lines.  Rules already present with the same
+        owner are left alone, so an import can be re-run; one that adds nothing leaves the
+        revision as it was.
+
+        ``entries`` are ``(line number, parsed rule, owner or None)``; rows are inserted
+        ``batch`` per statement; ``progress(n)`` is called as lines are done.
         """
         default_owner = default_owner or self.actor
-        with self.engine.connect() as conn:
-            tree = self._tree(conn)
-            owner_ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).all())
-            current = dict(self.domain_rules(conn))
+        detail: dict[str, Any] = {"lines": len(entries)}
+        subject = entries[0][1].text if entries else "(empty)"
         pending: dict[str, tuple[str, bool]] = {}
         unchanged = 0
-        errors: list[str] = []
+        try:
+            with self._write("domain.import", subject, detail) as (conn, rev):
+                tree = self._tree(conn)
+                owner_ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).all())
+                current = dict(self.domain_rules(conn))
+                errors: list[str] = []
 
-        def refuse(lineno: int, exc: SipzoneError) -> None:
-            errors.append(f"line {lineno}: {exc}")
-            if len(errors) >= IMPORT_ERRORS_SHOWN:
-                raise InvalidValue(import_refusal(errors))
+                def refuse(lineno: int, exc: SipzoneError) -> None:
+                    errors.append(f"line {lineno}: {exc}")
+                    if len(errors) >= IMPORT_ERRORS_SHOWN:
+                        raise ImportRefused(import_refusal(errors))
 
-        for lineno, rule, owner in entries:
-            owner = owner or default_owner
-            if owner not in tree:
-                refuse(lineno, UnknownTenant(f"tenant {owner!r} does not exist"))
-                continue
-            have = current.get(rule.text) or pending.get(rule.text, (None,))[0]
-            if have is None:
-                pending[rule.text] = (owner, rule.is_wildcard)
-            elif have != owner:
-                refuse(lineno, Conflict(f"{rule.text!r} exists already (owner {have!r})"))
-            elif rule.text in current:
-                unchanged += 1
-        # The namespace check sees the file whole: a wildcard on line 900 decides who may own a
-        # name on line 3, whatever the order.
-        rules = Matcher.from_rules([*current.items(), *((n, o) for n, (o, _) in pending.items())])
-        for lineno, rule, _owner in entries:
-            if rule.text not in pending:
-                continue
-            try:
-                check_may_own(rule.text, pending[rule.text][0], self.actor, tree, rules)
-            except SipzoneError as exc:
-                refuse(lineno, exc)
-        if errors:
-            raise InvalidValue(import_refusal(errors))
-        items = list(pending.items())
-        if progress is not None:
-            progress(len(entries) - len(items))  # lines with nothing to write are done
-        added = 0
-        dialect = self.engine.dialect.name
-        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        for start in range(0, len(items), batch):
-            chunk = items[start : start + batch]
-            with self._write(
-                "domain.import", chunk[0][0], {"count": len(chunk), "last": chunk[-1][0]}
-            ) as (conn, rev):
-                # RETURNING counts what really went in: rowcount of an executemany is not
-                # reliable across drivers.
-                result = conn.execute(
-                    insert_fn(domains)
-                    .on_conflict_do_nothing(index_elements=["name"])
-                    .returning(domains.c.id),
-                    [
-                        {"name": n, "owner_id": owner_ids[o], "wildcard": w, "revision": rev}
-                        for n, (o, w) in chunk
-                    ],
+                for lineno, rule, owner in entries:
+                    owner = owner or default_owner
+                    if owner not in tree:
+                        refuse(lineno, UnknownTenant(f"tenant {owner!r} does not exist"))
+                        continue
+                    have = current.get(rule.text) or pending.get(rule.text, (None,))[0]
+                    if have is None:
+                        pending[rule.text] = (owner, rule.is_wildcard)
+                    elif have != owner:
+                        refuse(lineno, Conflict(f"{rule.text!r} exists already (owner {have!r})"))
+                    elif rule.text in current:
+                        unchanged += 1
+                # The namespace check sees the file whole: a wildcard on line 900 decides who
+                # may own a name on line 3, whatever the order.
+                rules = Matcher.from_rules(
+                    [*current.items(), *((n, o) for n, (o, _) in pending.items())]
                 )
-                added += len(result.all())
-            if progress is not None:
-                progress(len(chunk))
-        return ImportReport(read=len(entries), added=added, unchanged=unchanged)
+                for lineno, rule, _owner in entries:
+                    if rule.text not in pending:
+                        continue
+                    try:
+                        check_may_own(rule.text, pending[rule.text][0], self.actor, tree, rules)
+                    except SipzoneError as exc:
+                        refuse(lineno, exc)
+                if errors:
+                    raise ImportRefused(import_refusal(errors))
+                items = list(pending.items())
+                if progress is not None:
+                    progress(len(entries) - len(items))  # lines with nothing to write are done
+                if not items:
+                    raise _Unchanged
+                for start in range(0, len(items), batch):
+                    chunk = items[start : start + batch]
+                    conn.execute(
+                        domains.insert(),
+                        [
+                            {"name": n, "owner_id": owner_ids[o], "wildcard": w, "revision": rev}
+                            for n, (o, w) in chunk
+                        ],
+                    )
+                    if progress is not None:
+                        progress(len(chunk))
+                detail.update(added=len(items), last=items[-1][0])
+        except _Unchanged:
+            pass
+        return ImportReport(read=len(entries), added=len(pending), unchanged=unchanged)
 
     # ------------------------------------------------------------------ sites, zones, email
 
@@ -477,26 +521,28 @@ class Store:
         ports: dict[str, int] | None = None,
         upstream: str | None = None,
     ) -> int:
-        name = _tenant_name(name)
-        vip_list = [_vip(v) for v in vips]
+        name = parse_site_name(name)
+        vip_list = [str(parse_vip(v)) for v in vips]
         if not vip_list:
-            raise InvalidValue("a site needs at least one virtual IP (--vip)")
-        nets = [_network(n) for n in networks]
+            raise BadAddress("a site needs at least one virtual IP (--vip)")
+        nets = [str(parse_network(n)) for n in networks]
         host_name = parse_domain(host).text if host else None
-        if not region or not _TENANT_NAME.match(region):
-            raise InvalidValue(f"region {region!r} must be a word such as 'eu' or 'us-east'")
-        if not 0 <= weight <= 65535:
-            raise InvalidValue(f"weight {weight} is outside 0-65535 (it becomes the SRV weight)")
+        region = parse_region(region)
+        check_weight(weight)
+        if order is not None:
+            check_order(order)
         merged = {**DEFAULT_PORTS, **(ports or {})}
         for transport, port in merged.items():
-            _port(transport, port)
+            check_port(transport, port)
         if not any(merged.values()):
             raise InvalidValue("a site must offer at least one transport (a port other than 0)")
+        upstream = parse_tenant_field("upstream", upstream)
         with self._write("site.add", name) as (conn, rev):
             if self.actor != PROVIDER:
-                raise SipzoneError("only the provider manages sites")
+                raise NotPermitted("only the provider manages sites")
             if conn.execute(sa.select(sites.c.id).where(sites.c.name == name)).first():
                 raise Conflict(f"site {name!r} exists already")
+            check_site_host_fits(name, host_name, conn.execute(sa.select(zones.c.name)).scalars())
             if order is None:
                 count = sa.select(sa.func.count()).select_from(sites)
                 order = int(conn.execute(count).scalar_one())
@@ -512,7 +558,7 @@ class Store:
                     port_tls=merged["tls"],
                     weight=weight,
                     position=order,
-                    upstream=_uri(upstream),
+                    upstream=upstream,
                     healthy=True,
                 )
             )
@@ -535,31 +581,92 @@ class Store:
         with self.engine.connect() as conn:
             return self._sites(conn)
 
-    def _sites(self, conn: Connection) -> list[Site]:
+    def _sites(self, conn: Connection, zone_names: Sequence[str] | None = None) -> list[Site]:
+        """The sites as stored, less what breaks today's rules (logged): a bad VIP or client
+        network is left out, a site with a bad host, port, weight or no VIP left is skipped."""
+        if zone_names is None:
+            zone_names = self._zones(conn)
         rows = conn.execute(sa.select(sites).order_by(sites.c.position, sites.c.name)).mappings()
-        return [
-            Site(
-                name=r["name"],
-                region=r["region"],
-                vips=tuple(ipaddress.ip_address(v) for v in r["vips"]),
-                host=r["host"],
-                ports={"udp": r["port_udp"], "tcp": r["port_tcp"], "tls": r["port_tls"]},
-                networks=tuple(ipaddress.ip_network(n) for n in r["networks"]),
-                weight=r["weight"],
-                order=r["position"],
-                upstream=r["upstream"],
-                healthy=bool(r["healthy"]),
+        out: list[Site] = []
+        for row in rows:
+            try:
+                out.append(self._stored_site(row, zone_names))
+            except (SipzoneError, TypeError, ValueError) as exc:
+                name = row["name"]
+                self.read_log.warning(f"site {name}", "store: site %r skipped: %s", name, exc)
+        return out
+
+    def _stored_site(self, row: sa.RowMapping, zone_names: Sequence[str]) -> Site:
+        name = str(row["name"])
+
+        def each(kind: str, values: Iterable[object], parse: Any) -> tuple[Any, ...]:
+            kept = []
+            for value in values:
+                try:
+                    kept.append(parse(str(value)))
+                except InvalidValue as exc:
+                    self.read_log.warning(
+                        f"site {name} {kind} {value}",
+                        "store: site %r: stored %s left out: %s",
+                        name,
+                        kind,
+                        exc,
+                    )
+            return tuple(kept)
+
+        vips = each("virtual IP", row["vips"], parse_vip)
+        if not vips:
+            raise BadAddress("no usable virtual IP")
+        host = row["host"]
+        if host is not None:
+            check_stored_name(host)
+        check_site_host_fits(name, host, zone_names)
+        ports = {"udp": row["port_udp"], "tcp": row["port_tcp"], "tls": row["port_tls"]}
+        for transport, port in ports.items():
+            check_port(transport, int(port))
+        upstream = row["upstream"]
+        try:
+            upstream = parse_tenant_field("upstream", upstream)
+        except InvalidValue as exc:
+            self.read_log.warning(
+                f"site {name} upstream", "store: site %r: upstream ignored: %s", name, exc
             )
-            for r in rows
-        ]
+            upstream = None
+        return Site(
+            name=name,
+            region=str(row["region"]),
+            vips=vips,
+            host=host,
+            ports=ports,
+            networks=each("client network", row["networks"], parse_network),
+            weight=check_weight(int(row["weight"])),
+            order=int(row["position"]),
+            upstream=upstream,
+            healthy=bool(row["healthy"]),
+        )
+
+    def _zones(self, conn: Connection) -> list[str]:
+        """The zones as stored, less any name the DNS could not serve (logged)."""
+        out = []
+        for name in conn.execute(sa.select(zones.c.name).order_by(zones.c.name)).scalars():
+            try:
+                check_stored_name(name, MAX_ZONE)
+            except InvalidName as exc:
+                self.read_log.warning(f"zone {name}", "store: zone %r skipped: %s", name, exc)
+                continue
+            out.append(name)
+        return out
 
     def add_zone(self, text: str) -> tuple[DomainName, int]:
-        zone = parse_domain(text)
+        zone = parse_zone(text)
         with self._write("zone.add", zone.text) as (conn, rev):
             if self.actor != PROVIDER:
-                raise SipzoneError("only the provider manages zones")
+                raise NotPermitted("only the provider manages zones")
             if conn.execute(sa.select(zones.c.id).where(zones.c.name == zone.text)).first():
                 raise Conflict(f"zone {zone.text!r} exists already")
+            hostless = sa.select(sites.c.name).where(sites.c.host.is_(None))
+            for site_name in conn.execute(hostless).scalars():
+                check_site_host_fits(site_name, None, [zone.text])
             conn.execute(zones.insert().values(name=zone.text))
             return zone, rev
 
@@ -577,7 +684,7 @@ class Store:
     def set_setting(self, key: str, value: str | None) -> int:
         with self._write("setting.set", key, {"value": value}) as (conn, rev):
             if self.actor != PROVIDER:
-                raise SipzoneError("only the provider changes installation settings")
+                raise NotPermitted("only the provider changes installation settings")
             conn.execute(settings.delete().where(settings.c.key == key))
             if value is not None:
                 conn.execute(settings.insert().values(key=key, value=value))
@@ -589,7 +696,7 @@ class Store:
         mx_name = parse_domain(mx).text if mx else None
         with self._write("email.set", name.text, {"mx": mx_name}) as (conn, rev):
             if self.actor != PROVIDER:
-                raise SipzoneError("only the provider sets the email domain")
+                raise NotPermitted("only the provider sets the email domain")
             for key, value in (("email_domain", name.text), ("email_mx", mx_name)):
                 conn.execute(settings.delete().where(settings.c.key == key))
                 if value is not None:
@@ -660,20 +767,45 @@ class Store:
             return matcher.match(name), rev
 
     def load_snapshot(self) -> Snapshot:
-        """The whole state at one revision, read in one transaction."""
+        """The whole state at one revision, read in one transaction; rows that break the rules
+        the services rely on are skipped, one log line each (see the module's docstring)."""
         with self.engine.connect() as conn, conn.begin():
             rev = self._revision(conn)
             tree = self._tree(conn)
             settings_map = dict(conn.execute(sa.select(settings.c.key, settings.c.value)).all())
+            for key in ("email_domain", "email_mx"):
+                value = settings_map.get(key)
+                try:
+                    if value is not None:
+                        check_stored_name(value)
+                except InvalidName as exc:
+                    self.read_log.warning(f"setting {key}", "store: %s ignored: %s", key, exc)
+                    del settings_map[key]
+            zone_names = self._zones(conn)
             return Snapshot.build(
                 rev,
                 tree,
-                self.domain_rules(conn),
-                sites=tuple(self._sites(conn)),
-                zones=tuple(conn.execute(sa.select(zones.c.name)).scalars()),
+                self._valid_rules(self.domain_rules(conn)),
+                sites=tuple(self._sites(conn, zone_names)),
+                zones=tuple(zone_names),
                 email_domain=settings_map.get("email_domain"),
                 settings=settings_map,
             )
+
+    def _valid_rules(self, rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``rules`` less those no longer valid, logged as one line with the count."""
+        bad = invalid_stored_rules([text for text, _ in rules])
+        if not bad:
+            return rules
+        self.read_log.warning(
+            "rules",
+            "store: %d stored SIP domain rule(s) skipped as invalid, such as %r: %s",
+            len(bad),
+            bad[0][0],
+            bad[0][1],
+        )
+        skip = {text for text, _ in bad}
+        return [rule for rule in rules if rule[0] not in skip]
 
     def advance(self, snapshot: Snapshot) -> Snapshot:
         """The snapshot at the store's current revision, built from ``snapshot`` by applying the
@@ -688,7 +820,21 @@ class Store:
         removed: set[str] = set()
         for change in changes:
             if change.op == "domain.add":
-                added[change.subject] = (change.detail or {})["owner"]
+                owner = (change.detail or {}).get("owner")
+                try:
+                    check_stored_rule(change.subject)
+                    if owner not in views:
+                        raise UnknownTenant(f"owner {owner!r} is not in the snapshot")
+                except SipzoneError as exc:
+                    self.read_log.warning(
+                        f"change {change.subject}",
+                        "store: change %d (domain.add %r) skipped: %s",
+                        change.revision,
+                        change.subject,
+                        exc,
+                    )
+                    continue
+                added[change.subject] = str(owner)
                 removed.discard(change.subject)
             else:
                 added.pop(change.subject, None)
