@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sipzone.dns import DnsConfig
-from sipzone.dns.answers import Authority
+from sipzone.dns.answers import EDNS, Authority, Query, parse_query
+from sipzone.dns.protocol import RD
 from tests.dns.conftest import snapshot, with_rules
 
 NAMES = [
@@ -127,6 +128,32 @@ def test_malformed_edns_gets_formerr() -> None:
     for wire in cases:
         reply = auth.respond(wire, "127.0.0.1")
         assert reply is not None and reply[3] & 0x0F == dns.rcode.FORMERR, wire
+
+
+def test_a_query_is_taken_apart_before_any_lookup() -> None:
+    ecs = dns.edns.ECSOption("198.51.100.0", 24)
+    asked = dns.message.make_query(
+        "Voip.Example.com", "SRV", use_edns=0, payload=1400, want_dnssec=True, options=[ecs]
+    )
+    wire = asked.to_wire()
+    query = parse_query(wire, udp_payload=1232)
+    assert isinstance(query, Query)
+    assert wire[12 : query.name_end] == asked.question[0].name.to_wire()  # case as asked
+    assert wire[query.name_end : query.end] == b"\x00\x21\x00\x01"  # SRV, IN
+    assert (query.form, query.do, query.payload) == (RD | EDNS, True, 1400)
+    assert query.ecs == b"\x00\x08\x00\x07" + ecs.to_wire()  # code, length, data
+
+    plain = parse_query(dns.message.make_query("voip.example.com", "A").to_wire(), 1232)
+    assert isinstance(plain, Query)
+    assert (plain.form, plain.do, plain.payload, plain.ecs) == (RD, False, 512, b"")
+
+    # What needs no lookup comes back as the whole response (or None: silence).
+    assert parse_query(dns.message.make_response(asked).to_wire(), 1232) is None
+    assert parse_query(wire[:11], 1232) is None
+    future = dns.message.make_query("voip.example.com", "A", use_edns=1).to_wire()
+    refusal = parse_query(future, 1232)
+    assert isinstance(refusal, bytes)
+    assert dns.message.from_wire(refusal).rcode() == dns.rcode.BADVERS
 
 
 def test_responses_and_other_opcodes_are_not_answered_as_queries() -> None:

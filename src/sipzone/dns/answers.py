@@ -44,6 +44,48 @@ import dns.rdataset
 import dns.rdatatype
 
 from sipzone.dns import DnsConfig
+from sipzone.dns.protocol import (
+    AA,
+    BADVERS,
+    CLASS_IN,
+    DO,
+    DO_BYTE,
+    ECHOED,
+    ECS_ADDRESS,
+    ECS_FAMILIES,
+    ECS_FAMILY,
+    ECS_SCOPE,
+    ECS_SOURCE,
+    FORMERR,
+    HEADER,
+    MAX_WIRE_NAME,
+    META_QTYPES,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    ONE_QUESTION,
+    ONE_QUESTION_OPT,
+    OPCODE,
+    OPT_FLAGS,
+    OPT_OPTIONS,
+    OPT_PAYLOAD,
+    OPT_PREFIX,
+    OPT_RDLENGTH,
+    OPT_VERSION,
+    OPTION_ECS,
+    OPTION_HEADER,
+    QNAME_POINTER,
+    QR,
+    QTYPE_ANY,
+    RCODE,
+    RD,
+    REFUSED,
+    SERVFAIL,
+    TC,
+    TCP_MAX,
+    UDP_MIN,
+    name_end,
+)
 from sipzone.dns.records import (
     DOMAIN,
     PROTOCOL_LABELS,
@@ -56,23 +98,13 @@ from sipzone.eventlog import EventLog
 from sipzone.model.names import lookup_key
 from sipzone.model.snapshot import IPNetwork, Snapshot
 
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-BADVERS = 16
-QTYPE_IXFR, QTYPE_AXFR, QTYPE_ANY = 251, 252, 255
-META_QTYPES = frozenset({41, 249, 250, 251, 252, 253, 254})  # never answered from the table
-CLASS_IN = 1
-OPT_ECS = 8
-TCP_MAX = 65535
 FORGET_ONE_BY_ONE = 256  # rules per change above which the question cache is dropped whole
 RESPONSE_CACHE = 65_536  # whole responses kept per view: the hot set, not every name
 
-_PTR_QNAME = b"\xc0\x0c"  # the question name always starts at offset 12
-_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"
-_ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _RR_HEADER = struct.Struct("!HHIH")
 _NAME_TEXT = re.compile(rb"[a-z0-9_*.-]+")
 _VIEW_BYTES = [bytes((i,)) for i in range(256)]
-MAX_NAME = 255  # octets of a wire name (RFC 1035 §3.1)
+EDNS = 2  # in an answer's form: the query had an OPT record (see Answer.heads)
 
 log = logging.getLogger("sipzone.dns")
 events = EventLog(log)
@@ -131,8 +163,8 @@ class Answer:
         self.cuts = cuts
         heads = []
         for i in range(8):
-            rd, edns, tc = i & 1, (i >> 1) & 1, (i >> 2) & 1
-            flags = 0x80 | (0x04 if authoritative else 0) | (0x02 if tc else 0) | rd
+            rd, edns, tc = i & RD, (i >> 1) & 1, (i >> 2) & 1
+            flags = QR | (AA if authoritative else 0) | (TC if tc else 0) | rd
             an, ns, ar = (0, 0, 0) if tc else counts
             heads.append(bytes((flags, rcode)) + struct.pack("!HHHH", 1, an, ns, ar + edns))
         self.heads: tuple[bytes, ...] = tuple(heads)
@@ -185,7 +217,7 @@ def render(
                 cuts.append((size, count))
             for rd in rds:
                 rdata = rd.to_wire()
-                head = (owner if owner is not None else _PTR_QNAME) + _RR_HEADER.pack(
+                head = (owner if owner is not None else QNAME_POINTER) + _RR_HEADER.pack(
                     rds.rdtype, rds.rdclass, rds.ttl, len(rdata)
                 )
                 if rds.rdtype == RdType.SOA:
@@ -296,6 +328,8 @@ class RegionMap:
 
 @dataclass(slots=True)
 class ZoneAnswers:
+    """A zone's two negative answers, each carrying its SOA."""
+
     apex: str
     nodata: Answer
     nxdomain: Answer
@@ -378,7 +412,7 @@ class Authority:
         self._refused = Answer(REFUSED, authoritative=False)
         self._notimp = Answer(NOTIMP, authoritative=False)
         self._servfail = Answer(SERVFAIL, authoritative=False)
-        self._opt_plain = (self._opt(0, b""), self._opt(0x8000, b""))
+        self._opt_plain = (self._opt(0, b""), self._opt(DO, b""))
         self.rebuild(snapshot)
 
     # -- building -----------------------------------------------------------------------------
@@ -564,11 +598,11 @@ class Authority:
             parts = [(rd.to_wire()[:-1], len(rd.replacement.to_wire()) - 1) for rd in rds]
             template = self._naptr_template = (rds.ttl, parts)
         ttl, parts = template
-        fitting = [p for p, prefix in parts if prefix + len(q) <= MAX_NAME]
+        fitting = [p for p, prefix in parts if prefix + len(q) <= MAX_WIRE_NAME]
         if not fitting:
             return None
         body = b"".join(
-            _PTR_QNAME + _RR_HEADER.pack(RdType.NAPTR, CLASS_IN, ttl, len(p) + len(q)) + p + q
+            QNAME_POINTER + _RR_HEADER.pack(RdType.NAPTR, CLASS_IN, ttl, len(p) + len(q)) + p + q
             for p in fitting
         )
         return Answer(NOERROR, body, (len(fitting), 0, 0))
@@ -576,8 +610,9 @@ class Authority:
     # -- the responder ------------------------------------------------------------------------
 
     def _opt(self, flags: int, options: bytes) -> bytes:
+        """Our OPT record: the payload we accept, ``flags`` (DO echoed), ``options``."""
         return (
-            b"\x00\x00\x29"
+            OPT_PREFIX
             + struct.pack("!HHHH", self.config.udp_payload, 0, flags, len(options))
             + options
         )
@@ -598,85 +633,55 @@ class Authority:
                 if tail is not None:
                     return data[:2] + tail
         try:
-            return self._respond(data, client, tcp)
+            query = parse_query(data, self.config.udp_payload)
+            if not isinstance(query, Query):
+                return query
+            return self._response(data, query, client, tcp)
         except Exception as exc:  # a bug costs one answer, never the server
             log_bug("answering a query", exc)
-            return error(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
+            return error(data, SERVFAIL) if len(data) >= HEADER and not data[2] & QR else None
 
-    def _respond(self, data: bytes, client: str | bytes, tcp: bool) -> bytes | None:
-        """Queries whose response is not cached: first sight of their bytes, TCP, errors."""
-        n = len(data)
-        if n < 12 or data[2] & 0x80:
-            return None
-        counts = data[4:12]
-        if data[2] & 0x78 or (counts != _ONE_QUESTION and counts != _ONE_QUESTION_OPT):
-            return self._unusual(data)
-        i = 12
-        try:
-            length = data[i]
-            while length:
-                if length > 63:  # compression pointer or extended label type: not in a question
-                    return error(data, FORMERR)
-                i += length + 1
-                length = data[i]
-        except IndexError:
-            return error(data, FORMERR)
-        qend = i + 1
-        end = qend + 4
-        if end > n or qend - 12 > 255:
-            return error(data, FORMERR)
-        options = b""
-        if counts[7]:
-            # EDNS0 (RFC 6891): exactly one OPT record with the root name, and nothing after it.
-            if data[end : end + 3] != b"\x00\x00\x29" or n < end + 11:
-                return error(data, FORMERR)
-            rdlen = data[end + 9] << 8 | data[end + 10]
-            if end + 11 + rdlen != n:
-                return error(data, FORMERR)
-            do = data[end + 7] & 0x80
-            if data[end + 6]:
-                return self._badvers(data, do)
-            payload = data[end + 3] << 8 | data[end + 4]
-            limit = TCP_MAX if tcp else max(512, min(payload, self.config.udp_payload))
-            view = -1
-            if rdlen:
-                view, options = self._options(data, end + 11, n)
-                if view == -2:
-                    return error(data, FORMERR)
-            edns = 2
-        else:
-            if end != n:
-                return error(data, FORMERR)
-            limit = TCP_MAX if tcp else 512
-            view = -1
-            edns = 0
-        if view < 0:
-            view = self.regions.view_of(client)
-        key = data[12:end] + _VIEW_BYTES[view]
+    def _response(self, data: bytes, query: Query, client: str | bytes, tcp: bool) -> bytes:
+        """The response to a well-formed query whose response is not cached (first sight of
+        its bytes, or TCP); over UDP it is then cached."""
+        ecs = query.ecs
+        view = self._ecs_view(ecs) if ecs else self.regions.view_of(client)
+        question = data[HEADER : query.end]
+        key = question + _VIEW_BYTES[view]
         answer = self._cache.get(key)
         if answer is None:
-            answer = self._resolve_and_cache(key, qend - 12, view)
-        rd = data[2] & 1
-        if edns:
-            if options:
-                # ECS echoed with a scope: the source prefix when the answer depends on the
-                # region, 0 (valid for every client) when it does not (RFC 7871 §7.2.1).
-                if answer.regional:
-                    options = options[:7] + options[6:7] + options[8:]
-                opt = self._opt(0x8000 if do else 0, options)
-            else:
-                opt = self._opt_plain[1 if do else 0]
-        else:
+            answer = self._resolve_and_cache(key, query.name_end - HEADER, view)
+        form = query.form
+        if not form & EDNS:
             opt = b""
-        out = data[:2] + answer.heads[rd | edns] + data[12:end] + answer.body + opt
+        elif ecs:
+            # ECS echoed with a scope: the source prefix when the answer depends on the
+            # region, 0 (valid for every client) when it does not (RFC 7871 §7.2.1).
+            if answer.regional:
+                ecs = ecs[:ECS_SCOPE] + ecs[ECS_SOURCE:ECS_SCOPE] + ecs[ECS_SCOPE + 1 :]
+            opt = self._opt(DO if query.do else 0, ecs)
+        else:
+            opt = self._opt_plain[query.do]
+        out = data[:2] + answer.heads[form] + question + answer.body + opt
+        limit = TCP_MAX if tcp else max(UDP_MIN, min(query.payload, self.config.udp_payload))
         if len(out) > limit:
-            out = answer.fit(data[:2], data[12:end], opt, limit, rd | edns)
+            out = answer.fit(data[:2], question, opt, limit, form)
         if not tcp:
             responses = self._responses[self.regions.view_of(client)]
             if len(responses) >= RESPONSE_CACHE:
                 responses.clear()
             responses[data[2:]] = out[2:]
         return out
+
+    def _ecs_view(self, ecs: bytes) -> int:
+        """The view of the client subnet an ECS option names (checked by :func:`parse_query`);
+        a source prefix of 0 means "no subnet", the default view."""
+        source = ecs[ECS_SOURCE]
+        if not source:
+            return 0
+        bits = ECS_FAMILIES[ecs[ECS_FAMILY] << 8 | ecs[ECS_FAMILY + 1]]
+        address = int.from_bytes(ecs[ECS_ADDRESS:].ljust(bits // 8, b"\x00"), "big")
+        return self.regions.view(4 if bits == 32 else 6, address)
 
     def _resolve_and_cache(self, key: bytes, name_len: int, view: int) -> Answer:
         """Resolve a question (``key`` = question bytes + view byte) and remember the answer."""
@@ -694,73 +699,116 @@ class Authority:
         self._cached.setdefault(q, []).append(key)
         return answer
 
-    def _options(self, data: bytes, i: int, n: int) -> tuple[int, bytes]:
-        """Walk EDNS options; returns (view from ECS or -1, ECS option to echo with scope 0),
-        or view -2 for a malformed option."""
-        view, echo = -1, b""
-        while i < n:
-            if i + 4 > n:
-                return -2, b""
-            code = data[i] << 8 | data[i + 1]
-            olen = data[i + 2] << 8 | data[i + 3]
-            body = data[i + 4 : i + 4 + olen]
-            if len(body) != olen:
-                return -2, b""
-            if code == OPT_ECS:
-                if olen < 4:
-                    return -2, b""
-                family, source, scope = body[0] << 8 | body[1], body[2], body[3]
-                addr = body[4:]
-                bits = {1: 32, 2: 128}.get(family)
-                if bits is None or source > bits or scope or len(addr) != (source + 7) // 8:
-                    return -2, b""
-                view = (
-                    self.regions.view(
-                        4 if family == 1 else 6,
-                        int.from_bytes(addr.ljust(bits // 8, b"\x00"), "big"),
-                    )
-                    if source
-                    else 0
-                )
-                # Echo with SCOPE 0 for now; respond() raises it for region-dependent answers.
-                echo = data[i : i + 4 + olen]
-            i += 4 + olen
-        return view, echo
-
-    def _badvers(self, data: bytes, do: int) -> bytes:
-        # Extended RCODE 16 = upper 8 bits 1 in the OPT TTL, lower 4 bits 0 in the header.
-        opt = b"\x00\x00\x29" + struct.pack(
-            "!HBBHH", self.config.udp_payload, 1, 0, 0x8000 if do else 0, 0
-        )
-        return data[:2] + bytes((0x80 | (data[2] & 0x79), 0)) + b"\x00" * 6 + b"\x00\x01" + opt
-
-    def _unusual(self, data: bytes) -> bytes:
-        """Queries off the fast path: other opcodes get NOTIMP, odd section counts FORMERR."""
-        opcode = (data[2] >> 3) & 0xF
-        return error(data, NOTIMP if opcode != 0 else FORMERR)
-
     # -- helpers for the server ---------------------------------------------------------------
 
     def serial(self) -> int:
         return self.records.serial
 
 
+# -- taking a query apart -------------------------------------------------------------------------
+
+
+class Query:
+    """A well-formed query taken apart: where its question ends and what its OPT record asks.
+
+    ``form`` indexes :attr:`Answer.heads` (RD copied, ``EDNS`` set when there is an OPT
+    record); ``payload`` is the UDP size the client accepts (512 without EDNS); ``ecs`` is its
+    client-subnet option as it came, or empty."""
+
+    __slots__ = ("do", "ecs", "end", "form", "name_end", "payload")
+
+    def __init__(
+        self, end: int, name_end: int, form: int, do: bool, payload: int, ecs: bytes
+    ) -> None:
+        self.end = end  # offset just past the question (name, type, class)
+        self.name_end = name_end  # offset just past the question name
+        self.form = form
+        self.do = do
+        self.payload = payload
+        self.ecs = ecs
+
+
+def parse_query(data: bytes, udp_payload: int) -> Query | bytes | None:
+    """Take a query apart (header, one question, at most an OPT record with its options), or
+    give the whole response to one we do not look up: a bare FORMERR or NOTIMP, BADVERS for
+    an EDNS version we do not speak (our OPT offering ``udp_payload``), None for silence
+    (shorter than a header, or itself a response)."""
+    n = len(data)
+    if n < HEADER or data[2] & QR:
+        return None
+    counts = data[4:HEADER]
+    if data[2] & OPCODE or (counts != ONE_QUESTION and counts != ONE_QUESTION_OPT):
+        # Other opcodes get NOTIMP, other section counts FORMERR.
+        return error(data, NOTIMP if data[2] & OPCODE else FORMERR)
+    qend = name_end(data)
+    end = qend + 4
+    if qend < 0 or end > n or qend - HEADER > MAX_WIRE_NAME:
+        return error(data, FORMERR)
+    rd = data[2] & RD
+    if not counts[7]:
+        if end != n:
+            return error(data, FORMERR)
+        return Query(end, qend, rd, False, UDP_MIN, b"")
+    # EDNS0 (RFC 6891): exactly one OPT record with the root name, and nothing after it.
+    if data[end : end + 3] != OPT_PREFIX or n < end + OPT_OPTIONS:
+        return error(data, FORMERR)
+    rdlen = data[end + OPT_RDLENGTH] << 8 | data[end + OPT_RDLENGTH + 1]
+    if end + OPT_OPTIONS + rdlen != n:
+        return error(data, FORMERR)
+    do = bool(data[end + OPT_FLAGS] & DO_BYTE)
+    if data[end + OPT_VERSION]:
+        return badvers(data, do, udp_payload)
+    ecs = client_subnet(data, end + OPT_OPTIONS) if rdlen else b""
+    if ecs is None:
+        return error(data, FORMERR)
+    payload = data[end + OPT_PAYLOAD] << 8 | data[end + OPT_PAYLOAD + 1]
+    return Query(end, qend, rd | EDNS, do, payload, ecs)
+
+
+def client_subnet(data: bytes, i: int) -> bytes | None:
+    """The client-subnet option (RFC 7871) among the EDNS options from ``i`` to the end, as it
+    came (the last one if several; empty if none), or None when any option is malformed."""
+    n = len(data)
+    ecs = b""
+    while i < n:
+        end = i + OPTION_HEADER + (data[i + 2] << 8 | data[i + 3]) if i + 4 <= n else n + 1
+        if end > n:
+            return None
+        if data[i] << 8 | data[i + 1] == OPTION_ECS:
+            if end - i < ECS_ADDRESS:
+                return None
+            bits = ECS_FAMILIES.get(data[i + ECS_FAMILY] << 8 | data[i + ECS_FAMILY + 1])
+            source = data[i + ECS_SOURCE]
+            if (
+                bits is None
+                or source > bits
+                or data[i + ECS_SCOPE]
+                or end - i - ECS_ADDRESS != (source + 7) // 8
+            ):
+                return None
+            ecs = data[i:end]
+        i = end
+    return ecs
+
+
 def error(data: bytes, rcode: int) -> bytes:
     """A bare error response: the query's ID, opcode and RD, no sections."""
-    return data[:2] + bytes((0x80 | (data[2] & 0x79), rcode)) + b"\x00" * 8
+    return data[:2] + bytes((QR | (data[2] & ECHOED), rcode)) + b"\x00" * 8
+
+
+def badvers(data: bytes, do: bool, udp_payload: int) -> bytes:
+    """BADVERS (RFC 6891 §6.1.3): the extended rcode's upper bits in our OPT record, its lower
+    bits in the header, no section but the OPT record."""
+    opt = OPT_PREFIX + struct.pack("!HBBHH", udp_payload, BADVERS >> 4, 0, DO if do else 0, 0)
+    head = bytes((QR | (data[2] & ECHOED), BADVERS & RCODE))
+    return data[:2] + head + b"\x00\x00\x00\x00\x00\x00\x00\x01" + opt
 
 
 def question(data: bytes) -> tuple[bytes, int] | None:
     """(lower-case wire qname, qtype) of a query, or None if the question is malformed."""
-    if len(data) < 12 or data[4:6] != b"\x00\x01":
+    if len(data) < HEADER or data[4:6] != ONE_QUESTION[:2]:
         return None
-    i = 12
-    try:
-        while data[i]:
-            if data[i] > 63:
-                return None
-            i += data[i] + 1
-        qtype = data[i + 1] << 8 | data[i + 2]
-    except IndexError:
+    end = name_end(data)
+    if end < 0 or end + 2 > len(data):
         return None
-    return data[12 : i + 1].lower(), qtype
+    return data[HEADER:end].lower(), data[end] << 8 | data[end + 1]

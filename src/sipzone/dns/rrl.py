@@ -20,7 +20,8 @@ import ipaddress
 import time
 from collections.abc import Callable
 
-NOERROR, NXDOMAIN = 0, 3
+from sipzone.dns.protocol import HEADER, NOERROR, NXDOMAIN, ONE_QUESTION, RCODE, TC, question_end
+
 MAX_ACCOUNTS = 100_000  # accounts remembered; idle ones are forgotten first when it fills
 _MAPPED = b"\x00" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 client on a dual-stack socket
 
@@ -121,14 +122,14 @@ class RateLimiter:
     @staticmethod
     def _answer(query: bytes, response: bytes) -> object:
         """What the response says, as an account key (see the module text)."""
-        rcode = response[3] & 0x0F
+        rcode = response[3] & RCODE
         if rcode not in (NOERROR, NXDOMAIN) or response[5] != 1:
             return rcode
         end = question_end(query)
         if end < 0:
             return rcode
         if rcode == NOERROR:
-            return query[12:end].lower()  # name (any case), type and class
+            return query[HEADER:end].lower()  # name (any case), type and class
         # NXDOMAIN: our authority section starts with the zone's SOA, owner written in full.
         zone_end = response.find(b"\x00", end) if response[9] else -1
         return (rcode, response[end : zone_end + 1]) if zone_end >= 0 else rcode
@@ -144,25 +145,10 @@ class RateLimiter:
             self._accounts.clear()
 
 
-def question_end(data: bytes) -> int:
-    """Offset just past the question (name, type, class) of a one-question message, or -1."""
-    i = 12
-    n = len(data)
-    while i < n:
-        length = data[i]
-        if not length:
-            end = i + 5
-            return end if end <= n else -1
-        if length > 63:
-            return -1
-        i += length + 1
-    return -1
-
-
 def truncated(query: bytes, response: bytes) -> bytes:
     """``response`` cut to its header and question with TC set: "ask again over TCP"."""
     end = question_end(query) if response[5] == 1 else -1
-    head = response[:2] + bytes((response[2] | 0x02, response[3]))
+    head = response[:2] + bytes((response[2] | TC, response[3]))
     if end < 0:
         return head + b"\x00" * 8
-    return head + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:end]
+    return head + ONE_QUESTION + query[HEADER:end]

@@ -32,8 +32,6 @@ import dns.rcode
 
 from sipzone.dns import DnsConfig
 from sipzone.dns.answers import (
-    QTYPE_AXFR,
-    QTYPE_IXFR,
     Authority,
     Tables,
     error,
@@ -41,6 +39,7 @@ from sipzone.dns.answers import (
     log_bug,
     question,
 )
+from sipzone.dns.protocol import FORMERR, OPCODE, QR, QTYPE_AXFR, QTYPE_IXFR
 from sipzone.dns.rrl import RateLimiter, client_block
 from sipzone.dns.xfr import notify_message, transfer
 from sipzone.eventlog import EventLog
@@ -332,11 +331,11 @@ class DnsService:
 
     def _tcp_answers(self, data: bytes, client: str) -> Iterable[bytes]:
         q = question(data)
-        if q is not None and q[1] in (QTYPE_AXFR, QTYPE_IXFR) and not data[2] & 0xF8:
+        if q is not None and q[1] in (QTYPE_AXFR, QTYPE_IXFR) and not data[2] & (QR | OPCODE):
             try:
                 query = dns.message.from_wire(data)
             except dns.exception.DNSException:
-                return [error(data, 1)]
+                return [error(data, FORMERR)]
             records = self.authority.records
             # A generator: each message is rendered just before it is written, so a big zone
             # streams with the writer's flow control instead of piling up in memory.

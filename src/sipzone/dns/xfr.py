@@ -36,6 +36,7 @@ import dns.rrset
 import dns.serial
 from prometheus_client import Counter
 
+from sipzone.dns.protocol import AA, HEADER, QR
 from sipzone.dns.records import IN, SERVICES, RdType, Records, Role
 from sipzone.eventlog import EventLog
 from sipzone.model.names import MAX_NAME
@@ -56,8 +57,8 @@ MESSAGE_TARGET = 0x3FFF
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 _POINTER = struct.Struct("!H")
-_QNAME = 12  # offset of the question name: the apex
-_FLAGS = 0x8400  # QR, AA, opcode QUERY, NOERROR
+_QNAME = HEADER  # offset of the question name: the apex
+_FLAGS = (QR | AA) << 8  # opcode QUERY, NOERROR
 
 
 def allowed(client: str, cidrs: tuple[str, ...]) -> bool:
