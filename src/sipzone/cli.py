@@ -166,11 +166,11 @@ def tenant_add(
 @guarded
 def tenant_set(
     name: str,
-    brand_name: Annotated[str | None, typer.Option()] = None,
-    support_email: Annotated[str | None, typer.Option()] = None,
-    web_url: Annotated[str | None, typer.Option()] = None,
-    logo_url: Annotated[str | None, typer.Option()] = None,
-    upstream: Annotated[str | None, typer.Option(help="'' clears it.")] = None,
+    brand_name: Annotated[str | None, typer.Option(help="Display name; '' inherits.")] = None,
+    support_email: Annotated[str | None, typer.Option(help="Support address; '' inherits.")] = None,
+    web_url: Annotated[str | None, typer.Option(help="Web site URL; '' inherits.")] = None,
+    logo_url: Annotated[str | None, typer.Option(help="Logo URL; '' inherits.")] = None,
+    upstream: Annotated[str | None, typer.Option(help="Core SIP URI; '' inherits.")] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
 ) -> None:
@@ -419,8 +419,9 @@ def site_add(
 
 @site_app.command("remove")
 @guarded
-def site_remove(name: str, db: Db = DEFAULT_URL) -> None:
-    rev = store(db).remove_site(name)
+def site_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Remove a site; the DNS stops naming it at once.  Provider only."""
+    rev = store(db, actor).remove_site(name)
     typer.echo(f"site {name} removed (revision {rev})")
 
 
@@ -430,17 +431,19 @@ def site_health(
     name: str,
     state: Annotated[str, typer.Argument(help="up or down")],
     db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
 ) -> None:
-    """Mark a site up or down; a down site drops out of DNS answers."""
+    """Mark a site up or down; a down site drops out of DNS answers.  Provider only."""
     if state not in ("up", "down"):
         fail(f"state must be 'up' or 'down', not {state!r}")
-    rev = store(db).set_site_health(name, state == "up")
+    rev = store(db, actor).set_site_health(name, state == "up")
     typer.echo(f"site {name} is {state} (revision {rev})")
 
 
 @site_app.command("list")
 @guarded
 def site_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """List sites: name, region, virtual IPs, up or down (--json: every field)."""
     rows: list[dict[str, Any]] = [
         {
             "name": s.name,
@@ -477,14 +480,16 @@ def zone_add(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
 
 @zone_app.command("remove")
 @guarded
-def zone_remove(name: str, db: Db = DEFAULT_URL) -> None:
-    rev = store(db).remove_zone(name)
+def zone_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Remove a zone; the DNS stops answering for it at once.  Provider only."""
+    rev = store(db, actor).remove_zone(name)
     typer.echo(f"zone {name} removed (revision {rev})")
 
 
 @zone_app.command("list")
 @guarded
 def zone_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """List the zones sipzone is authoritative for."""
     names = store(db).list_zones()
     if as_json:
         emit(names)
@@ -509,6 +514,7 @@ def email_set(
 @email_app.command("show")
 @guarded
 def email_show(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """Show the installation's email domain and its MX target."""
     values = store(db).settings()
     data = {"email_domain": values.get("email_domain"), "mx": values.get("email_mx")}
     if as_json:

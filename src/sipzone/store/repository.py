@@ -88,7 +88,7 @@ RULE_OPS = frozenset({"domain.add", "domain.remove"})
 
 
 class StoreNotInitialised(SipzoneError):
-    pass
+    """The store has no schema yet, or an older one: `sipzone init` creates or migrates it."""
 
 
 class _Present(Exception):
@@ -252,6 +252,12 @@ class Store:
                     detail=info or None,
                 )
             )
+
+    def _provider_only(self, does: str) -> None:
+        """Raise :class:`NotPermitted` unless the provider acts: only it ``does`` this
+        (sites, zones and installation settings belong to the whole installation)."""
+        if self.actor != PROVIDER:
+            raise NotPermitted(f"only the provider {does}; tenant {self.actor!r} may not")
 
     def _tree(self, conn: Connection) -> TenancyTree:
         return TenancyTree(self._tenant_rows(conn))
@@ -538,8 +544,7 @@ class Store:
             raise InvalidValue("a site must offer at least one transport (a port other than 0)")
         upstream = parse_tenant_field("upstream", upstream)
         with self._write("site.add", name) as (conn, rev):
-            if self.actor != PROVIDER:
-                raise NotPermitted("only the provider manages sites")
+            self._provider_only("manages sites")
             if conn.execute(sa.select(sites.c.id).where(sites.c.name == name)).first():
                 raise Conflict(f"site {name!r} exists already")
             check_site_host_fits(name, host_name, conn.execute(sa.select(zones.c.name)).scalars())
@@ -566,12 +571,14 @@ class Store:
 
     def remove_site(self, name: str) -> int:
         with self._write("site.remove", name) as (conn, rev):
+            self._provider_only("manages sites")
             if conn.execute(sites.delete().where(sites.c.name == name)).rowcount == 0:
                 raise NotFound(f"site {name!r} does not exist")
             return rev
 
     def set_site_health(self, name: str, healthy: bool) -> int:
         with self._write("site.health", name, {"healthy": healthy}) as (conn, rev):
+            self._provider_only("manages sites")
             res = conn.execute(sites.update().where(sites.c.name == name).values(healthy=healthy))
             if res.rowcount == 0:
                 raise NotFound(f"site {name!r} does not exist")
@@ -660,8 +667,7 @@ class Store:
     def add_zone(self, text: str) -> tuple[DomainName, int]:
         zone = parse_zone(text)
         with self._write("zone.add", zone.text) as (conn, rev):
-            if self.actor != PROVIDER:
-                raise NotPermitted("only the provider manages zones")
+            self._provider_only("manages zones")
             if conn.execute(sa.select(zones.c.id).where(zones.c.name == zone.text)).first():
                 raise Conflict(f"zone {zone.text!r} exists already")
             hostless = sa.select(sites.c.name).where(sites.c.host.is_(None))
@@ -673,6 +679,7 @@ class Store:
     def remove_zone(self, text: str) -> int:
         zone = parse_domain(text)
         with self._write("zone.remove", zone.text) as (conn, rev):
+            self._provider_only("manages zones")
             if conn.execute(zones.delete().where(zones.c.name == zone.text)).rowcount == 0:
                 raise NotFound(f"zone {zone.text!r} does not exist")
             return rev
@@ -681,22 +688,12 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(zones.c.name).order_by(zones.c.name)).scalars())
 
-    def set_setting(self, key: str, value: str | None) -> int:
-        with self._write("setting.set", key, {"value": value}) as (conn, rev):
-            if self.actor != PROVIDER:
-                raise NotPermitted("only the provider changes installation settings")
-            conn.execute(settings.delete().where(settings.c.key == key))
-            if value is not None:
-                conn.execute(settings.insert().values(key=key, value=value))
-            return rev
-
     def set_email_domain(self, text: str, mx: str | None = None) -> tuple[DomainName, int]:
         """The installation's one email domain: a second call replaces the first."""
         name = parse_domain(text)
         mx_name = parse_domain(mx).text if mx else None
         with self._write("email.set", name.text, {"mx": mx_name}) as (conn, rev):
-            if self.actor != PROVIDER:
-                raise NotPermitted("only the provider sets the email domain")
+            self._provider_only("sets the email domain")
             for key, value in (("email_domain", name.text), ("email_mx", mx_name)):
                 conn.execute(settings.delete().where(settings.c.key == key))
                 if value is not None:
@@ -727,8 +724,7 @@ class Store:
         """A new value for the secret setting ``key``; the old one moves to ``previous_key``
         (still accepted for what it signed), the one before it is gone.  Provider only."""
         with self._write("secret.rotate", key) as (conn, rev):
-            if self.actor != PROVIDER:
-                raise SipzoneError("only the provider rotates installation secrets")
+            self._provider_only("rotates installation secrets")
             current = conn.execute(
                 sa.select(settings.c.value).where(settings.c.key == key)
             ).scalar()
