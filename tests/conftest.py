@@ -13,6 +13,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import CodeType, FunctionType
+from typing import NoReturn
 
 import pytest
 
@@ -22,6 +24,109 @@ PG_ADMIN = os.environ.get(
     "SIPZONE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 SIPZONE = shutil.which("sipzone", path=str(Path(sys.executable).parent)) or "sipzone"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# -- markers ------------------------------------------------------------------------------------
+# Tests are marked here, by what they use, so test files need not say it (pyproject.toml
+# registers the markers; README "Tests" shows how to select with them):
+#   needs_pg     PostgreSQL at SIPZONE_TEST_PG: the fixture `pg_url`, or the postgresql case of
+#                `any_url` (and so of `store`).
+#   needs_sipp   the sipp program: the fixture `sipp` (tests/sip/test_sipp.py says it whole).
+#   needs_bind   BIND's programs (named, named-checkzone, dig): the fixture `named`, or a test
+#                that calls tests/dns/conftest.py's dig() or need("named..."), itself or through
+#                a helper function of its module.
+#   integration  the test starts processes, or runs a service on real sockets in a thread: the
+#                fixtures in INTEGRATION_FIXTURES, and every needs_sipp or needs_bind test.
+#                `pytest -m "not integration"` is the fast loop (model, store, sans-IO DNS and SIP).
+# A marked test whose peer is missing is skipped with the reason, and FAILS when CI=true: CI
+# runs everything or says why not.
+INTEGRATION_FIXTURES = frozenset({"cli", "serve", "live_dns", "edge_factory", "sipp", "named"})
+BIND_PROGRAMS = ("named", "named-checkzone", "dig")
+
+
+def missing(reason: str) -> NoReturn:
+    """A peer the test needs is not here: skip with ``reason``, or fail under CI=true."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing peer fails the test)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _runs_bind(code: CodeType, scope: dict[str, object], seen: set[CodeType]) -> bool:
+    """Whether code runs a BIND program itself, through dig() or need("PROGRAM"), or through a
+    helper of its own module (``scope``) that does."""
+    if code in seen:
+        return False
+    seen.add(code)
+    for const in code.co_consts:
+        if const in BIND_PROGRAMS or (
+            isinstance(const, CodeType) and _runs_bind(const, scope, seen)  # a comprehension
+        ):
+            return True
+    for name in code.co_names:
+        helper = scope.get(name)
+        if name == "dig" or (
+            isinstance(helper, FunctionType)
+            and helper.__module__ == scope["__name__"]
+            and _runs_bind(helper.__code__, scope, seen)
+        ):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "pg_url" in fixtures or params.get("any_url") == "postgresql":
+            item.add_marker(pytest.mark.needs_pg)
+        if "sipp" in fixtures:
+            item.add_marker(pytest.mark.needs_sipp)
+        test = getattr(item, "function", None)
+        if "named" in fixtures or (
+            isinstance(test, FunctionType) and _runs_bind(test.__code__, test.__globals__, set())
+        ):
+            item.add_marker(pytest.mark.needs_bind)
+        if fixtures & INTEGRATION_FIXTURES or any(
+            item.get_closest_marker(m) for m in ("needs_sipp", "needs_bind")
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
+_pg_reachable: str | None = None  # "" when reachable, else why not; checked once a session
+
+
+def pg_unreachable() -> str:
+    """Why PostgreSQL at PG_ADMIN cannot be used, or "" when it can."""
+    global _pg_reachable
+    if _pg_reachable is None:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(PG_ADMIN, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect():
+                _pg_reachable = ""
+        except sa.exc.SQLAlchemyError as exc:
+            _pg_reachable = f"PostgreSQL at {PG_ADMIN} is not reachable: {exc.orig or exc}"
+        finally:
+            engine.dispose()
+    return _pg_reachable
+
+
+def _absent(*programs: str) -> list[str]:
+    return [p for p in programs if not (shutil.which(p) or os.access(f"/usr/sbin/{p}", os.X_OK))]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (locally) or fail (CI=true) a marked test whose peer is missing, before its
+    fixtures start anything."""
+    if item.get_closest_marker("needs_pg") and (reason := pg_unreachable()):
+        missing(reason)
+    if item.get_closest_marker("needs_sipp") and _absent("sipp"):
+        missing("sipp is not installed (apt-get install sip-tester)")
+    if item.get_closest_marker("needs_bind") and (absent := _absent(*BIND_PROGRAMS)):
+        missing(
+            f"{', '.join(absent)} not installed (apt-get install bind9 bind9-utils bind9-dnsutils)"
+        )
 
 
 def free_port() -> int:
@@ -56,7 +161,7 @@ def throwaway_pg() -> Iterator[str]:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     except sa.exc.OperationalError as exc:
         admin.dispose()
-        pytest.fail(f"PostgreSQL at {PG_ADMIN} is not reachable: {exc}")
+        missing(f"PostgreSQL at {PG_ADMIN} is not reachable: {exc.orig or exc}")
     url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     try:
         yield url

@@ -14,6 +14,7 @@ from sipzone.dns import DnsConfig
 from sipzone.dns.server import DnsService, start_dns
 from sipzone.model.snapshot import Delta, Site, Snapshot, SnapshotHolder
 from sipzone.model.tenancy import TenancyTree
+from tests.conftest import missing
 from tests.harness import ServiceThread
 
 ip = ipaddress.ip_address
@@ -123,7 +124,7 @@ class Dig:
 def need(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
-        pytest.fail(f"{binary} is not installed (apt-get install bind9 bind9-dnsutils)")
+        missing(f"{binary} is not installed (apt-get install bind9 bind9-utils bind9-dnsutils)")
     return path
 
 
