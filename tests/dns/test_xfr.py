@@ -490,7 +490,7 @@ def test_names_too_long_for_their_service_names_are_left_out_not_fatal(
     assert len(lines) == 1 and f"_sips._tcp.{d243}" in lines[0].getMessage()
 
 
-def test_cli_export_streams_a_zone_and_leaves_out_names_too_long(cli: Cli, tmp_path: Path) -> None:
+def test_cli_export_leaves_out_a_stored_name_too_long(cli: Cli, tmp_path: Path) -> None:
     import sqlalchemy as sa
 
     from sipzone.store.repository import Store
@@ -513,9 +513,10 @@ def test_cli_export_streams_a_zone_and_leaves_out_names_too_long(cli: Cli, tmp_p
     engine.dispose()
     result = cli("zone", "export", "example.com")
     assert result.returncode == 0, result.stderr
-    # The site offers UDP and TCP only: _sip._udp and _sip._tcp over the long name (one SRV
-    # each) and the NAPTR pointing at each.
-    assert "left out 4 records" in result.stderr
+    # The store read leaves the rule out (one line) before the DNS sees it; the transfer's own
+    # guard for names over 255 octets is tested above with a snapshot built directly.
+    assert "1 stored SIP domain rule(s) skipped as invalid" in result.stderr
+    assert long_name(250) not in result.stdout
     assert "_sip._udp.voip 300 IN SRV 10 100 5060 s1" in result.stdout
     path = tmp_path / "cli.zone"
     path.write_text(result.stdout)
