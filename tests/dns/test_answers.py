@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sipzone.dns import DnsConfig
-from sipzone.dns.answers import EDNS, Authority, Query, parse_query
+from sipzone.dns.answers import EDNS, Authority, parse_query
 from sipzone.dns.protocol import RD
 from tests.dns.conftest import snapshot, with_rules
 
@@ -137,15 +137,16 @@ def test_a_query_is_taken_apart_before_any_lookup() -> None:
     )
     wire = asked.to_wire()
     query = parse_query(wire, udp_payload=1232)
-    assert isinstance(query, Query)
-    assert wire[12 : query.name_end] == asked.question[0].name.to_wire()  # case as asked
-    assert wire[query.name_end : query.end] == b"\x00\x21\x00\x01"  # SRV, IN
-    assert (query.form, query.do, query.payload) == (RD | EDNS, True, 1400)
-    assert query.ecs == b"\x00\x08\x00\x07" + ecs.to_wire()  # code, length, data
+    assert isinstance(query, tuple)
+    end, form, do, payload, option = query
+    assert wire[12 : end - 4] == asked.question[0].name.to_wire()  # case as asked
+    assert wire[end - 4 : end] == b"\x00\x21\x00\x01"  # SRV, IN
+    assert (form, do, payload) == (RD | EDNS, True, 1400)
+    assert option == b"\x00\x08\x00\x07" + ecs.to_wire()  # code, length, data
 
     plain = parse_query(dns.message.make_query("voip.example.com", "A").to_wire(), 1232)
-    assert isinstance(plain, Query)
-    assert (plain.form, plain.do, plain.payload, plain.ecs) == (RD, False, 512, b"")
+    assert isinstance(plain, tuple)
+    assert plain[1:] == (RD, False, 512, b"")
 
     # What needs no lookup comes back as the whole response (or None: silence).
     assert parse_query(dns.message.make_response(asked).to_wire(), 1232) is None
