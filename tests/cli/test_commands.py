@@ -10,7 +10,7 @@ import typer.core
 
 from sipzone.cli import app
 from sipzone.store.repository import Store
-from tests.conftest import Cli
+from tests.cli.conftest import Run
 
 
 def commands(command: Any, path: str) -> list[tuple[str, Any]]:
@@ -35,7 +35,8 @@ def test_every_command_and_option_has_help_text() -> None:
     assert missing == []
 
 
-def test_sites_zones_and_settings_are_the_providers_alone(cli: Cli, sqlite_url: str) -> None:
+def test_sites_zones_and_settings_are_the_providers_alone(sipzone: Run, sqlite_url: str) -> None:
+    cli = sipzone  # the console script's main(), in this process
     cli("init", check=True)
     cli("tenant", "add", "acme", check=True)
     cli("tenant", "add", "cust1", "--parent", "acme", check=True)

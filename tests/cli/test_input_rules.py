@@ -17,35 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dns.zone
-import pytest
 import sqlalchemy as sa
 
-from sipzone.cli import main
 from sipzone.store import schema
+from tests.cli.conftest import Run
 from tests.conftest import Cli, Server, free_port
 from tests.dns.conftest import dig, need
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def sipzone(
-    sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Run:
-    """``sipzone ARGS`` run by :func:`sipzone.cli.main` in this process, on this test's store."""
-    monkeypatch.setenv("SIPZONE_DB", sqlite_url)
-
-    def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exited:
-            main(list(args))
-        out, err = capsys.readouterr()
-        code = exited.value.code if isinstance(exited.value.code, int) else 0
-        if check and code != 0:
-            raise AssertionError(f"sipzone {' '.join(args)} failed: {err}")
-        return subprocess.CompletedProcess(list(args), code, out, err)
-
-    return run
 
 
 def long_name(octets: int, suffix: str = "example.com") -> str:
