@@ -662,16 +662,13 @@ def serve(
     from sipzone.net import split_hostport
     from sipzone.runtime import ServeConfig
     from sipzone.runtime import serve as run
-    from sipzone.sip import SipConfig
+    from sipzone.sip import SipConfig, parse_listen
 
     if not sip and not dns:
         fail("nothing to serve: give --sip and/or --dns")
     try:
         for item in _listen_list(sip or ""):
-            transport, _, hostport = item.partition(":")
-            if transport not in ("udp", "tcp"):
-                raise ValueError(f"{item!r}: transport must be udp or tcp")
-            split_hostport(hostport, allow_zero=True)
+            parse_listen(item)
         for hp in [*(notify or []), *([dns] if dns else []), *([metrics] if metrics else [])]:
             split_hostport(hp)
         for cidr in allow_transfer or []:

@@ -95,7 +95,7 @@ class ServeConfig:
 def _listeners(config: ServeConfig) -> Iterator[tuple[str, str, int, socket.SocketKind, bool]]:
     """(what, host, port, kind, dual_stack) of every socket the services will bind."""
     if config.sip is not None:
-        from sipzone.sip.transport import parse_listen
+        from sipzone.sip import parse_listen
 
         for spec in config.sip.listen:
             transport, host, port = parse_listen(spec)

@@ -14,8 +14,11 @@ import pytest
 from sipzone.model.snapshot import Site, Snapshot, SnapshotHolder
 from sipzone.model.tenancy import TenancyTree, Tenant
 from sipzone.sip import SipConfig
-from sipzone.sip.edge import Listener
+from sipzone.sip.edge import Edge
+from sipzone.sip.keepalive import DECLINED
+from sipzone.sip.message import MalformedMessage, parse_message
 from sipzone.sip.transport import SipService, start_sip
+from sipzone.sip.values import Arrival, Listener, Sends
 from tests.harness import ServiceThread
 
 RFC4475 = Path("/work/shared/conformance/rfc4475")
@@ -66,6 +69,23 @@ def make_snapshot(
 @pytest.fixture
 def snapshot() -> Snapshot:
     return make_snapshot()
+
+
+def fast_path(edge: Edge, data: bytes, arrival: Arrival, snapshot: Snapshot) -> Sends | None:
+    """The keep-alive fast path's answer to a datagram; None when it declines."""
+    answer = edge.keepalives.answer(data, arrival, edge.memo_for(snapshot))
+    return None if answer is DECLINED else answer
+
+
+def general_path(edge: Edge, data: bytes, arrival: Arrival, snapshot: Snapshot) -> Sends:
+    """What the edge answers to a datagram without its fast path: parse, then handle."""
+    if not data.strip(b"\r\n"):
+        return ()
+    try:
+        message = parse_message(data)
+    except MalformedMessage as exc:
+        return edge.malformed(exc, arrival)
+    return edge.handle(message, arrival, snapshot)
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ import pytest
 
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
-from sipzone.sip.edge import OUR_BRANCH, Edge, Listener, Send
+from sipzone.sip.edge import Edge
 from sipzone.sip.message import Request, Response, parse_message
-from tests.sip.conftest import IDN_NAME, make_snapshot
+from sipzone.sip.signing import OUR_BRANCH
+from sipzone.sip.values import Arrival, Listener, Send, Sends
+from tests.sip.conftest import IDN_NAME, fast_path, general_path, make_snapshot
 
 SOURCE = ("192.0.2.7", 40000)
 
@@ -41,12 +43,12 @@ def request(
     return "\r\n".join(lines).encode()
 
 
-def one(sends: list[Send]) -> tuple[Send, Request | Response]:
+def one(sends: Sends) -> tuple[Send, Request | Response]:
     assert len(sends) == 1, sends
     return sends[0], parse_message(sends[0].data)
 
 
-def status_of(sends: list[Send]) -> int:
+def status_of(sends: Sends) -> int:
     _, message = one(sends)
     assert isinstance(message, Response)
     return message.status
@@ -73,7 +75,7 @@ def edge(udp_listener: Listener) -> Edge:
 def test_options_to_admitted_name_gets_200_with_fqdn_contact(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot, uri: str, fqdn: str
 ) -> None:
-    send, reply = one(edge.receive(request(uri=uri), udp_listener, SOURCE, snapshot))
+    send, reply = one(edge.receive(request(uri=uri), Arrival(udp_listener, SOURCE), snapshot))
     assert isinstance(reply, Response) and reply.status == 200
     assert reply.fields[b"Contact"] == f"<sip:{fqdn}:5070;transport=udp>".encode()
     for name in (b"Allow", b"Accept", b"Supported"):
@@ -89,7 +91,7 @@ def test_options_to_ip_literal_uses_the_to_host(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot
 ) -> None:
     data = request(uri="sip:ping@192.0.2.1:5060", to="<sip:ping@x.teams.example.com>")
-    _, reply = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    _, reply = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert isinstance(reply, Response) and reply.status == 200
     assert reply.fields[b"Contact"].startswith(b"<sip:x.teams.example.com:")
 
@@ -98,7 +100,7 @@ def test_ipv6_literal_request_uri_uses_the_to_host(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot
 ) -> None:
     data = request(uri="sip:ping@[2001:db8::1]:5060", to="<sip:ping@nobody.example.net>")
-    assert status_of(edge.receive(data, udp_listener, SOURCE, snapshot)) == 403
+    assert status_of(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot)) == 403
 
 
 @pytest.mark.parametrize(
@@ -115,7 +117,7 @@ def test_unknown_names_get_403(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot, uri: str
 ) -> None:
     to = "<sip:ping@192.0.2.1>" if "192.0.2.1" in uri else None
-    _, reply = one(edge.receive(request(uri=uri, to=to), udp_listener, SOURCE, snapshot))
+    _, reply = one(edge.receive(request(uri=uri, to=to), Arrival(udp_listener, SOURCE), snapshot))
     assert isinstance(reply, Response)
     assert (reply.status, reply.reason) == (403, b"Domain Not Served")
     assert b"Contact" not in reply.fields
@@ -125,8 +127,8 @@ def test_unknown_names_get_403(
 def test_drop_unknown_sends_nothing(udp_listener: Listener, snapshot: Snapshot) -> None:
     edge = Edge(SipConfig(drop_unknown=True), [udp_listener])
     data = request(uri="sip:x@nope.test")
-    assert edge.receive(data, udp_listener, SOURCE, snapshot) == []
-    assert edge.keepalive(data, udp_listener, SOURCE, snapshot) == []
+    assert edge.receive(data, Arrival(udp_listener, SOURCE), snapshot) == ()
+    assert fast_path(edge, data, Arrival(udp_listener, SOURCE), snapshot) == ()
     assert edge.stats.requests[("OPTIONS", "dropped")] == 2
 
 
@@ -136,9 +138,9 @@ def test_domain_added_live_is_admitted_on_the_next_request(
     before = make_snapshot(revision=1)
     after = make_snapshot(revision=2, extra_rules=(("new.example.net", "provider"),))
     data = request(uri="sip:ping@new.example.net")
-    assert status_of(edge.receive(data, udp_listener, SOURCE, before)) == 403
-    assert status_of(edge.receive(data, udp_listener, SOURCE, after)) == 200
-    assert status_of(edge.receive(data, udp_listener, SOURCE, before)) == 403
+    assert status_of(edge.receive(data, Arrival(udp_listener, SOURCE), before)) == 403
+    assert status_of(edge.receive(data, Arrival(udp_listener, SOURCE), after)) == 200
+    assert status_of(edge.receive(data, Arrival(udp_listener, SOURCE), before)) == 403
 
 
 def test_keepalive_fast_path_matches_the_general_path(
@@ -153,14 +155,14 @@ def test_keepalive_fast_path_matches_the_general_path(
         ("sip:ping@unknown.example.org", "SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bK-6"),
     ]:
         data = request(uri=uri, via=via)
-        general = edge.receive(data, udp_listener, SOURCE, snapshot)
-        fast = edge.keepalive(data, udp_listener, SOURCE, snapshot)
+        general = general_path(edge, data, Arrival(udp_listener, SOURCE), snapshot)
+        fast = fast_path(edge, data, Arrival(udp_listener, SOURCE), snapshot)
         assert fast is not None
         assert fast == general
     # Anything unusual is declined and left to the general path.
     unusual = request(extra="Require: foo")
-    assert edge.keepalive(unusual, udp_listener, SOURCE, snapshot) is None
-    assert status_of(edge.receive(unusual, udp_listener, SOURCE, snapshot)) == 420
+    assert fast_path(edge, unusual, Arrival(udp_listener, SOURCE), snapshot) is None
+    assert status_of(edge.receive(unusual, Arrival(udp_listener, SOURCE), snapshot)) == 420
     for declined in (
         request(via="SIP/2.0/UDP 10.0.0.1;rport=7;branch=z9hG4bK-5"),
         request(via="SIP/2.0/TCP 10.0.0.1;branch=z9hG4bK-6"),
@@ -168,21 +170,21 @@ def test_keepalive_fast_path_matches_the_general_path(
         request(to="<sip:ping@voip.example.com>;tag=dialog"),
         request().replace(b"Max-Forwards: 70", b"max-forwards: 70"),
     ):
-        assert edge.keepalive(declined, udp_listener, SOURCE, snapshot) is None
-        assert edge.receive(declined, udp_listener, SOURCE, snapshot)
+        assert fast_path(edge, declined, Arrival(udp_listener, SOURCE), snapshot) is None
+        assert edge.receive(declined, Arrival(udp_listener, SOURCE), snapshot)
 
 
 def test_received_and_rport_are_filled_in(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot
 ) -> None:
     data = request(via="SIP/2.0/UDP 10.1.1.1:5062;rport;branch=z9hG4bK-nat")
-    send, reply = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    send, reply = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert reply.fields[b"Via"] == (
         b"SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bK-nat;received=192.0.2.7;rport=40000"
     )
     assert (send.host, send.port) == SOURCE  # RFC 3581: back to the source port
     data = request(via="SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bK-x")
-    send, reply = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    send, reply = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert reply.fields[b"Via"].endswith(b";received=192.0.2.7")
     assert (send.host, send.port) == ("192.0.2.7", 5062)  # RFC 3261 §18.2.2
 
@@ -190,10 +192,10 @@ def test_received_and_rport_are_filled_in(
 def test_max_forwards_zero_gets_483(edge: Edge, udp_listener: Listener, snapshot: Snapshot) -> None:
     for method in ("OPTIONS", "INVITE"):
         data = request(method=method, uri="sip:a@x.teams.example.com", max_forwards="0")
-        _, reply = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+        _, reply = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
         assert isinstance(reply, Response) and reply.status == 483
     ack = request(method="ACK", uri="sip:a@x.teams.example.com", max_forwards="0")
-    assert edge.receive(ack, udp_listener, SOURCE, snapshot) == []
+    assert edge.receive(ack, Arrival(udp_listener, SOURCE), snapshot) == ()
 
 
 def test_invite_is_forwarded_to_the_tenant_upstream(
@@ -205,7 +207,7 @@ def test_invite_is_forwarded_to_the_tenant_upstream(
         extra="X-Sipzone-Tenant: spoofed",
         body="v=0\r\n",
     )
-    send, fwd = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    send, fwd = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert (send.transport, send.host, send.port) == ("udp", "127.0.0.1", 5999)
     assert isinstance(fwd, Request)
     assert fwd.method == "INVITE" and fwd.uri == b"sip:+4930123@cust42.teams.example.com"
@@ -218,10 +220,10 @@ def test_invite_is_forwarded_to_the_tenant_upstream(
     assert b"x-sipzone-tenant" not in fwd.repeated  # the peer's claim was removed
     assert fwd.body == b"v=0\r\n"
     # Stateless: a retransmission gets the same branch, and so does its CANCEL.
-    again, _ = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    again, _ = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert again.data == send.data
     cancel = request(method="CANCEL", uri="sip:+4930123@cust42.teams.example.com")
-    _, fwd_cancel = one(edge.receive(cancel, udp_listener, SOURCE, snapshot))
+    _, fwd_cancel = one(edge.receive(cancel, Arrival(udp_listener, SOURCE), snapshot))
     assert fwd_cancel.fields[b"Via"].split(b", ")[0] == top
 
 
@@ -229,15 +231,15 @@ def test_upstream_is_inherited_and_falls_back_to_the_site(
     edge: Edge, udp_listener: Listener
 ) -> None:
     data = request(method="MESSAGE", uri="sip:bob@cust42.example.org")
-    send, fwd = one(edge.receive(data, udp_listener, SOURCE, make_snapshot()))
+    send, fwd = one(edge.receive(data, Arrival(udp_listener, SOURCE), make_snapshot()))
     assert (send.host, send.port) == ("127.0.0.1", 5999)  # customer42 inherits acme's
     assert fwd.fields[b"x-sipzone-tenant"] == b"customer42"
     site_only = make_snapshot(upstream=None, site_upstream="sip:core.invalid:5080;transport=tcp")
     # A name goes out only as the transport resolved it in the background: until then, 503.
-    assert status_of(edge.receive(data, udp_listener, SOURCE, site_only)) == 503
+    assert status_of(edge.receive(data, Arrival(udp_listener, SOURCE), site_only)) == 503
     assert edge.upstream_names(site_only) == {"core.invalid"}
     edge.set_resolved({"core.invalid": "192.0.2.80"})
-    send, _ = one(edge.receive(data, udp_listener, SOURCE, site_only))
+    send, _ = one(edge.receive(data, Arrival(udp_listener, SOURCE), site_only))
     assert (send.transport, send.host, send.port) == ("tcp", "192.0.2.80", 5080)
 
 
@@ -246,7 +248,7 @@ def test_no_upstream_gets_503(
 ) -> None:
     data = request(method="INVITE", uri="sip:a@x.teams.example.com")
     snap = make_snapshot(upstream=None)
-    _, reply = one(edge.receive(data, udp_listener, SOURCE, snap))
+    _, reply = one(edge.receive(data, Arrival(udp_listener, SOURCE), snap))
     assert isinstance(reply, Response) and reply.status == 503
     assert "no upstream" in caplog.text
 
@@ -259,7 +261,7 @@ def test_register_is_forwarded_without_record_route(
         uri="sip:cust42.teams.example.com",
         extra="Contact: <sip:alice@192.0.2.7:40000>",
     )
-    _, fwd = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    _, fwd = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert isinstance(fwd, Request) and fwd.method == "REGISTER"
     assert b"Record-Route" not in fwd.fields
     assert fwd.fields[b"Contact"] == b"<sip:alice@192.0.2.7:40000>"
@@ -274,7 +276,7 @@ def test_in_dialog_request_pops_our_route(
         to="<sip:+4930123@cust42.teams.example.com>;tag=uas1",
         extra="Route: <sip:cust42.teams.example.com;lr>, <sip:core.example.net;lr>",
     )
-    send, fwd = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    send, fwd = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert (send.host, send.port) == ("127.0.0.1", 5999)
     assert fwd.fields[b"Route"] == b"<sip:core.example.net;lr>"
     assert b"Record-Route" not in fwd.fields
@@ -290,7 +292,7 @@ def test_request_from_upstream_goes_to_the_request_uri(
         via="SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-uas",
         extra="Route: <sip:cust42.teams.example.com;lr>",
     )
-    send, fwd = one(edge.receive(bye, udp_listener, ("127.0.0.1", 5999), snapshot))
+    send, fwd = one(edge.receive(bye, Arrival(udp_listener, ("127.0.0.1", 5999)), snapshot))
     assert (send.host, send.port) == ("192.0.2.7", 40000)
     assert b"Route" not in fwd.fields
     assert b"x-sipzone-tenant" not in fwd.fields
@@ -304,14 +306,16 @@ def test_response_from_upstream_pops_our_via(
         uri="sip:a@x.teams.example.com",
         via="SIP/2.0/UDP 10.1.1.1:5062;rport;branch=z9hG4bK-nat",
     )
-    _, fwd = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    _, fwd = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     response = (
         b"SIP/2.0 180 Ringing\r\nVia: "
         + fwd.fields[b"Via"]
         + b"\r\nFrom: <sip:probe@192.0.2.7>;tag=f1\r\nTo: <sip:a@x.teams.example.com>;tag=t\r\n"
         b"Call-ID: call-1@192.0.2.7\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     )
-    send, relayed = one(edge.receive(response, udp_listener, ("127.0.0.1", 5999), snapshot))
+    send, relayed = one(
+        edge.receive(response, Arrival(udp_listener, ("127.0.0.1", 5999)), snapshot)
+    )
     assert isinstance(relayed, Response) and relayed.status == 180
     assert relayed.fields[b"Via"] == (
         b"SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bK-nat;received=192.0.2.7;rport=40000"
@@ -329,14 +333,14 @@ def test_response_not_for_us_is_dropped(
         b"CSeq: 35 INVITE\r\nFrom: <sip:a@b.example>;tag=1\r\nTo: <sip:c@d.example>;tag=2\r\n"
         b"Content-Length: 0\r\n\r\n"
     )
-    assert edge.receive(bcast, udp_listener, SOURCE, snapshot) == []
+    assert edge.receive(bcast, Arrival(udp_listener, SOURCE), snapshot) == ()
 
 
 def test_tcp_reply_goes_back_over_the_connection(
     edge: Edge, tcp_listener: Listener, snapshot: Snapshot
 ) -> None:
     data = request(via="SIP/2.0/TCP 192.0.2.7:5060;branch=z9hG4bK-t")
-    send, reply = one(edge.receive(data, tcp_listener, SOURCE, snapshot, conn=7))
+    send, reply = one(edge.receive(data, Arrival(tcp_listener, SOURCE, 7), snapshot))
     assert (send.transport, send.conn) == ("tcp", 7)
     assert reply.fields[b"Contact"] == b"<sip:voip.example.com:5070;transport=tcp>"
     invite = request(
@@ -344,7 +348,7 @@ def test_tcp_reply_goes_back_over_the_connection(
         uri="sip:a@x.teams.example.com",
         via="SIP/2.0/TCP 192.0.2.7:5060;branch=z9hG4bK-t2",
     )
-    _, fwd = one(edge.receive(invite, tcp_listener, SOURCE, snapshot, conn=7))
+    _, fwd = one(edge.receive(invite, Arrival(tcp_listener, SOURCE, 7), snapshot))
     assert b";sz-c=7" in fwd.fields[b"Via"].split(b", ")[0]
 
 
@@ -363,7 +367,7 @@ def test_tcp_reply_goes_back_over_the_connection(
 def test_bad_requests_get_an_answer_naming_the_problem(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot, data: bytes, status: int, words: bytes
 ) -> None:
-    _, reply = one(edge.receive(data, udp_listener, SOURCE, snapshot))
+    _, reply = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert isinstance(reply, Response) and reply.status == status
     assert words.lower() in reply.reason.lower()
 
@@ -372,12 +376,12 @@ def test_unanswerable_garbage_is_dropped_and_counted(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot
 ) -> None:
     for junk in (b"\x00\xff" * 50, b"hello", b"OPTIONS sip:a@b SIP/2.0\r\nTo: x\r\n\r\n"):
-        assert edge.receive(junk, udp_listener, SOURCE, snapshot) == []
+        assert edge.receive(junk, Arrival(udp_listener, SOURCE), snapshot) == ()
     assert edge.stats.malformed == 3
 
 
 def test_crlf_keepalive_datagrams_are_ignored_quietly(
     edge: Edge, udp_listener: Listener, snapshot: Snapshot
 ) -> None:
-    assert edge.receive(b"\r\n\r\n", udp_listener, SOURCE, snapshot) == []
+    assert edge.receive(b"\r\n\r\n", Arrival(udp_listener, SOURCE), snapshot) == ()
     assert edge.stats.malformed == 0

@@ -6,9 +6,10 @@ import random
 
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
-from sipzone.sip.edge import Edge, Listener
+from sipzone.sip.edge import Edge
 from sipzone.sip.message import MalformedMessage, StreamReader
-from tests.sip.conftest import RFC4475, make_snapshot
+from sipzone.sip.values import Arrival, Listener
+from tests.sip.conftest import RFC4475, fast_path, general_path, make_snapshot
 
 SEEDS = sorted(RFC4475.glob("*.dat"))
 
@@ -42,12 +43,13 @@ def test_mutated_messages_never_raise() -> None:
     for i in range(3000):
         data = mutations(rng.choice(seeds), rng)
         for listener in (udp, tcp):
-            sends = edge.receive(data, listener, ("192.0.2.1", 5060), snapshot, conn=i)
+            conn = i if listener is tcp else None
+            sends = edge.receive(data, Arrival(listener, ("192.0.2.1", 5060), conn), snapshot)
             answered += bool(sends)
         if data.startswith(b"OPTIONS "):
-            fast = edge.keepalive(data, udp, ("192.0.2.1", 5060), snapshot)
+            fast = fast_path(edge, data, Arrival(udp, ("192.0.2.1", 5060)), snapshot)
             if fast is not None:
-                assert fast == edge.receive(data, udp, ("192.0.2.1", 5060), snapshot)
+                assert fast == general_path(edge, data, Arrival(udp, ("192.0.2.1", 5060)), snapshot)
     assert answered > 0
 
 

@@ -2,7 +2,9 @@
 
 The path has two ways in: a peer's first ping is split line by line (and teaches the edge the
 order of its header lines); later pings of that order are taken apart by one compiled pattern.
-Both must decline or answer exactly as the other would, and answer as :meth:`Edge.receive`.
+Both must decline or answer exactly as the other would, and answer as the general path does
+(``general_path``: parse, then :meth:`Edge.handle`).  :meth:`Edge.receive`, the one entry
+point, takes the fast path first.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import pytest
 
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.sip import SipConfig
-from sipzone.sip.edge import Edge, Listener, Send
-from tests.sip.conftest import EdgeThread, make_snapshot
+from sipzone.sip.edge import Edge
+from sipzone.sip.values import Arrival, Listener, Sends
+from tests.sip.conftest import EdgeThread, fast_path, general_path, make_snapshot
 
 UDP = Listener("udp", "127.0.0.1", 5070)
 SOURCE = ("192.0.2.7", 40000)
+AT = Arrival(UDP, SOURCE)
 
 
 def ping(
@@ -49,14 +53,14 @@ def snapshot() -> Snapshot:
 
 def adopted(snapshot: Snapshot, config: SipConfig | None = None) -> Edge:
     edge = Edge(config or SipConfig(), [UDP])
-    edge.receive(ping(0), UDP, SOURCE, snapshot)  # the edge takes up the snapshot
+    edge.memo_for(snapshot)  # the edge takes up the snapshot, but learns no shape yet
     return edge
 
 
-def split_only(edge: Edge, data: bytes, snapshot: Snapshot) -> bytes | Send | None:
+def split_only(edge: Edge, data: bytes, snapshot: Snapshot) -> Sends | None:
     """The answer by the line-by-line way in, whatever patterns the edge has learnt."""
-    edge._shapes.clear()
-    return edge.answer_keepalive(data, UDP, SOURCE, snapshot)
+    edge.keepalives.forget_shapes()
+    return fast_path(edge, data, AT, snapshot)
 
 
 @pytest.mark.parametrize(
@@ -77,31 +81,41 @@ def test_both_ways_in_answer_as_the_general_path(
     edge = adopted(snapshot)
     for n in range(1, 4):  # the first is split line by line, the others by the pattern
         data = ping(n, via, uri)
-        learnt = bool(edge._shapes)
-        answer = edge.answer_keepalive(data, UDP, SOURCE, snapshot)
+        learnt = bool(edge.keepalives.shapes)
+        answer = fast_path(edge, data, AT, snapshot)
         assert learnt == (n > 1)
-        (general,) = edge.receive(data, UDP, SOURCE, snapshot)
-        if to_source:
-            assert answer == general.data
-            assert (general.host, general.port) == SOURCE
-        else:
-            assert answer == general
-        assert edge.keepalive(data, UDP, SOURCE, snapshot) == [general]
+        (general,) = general_path(edge, data, AT, snapshot)
+        assert answer == (general,)
+        assert ((general.host, general.port) == SOURCE) == to_source
+        assert edge.receive(data, AT, snapshot) == answer  # the one entry point takes it
         assert split_only(adopted(snapshot), data, snapshot) == answer
 
 
-def test_a_dropped_scanner_ping_is_empty_bytes(snapshot: Snapshot) -> None:
+def test_a_dropped_scanner_ping_is_answered_with_nothing(snapshot: Snapshot) -> None:
     edge = adopted(snapshot, SipConfig(drop_unknown=True))
     for n in (1, 2):
         data = ping(n, uri="sip:ping@unknown.example.org")
-        assert edge.answer_keepalive(data, UDP, SOURCE, snapshot) == b""
-        assert edge.keepalive(data, UDP, SOURCE, snapshot) == []
-        assert edge.receive(data, UDP, SOURCE, snapshot) == []
+        assert fast_path(edge, data, AT, snapshot) == ()
+        assert general_path(edge, data, AT, snapshot) == ()
+        assert edge.receive(data, AT, snapshot) == ()
+
+
+def test_a_ping_whose_via_names_our_socket_is_never_answered_there(snapshot: Snapshot) -> None:
+    """Without rport the answer goes to the Via's port (RFC 3261 §18.2.2): when that is one of
+    our own sockets the fast path leaves it to the general path, which drops it (a loop)."""
+    edge = adopted(snapshot)
+    at = Arrival(UDP, ("127.0.0.1", 40001))
+    for n in (1, 2):  # split line by line, then by the learnt pattern
+        data = ping(n, via="SIP/2.0/UDP 127.0.0.1:5070")
+        assert fast_path(edge, data, at, snapshot) is None
+        assert edge.receive(data, at, snapshot) == ()
+    assert edge.stats.requests[("other", "loop")] == 2
+    assert edge.stats.keepalives == 0
 
 
 def test_values_the_pattern_must_decline(snapshot: Snapshot) -> None:
     edge = adopted(snapshot)
-    assert edge.answer_keepalive(ping(1), UDP, SOURCE, snapshot) is not None  # learnt
+    assert fast_path(edge, ping(1), AT, snapshot) is not None  # learnt
     base = ping(2)
     for old, new in [
         (b"Max-Forwards: 70", b"Max-Forwards: 0"),
@@ -119,9 +133,9 @@ def test_values_the_pattern_must_decline(snapshot: Snapshot) -> None:
     ]:
         data = base.replace(old, new)
         assert data != base
-        assert edge.answer_keepalive(data, UDP, SOURCE, snapshot) is None, new
+        assert fast_path(edge, data, AT, snapshot) is None, new
         assert split_only(adopted(snapshot), data, snapshot) is None, new
-        assert edge.receive(data, UDP, SOURCE, snapshot)  # the general path still answers
+        assert edge.receive(data, AT, snapshot)  # the general path still answers
     # The limits themselves are fine; a lone CR inside a value is left to the line split.
     for old, new in [
         (b"User-Agent: sip-cpu", b"User-Agent: sip\rcpu"),
@@ -130,8 +144,8 @@ def test_values_the_pattern_must_decline(snapshot: Snapshot) -> None:
         (b"CSeq: 2 OPTIONS", b"CSeq: 2147483647 OPTIONS"),
     ]:
         data = base.replace(old, new)
-        (general,) = edge.receive(data, UDP, SOURCE, snapshot)
-        assert edge.answer_keepalive(data, UDP, SOURCE, snapshot) == general.data
+        general = general_path(edge, data, AT, snapshot)
+        assert fast_path(edge, data, AT, snapshot) == general
 
 
 def test_a_new_order_of_header_lines_is_learnt_and_the_oldest_forgotten(
@@ -145,9 +159,9 @@ def test_a_new_order_of_header_lines_is_learnt_and_the_oldest_forgotten(
     for n in range(20):
         rng.shuffle(lines)
         data = b"\r\n".join([first, *lines]) + b"\r\n\r\n"
-        answer = edge.answer_keepalive(data, UDP, SOURCE, snapshot)
-        assert answer is not None and answer == edge.receive(data, UDP, SOURCE, snapshot)[0].data
-        assert len(edge._shapes) <= 8, n
+        answer = fast_path(edge, data, AT, snapshot)
+        assert answer is not None and answer == general_path(edge, data, AT, snapshot)
+        assert len(edge.keepalives.shapes) <= 8, n
 
 
 def mutated(data: bytes, rng: random.Random) -> bytes:
@@ -175,15 +189,13 @@ def test_mutated_pings_get_the_same_answer_both_ways(snapshot: Snapshot) -> None
     answered = declined = 0
     for n in range(1, 3001):
         data = mutated(ping(n), rng)
-        answer = edge.answer_keepalive(data, UDP, SOURCE, snapshot)
+        answer = fast_path(edge, data, AT, snapshot)
         assert split_only(reference, data, snapshot) == answer, data
         if answer is None:
             declined += 1
             continue
         answered += 1
-        assert edge.keepalive(data, UDP, SOURCE, snapshot) == edge.receive(
-            data, UDP, SOURCE, snapshot
-        ), data
+        assert answer == general_path(edge, data, AT, snapshot), data
     assert answered > 500 and declined > 500  # both kinds were exercised
 
 

@@ -15,10 +15,13 @@ from hypothesis import strategies as st
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS, SipConfig
 from sipzone.sip import edge as edge_module
+from sipzone.sip import keepalive as keepalive_module
 from sipzone.sip import message as message_module
-from sipzone.sip.edge import BRANCH_LEN, OUR_BRANCH, Edge, Listener, Send
+from sipzone.sip.edge import Edge
 from sipzone.sip.message import MAX_VIAS, Request, Response, parse_message
-from tests.sip.conftest import make_snapshot
+from sipzone.sip.signing import BRANCH_LEN, OUR_BRANCH
+from sipzone.sip.values import Arrival, Listener, Send
+from tests.sip.conftest import fast_path, make_snapshot
 from tests.sip.test_edge import SOURCE, one, request, status_of
 
 UDP = Listener("udp", "127.0.0.1", 5070)
@@ -64,8 +67,14 @@ def response_to(forwarded: bytes, status: int = 200, body: bytes = b"") -> bytes
     )
 
 
-def forward(edge: Edge, snapshot: Snapshot, data: bytes, **kw: object) -> Send:
-    send, fwd = one(edge.receive(data, kw.pop("listener", UDP), SOURCE, snapshot, **kw))  # type: ignore[arg-type]
+def forward(
+    edge: Edge,
+    snapshot: Snapshot,
+    data: bytes,
+    listener: Listener = UDP,
+    conn: int | None = None,
+) -> Send:
+    send, fwd = one(edge.receive(data, Arrival(listener, SOURCE, conn), snapshot))
     assert isinstance(fwd, Request), fwd
     assert (send.host, send.port) == CORE
     return send
@@ -90,8 +99,8 @@ def test_the_issue_repro_a_forged_200_naming_a_tcp_target_is_dropped(
         b"Call-ID: forged\r\nCSeq: 1 INVITE\r\nContent-Length: %d\r\n\r\n%s"
     ) % (len(body), body)
     for source in (("203.0.113.66", 5060), CORE):
-        assert edge.receive(forged, UDP, source, snapshot) == []
-        assert edge.receive(forged, TCP, source, snapshot, conn=3) == []
+        assert edge.receive(forged, Arrival(UDP, source), snapshot) == ()
+        assert edge.receive(forged, Arrival(TCP, source, 3), snapshot) == ()
     assert edge.stats.requests[("response", "forged")] == 4
     assert edge.stats.relayed == 0
 
@@ -103,7 +112,7 @@ def test_a_genuine_response_is_relayed_to_where_the_request_came_from(
     ours = parse_message(sent.data).fields[b"Via"].split(b", ")[0]
     assert ours.startswith(b"SIP/2.0/UDP 127.0.0.1:5070;branch=" + OUR_BRANCH)
     assert len(ours.split(b"branch=")[1]) == BRANCH_LEN
-    relayed, reply = one(edge.receive(response_to(sent.data, 180), UDP, CORE, snapshot))
+    relayed, reply = one(edge.receive(response_to(sent.data, 180), Arrival(UDP, CORE), snapshot))
     assert (relayed.transport, relayed.host, relayed.port) == ("udp", *SOURCE)  # rport
     assert isinstance(reply, Response) and reply.fields[b"Via"] == (
         b"SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bK-n;received=192.0.2.7;rport=40000"
@@ -111,7 +120,7 @@ def test_a_genuine_response_is_relayed_to_where_the_request_came_from(
     # A UAS that re-spaces the Via it copies (legal: SWS, RFC 3261 §25.1) is still answered.
     respaced = response_to(sent.data).replace(b";branch=z9hG4bK-n;", b" ; branch=z9hG4bK-n ;")
     assert b" ; branch=z9hG4bK-n ;" in respaced
-    assert len(edge.receive(respaced, UDP, CORE, snapshot)) == 1
+    assert len(edge.receive(respaced, Arrival(UDP, CORE), snapshot)) == 1
 
 
 @pytest.mark.parametrize(
@@ -133,7 +142,7 @@ def test_a_genuine_branch_with_another_way_back_is_forged(
     genuine = response_to(sent.data, body=b"payload")
     tampered = genuine.replace(old, new, 1)
     assert tampered != genuine
-    assert edge.receive(tampered, UDP, CORE, snapshot) == []
+    assert edge.receive(tampered, Arrival(UDP, CORE), snapshot) == ()
     assert edge.stats.requests[("response", "forged")] == 1
 
 
@@ -141,14 +150,14 @@ def test_the_connection_and_our_transport_are_signed_too(edge: Edge, snapshot: S
     data = invite(via="SIP/2.0/TCP 192.0.2.7:5060;branch=z9hG4bK-t")
     sent = forward(edge, snapshot, data, listener=TCP, conn=7)
     genuine = response_to(sent.data)
-    relayed = edge.receive(genuine, UDP, CORE, snapshot)
+    relayed = edge.receive(genuine, Arrival(UDP, CORE), snapshot)
     assert [(s.transport, s.host, s.conn) for s in relayed] == [("tcp", "192.0.2.7", 7)]
     for old, new in [
         (b";sz-c=7", b";sz-c=8"),
         (b";sz-c=7", b""),
         (b"SIP/2.0/UDP 127", b"SIP/2.0/TCP 127"),
     ]:
-        assert edge.receive(genuine.replace(old, new, 1), UDP, CORE, snapshot) == []
+        assert edge.receive(genuine.replace(old, new, 1), Arrival(UDP, CORE), snapshot) == ()
     assert edge.stats.requests[("response", "forged")] == 3
 
 
@@ -159,7 +168,7 @@ def test_stray_responses_are_counted_apart_from_forged_ones(edge: Edge, snapshot
         b"CSeq: 1 INVITE\r\nFrom: <sip:a@b.example>;tag=1\r\nTo: <sip:c@d.example>;tag=2\r\n"
         b"Content-Length: 0\r\n\r\n"
     )
-    assert edge.receive(stray, UDP, SOURCE, snapshot) == []
+    assert edge.receive(stray, Arrival(UDP, SOURCE), snapshot) == ()
     assert edge.stats.requests[("response", "stray")] == 1
     assert edge.stats.requests[("response", "forged")] == 0
 
@@ -191,21 +200,21 @@ def test_rotation_keeps_the_previous_secret_until_the_next_one(edge: Edge) -> No
     sent = forward(edge, first, invite())
     answer = response_to(sent.data)
     rotated = dataclasses.replace(with_secrets(base, "2" * 64, "1" * 64), revision=2)
-    assert len(edge.receive(answer, UDP, CORE, rotated)) == 1  # overlap: still relayed
+    assert len(edge.receive(answer, Arrival(UDP, CORE), rotated)) == 1  # overlap: still relayed
     again = dataclasses.replace(with_secrets(base, "3" * 64, "2" * 64), revision=3)
-    assert edge.receive(answer, UDP, CORE, again) == []  # two rotations later: gone
+    assert edge.receive(answer, Arrival(UDP, CORE), again) == ()  # two rotations later: gone
     # What the new secret signs is relayed by every edge holding it (workers, nodes).
     sent = forward(edge, again, invite())
     other_node = Edge(SipConfig(), [UDP, TCP])
-    assert len(other_node.receive(response_to(sent.data), UDP, CORE, again)) == 1
+    assert len(other_node.receive(response_to(sent.data), Arrival(UDP, CORE), again)) == 1
 
 
 def test_without_a_stored_secret_an_edge_signs_with_its_own(edge: Edge) -> None:
     bare = make_snapshot()
     sent = forward(edge, bare, invite())
-    assert len(edge.receive(response_to(sent.data), UDP, CORE, bare)) == 1
+    assert len(edge.receive(response_to(sent.data), Arrival(UDP, CORE), bare)) == 1
     stranger = Edge(SipConfig(), [UDP, TCP])
-    assert stranger.receive(response_to(sent.data), UDP, CORE, bare) == []
+    assert stranger.receive(response_to(sent.data), Arrival(UDP, CORE), bare) == ()
 
 
 # -- property: nothing the edge did not produce leaves it --------------------------------------
@@ -294,7 +303,7 @@ def test_no_response_the_edge_did_not_produce_leaves_it(
         ]
     )
     listener = TCP if stream else UDP
-    assert edge.receive(data, listener, source, snap, conn=1 if stream else None) == []
+    assert edge.receive(data, Arrival(listener, source, 1 if stream else None), snap) == ()
     assert edge.stats.relayed == 0
 
 
@@ -314,6 +323,7 @@ def test_the_issue_repro_a_thousand_vias_naming_the_edge_cost_one_parse(
 
     monkeypatch.setattr(message_module, "parse_via", counted)
     monkeypatch.setattr(edge_module, "parse_via", counted)
+    monkeypatch.setattr(keepalive_module, "parse_via", counted)
     vias = b", ".join([b"SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKszdead"] * 1000)
     tail = (
         b"\r\nFrom: <sip:a@b.example>;tag=1\r\nTo: <sip:c@voip.example.com>;tag=2\r\n"
@@ -321,7 +331,7 @@ def test_the_issue_repro_a_thousand_vias_naming_the_edge_cost_one_parse(
     )
     response = b"SIP/2.0 200 OK\r\nVia: " + vias + tail
     assert 45_000 < len(response) < 65_000  # the issue's 47 KB datagram
-    assert edge.receive(response, UDP, ("203.0.113.66", 5060), snapshot) == []
+    assert edge.receive(response, Arrival(UDP, ("203.0.113.66", 5060)), snapshot) == ()
     assert calls <= 2 and edge.stats.relayed == 0
     calls = 0
     req = (
@@ -330,7 +340,7 @@ def test_the_issue_repro_a_thousand_vias_naming_the_edge_cost_one_parse(
         + b"\r\nMax-Forwards: 70"
         + tail.replace(b";tag=2", b"")
     )
-    send, reply = one(edge.receive(req, UDP, ("203.0.113.66", 5060), snapshot))
+    send, reply = one(edge.receive(req, Arrival(UDP, ("203.0.113.66", 5060)), snapshot))
     assert isinstance(reply, Response) and reply.status == 483
     assert send.host == "203.0.113.66"  # the source address (§18.2.2), whatever the Vias say
     assert calls <= MAX_VIAS + 3
@@ -339,7 +349,7 @@ def test_the_issue_repro_a_thousand_vias_naming_the_edge_cost_one_parse(
 def test_exactly_max_vias_is_still_forwarded(edge: Edge, snapshot: Snapshot) -> None:
     vias = ", ".join(f"SIP/2.0/UDP 192.0.2.{n % 250 + 1};branch=z9hG4bK-{n}" for n in range(70))
     too_many = invite(via=vias + ", SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK-x")
-    assert status_of(edge.receive(too_many, UDP, SOURCE, snapshot)) == 483
+    assert status_of(edge.receive(too_many, Arrival(UDP, SOURCE), snapshot)) == 483
     forward(edge, snapshot, invite(via=vias))
 
 
@@ -349,34 +359,34 @@ def test_a_request_that_passed_the_edge_before_gets_482(edge: Edge, snapshot: Sn
     looped = parse_message(sent.data)
     assert isinstance(looped, Request)
     back = sent.data.replace(b"X-Sipzone-Tenant: acme\r\n", b"")
-    _, reply = one(edge.receive(back, UDP, ("192.0.2.50", 5060), snapshot))
+    _, reply = one(edge.receive(back, Arrival(UDP, ("192.0.2.50", 5060)), snapshot))
     assert isinstance(reply, Response) and (reply.status, reply.reason) == (482, b"Loop Detected")
     assert edge.stats.requests[("INVITE", "loop")] == 1
     # With another Request-URI it is a spiral (§16.3 step 4), and goes on.
     spiral = back.replace(INVITE_URI.encode(), b"sip:+4930999@cust42.teams.example.com", 1)
-    send, fwd = one(edge.receive(spiral, UDP, ("192.0.2.50", 5060), snapshot))
+    send, fwd = one(edge.receive(spiral, Arrival(UDP, ("192.0.2.50", 5060)), snapshot))
     assert isinstance(fwd, Request) and (send.host, send.port) == CORE
 
 
 def test_an_upstream_naming_the_edge_itself_gets_482_not_a_self_send(edge: Edge) -> None:
     snap = with_secrets(make_snapshot(upstream="sip:127.0.0.1:5070"), "a" * 64)
-    assert status_of(edge.receive(invite(), UDP, SOURCE, snap)) == 482
+    assert status_of(edge.receive(invite(), Arrival(UDP, SOURCE), snap)) == 482
     ack = request(method="ACK", uri=INVITE_URI, to=f"<{INVITE_URI}>;tag=x")
-    assert edge.receive(ack, UDP, SOURCE, snap) == []
+    assert edge.receive(ack, Arrival(UDP, SOURCE), snap) == ()
 
 
 def test_nothing_is_ever_sent_to_our_own_listeners(edge: Edge, snapshot: Snapshot) -> None:
     # A request whose Via names our own port at a source on our address: no answer to us.
     data = request(via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-self")
-    assert edge.receive(data, UDP, ("127.0.0.1", 40001), snapshot) == []
+    assert edge.receive(data, Arrival(UDP, ("127.0.0.1", 40001)), snapshot) == ()
     # A datagram from our own socket (spoofed) is not answered on either path.
     ping = request(via="SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bK-spoof")
-    assert edge.receive(ping, UDP, ("127.0.0.1", 5070), snapshot) == []
-    assert edge.keepalive(ping, UDP, ("127.0.0.1", 5070), snapshot) == []
+    assert edge.receive(ping, Arrival(UDP, ("127.0.0.1", 5070)), snapshot) == ()
+    assert fast_path(edge, ping, Arrival(UDP, ("127.0.0.1", 5070)), snapshot) == ()
     # A genuine response whose client was ourselves (stamped from our own port) is not relayed.
     sent = forward(edge, snapshot, invite(via="SIP/2.0/UDP 10.9.9.9:5060;rport;branch=z9hG4bK-s"))
     answer = response_to(sent.data).replace(b"received=192.0.2.7;rport=40000", b"x=1")
-    assert edge.receive(answer, UDP, CORE, snapshot) == []
+    assert edge.receive(answer, Arrival(UDP, CORE), snapshot) == ()
 
 
 # -- 5. a Via port above 65535 ----------------------------------------------------------------
@@ -385,13 +395,15 @@ def test_nothing_is_ever_sent_to_our_own_listeners(edge: Edge, snapshot: Snapsho
 def test_a_via_port_above_65535_is_a_400_to_the_source(edge: Edge, snapshot: Snapshot) -> None:
     for via in ("SIP/2.0/UDP 192.0.2.7:70000;branch=z9hG4bK-p", "SIP/2.0/UDP 192.0.2.7:99999"):
         data = request(via=via)
-        assert edge.keepalive(data, UDP, SOURCE, snapshot) is None  # the fast path declines
-        send, reply = one(edge.receive(data, UDP, SOURCE, snapshot))
+        assert (
+            fast_path(edge, data, Arrival(UDP, SOURCE), snapshot) is None
+        )  # the fast path declines
+        send, reply = one(edge.receive(data, Arrival(UDP, SOURCE), snapshot))
         assert isinstance(reply, Response) and reply.status == 400
         assert b"65535" in reply.reason
         assert (send.host, send.port) == SOURCE
         invite_data = invite(via=via)
-        assert status_of(edge.receive(invite_data, UDP, SOURCE, snapshot)) == 400
+        assert status_of(edge.receive(invite_data, Arrival(UDP, SOURCE), snapshot)) == 400
 
 
 # -- 6. a Route to our address but another port is not ours -----------------------------------
@@ -419,7 +431,7 @@ def test_a_route_is_ours_by_host_and_port(
         via="SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-uas",
         extra=f"Route: {route}",
     )
-    send, fwd = one(edge.receive(bye, UDP, CORE, snapshot))
+    send, fwd = one(edge.receive(bye, Arrival(UDP, CORE), snapshot))
     if ours:  # popped: on by the Request-URI
         assert isinstance(fwd, Request) and b"Route" not in fwd.fields
         assert (send.host, send.port) == SOURCE
@@ -444,15 +456,15 @@ def test_an_in_dialog_request_to_a_name_we_do_not_know_gets_502(
         to="<sip:caller@192.0.2.7>;tag=f1",
         via="SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-uas",
     )
-    assert status_of(edge.receive(bye, UDP, CORE, snapshot)) == 502
+    assert status_of(edge.receive(bye, Arrival(UDP, CORE), snapshot)) == 502
     assert edge.stats.requests[("BYE", "unresolvable")] == 1
     ack = bye.replace(b"BYE", b"ACK")
-    assert edge.receive(ack, UDP, CORE, snapshot) == []
+    assert edge.receive(ack, Arrival(UDP, CORE), snapshot) == ()
     # A name among the configured upstreams, as the transport resolved it, is fine.
     snap = with_secrets(make_snapshot(upstream="sip:core.example.net:5999"), "a" * 64)
     edge.set_resolved({"core.example.net": "127.0.0.1"})
     bye = bye.replace(b"phone.evil.example", b"core.example.net")
-    send, _ = one(edge.receive(bye, UDP, CORE, snap))
+    send, _ = one(edge.receive(bye, Arrival(UDP, CORE), snap))
     assert (send.host, send.port) == ("127.0.0.1", 5060)
 
 
@@ -466,14 +478,14 @@ def test_only_configured_upstreams_are_the_core(edge: Edge, snapshot: Snapshot) 
         b"From: <sip:a@b.example>;tag=1\r\nTo: <sip:c@d.example>;tag=2\r\n"
         b"Call-ID: f\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     )
-    assert edge.receive(forged, UDP, attacker, snapshot) == []
+    assert edge.receive(forged, Arrival(UDP, attacker), snapshot) == ()
     relay = request(
         method="MESSAGE",
         uri="sip:victim@127.0.0.1:16998",
         to="<sip:victim@127.0.0.1>;tag=x",
         via="SIP/2.0/UDP localhost:16999;branch=z9hG4bK-r",
     )
-    send, reply = one(edge.receive(relay, UDP, attacker, snapshot))
+    send, reply = one(edge.receive(relay, Arrival(UDP, attacker), snapshot))
     assert isinstance(reply, Response) and reply.status == 403  # a client's, not the core's
     assert (send.host, send.port) == attacker
     assert edge.upstream_names(snapshot) == set()
@@ -484,10 +496,10 @@ def test_an_ipv6_client_behind_nat_gets_its_responses(edge: Edge, snapshot: Snap
     Via grammar and the way back must take it."""
     source = ("2001:db8::7", 40000)
     data = invite(via="SIP/2.0/UDP [2001:db8::1]:5062;rport;branch=z9hG4bK-v6")
-    send, fwd = one(edge.receive(data, UDP, source, snapshot))
+    send, fwd = one(edge.receive(data, Arrival(UDP, source), snapshot))
     assert isinstance(fwd, Request) and (send.host, send.port) == CORE
     below = fwd.fields[b"Via"].split(b", ")[1]
     assert below.endswith(b";received=2001:db8::7;rport=40000")
-    relayed, reply = one(edge.receive(response_to(send.data), UDP, CORE, snapshot))
+    relayed, reply = one(edge.receive(response_to(send.data), Arrival(UDP, CORE), snapshot))
     assert (relayed.host, relayed.port) == source
     assert isinstance(reply, Response) and reply.fields[b"Via"] == below

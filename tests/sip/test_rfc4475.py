@@ -13,7 +13,7 @@ import pytest
 from sipzone.model.snapshot import Snapshot
 from sipzone.model.tenancy import TenancyTree, Tenant
 from sipzone.sip import SipConfig
-from sipzone.sip.edge import Edge, Listener
+from sipzone.sip.edge import Edge
 from sipzone.sip.message import (
     MalformedMessage,
     Request,
@@ -23,6 +23,7 @@ from sipzone.sip.message import (
     check_uri,
     parse_message,
 )
+from sipzone.sip.values import Arrival, Listener
 from tests.sip.conftest import RFC4475
 
 MANIFEST = list(csv.DictReader((RFC4475 / "MANIFEST.tsv").open(), delimiter="\t"))
@@ -79,10 +80,10 @@ def test_torture_message(row: dict[str, str], snapshot: Snapshot) -> None:
         assert isinstance(parse_message(data), Request | Response)
     listener = Listener("udp", "127.0.0.1", 5070)
     edge = Edge(SipConfig(), [listener])
-    sends = edge.receive(data, listener, ("192.0.2.99", 5060), snapshot)
+    sends = edge.receive(data, Arrival(listener, ("192.0.2.99", 5060)), snapshot)
     expected = EXPECTED[row["file"]]
     if expected == "drop":
-        assert sends == []
+        assert sends == ()
         return
     assert len(sends) == 1
     send = sends[0]

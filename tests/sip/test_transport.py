@@ -12,8 +12,8 @@ import pytest
 
 from sipzone.model.snapshot import SnapshotHolder
 from sipzone.net.limits import connection_cap
-from sipzone.sip import BRANCH_SECRET, SipConfig
-from sipzone.sip.transport import SipService, parse_listen
+from sipzone.sip import BRANCH_SECRET, SipConfig, parse_listen
+from sipzone.sip.transport import SipService
 from tests.sip.conftest import EdgeThread, make_snapshot
 
 

@@ -3,6 +3,13 @@ batched UDP.  It imports nothing of sipzone, so ``sip/`` and ``dns/`` may both u
 
 from __future__ import annotations
 
+MAX_PORT = 65535
+
+
+def is_port(number: int, *, allow_zero: bool = False) -> bool:
+    """Whether ``number`` is a port: 1-65535, or 0 ("any free port") with ``allow_zero``."""
+    return (0 if allow_zero else 1) <= number <= MAX_PORT
+
 
 def split_hostport(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
     """``HOST:PORT`` or ``[V6]:PORT`` to ``(host, port)``; raises ValueError on anything else.
@@ -17,6 +24,6 @@ def split_hostport(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
     if not host or host.startswith("[") or host.endswith("]"):
         raise ValueError(f"{text!r} is not HOST:PORT")
     number = int(port)
-    if not (0 if allow_zero else 1) <= number < 65536:
+    if not is_port(number, allow_zero=allow_zero):
         raise ValueError(f"port {number} in {text!r} is outside 1-65535")
     return host, number

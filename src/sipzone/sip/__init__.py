@@ -1,13 +1,44 @@
-"""SIP: sans-IO messages (message.py), the edge policy (edge.py) and sockets (transport.py)."""
+"""SIP: the edge's configuration, listen specs and store settings; the modules below hold the
+sans-IO messages (message.py), the edge policy (edge.py with keepalive.py, memo.py,
+signing.py, values.py) and the sockets (transport.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from sipzone.net import split_hostport
 
 # Settings (store table ``settings``) holding the key our Via branches are signed with, and
 # the one before the last rotation, still accepted for responses to what it signed.
 BRANCH_SECRET = "sip_branch_secret"
 BRANCH_SECRET_PREVIOUS = "sip_branch_secret_previous"
+
+LISTEN_TRANSPORTS = ("udp", "tcp")  # "tls" comes with the TLS issue
+
+
+class ListenSpec(NamedTuple):
+    """One ``--sip`` listener: ``udp:HOST:PORT`` or ``tcp:[V6]:PORT`` (port 0: any free)."""
+
+    transport: str
+    host: str  # IPv6 without brackets
+    port: int
+
+
+def parse_listen(spec: str) -> ListenSpec:
+    """``udp:127.0.0.1:5070`` / ``tcp:[::1]:5070`` -> ListenSpec; ValueError naming the problem
+    otherwise.  The CLI checks ``--sip`` with it and the transport binds what it returns."""
+    transport, _, hostport = spec.partition(":")
+    transport = transport.lower()
+    if transport not in LISTEN_TRANSPORTS:
+        raise ValueError(
+            f"listen spec {spec!r}: transport must be {' or '.join(LISTEN_TRANSPORTS)}"
+        )
+    try:
+        host, port = split_hostport(hostport, allow_zero=True)
+    except ValueError as exc:
+        raise ValueError(f"listen spec {spec!r}: {exc}") from None
+    return ListenSpec(transport, host, port)
 
 
 @dataclass(frozen=True)

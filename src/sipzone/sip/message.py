@@ -16,10 +16,12 @@ else looks at them.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from sipzone.model.errors import SipzoneError
+from sipzone.net import MAX_PORT, is_port
 
 # -- limits -----------------------------------------------------------------------------------
 
@@ -28,7 +30,9 @@ MAX_HEADERS = 128  # longreq.dat (RFC 4475 §3.1.1.7) has 44
 MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
 MAX_FORWARDS = 255  # RFC 3261 §20.22 allows 0-255 in practice (RFC 4475 §3.1.2.4)
 MAX_EXPIRES = 2**32 - 1
-MAX_PORT = 65535
+# RFC 3261 §19.1.2: the port a sip: URI or a Via without one means; sips: and TLS, 5061.
+DEFAULT_PORT = 5060
+DEFAULT_TLS_PORT = 5061
 # Via entries a message may carry: Max-Forwards starts at 70, so a request that has taken
 # more hops looped; refusing the rest bounds what one message can cost (RFC 3261 §16.3).
 MAX_VIAS = 70
@@ -52,11 +56,13 @@ class MalformedMessage(SipzoneError):
 
 
 class MessageTooLarge(MalformedMessage):
+    """The message exceeds MAX_MESSAGE (a UDP datagram's worth): 513."""
+
     status = 513
 
 
 class TooManyHeaders(MalformedMessage):
-    pass
+    """More than MAX_HEADERS header lines."""
 
 
 class Incomplete(MalformedMessage):
@@ -64,27 +70,29 @@ class Incomplete(MalformedMessage):
 
 
 class BadStartLine(MalformedMessage):
-    pass
+    """The first line is neither a request line nor a status line."""
 
 
 class BadVersion(MalformedMessage):
+    """A SIP version other than SIP/2.0: 505."""
+
     status = 505
 
 
 class BadStatusCode(MalformedMessage):
-    pass
+    """A status code that is not three digits 100-699."""
 
 
 class BadHeaderLine(MalformedMessage):
-    pass
+    """A header line without a colon, or a name that is not a token."""
 
 
 class BadContentLength(MalformedMessage):
-    pass
+    """Content-Length is not a number, missing on a stream, or more than follows."""
 
 
 class MissingHeader(MalformedMessage):
-    pass
+    """A header every request (or relayed response) must carry is missing."""
 
 
 class RepeatedHeader(MalformedMessage):
@@ -92,43 +100,47 @@ class RepeatedHeader(MalformedMessage):
 
 
 class BadURI(MalformedMessage):
-    pass
+    """A URI that RFC 3261 §19.1 (or RFC 3966 for tel:) does not allow."""
 
 
 class UnsupportedScheme(BadURI):
+    """A Request-URI scheme other than sip, sips or tel: 416."""
+
     status = 416
 
 
 class BadAddress(MalformedMessage):
-    pass
+    """A From, To, Contact or Route value that is neither name-addr nor addr-spec."""
 
 
 class BadVia(MalformedMessage):
-    pass
+    """A Via that is not 'SIP/2.0/TRANSPORT host[:port]' with parameters."""
 
 
 class TooManyVias(MalformedMessage):
+    """More than MAX_VIAS Via entries: the request has looped (483)."""
+
     status = 483
 
 
 class BadCSeq(MalformedMessage):
-    pass
+    """A CSeq that is not 'number METHOD', or whose method is not the request's."""
 
 
 class BadCallID(MalformedMessage):
-    pass
+    """A Call-ID that is not word[@word]."""
 
 
 class BadMaxForwards(MalformedMessage):
-    pass
+    """A Max-Forwards that is not a number 0-255."""
 
 
 class BadExpires(MalformedMessage):
-    pass
+    """An Expires that is not a number 0-2**32-1."""
 
 
 class BadDate(MalformedMessage):
-    pass
+    """A Date that is not an RFC 1123 date in GMT."""
 
 
 # -- grammar (RFC 3261 §25.1 unless noted) ----------------------------------------------------
@@ -161,7 +173,6 @@ SIP_VERSION = b"SIP/2.0"
 _HOST = rb"(?P<host>" + IPV6_REF + rb"|[^\[\]:;?@<>\s,\"]+)"
 _HOSTPORT = re.compile(_HOST + rb"(?::(?P<port>[0-9]{1,5}))?(?P<rest>[;?].*)?\Z", re.S)
 _SCHEME = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*):")
-_IPV4 = re.compile(rb"[0-9]{1,3}(?:\.[0-9]{1,3}){3}\Z")
 
 # §20.10 / §20.20 / §20.39 name-addr / addr-spec followed by header parameters.  An addr-spec
 # cannot hold ';', '?' or ',' (they would be taken as header syntax, §20).
@@ -568,7 +579,7 @@ def match_via(value: bytes) -> tuple[bytes, bytes | None, bytes] | None:
         return None
     host: bytes = m.group(4)
     port: bytes | None = m.group(5)
-    if port is not None and int(port) > MAX_PORT:
+    if port is not None and int(port) > MAX_PORT:  # the grammar allows 0-99999
         return None
     params: bytes = m.group(6)
     return host, port, params
@@ -607,7 +618,7 @@ def parse_uri(text: bytes) -> URI:
     if hp is None or not hp.group("host"):
         raise BadURI(f"URI {text[:80]!r} has no valid host")
     port = int(hp.group("port")) if hp.group("port") else None
-    if port is not None and not 0 < port < 65536:
+    if port is not None and not is_port(port):
         raise BadURI(f"URI {text[:80]!r} has port {port} outside 1-65535")
     uri_params: dict[bytes, bytes | None] = {}
     headers = None
@@ -620,8 +631,25 @@ def parse_uri(text: bytes) -> URI:
     return URI(scheme, user, hp.group("host"), port, uri_params, headers)
 
 
-def is_ip_literal(host: bytes) -> bool:
-    return host[:1] == b"[" or _IPV4.match(host) is not None
+@functools.lru_cache(maxsize=4096)
+def is_ip_literal(host: str | bytes) -> bool:
+    """Whether ``host`` as written (IPv6 with or without brackets) is an address, not a name:
+    the one answer to that question for the edge, its keep-alive path and its transport."""
+    text = host.decode("latin-1") if isinstance(host, bytes) else host
+    if text[:1] == "[" and text[-1:] == "]":
+        text = text[1:-1]
+    elif ":" not in text and text[-1:] not in "0123456789":
+        return False  # the common case, a name: no top-level domain ends in a digit
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def default_port(scheme_or_transport: str) -> int:
+    """The port a URI or Via means when it names none (RFC 3261 §19.1.2, §18.2.2)."""
+    return DEFAULT_TLS_PORT if scheme_or_transport in ("sips", "tls") else DEFAULT_PORT
 
 
 def uri_host(uri: bytes) -> bytes | None:
@@ -664,7 +692,7 @@ def parse_via(value: bytes, start: int = 0) -> Via:
         raise BadVia(f"Via {value[start : start + 80]!r} is not 'SIP/2.0/TRANSPORT host[:port]'")
     transport, host, port, params = m.group(3, 4, 5, 6)
     number = int(port) if port else None
-    if number is not None and number > MAX_PORT:
+    if number is not None and number > MAX_PORT:  # the grammar allows 0-99999
         raise BadVia(f"Via {value[start : start + 80]!r} has port {number} above {MAX_PORT}")
     return Via(transport, host, number, params, m.end())
 
@@ -798,6 +826,46 @@ def check_uri(text: bytes) -> URI:
     if uri.headers is not None:
         raise BadURI(f"Request-URI {text[:80]!r} carries headers ('?'), which it may not")
     return uri
+
+
+# -- the way back: Via stamping and response destinations (RFC 3261 §18.2, RFC 3581) -----------
+
+_STRIP_VIA_ADDR = re.compile(rb";[ \t]*(?:rport|received)(?:[ \t]*=[ \t]*[^;,\s]*)?", re.I)
+
+
+def stamp_via(value: bytes, top: Via, addr: tuple[str, int]) -> bytes:
+    """The Via header value with its top entry given ``received`` (RFC 3261 §18.2.1) and, if it
+    asked with a bare ``rport``, the source port (RFC 3581): what the way back needs."""
+    source = addr[0]
+    host = top.host.strip(b"[]").decode("ascii", "replace")
+    if top.rport is None:
+        if host == source:
+            return value
+        first = _STRIP_VIA_ADDR.sub(b"", value[: top.end].rstrip(b" \t"))
+        return first + b";received=" + source.encode() + value[top.end :]
+    first = _STRIP_VIA_ADDR.sub(b"", value[: top.end].rstrip(b" \t"))
+    return first + b";received=%s;rport=%d" % (source.encode(), addr[1]) + value[top.end :]
+
+
+def via_destination(via: Via) -> tuple[str, int]:
+    """Where a response goes for this Via (RFC 3261 §18.2.2, RFC 3581 §4): received or the
+    sent-by host, at rport or the sent-by port."""
+    host = (via.received or via.host).strip(b"[]").decode("ascii", "replace")
+    rport = via.rport
+    if rport:
+        return host, int(rport)
+    return host, via.port or default_port(via.transport)
+
+
+# -- responses we originate (RFC 3261 §8.2.6) ---------------------------------------------------
+
+# Via, From, Call-ID and CSeq copied, To with our tag added (below), then ``tail``: the rest of
+# the header block, the empty line and any body.
+RESPONSE_HEAD = b"SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
+# The To tag of a response we originate: a CRC of the Via it answers, so a retransmission is
+# answered with the same tag by any worker (RFC 3261 §8.2.6.2 wants it stable per request).
+TO_TAG = b";tag=sz%08x"
+EMPTY_TAIL = b"Content-Length: 0\r\n\r\n"
 
 
 # -- plain OPTIONS in a known header order (the keep-alive hot path) ---------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from sipzone.sip.edge import Stats
+from sipzone.sip.values import Stats
 
 REQUESTS = Counter(
     "sipzone_sip_requests",

@@ -9,7 +9,8 @@ request came in on, which only the receiving worker holds (its id travels in our
 On Linux a UDP socket is served by :class:`sipzone.net.batched_udp.BatchedUdp` (datagrams in
 by recvmmsg, the answers back to their sources by one sendmmsg per batch); elsewhere, or with
 ``SipConfig.batched_udp`` off, by the event loop's datagram transport.  Either way
-:meth:`UdpEndpoint.respond` decides, and a keep-alive takes :meth:`Edge.answer_keepalive`.
+:meth:`UdpEndpoint.respond` hands each datagram to :meth:`Edge.receive` (which answers
+keep-alives on its fast path) and sends the answer back to the source without a dispatch.
 
 Stream connections are kept in one table per worker whether a peer opened them or we did (to
 a TCP upstream, or back to a client): responses and in-dialog requests reuse them.  A
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import itertools
 import logging
 import socket
@@ -40,41 +40,22 @@ from typing import Any, Protocol
 
 from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
-from sipzone.net import batched_udp, split_hostport
+from sipzone.net import batched_udp
 from sipzone.net.limits import connection_cap
 from sipzone.net.sockets import bound_socket
-from sipzone.sip import SipConfig, metrics
-from sipzone.sip.edge import Edge, Listener, Send
-from sipzone.sip.message import MAX_MESSAGE, MalformedMessage, StreamReader
+from sipzone.sip import SipConfig, metrics, parse_listen
+from sipzone.sip.edge import Edge
+from sipzone.sip.message import MAX_MESSAGE, MalformedMessage, StreamReader, is_ip_literal
+from sipzone.sip.values import Arrival, Listener, Send, Sends
 
 log = logging.getLogger("sipzone.sip")
 
 RECV_SIZE = MAX_MESSAGE + 1  # no UDP payload is larger: a datagram is never read in part
+ARRIVALS_KEPT = 4096  # peer addresses a UDP endpoint keeps an Arrival for
 
 METRICS_INTERVAL = 1.0
 RESOLVE_INTERVAL = 60.0  # seconds between lookups of the configured upstream names
 RESOLVE_TIMEOUT = 5.0  # for one name; a name that fails keeps its last address
-
-
-def parse_listen(spec: str) -> tuple[str, str, int]:
-    """``udp:127.0.0.1:5070`` / ``tcp:[::1]:5070`` -> (transport, host, port)."""
-    transport, _, hostport = spec.partition(":")
-    transport = transport.lower()
-    if transport not in ("udp", "tcp"):
-        raise ValueError(f"listen spec {spec!r}: transport must be udp or tcp")
-    try:
-        host, port = split_hostport(hostport, allow_zero=True)
-    except ValueError:
-        raise ValueError(f"listen spec {spec!r} is not TRANSPORT:HOST:PORT") from None
-    return transport, host, port
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class _Traceback:
@@ -264,7 +245,7 @@ class SipService:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def dispatch(self, sends: list[Send]) -> None:
+    def dispatch(self, sends: Sends) -> None:
         for send in sends:
             if send.transport == "udp":
                 self._send_udp(send)
@@ -281,7 +262,7 @@ class SipService:
 
     def _is_address(self, send: Send) -> bool:
         """The edge hands over addresses only; a name here is our bug, and is not looked up."""
-        if _is_ip(send.host):
+        if is_ip_literal(send.host):
             return True
         self.events.error(
             "send-to-name", "a message for %r (a name, not an address) dropped", send.host[:100]
@@ -405,19 +386,18 @@ class UdpEndpoint:
         self.service = service
         self.listener = listener
         assert service.edge is not None
-        self.edge = service.edge
+        self.receive = service.edge.receive
         self.holder = service.holder
+        self._arrivals: dict[tuple[str, int], Arrival] = {}
 
     def respond(self, data: bytes, addr: tuple[str, int]) -> bytes | None:
         try:
-            if data[:8] == b"OPTIONS ":
-                answer = self.edge.answer_keepalive(data, self.listener, addr, self.holder.current)
-                if answer is not None:
-                    if isinstance(answer, bytes):
-                        return answer or None  # b"": a scanner's ping, dropped
-                    self.service.dispatch([answer])
-                    return None
-            sends = self.edge.receive(data, self.listener, addr, self.holder.current)
+            # A peer sends from one address again and again (keep-alives every few seconds):
+            # its Arrival is kept rather than built per datagram.
+            arrival = self._arrivals.get(addr)
+            if arrival is None:
+                arrival = self._arrival(addr)
+            sends = self.receive(data, arrival, self.holder.current)
         except Exception as exc:  # a bug must cost one message, never the socket
             self.service.events.error(
                 f"edge-bug:{type(exc).__name__}",
@@ -427,12 +407,19 @@ class UdpEndpoint:
             )
             return None
         if len(sends) == 1:
-            send = sends[0]
+            answer, transport, host, port, _ = sends[0]
             # An answer back where the request came from: no dispatch.
-            if send.transport == "udp" and send.host == addr[0] and send.port == addr[1]:
-                return send.data
-        self.service.dispatch(sends)
+            if port == addr[1] and host == addr[0] and transport == "udp":
+                return answer
+        if sends:
+            self.service.dispatch(sends)
         return None
+
+    def _arrival(self, addr: tuple[str, int]) -> Arrival:
+        if len(self._arrivals) >= ARRIVALS_KEPT:
+            self._arrivals.clear()
+        arrival = self._arrivals[addr] = Arrival(self.listener, addr)
+        return arrival
 
 
 class DatagramHandler(asyncio.DatagramProtocol):
@@ -466,6 +453,7 @@ class StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.id = 0
         self.peer: tuple[str, int] = ("", 0)
+        self.arrival = Arrival(listener, self.peer)  # what the edge is told of each message
         self.last_active = 0.0
         self.message_started: float | None = None  # first byte of the message being read
 
@@ -476,6 +464,8 @@ class StreamConnection(asyncio.Protocol):
         self.last_active = self.service.loop.time()
         if not self.service.register(self):
             self.abort()
+            return
+        self.arrival = Arrival(self.listener, self.peer, self.id)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.service.unregister(self)
@@ -513,7 +503,7 @@ class StreamConnection(asyncio.Protocol):
                 message = self.reader.next_message()
             except MalformedMessage as exc:
                 # The framing is lost: answer if we can, then close (RFC 3261 §18.3).
-                self.service.dispatch(edge.malformed(exc, self.listener, self.peer, self.id))
+                self.service.dispatch(edge.malformed(exc, self.arrival))
                 self.close()
                 return
             if self.reader.keepalives:
@@ -523,9 +513,7 @@ class StreamConnection(asyncio.Protocol):
                 return
             self.message_started = None  # the next message's clock starts with its first byte
             try:
-                sends = edge.handle(
-                    message, self.listener, self.peer, self.service.holder.current, self.id
-                )
+                sends = edge.handle(message, self.arrival, self.service.holder.current)
             except Exception as exc:
                 self.service.events.error(
                     f"edge-bug:{type(exc).__name__}",

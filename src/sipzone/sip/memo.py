@@ -1,0 +1,200 @@
+"""What the edge works out from the current snapshot and keeps while it is current: who owns a
+host, the OPTIONS answer tails and keep-alive templates, this site, the core's addresses and
+the signing keys.
+
+The edge builds one :class:`SnapshotMemo` per snapshot (and per set of upstream names the
+transport resolved) and replaces it whole when either changes: nothing in it is ever reset
+piecemeal, so nothing in it can outlive what it was worked out from.  :class:`Upstreams`, which
+does not depend on a snapshot (a URI parses the same way under any), lives beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, NamedTuple
+
+from sipzone.model.names import lookup_key
+from sipzone.model.snapshot import Site, Snapshot
+from sipzone.model.tenancy import TenantView
+from sipzone.sip import SipConfig
+from sipzone.sip.message import (
+    MalformedMessage,
+    default_port,
+    is_ip_literal,
+    parse_address,
+    parse_uri,
+    uri_host,
+)
+from sipzone.sip.signing import Keys
+from sipzone.sip.values import Listener
+
+if TYPE_CHECKING:
+    from sipzone.sip.keepalive import Declined, Learnt, Peer, PeerKey
+
+MEMO_CAP = 65536  # entries one memo table holds before it starts over (peers choose the keys)
+
+
+class Target(NamedTuple):
+    """Where requests for an upstream go: transport, host (an address once resolved), port."""
+
+    transport: str
+    host: str
+    port: int
+
+
+class Admission(NamedTuple):
+    """A host the snapshot admits: the matched name and the tenant owning the rule."""
+
+    name: str  # the matched FQDN, A-label, lower case
+    tenant: TenantView
+
+
+def requested_host(host: bytes | None, to: bytes) -> bytes:
+    """The host a request is for: ``host`` (its Request-URI's), or the To header's when the
+    Request-URI names no host (tel:) or an address (a phone dialling the edge's IP names no
+    domain, but still fills in the To).  The one rule the general and the keep-alive path
+    share; b"" when neither names one."""
+    if host and not is_ip_literal(host):
+        return host
+    return uri_host(parse_address(to, "To").uri) or b""
+
+
+class Upstreams:
+    """The configured upstream URIs as targets (each parsed once) and the addresses the
+    transport resolved, in the background, for the names among them."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, Target | None] = {}
+        self.resolved: Mapping[str, str] = {}  # configured upstream name -> its address
+
+    def target(self, uri: str) -> Target | None:
+        """Where ``uri`` sends requests, or None when it is not a usable sip:/sips: URI."""
+        if uri in self._parsed:
+            return self._parsed[uri]
+        target = None
+        try:
+            parsed = parse_uri(uri.encode())
+            if parsed.scheme in ("sip", "sips") and parsed.host:
+                transport = "tcp" if parsed.scheme == "sips" else parsed.transport
+                if transport in ("udp", "tcp"):
+                    host = parsed.host.strip(b"[]").decode("ascii")
+                    target = Target(transport, host, parsed.port or default_port(transport))
+        except (MalformedMessage, UnicodeDecodeError):
+            target = None
+        if len(self._parsed) >= MEMO_CAP:
+            self._parsed.clear()
+        self._parsed[uri] = target
+        return target
+
+    def address_of(self, target: Target | None) -> Target | None:
+        """``target`` with its host as an address: as written, or as resolved for a configured
+        upstream name; None for any other name (never a lookup for a peer)."""
+        if target is None or is_ip_literal(target.host):
+            return target
+        address = self.resolved.get(target.host)
+        return target._replace(host=address) if address is not None else None
+
+    def uris(self, snapshot: Snapshot, site: Site | None) -> set[str]:
+        """The upstreams configured in ``snapshot``: every tenant's and ``site``'s."""
+        uris = {t.upstream for t in snapshot.tenants.views.values() if t.upstream}
+        if site is not None and site.upstream:
+            uris.add(site.upstream)
+        return uris
+
+    def names(self, snapshot: Snapshot, site: Site | None) -> set[str]:
+        """The host names (not addresses) among the configured upstreams: what the transport
+        resolves, and nothing else."""
+        names = set()
+        for uri in self.uris(snapshot, site):
+            target = self.target(uri)
+            if target is not None and not is_ip_literal(target.host):
+                names.add(target.host)
+        return names
+
+
+def site_of(snapshot: Snapshot, wanted: str | None) -> Site | None:
+    """The site this edge runs at: the configured one, else the first."""
+    if not snapshot.sites:
+        return None
+    site = next((s for s in snapshot.sites if s.name == wanted), None)
+    if site is None and wanted is None:
+        site = snapshot.sites[0]
+    return site
+
+
+class SnapshotMemo:
+    """Everything the edge remembers about one snapshot; replaced whole, never reset."""
+
+    __slots__ = (
+        "_config",
+        "admissions",
+        "core",
+        "keepalive_peers",
+        "keepalive_templates",
+        "keys",
+        "options_tails",
+        "site",
+        "snapshot",
+    )
+
+    def __init__(
+        self, snapshot: Snapshot, config: SipConfig, upstreams: Upstreams, keys: Keys
+    ) -> None:
+        self.snapshot = snapshot
+        self._config = config
+        self.site = site_of(snapshot, config.site)
+        self.keys = keys
+        # (address, port) of every configured upstream: requests from there come from the core.
+        core = set()
+        for uri in upstreams.uris(snapshot, self.site):
+            target = upstreams.address_of(upstreams.target(uri))
+            if target is not None:
+                core.add((target.host, target.port))
+        self.core: frozenset[tuple[str, int]] = frozenset(core)
+        self.admissions: dict[bytes, Admission | None] = {}  # by host as written
+        self.options_tails: dict[tuple[str, str, int], bytes] = {}
+        # Filled by the keep-alive path: its answer per (Request-URI, To, listener port), and
+        # what it learnt per peer (keepalive.Peer).
+        self.keepalive_templates: dict[tuple[bytes, bytes, int], Learnt] = {}
+        self.keepalive_peers: dict[PeerKey, Peer | Declined] = {}
+
+    def admit(self, host: bytes) -> Admission | None:
+        """Who owns ``host`` (as written in a URI: any case, perhaps a trailing dot or UTF-8),
+        or None when no rule admits it."""
+        admissions = self.admissions
+        if host in admissions:
+            return admissions[host]
+        try:
+            key = lookup_key(host.decode("utf-8"))
+        except UnicodeDecodeError:
+            key = ""
+        tenant = self.snapshot.matcher.owner(key) if key else None
+        admission = Admission(key, tenant) if tenant is not None else None
+        if len(admissions) >= MEMO_CAP:
+            admissions.clear()
+        admissions[host] = admission
+        return admission
+
+    def upstream_of(self, tenant: TenantView) -> str | None:
+        """The upstream URI ``tenant``'s requests go to: its own (inherited), else the site's."""
+        return tenant.upstream or (self.site.upstream if self.site else None)
+
+    def options_tail(self, name: str, listener: Listener) -> bytes:
+        """What follows CSeq in our 200 to an OPTIONS for ``name`` on ``listener``: Allow,
+        Accept, Supported and a Contact holding the name (Teams wants a name, never an
+        address), then the end of the message."""
+        key = (name, listener.transport, listener.port)
+        tail = self.options_tails.get(key)
+        if tail is None:
+            cfg = self._config
+            tail = (
+                f"Allow: {', '.join(cfg.allow)}\r\n"
+                "Accept: application/sdp\r\n"
+                f"Supported: {', '.join(cfg.supported)}\r\n"
+                f"Contact: <sip:{name}:{listener.port};transport={listener.transport}>\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+            if len(self.options_tails) >= MEMO_CAP:
+                self.options_tails.clear()
+            self.options_tails[key] = tail
+        return tail

@@ -1,0 +1,97 @@
+"""What the edge signs with the installation's secret: the branch of every request it forwards,
+so that only responses to those are relayed (RFC 3261 §16.11 stateless proxying, made safe).
+
+Our branch is ``z9hG4bKsz`` + a loop hash + an HMAC.  The loop hash covers the fields a looping
+request keeps (Request-URI, From tag, Call-ID, CSeq number, Route: §16.6 step 8), and the HMAC,
+keyed with the store's secret (setting ``sip_branch_secret``), covers what a response's way back
+depends on: the Via below ours as we forwarded it, the connection the request came in on, our
+Via's transport.  Both are functions of the request, so retransmissions, the CANCEL and the ACK
+of a non-2xx answer get the INVITE's branch on any worker or node.  :class:`Keys` holds the
+current secret and the one before the last rotation, which is still accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+
+from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS
+from sipzone.sip.message import Request, Via, parse_address
+
+MAGIC_COOKIE = b"z9hG4bK"  # RFC 3261 §8.1.1.7
+OUR_BRANCH = MAGIC_COOKIE + b"sz"  # every branch we generate starts so
+LOOP_HASH = 10  # hex digits after OUR_BRANCH: what a looping request keeps (§16.3 step 4)
+BRANCH_MAC = 20  # hex digits after those: the HMAC that vouches for the way back (80 bits)
+BRANCH_LEN = len(OUR_BRANCH) + LOOP_HASH + BRANCH_MAC
+CONN_PARAM = b"sz-c"  # in our Via: the stream connection the request came in on
+_SWS = re.compile(rb"[ \t]+")
+
+
+class Keys:
+    """The installation's signing keys, current first, then the previous one (still accepted)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        assert keys, "at least one key"
+        self.keys = keys
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, str]) -> Keys | None:
+        """The keys the store holds, or None when it holds none (a store `init` never saw)."""
+        keys = tuple(
+            settings[name].encode()
+            for name in (BRANCH_SECRET, BRANCH_SECRET_PREVIOUS)
+            if settings.get(name)
+        )
+        return cls(keys) if keys else None
+
+    def branch(self, loop: bytes, below: Via, conn: bytes, transport: bytes) -> bytes:
+        """Our branch for a request with loop hash ``loop`` whose Via below ours is ``below``
+        (stamped), that came in on connection ``conn`` (b"" for none) and leaves over
+        ``transport``."""
+        return OUR_BRANCH + loop + _branch_mac(self.keys[0], loop, below, conn, transport)
+
+    def vouches(self, top: Via, below: Via) -> bool:
+        """Whether the branch of our Via ``top`` is what we computed for ``below``, under the
+        current secret or the previous one."""
+        branch = top.branch or b""
+        if len(branch) != BRANCH_LEN:
+            return False
+        loop = branch[len(OUR_BRANCH) : len(OUR_BRANCH) + LOOP_HASH]
+        mac = branch[len(OUR_BRANCH) + LOOP_HASH :]
+        conn = top.params.get(CONN_PARAM) or b""
+        transport = top.transport_name.upper()
+        return any(
+            hmac.compare_digest(mac, _branch_mac(key, loop, below, conn, transport))
+            for key in self.keys
+        )
+
+
+def loop_hash(request: Request) -> bytes:
+    """The part of our branch a request keeps if it comes back to us unchanged (RFC 3261 §16.6
+    step 8): Request-URI, From tag, Call-ID, CSeq number and Route.  No To tag and no method,
+    so the INVITE, its CANCEL and the ACK of a non-2xx answer share it (§16.11)."""
+    fields = request.fields
+    from_tag = parse_address(fields[b"From"], "From").tag or b""
+    cseq = fields[b"CSeq"].split(None, 1)[0]
+    route = fields.get(b"Route", b"")
+    basis = b"\n".join((request.uri, from_tag, fields[b"Call-ID"], cseq, route))
+    return hashlib.blake2b(basis, digest_size=LOOP_HASH // 2).hexdigest().encode()
+
+
+def _branch_mac(key: bytes, loop: bytes, below: Via, conn: bytes, transport: bytes) -> bytes:
+    """The HMAC in our branch, over what a response's way back depends on: the Via below ours
+    as we forwarded it (received/rport stamped; spacing aside, which a UAS may redo), the
+    connection the request came in on, the transport of our Via, and the loop hash."""
+    port = b"%d" % below.port if below.port is not None else b""
+    canonical = b"%s %s:%s%s" % (
+        below.transport_name.upper(),
+        below.host.lower(),
+        port,
+        _SWS.sub(b"", below.raw_params),
+    )
+    message = b"\n".join((loop, canonical, conn, transport.upper()))
+    return hmac.digest(key, message, "sha256")[: BRANCH_MAC // 2].hex().encode()
