@@ -442,3 +442,58 @@ def test_forged_responses_reach_no_sink_while_a_call_goes_through(
         udp_sink.settimeout(0.5)
         with pytest.raises(TimeoutError):
             udp_sink.recv(65535)
+
+
+# -- issue 8: a Route to a host no configuration names is not followed --------------------------
+
+
+def foreign_route_scenario(route: str) -> str:
+    return xml_scenario(
+        "foreign-route",
+        f"""
+  <send><![CDATA[
+INVITE sip:+4930123@cust42.teams.example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:caller@cust42.teams.example.com>;tag=[call_number]
+To: <sip:+4930123@cust42.teams.example.com>
+Route: {route}
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="403">
+    <action><ereg regexp="Route Not Allowed" search_in="msg" check_it="true"
+      assign_to="why"/></action>
+  </recv>
+  <Reference variables="why"/>
+""",
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("ours_first", [False, True])
+def test_a_foreign_route_from_outside_reaches_no_sink(
+    sipp: Sipp, edge: EdgeThread, transport: str, ours_first: bool
+) -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp_sink,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp_sink,
+    ):
+        port = free_port()
+        tcp_sink.bind(("127.0.0.1", port))
+        tcp_sink.listen(8)
+        udp_sink.bind(("127.0.0.1", port))
+        route = f"<sip:127.0.0.1:{port};transport={transport};lr>"
+        if ours_first:
+            route = f"<sip:cust42.teams.example.com:{edge.port(transport)};lr>, {route}"
+        result = sipp.run(foreign_route_scenario(route), target(edge, transport), transport)
+        assert result.ok, result.output
+        tcp_sink.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            tcp_sink.accept()
+        udp_sink.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            udp_sink.recv(65535)

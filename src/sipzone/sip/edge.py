@@ -11,13 +11,17 @@ a retransmission is handled exactly like the original.
 * OPTIONS to an admitted name is answered here, ``200 OK`` with a Contact that holds the
   matched name (Microsoft Teams checks that it is a name, never an address).  Keep-alives take
   a fast path (``keepalive.py``) that answers with the same bytes.
-* Every other admitted request goes to the owning tenant's upstream (or the site's): our Via
-  on top with a signed branch (``signing.py``), Max-Forwards decremented,
+* Route entries naming us are popped first, and a strict router's rewrite undone
+  (``routing.py``, RFC 3261 §16.4).
+* Every other request from outside goes to a configured upstream: the one the next Route
+  names when it is one (the core's own Record-Route), else the owning tenant's (or the
+  site's).  A Route naming anything else is refused (403), never followed.  On the way: our
+  Via on top with a signed branch (``signing.py``), Max-Forwards decremented,
   ``Record-Route: <sip:NAME;lr>`` on dialog-creating requests, and the tenant header.
 * A response whose top Via is ours, and whose branch proves it, loses that Via and goes to the
   next one (its ``received``/``rport``/sent-by, RFC 3261 §18.2.2, RFC 3581).
-* A request arriving *from* an upstream (the core's BYE, re-INVITE) is in-dialog: our Route is
-  popped and it goes where the next Route or the Request-URI says.
+* A request arriving *from* an upstream (the core's BYE, re-INVITE) goes where the next Route
+  or the Request-URI says, a strict router ahead served (§16.6 step 6).
 * A request carrying a Via of ours with its own loop hash has been here: 482.
 
 Who the core is comes from configuration only: upstream URIs that hold an address, and the
@@ -65,12 +69,12 @@ from sipzone.sip.message import (
     parse_message,
     parse_uri,
     parse_via,
-    split_addresses,
     split_vias,
     stamp_via,
     uri_host,
     via_destination,
 )
+from sipzone.sip.routing import Hop, RouteSet, Routing, strict_next
 from sipzone.sip.signing import CONN_PARAM, OUR_BRANCH, Keys, loop_hash
 from sipzone.sip.values import NOTHING, Arrival, Listener, Send, Sends, Stats
 
@@ -97,6 +101,14 @@ class Incoming(NamedTuple):
     max_forwards: int = DEFAULT_MAX_FORWARDS
 
 
+class Onward(NamedTuple):
+    """Where a request goes next: the target, and the Request-URI and Route it leaves with."""
+
+    target: Target
+    uri: bytes
+    routes: list[bytes]
+
+
 class Edge:
     """The policy for one worker: feed it messages, carry out the :class:`Send` it returns."""
 
@@ -107,10 +119,10 @@ class Edge:
         self.events = EventLog(log)
         self._by_transport = {lst.transport: lst for lst in reversed(listeners)}
         self._ours = frozenset((lst.host, lst.port) for lst in listeners)
-        self._our_ports = frozenset(lst.port for lst in listeners)
         self._tenant_key = header_key(config.tenant_header.encode())
         self._tenant_name = config.tenant_header.encode()
         self._upstreams = Upstreams()
+        self._routing = Routing(listeners, self._upstreams)
         self._memo: SnapshotMemo | None = None
         # Signs when the store holds no secret (tests, a store `sipzone init` never saw).
         self._own_keys = Keys((secrets.token_bytes(32),))
@@ -210,10 +222,11 @@ class Edge:
             mf = message.fields.get(b"Max-Forwards")
             max_forwards = int(mf) if mf is not None else DEFAULT_MAX_FORWARDS
             incoming = Incoming(message, top, arrival, max_forwards)
+            route = self._routing.route_set(message, memo)
             if addr in memo.core:
-                sends = self._downstream(incoming, memo)
+                sends = self._downstream(incoming, route, memo)
             else:
-                sends = self._request(incoming, memo)
+                sends = self._request(incoming, route, memo)
         except MalformedMessage as exc:
             if exc.message is None:
                 exc.message = message  # field parsers do not know the message they parse
@@ -228,19 +241,26 @@ class Edge:
                 return tuple(s for s in sends if (s.host, s.port) not in self._ours)
         return sends
 
-    # -- requests towards the core ------------------------------------------------------------
+    # -- requests from outside: towards the core -----------------------------------------------
 
-    def _request(self, incoming: Incoming, memo: SnapshotMemo) -> Sends:
+    def _request(self, incoming: Incoming, route: RouteSet, memo: SnapshotMemo) -> Sends:
+        """A request from a phone or a peer: admitted by the name it is for, answered here
+        (OPTIONS) or sent on to a configured upstream, never to a host a peer names."""
         request = incoming.request
         method = request.method
         fields = request.fields
-        host = uri_host(request.uri)
+        host = uri_host(route.uri)
         if host is None:
-            check_uri(request.uri)  # raises for what is not a sip, sips or tel URI
+            check_uri(route.uri)  # raises for what is not a sip, sips or tel URI
         host = requested_host(host, fields[b"To"])
         admissions = memo.admissions  # the common case, a host seen before, without a call
         admission = admissions[host] if host in admissions else memo.admit(host)
         if admission is None:
+            admission = self._admitted_route(route, memo)
+        hop, upstream_hop = Hop.OURS, None
+        if route.routes:
+            hop, upstream_hop = self._routing.classify(route.routes[0], memo)
+        if admission is None and hop is not Hop.UPSTREAM:
             if method == "ACK" or self.config.drop_unknown:
                 self._count(method, "dropped")
                 return NOTHING
@@ -255,7 +275,8 @@ class Edge:
         if incoming.max_forwards == 0:
             return self._refuse(incoming, "too_many_hops", 483, b"Too Many Hops")
 
-        if method == "OPTIONS" and not _has_tag(fields[b"To"]):
+        if method == "OPTIONS" and not route.routes and not _has_tag(fields[b"To"]):
+            assert admission is not None
             require = fields.get(b"Require")
             if require:
                 self._count(method, "unsupported")
@@ -265,53 +286,75 @@ class Edge:
             return (self._reply(incoming, 200, b"OK", tail),)
 
         check_contacts(request)
+        if hop is Hop.FOREIGN:
+            # A peer names the next hop: not followed, whoever it is (no open relay).
+            return self._refuse(incoming, "route_refused", 403, b"Route Not Allowed")
+        if upstream_hop is not None:  # the core's own Record-Route: on to that core
+            uri, routes = strict_next(route.uri, route.routes)
+            return self._forward(incoming, Onward(upstream_hop, uri, routes), admission, memo)
+        assert admission is not None
         upstream = memo.upstream_of(admission.tenant)
         upstreams = self._upstreams
         target = upstreams.address_of(upstreams.target(upstream)) if upstream else None
         if target is None:
             reason = self._no_upstream(admission.tenant.name, upstream, memo)
             return self._refuse(incoming, "no_upstream", 503, reason)
-        return self._forward(incoming, target, admission, memo)
+        return self._forward(incoming, Onward(target, route.uri, route.routes), admission, memo)
 
-    def _downstream(self, incoming: Incoming, memo: SnapshotMemo) -> Sends:
-        """A request from the core to a client (in-dialog): route by Route / Request-URI."""
+    def _admitted_route(self, route: RouteSet, memo: SnapshotMemo) -> Admission | None:
+        """The admission of a name of ours popped from the Route (the FQDN we record-routed):
+        an in-dialog request whose Request-URI and To name no domain we serve."""
+        for uri in route.popped:
+            if not is_ip_literal(uri.host):
+                admission = memo.admit(uri.host)
+                if admission is not None:
+                    return admission
+        return None
+
+    # -- requests from the core: towards a phone ------------------------------------------------
+
+    def _downstream(self, incoming: Incoming, route: RouteSet, memo: SnapshotMemo) -> Sends:
+        """A request from the core: it goes where the next Route or the Request-URI says."""
         request = incoming.request
-        routes = self._routes_after_ours(request, memo)
-        hop = parse_uri(parse_address(routes[0], "Route").uri if routes else request.uri)
+        next_uri = parse_address(route.routes[0], "Route").uri if route.routes else route.uri
+        hop = parse_uri(next_uri)
         if not hop.host:
             raise MalformedMessage(f"no host to send {request.method} to", request)
         if incoming.max_forwards == 0:
             return self._refuse(incoming, "too_many_hops", 483, b"Too Many Hops")
-        host = hop.host.strip(b"[]").decode("utf-8", "replace")
         # Only an address, or a name of our configured upstreams: never a lookup for a peer.
-        target = self._upstreams.address_of(
-            Target(hop.transport, host, hop.port or default_port(hop.scheme))
-        )
+        target = self._routing.target(hop)
         if target is None:
             addr = incoming.arrival.addr
             self.events.warning(
                 "next-hop-name",
                 "in-dialog %s from %s:%d: next hop %s is a name we do not resolve; answering 502",
-                request.method, addr[0], addr[1], host[:100],
+                request.method, addr[0], addr[1], hop.host[:100].decode("utf-8", "replace"),
             )  # fmt: skip
             return self._refuse(incoming, "unresolvable", 502, b"Next Hop Is Not An Address")
-        return self._forward(incoming, target, None, memo)
+        uri, routes = route.uri, route.routes
+        if routes:
+            uri, routes = strict_next(uri, routes)
+        return self._forward(incoming, Onward(target, uri, routes), None, memo)
+
+    # -- forwarding -----------------------------------------------------------------------------
 
     def _forward(
         self,
         incoming: Incoming,
-        target: Target,
+        onward: Onward,
         admission: Admission | None,
         memo: SnapshotMemo,
     ) -> Sends:
-        """Send the request on to ``target`` and count it, unless it loops (482)."""
+        """Send the request on and count it, unless it loops (482)."""
         request = incoming.request
+        target = onward.target
         loop = loop_hash(request)
         if (target.host, target.port) in self._ours or self._has_looped(request, loop):
             return self._refuse(incoming, "loop", 482, b"Loop Detected")
         self._count(request.method, "forwarded")
         self.stats.forwarded += 1
-        data = self._forwarded_bytes(incoming, target, admission, loop, memo)
+        data = self._forwarded_bytes(incoming, onward, admission, loop, memo)
         return (Send(data, target.transport, target.host, target.port),)
 
     def _has_looped(self, request: Request, loop: bytes) -> bool:
@@ -329,7 +372,7 @@ class Edge:
     def _forwarded_bytes(
         self,
         incoming: Incoming,
-        target: Target,
+        onward: Onward,
         admission: Admission | None,
         loop: bytes,
         memo: SnapshotMemo,
@@ -337,6 +380,7 @@ class Edge:
         """The request as a stateless proxy sends it on (RFC 3261 §16.6, §16.11)."""
         request, top, arrival, max_forwards = incoming
         assert top is not None  # a request that passed check_request
+        target = onward.target
         out = self._by_transport.get(target.transport) or self.listeners[0]
         transport = target.transport.upper().encode()
         addr, conn = arrival.addr, arrival.conn
@@ -351,7 +395,6 @@ class Edge:
         to_tagged = _has_tag(request.fields[b"To"])
         if admission is not None and not to_tagged and request.method not in NO_RECORD_ROUTE:
             lines.append(b"Record-Route: <sip:%s;lr>\r\n" % admission.name.encode())
-        routes = self._routes_after_ours(request, memo)
         seen_via = seen_route = False
         for key, name, value in request.headers():
             if key == b"Via" and not seen_via:
@@ -362,7 +405,7 @@ class Edge:
             elif key == b"Route":
                 if not seen_route:
                     seen_route = True
-                    lines.extend(b"Route: " + r + b"\r\n" for r in routes)
+                    lines.extend(b"Route: " + r + b"\r\n" for r in onward.routes)
                 continue
             elif key == self._tenant_key:
                 continue  # only we say whose call it is; never pass a peer's claim on
@@ -373,35 +416,10 @@ class Edge:
             lines.append(self._tenant_name + b": " + tenant + b"\r\n")
         if b"Content-Length" not in request.fields:
             lines.append(b"Content-Length: %d\r\n" % len(request.body))
-        return request.start_line + b"\r\n" + b"".join(lines) + b"\r\n" + request.body
-
-    def _routes_after_ours(self, request: Request, memo: SnapshotMemo) -> list[bytes]:
-        """The Route entries left once ours (the top one, if it names us) is popped (§16.4)."""
-        value = request.fields.get(b"Route")
-        if not value:
-            return []
-        routes = split_addresses(value)
-        first = parse_address(routes[0], "Route")
-        if self._is_us(first.uri, memo):
-            del routes[0]
-        return routes
-
-    def _is_us(self, uri: bytes, memo: SnapshotMemo) -> bool:
-        """Whether a Route URI names this edge: host AND port of one of our listeners (the
-        scheme's default port when none is written), or a name we serve with no port or one
-        of our listeners' ports."""
-        try:
-            parsed = parse_uri(uri)
-        except MalformedMessage:
-            return False
-        if parsed.scheme not in ("sip", "sips"):
-            return False
-        text = parsed.host.strip(b"[]").decode("utf-8", "replace")
-        if (text, parsed.port or default_port(parsed.scheme)) in self._ours:
-            return True
-        if parsed.port is not None and parsed.port not in self._our_ports:
-            return False
-        return not is_ip_literal(parsed.host) and memo.admit(parsed.host) is not None
+        start = request.start_line
+        if onward.uri != request.uri:
+            start = b"%s %s SIP/2.0" % (request.method.encode(), onward.uri)
+        return start + b"\r\n" + b"".join(lines) + b"\r\n" + request.body
 
     # -- responses from the core --------------------------------------------------------------
 
