@@ -132,8 +132,8 @@ Content-Length: [len]
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
   <recv response="200" rrs="true">
-    <action><ereg regexp="sip:cust42\\.teams\\.example\\.com;lr" search_in="hdr"
-      header="Record-Route:" check_it="true" assign_to="rr"/></action>
+    <action><ereg regexp="sip:cust42\\.teams\\.example\\.com:[0-9]+;transport=(udp|tcp);lr"
+      search_in="hdr" header="Record-Route:" check_it="true" assign_to="rr"/></action>
   </recv>
   <Reference variables="rr"/>
   <send><![CDATA[
@@ -166,12 +166,21 @@ Content-Length: 0
   <recv response="200"/>
 """
 
+# What a caller's INVITE carries to the core (a regex over the message, as sipp reads it): our
+# entry facing the core (an address and a flow token), then our entry facing the caller.
+RECORD_ROUTE = (
+    r"Record-Route: &lt;sip:szf1\.[-_A-Za-z0-9]+@127\.0\.0\.1:[0-9]+;transport=udp;lr&gt;"
+    r"[[:space:]]+"
+    r"Record-Route: &lt;sip:cust42\.teams\.example\.com:[0-9]+;transport=(udp|tcp);lr&gt;"
+)
+
 UAS_CALL = (
     """
   <recv request="INVITE">
     <action>
-      <ereg regexp="^ *&lt;sip:cust42\\.teams\\.example\\.com;lr&gt;" search_in="hdr"
-        header="Record-Route:" check_it="true" assign_to="rr"/>
+      <ereg regexp=\""""
+    + RECORD_ROUTE
+    + """\" search_in="msg" check_it="true" assign_to="rr"/>
       <ereg regexp="^ *acme$" search_in="hdr" header="X-Sipzone-Tenant:" check_it="true"
         assign_to="tenant"/>
       <ereg regexp="^ *69$" search_in="hdr" header="Max-Forwards:" check_it="true"

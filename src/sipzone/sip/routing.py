@@ -9,10 +9,17 @@ Rules, in the order the edge applies them:
 * Route entries naming us are popped from the top: one, or the two we record when the sides
   differ.  A Route names us by host AND port of a listener (the scheme's default port when it
   names none), or by a name we serve with no port or one of our listeners' ports.
+* An entry of ours popped may carry a flow token (``signing.py``): the first one names the
+  phone a request from the core goes to; one that no key of ours signed makes the request
+  forged (refused, never followed).
 * What a Route left after ours may name is :func:`Routing.classify`'s: us again (a spiral
   through a core that does not record-route), a configured upstream, or anything else.  A
   request from outside (a phone) goes to a configured upstream only, never to a host a peer
   names; the core may name any address.
+
+What the edge records is :func:`our_uri`'s: double record-routing (RFC 5658) with one entry
+facing each side, the one facing the core an address (the core resolves no customer names)
+carrying the phone's flow; on a REGISTER the same URI as the Path (RFC 3327).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-from sipzone.sip.memo import SnapshotMemo, Target, Upstreams
+from sipzone.sip.memo import SnapshotMemo, Upstreams
 from sipzone.sip.message import (
     URI,
     MalformedMessage,
@@ -31,19 +38,22 @@ from sipzone.sip.message import (
     parse_uri,
     split_addresses,
 )
-from sipzone.sip.values import Listener
+from sipzone.sip.signing import FLOW_PREFIX
+from sipzone.sip.values import Listener, Target
 
 OURS_PER_PASS = 2  # Route entries of ours one pass pops: both under double record-routing
 
 
 class RouteSet(NamedTuple):
     """A request's routing once ours are taken out: the Request-URI to send (a strict router's
-    repaired), the Route values left, and the URIs of ours popped (a strict router's
-    Request-URI first)."""
+    repaired), the Route values left, the URIs of ours popped (a strict router's Request-URI
+    first), the flow the first token among them names, and whether one was forged."""
 
     uri: bytes
     routes: list[bytes]
-    popped: tuple[URI, ...]
+    popped: tuple[URI, ...] = ()
+    flow: Target | None = None
+    forged: bool = False
 
 
 class Hop(enum.Enum):
@@ -67,7 +77,7 @@ class Routing:
         """The request's route set with our entries popped (see the module docstring)."""
         value = request.fields.get(b"Route")
         if not value:
-            return RouteSet(request.uri, [], ())
+            return RouteSet(request.uri, [])
         routes = split_addresses(value)
         uri = request.uri
         popped: list[URI] = []
@@ -82,7 +92,14 @@ class Routing:
                 break
             popped.append(first)
             del routes[0]
-        return RouteSet(uri, routes, tuple(popped))
+        flow = None
+        for ours in popped:
+            if ours.user is not None and ours.user.startswith(FLOW_PREFIX):
+                named = memo.keys.flow(ours.user)
+                if named is None:
+                    return RouteSet(uri, routes, tuple(popped), None, forged=True)
+                flow = flow or named
+        return RouteSet(uri, routes, tuple(popped), flow)
 
     def is_us(self, uri: URI, memo: SnapshotMemo) -> bool:
         """Whether a sip:/sips: URI names this edge: host AND port of one of our listeners (the
@@ -122,6 +139,15 @@ class Routing:
             return parse_uri(text)
         except MalformedMessage:
             return None
+
+
+def our_uri(listener: Listener, host: bytes | None = None, user: bytes | None = None) -> bytes:
+    """A URI of ours as we record it, ``<sip:[USER@]HOST:PORT;transport=T;lr>``: HOST a name we
+    serve, else the listener's address; port and transport always written, so that whoever
+    routes through it needs neither NAPTR nor SRV (and the core no name at all)."""
+    hostport = host + b":%d" % listener.port if host else listener.sent_by
+    userinfo = user + b"@" if user else b""
+    return b"<sip:%s%s;transport=%s;lr>" % (userinfo, hostport, listener.transport.encode())
 
 
 def strict_next(uri: bytes, routes: list[bytes]) -> tuple[bytes, list[bytes]]:
