@@ -580,6 +580,9 @@ def serve(
     tenant_header: Annotated[
         str, typer.Option(help="Header naming the owning tenant on forwarded requests.")
     ] = "X-Sipzone-Tenant",
+    caller_tenant_header: Annotated[
+        str, typer.Option(help="Header naming the caller's tenant (owner of the From name).")
+    ] = "X-Sipzone-Caller-Tenant",
     advertise: Annotated[
         str | None,
         typer.Option(help="Host for our Via/Contact when listening on 0.0.0.0 or ::."),
@@ -662,13 +665,14 @@ def serve(
     from sipzone.net import split_hostport
     from sipzone.runtime import ServeConfig
     from sipzone.runtime import serve as run
-    from sipzone.sip import SipConfig, parse_listen
+    from sipzone.sip import SipConfig, check_tenant_headers, parse_listen
 
     if not sip and not dns:
         fail("nothing to serve: give --sip and/or --dns")
     try:
         for item in _listen_list(sip or ""):
             parse_listen(item)
+        check_tenant_headers(tenant_header, caller_tenant_header)
         for hp in [*(notify or []), *([dns] if dns else []), *([metrics] if metrics else [])]:
             split_hostport(hp)
         for cidr in allow_transfer or []:
@@ -686,6 +690,7 @@ def serve(
             site=site,
             drop_unknown=drop_unknown,
             tenant_header=tenant_header,
+            caller_tenant_header=caller_tenant_header,
             advertise=advertise,
             tcp_idle_timeout=tcp_idle_timeout,
             tcp_header_timeout=tcp_header_timeout,

@@ -215,7 +215,9 @@ def test_invite_is_forwarded_to_the_tenant_upstream(
     assert top.startswith(b"SIP/2.0/UDP 127.0.0.1:5070;branch=" + OUR_BRANCH)
     assert original == b"SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bK-abc"
     assert fwd.fields[b"Max-Forwards"] == b"69"
-    assert fwd.fields[b"Record-Route"] == b"<sip:cust42.teams.example.com;lr>"
+    core_facing, phone_facing = fwd.fields[b"Record-Route"].split(b", ")
+    assert re.fullmatch(rb"<sip:szf1\.[\w-]+@127\.0\.0\.1:5070;transport=udp;lr>", core_facing)
+    assert phone_facing == b"<sip:cust42.teams.example.com:5070;transport=udp;lr>"
     assert fwd.fields[b"x-sipzone-tenant"] == b"acme"
     assert b"x-sipzone-tenant" not in fwd.repeated  # the peer's claim was removed
     assert fwd.body == b"v=0\r\n"
@@ -274,11 +276,11 @@ def test_in_dialog_request_pops_our_route(
         method="BYE",
         uri="sip:callee@127.0.0.1:5999",
         to="<sip:+4930123@cust42.teams.example.com>;tag=uas1",
-        extra="Route: <sip:cust42.teams.example.com;lr>, <sip:core.example.net;lr>",
+        extra="Route: <sip:cust42.teams.example.com;lr>, <sip:127.0.0.1:5999;lr>",
     )
     send, fwd = one(edge.receive(data, Arrival(udp_listener, SOURCE), snapshot))
     assert (send.host, send.port) == ("127.0.0.1", 5999)
-    assert fwd.fields[b"Route"] == b"<sip:core.example.net;lr>"
+    assert fwd.fields[b"Route"] == b"<sip:127.0.0.1:5999;lr>"
     assert b"Record-Route" not in fwd.fields
 
 

@@ -132,8 +132,8 @@ Content-Length: [len]
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
   <recv response="200" rrs="true">
-    <action><ereg regexp="sip:cust42\\.teams\\.example\\.com;lr" search_in="hdr"
-      header="Record-Route:" check_it="true" assign_to="rr"/></action>
+    <action><ereg regexp="sip:cust42\\.teams\\.example\\.com:[0-9]+;transport=(udp|tcp);lr"
+      search_in="hdr" header="Record-Route:" check_it="true" assign_to="rr"/></action>
   </recv>
   <Reference variables="rr"/>
   <send><![CDATA[
@@ -166,12 +166,21 @@ Content-Length: 0
   <recv response="200"/>
 """
 
+# What a caller's INVITE carries to the core (a regex over the message, as sipp reads it): our
+# entry facing the core (an address and a flow token), then our entry facing the caller.
+RECORD_ROUTE = (
+    r"Record-Route: &lt;sip:szf1\.[-_A-Za-z0-9]+@127\.0\.0\.1:[0-9]+;transport=udp;lr&gt;"
+    r"[[:space:]]+"
+    r"Record-Route: &lt;sip:cust42\.teams\.example\.com:[0-9]+;transport=(udp|tcp);lr&gt;"
+)
+
 UAS_CALL = (
     """
   <recv request="INVITE">
     <action>
-      <ereg regexp="^ *&lt;sip:cust42\\.teams\\.example\\.com;lr&gt;" search_in="hdr"
-        header="Record-Route:" check_it="true" assign_to="rr"/>
+      <ereg regexp=\""""
+    + RECORD_ROUTE
+    + """\" search_in="msg" check_it="true" assign_to="rr"/>
       <ereg regexp="^ *acme$" search_in="hdr" header="X-Sipzone-Tenant:" check_it="true"
         assign_to="tenant"/>
       <ereg regexp="^ *69$" search_in="hdr" header="Max-Forwards:" check_it="true"
@@ -436,6 +445,61 @@ def test_forged_responses_reach_no_sink_while_a_call_goes_through(
         callee = sipp.wait(uas)
         assert caller.ok, caller.output
         assert callee.ok, callee.output
+        tcp_sink.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            tcp_sink.accept()
+        udp_sink.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            udp_sink.recv(65535)
+
+
+# -- issue 8: a Route to a host no configuration names is not followed --------------------------
+
+
+def foreign_route_scenario(route: str) -> str:
+    return xml_scenario(
+        "foreign-route",
+        f"""
+  <send><![CDATA[
+INVITE sip:+4930123@cust42.teams.example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:caller@cust42.teams.example.com>;tag=[call_number]
+To: <sip:+4930123@cust42.teams.example.com>
+Route: {route}
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="403">
+    <action><ereg regexp="Route Not Allowed" search_in="msg" check_it="true"
+      assign_to="why"/></action>
+  </recv>
+  <Reference variables="why"/>
+""",
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("ours_first", [False, True])
+def test_a_foreign_route_from_outside_reaches_no_sink(
+    sipp: Sipp, edge: EdgeThread, transport: str, ours_first: bool
+) -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp_sink,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp_sink,
+    ):
+        port = free_port()
+        tcp_sink.bind(("127.0.0.1", port))
+        tcp_sink.listen(8)
+        udp_sink.bind(("127.0.0.1", port))
+        route = f"<sip:127.0.0.1:{port};transport={transport};lr>"
+        if ours_first:
+            route = f"<sip:cust42.teams.example.com:{edge.port(transport)};lr>, {route}"
+        result = sipp.run(foreign_route_scenario(route), target(edge, transport), transport)
+        assert result.ok, result.output
         tcp_sink.settimeout(0.5)
         with pytest.raises(TimeoutError):
             tcp_sink.accept()

@@ -25,6 +25,23 @@ class ListenSpec(NamedTuple):
     port: int
 
 
+def check_tenant_headers(*names: str) -> None:
+    """ValueError unless each of ``names`` can name a header of its own for the tenants: a
+    token (RFC 3261 §25.1), none a header SIP gives a meaning to, no two alike."""
+    from sipzone.sip.message import COMPACT, KNOWN, is_token
+
+    seen: set[str] = set()
+    for name in names:
+        if not name.isascii() or not is_token(name.encode()):
+            raise ValueError(f"header name {name!r} is not a token (letters, digits, -.!%*_+`'~)")
+        lower = name.lower().encode()
+        if lower in {k.lower() for k in KNOWN} or lower in COMPACT:
+            raise ValueError(f"header name {name!r} is a SIP header of its own")
+        if name.lower() in seen:
+            raise ValueError(f"header name {name!r} is given twice")
+        seen.add(name.lower())
+
+
 def parse_listen(spec: str) -> ListenSpec:
     """``udp:127.0.0.1:5070`` / ``tcp:[::1]:5070`` -> ListenSpec; ValueError naming the problem
     otherwise.  The CLI checks ``--sip`` with it and the transport binds what it returns."""
@@ -48,7 +65,9 @@ class SipConfig:
     listen: tuple[str, ...] = ("udp:127.0.0.1:5070",)  # "udp:HOST:PORT", "tcp:[::1]:PORT"
     site: str | None = None  # the site this process runs at: its default upstream applies
     drop_unknown: bool = False  # True: silently drop requests for domains not served
-    tenant_header: str = "X-Sipzone-Tenant"
+    tenant_header: str = "X-Sipzone-Tenant"  # on requests to the core: the dialled name's owner
+    # On requests to the core: the owner of the From name, when we serve it (the caller's).
+    caller_tenant_header: str = "X-Sipzone-Caller-Tenant"
     # Host written in our Via when listening on a wildcard address (0.0.0.0, ::).
     advertise: str | None = None
     # Option tags in the Supported header of our OPTIONS answer (empty: we claim none).

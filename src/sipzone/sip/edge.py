@@ -11,13 +11,17 @@ a retransmission is handled exactly like the original.
 * OPTIONS to an admitted name is answered here, ``200 OK`` with a Contact that holds the
   matched name (Microsoft Teams checks that it is a name, never an address).  Keep-alives take
   a fast path (``keepalive.py``) that answers with the same bytes.
-* Every other admitted request goes to the owning tenant's upstream (or the site's): our Via
-  on top with a signed branch (``signing.py``), Max-Forwards decremented,
+* Route entries naming us are popped first, and a strict router's rewrite undone
+  (``routing.py``, RFC 3261 §16.4).
+* Every other request from outside goes to a configured upstream: the one the next Route
+  names when it is one (the core's own Record-Route), else the owning tenant's (or the
+  site's).  A Route naming anything else is refused (403), never followed.  On the way: our
+  Via on top with a signed branch (``signing.py``), Max-Forwards decremented,
   ``Record-Route: <sip:NAME;lr>`` on dialog-creating requests, and the tenant header.
 * A response whose top Via is ours, and whose branch proves it, loses that Via and goes to the
   next one (its ``received``/``rport``/sent-by, RFC 3261 §18.2.2, RFC 3581).
-* A request arriving *from* an upstream (the core's BYE, re-INVITE) is in-dialog: our Route is
-  popped and it goes where the next Route or the Request-URI says.
+* A request arriving *from* an upstream (the core's BYE, re-INVITE) goes where the next Route
+  or the Request-URI says, a strict router ahead served (§16.6 step 6).
 * A request carrying a Via of ours with its own loop hash has been here: 482.
 
 Who the core is comes from configuration only: upstream URIs that hold an address, and the
@@ -44,7 +48,7 @@ from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
 from sipzone.sip.keepalive import DECLINED, KeepAlives
-from sipzone.sip.memo import Admission, SnapshotMemo, Target, Upstreams, requested_host
+from sipzone.sip.memo import Admission, SnapshotMemo, Upstreams, requested_host
 from sipzone.sip.message import (
     EMPTY_TAIL,
     LIST_COMMA,
@@ -65,14 +69,14 @@ from sipzone.sip.message import (
     parse_message,
     parse_uri,
     parse_via,
-    split_addresses,
     split_vias,
     stamp_via,
     uri_host,
     via_destination,
 )
+from sipzone.sip.routing import Hop, RouteSet, Routing, our_uri, strict_next
 from sipzone.sip.signing import CONN_PARAM, OUR_BRANCH, Keys, loop_hash
-from sipzone.sip.values import NOTHING, Arrival, Listener, Send, Sends, Stats
+from sipzone.sip.values import NOTHING, Arrival, Listener, Send, Sends, Stats, Target
 
 log = logging.getLogger("sipzone.sip")
 
@@ -97,6 +101,17 @@ class Incoming(NamedTuple):
     max_forwards: int = DEFAULT_MAX_FORWARDS
 
 
+class Onward(NamedTuple):
+    """Where a request goes next: the target, the Request-URI and Route it leaves with, and the
+    header lines we add: ``head`` after our Via (Record-Route, Path), ``tail`` last (tenants)."""
+
+    target: Target
+    uri: bytes
+    routes: list[bytes]
+    head: bytes = b""
+    tail: bytes = b""
+
+
 class Edge:
     """The policy for one worker: feed it messages, carry out the :class:`Send` it returns."""
 
@@ -105,12 +120,18 @@ class Edge:
         self.listeners = listeners
         self.stats = Stats.new()
         self.events = EventLog(log)
-        self._by_transport = {lst.transport: lst for lst in reversed(listeners)}
+        # Our listener toward a target: same transport and address family, else transport.
+        self._toward: dict[tuple[str, bool | None], Listener] = {}
+        for lst in reversed(listeners):  # the first listener of a kind wins
+            self._toward[(lst.transport, ":" in lst.host)] = lst
+            self._toward[(lst.transport, None)] = lst
         self._ours = frozenset((lst.host, lst.port) for lst in listeners)
-        self._our_ports = frozenset(lst.port for lst in listeners)
-        self._tenant_key = header_key(config.tenant_header.encode())
         self._tenant_name = config.tenant_header.encode()
+        self._caller_name = config.caller_tenant_header.encode()
+        # Only we say whose call it is: a peer's claims are removed, ours never reach a phone.
+        self._tenant_keys = frozenset(map(header_key, (self._tenant_name, self._caller_name)))
         self._upstreams = Upstreams()
+        self._routing = Routing(listeners, self._upstreams)
         self._memo: SnapshotMemo | None = None
         # Signs when the store holds no secret (tests, a store `sipzone init` never saw).
         self._own_keys = Keys((secrets.token_bytes(32),))
@@ -210,10 +231,13 @@ class Edge:
             mf = message.fields.get(b"Max-Forwards")
             max_forwards = int(mf) if mf is not None else DEFAULT_MAX_FORWARDS
             incoming = Incoming(message, top, arrival, max_forwards)
-            if addr in memo.core:
-                sends = self._downstream(incoming, memo)
+            route = self._routing.route_set(message, memo)
+            if route.forged:
+                sends = self._refuse(incoming, "bad_flow_token", 403, b"Invalid Flow Token")
+            elif addr in memo.core:
+                sends = self._downstream(incoming, route, memo)
             else:
-                sends = self._request(incoming, memo)
+                sends = self._request(incoming, route, memo)
         except MalformedMessage as exc:
             if exc.message is None:
                 exc.message = message  # field parsers do not know the message they parse
@@ -228,19 +252,26 @@ class Edge:
                 return tuple(s for s in sends if (s.host, s.port) not in self._ours)
         return sends
 
-    # -- requests towards the core ------------------------------------------------------------
+    # -- requests from outside: towards the core -----------------------------------------------
 
-    def _request(self, incoming: Incoming, memo: SnapshotMemo) -> Sends:
+    def _request(self, incoming: Incoming, route: RouteSet, memo: SnapshotMemo) -> Sends:
+        """A request from a phone or a peer: admitted by the name it is for, answered here
+        (OPTIONS) or sent on to a configured upstream, never to a host a peer names."""
         request = incoming.request
         method = request.method
         fields = request.fields
-        host = uri_host(request.uri)
+        host = uri_host(route.uri)
         if host is None:
-            check_uri(request.uri)  # raises for what is not a sip, sips or tel URI
+            check_uri(route.uri)  # raises for what is not a sip, sips or tel URI
         host = requested_host(host, fields[b"To"])
         admissions = memo.admissions  # the common case, a host seen before, without a call
         admission = admissions[host] if host in admissions else memo.admit(host)
         if admission is None:
+            admission = self._admitted_route(route, memo)
+        hop, upstream_hop = Hop.OURS, None
+        if route.routes:
+            hop, upstream_hop = self._routing.classify(route.routes[0], memo)
+        if admission is None and hop is not Hop.UPSTREAM:
             if method == "ACK" or self.config.drop_unknown:
                 self._count(method, "dropped")
                 return NOTHING
@@ -255,7 +286,8 @@ class Edge:
         if incoming.max_forwards == 0:
             return self._refuse(incoming, "too_many_hops", 483, b"Too Many Hops")
 
-        if method == "OPTIONS" and not _has_tag(fields[b"To"]):
+        if method == "OPTIONS" and not route.routes and not _has_tag(fields[b"To"]):
+            assert admission is not None
             require = fields.get(b"Require")
             if require:
                 self._count(method, "unsupported")
@@ -265,54 +297,143 @@ class Edge:
             return (self._reply(incoming, 200, b"OK", tail),)
 
         check_contacts(request)
-        upstream = memo.upstream_of(admission.tenant)
-        upstreams = self._upstreams
-        target = upstreams.address_of(upstreams.target(upstream)) if upstream else None
-        if target is None:
-            reason = self._no_upstream(admission.tenant.name, upstream, memo)
-            return self._refuse(incoming, "no_upstream", 503, reason)
-        return self._forward(incoming, target, admission, memo)
+        if hop is Hop.FOREIGN:
+            # A peer names the next hop: not followed, whoever it is (no open relay).
+            return self._refuse(incoming, "route_refused", 403, b"Route Not Allowed")
+        uri, routes = route.uri, route.routes
+        if upstream_hop is not None:  # the core's own Record-Route: on to that core
+            target = upstream_hop
+            uri, routes = strict_next(uri, routes)
+        else:
+            assert admission is not None
+            upstream = memo.upstream_of(admission.tenant)
+            upstreams = self._upstreams
+            found = upstreams.address_of(upstreams.target(upstream)) if upstream else None
+            if found is None:
+                reason = self._no_upstream(admission.tenant.name, upstream, memo)
+                return self._refuse(incoming, "no_upstream", 503, reason)
+            target = found
+        head = self._toward_core(incoming, admission, self._listener_toward(target), memo)
+        tail = self._tenant_lines(request, admission, memo)
+        return self._forward(incoming, Onward(target, uri, routes, head, tail), memo)
 
-    def _downstream(self, incoming: Incoming, memo: SnapshotMemo) -> Sends:
-        """A request from the core to a client (in-dialog): route by Route / Request-URI."""
+    def _toward_core(
+        self, incoming: Incoming, admission: Admission | None, out: Listener, memo: SnapshotMemo
+    ) -> bytes:
+        """What we add to a phone's request for the core: on a REGISTER our Path (RFC 3327)
+        with the phone's flow; on a request that may start a dialog, two Record-Routes
+        (RFC 5658), the top one facing the core (``out``, an address, the phone's flow), the
+        other facing the phone (the name it asked for, the listener it came in on)."""
+        request, _, arrival, _ = incoming
+        method = request.method
+        if method != "REGISTER" and (method in NO_RECORD_ROUTE or _has_tag(request.fields[b"To"])):
+            return b""
+        listener, (host, port), conn = arrival
+        token = memo.keys.flow_token(Target(listener.transport, host, port, conn))
+        core_facing = our_uri(out, user=token)
+        if method == "REGISTER":
+            # The core reaches the phone through us, over its own flow.  A UA that supports
+            # Path says so; then the registrar must too (RFC 3327 §5.2).
+            supported = request.fields.get(b"Supported", b"").lower()
+            wants = b"path" in (tag.strip() for tag in supported.split(b","))
+            return b"Path: %s\r\n%s" % (core_facing, b"Require: path\r\n" if wants else b"")
+        name = admission.name.encode() if admission is not None else None
+        return b"Record-Route: %s\r\nRecord-Route: %s\r\n" % (
+            core_facing,
+            our_uri(listener, host=name),
+        )
+
+    def _tenant_lines(
+        self, request: Request, admission: Admission | None, memo: SnapshotMemo
+    ) -> bytes:
+        """Our tenant headers for the core: the owner of the name the request is for, and the
+        owner of its From name when we serve it (the caller's)."""
+        lines = b""
+        if admission is not None:
+            tenant = _TENANT_SAFE.sub(b"", admission.tenant.header_value)
+            lines = self._tenant_name + b": " + tenant + b"\r\n"
+        caller_host = uri_host(parse_address(request.fields[b"From"], "From").uri)
+        if caller_host and not is_ip_literal(caller_host):
+            admissions = memo.admissions
+            caller = (
+                admissions[caller_host] if caller_host in admissions else memo.admit(caller_host)
+            )
+            if caller is not None:
+                tenant = _TENANT_SAFE.sub(b"", caller.tenant.header_value)
+                lines += self._caller_name + b": " + tenant + b"\r\n"
+        return lines
+
+    def _admitted_route(self, route: RouteSet, memo: SnapshotMemo) -> Admission | None:
+        """The admission of a name of ours popped from the Route (the FQDN we record-routed):
+        an in-dialog request whose Request-URI and To name no domain we serve."""
+        for uri in route.popped:
+            if not is_ip_literal(uri.host):
+                admission = memo.admit(uri.host)
+                if admission is not None:
+                    return admission
+        return None
+
+    # -- requests from the core: towards a phone ------------------------------------------------
+
+    def _downstream(self, incoming: Incoming, route: RouteSet, memo: SnapshotMemo) -> Sends:
+        """A request from the core: it goes where the next Route or the Request-URI says."""
         request = incoming.request
-        routes = self._routes_after_ours(request, memo)
-        hop = parse_uri(parse_address(routes[0], "Route").uri if routes else request.uri)
+        next_uri = parse_address(route.routes[0], "Route").uri if route.routes else route.uri
+        hop = parse_uri(next_uri)
         if not hop.host:
             raise MalformedMessage(f"no host to send {request.method} to", request)
         if incoming.max_forwards == 0:
             return self._refuse(incoming, "too_many_hops", 483, b"Too Many Hops")
-        host = hop.host.strip(b"[]").decode("utf-8", "replace")
         # Only an address, or a name of our configured upstreams: never a lookup for a peer.
-        target = self._upstreams.address_of(
-            Target(hop.transport, host, hop.port or default_port(hop.scheme))
-        )
+        target = route.flow or self._routing.target(hop)  # a phone's flow first (RFC 5626)
         if target is None:
             addr = incoming.arrival.addr
             self.events.warning(
                 "next-hop-name",
                 "in-dialog %s from %s:%d: next hop %s is a name we do not resolve; answering 502",
-                request.method, addr[0], addr[1], host[:100],
+                request.method, addr[0], addr[1], hop.host[:100].decode("utf-8", "replace"),
             )  # fmt: skip
             return self._refuse(incoming, "unresolvable", 502, b"Next Hop Is Not An Address")
-        return self._forward(incoming, target, None, memo)
+        uri, routes = route.uri, route.routes
+        if routes:
+            uri, routes = strict_next(uri, routes)
+        head = self._toward_phone(incoming, target, memo)
+        return self._forward(incoming, Onward(target, uri, routes, head), memo)
 
-    def _forward(
-        self,
-        incoming: Incoming,
-        target: Target,
-        admission: Admission | None,
-        memo: SnapshotMemo,
-    ) -> Sends:
-        """Send the request on to ``target`` and count it, unless it loops (482)."""
+    def _toward_phone(self, incoming: Incoming, target: Target, memo: SnapshotMemo) -> bytes:
+        """The two Record-Routes on a request from the core that may start a dialog (RFC 5658):
+        the top one facing the phone (``target``), the other facing the core (an address, the
+        listener the request came in on) and carrying the phone's flow, so that the core's
+        in-dialog requests leave over it too."""
+        request, _, arrival, _ = incoming
+        fields = request.fields
+        if request.method in NO_RECORD_ROUTE or _has_tag(fields[b"To"]):
+            return b""
+        # The phone-facing entry names the callee's domain when we serve it: To, as dialled.
+        to_host = uri_host(parse_address(fields[b"To"], "To").uri)
+        name = None
+        if to_host and not is_ip_literal(to_host):
+            admission = memo.admit(to_host)
+            name = admission.name.encode() if admission is not None else None
+        token = memo.keys.flow_token(target)
+        return b"Record-Route: %s\r\nRecord-Route: %s\r\n" % (
+            our_uri(self._listener_toward(target), host=name),
+            our_uri(arrival.listener, user=token),
+        )
+
+    # -- forwarding -----------------------------------------------------------------------------
+
+    def _forward(self, incoming: Incoming, onward: Onward, memo: SnapshotMemo) -> Sends:
+        """Send the request on and count it, unless it loops (482)."""
         request = incoming.request
+        target = onward.target
         loop = loop_hash(request)
         if (target.host, target.port) in self._ours or self._has_looped(request, loop):
             return self._refuse(incoming, "loop", 482, b"Loop Detected")
         self._count(request.method, "forwarded")
         self.stats.forwarded += 1
-        data = self._forwarded_bytes(incoming, target, admission, loop, memo)
-        return (Send(data, target.transport, target.host, target.port),)
+        data = self._forwarded_bytes(incoming, onward, loop, memo)
+        return (Send(data, *target),)
 
     def _has_looped(self, request: Request, loop: bytes) -> bool:
         """Whether a Via of ours carries this request's loop hash: it was here before and
@@ -327,17 +448,13 @@ class Edge:
         )
 
     def _forwarded_bytes(
-        self,
-        incoming: Incoming,
-        target: Target,
-        admission: Admission | None,
-        loop: bytes,
-        memo: SnapshotMemo,
+        self, incoming: Incoming, onward: Onward, loop: bytes, memo: SnapshotMemo
     ) -> bytes:
         """The request as a stateless proxy sends it on (RFC 3261 §16.6, §16.11)."""
         request, top, arrival, max_forwards = incoming
         assert top is not None  # a request that passed check_request
-        out = self._by_transport.get(target.transport) or self.listeners[0]
+        target = onward.target
+        out = self._listener_toward(target)
         transport = target.transport.upper().encode()
         addr, conn = arrival.addr, arrival.conn
         # The Via below ours exactly as it leaves (stamped), which the HMAC vouches for.
@@ -347,11 +464,8 @@ class Edge:
         via = b"SIP/2.0/%s %s;branch=%s" % (transport, out.sent_by, branch)
         if conn is not None:
             via += b";%s=%s" % (CONN_PARAM, conn_value)
-        lines = [b"Via: " + via + b"\r\n"]
-        to_tagged = _has_tag(request.fields[b"To"])
-        if admission is not None and not to_tagged and request.method not in NO_RECORD_ROUTE:
-            lines.append(b"Record-Route: <sip:%s;lr>\r\n" % admission.name.encode())
-        routes = self._routes_after_ours(request, memo)
+        lines = [b"Via: " + via + b"\r\n", onward.head]
+        tenant_keys = self._tenant_keys
         seen_via = seen_route = False
         for key, name, value in request.headers():
             if key == b"Via" and not seen_via:
@@ -362,46 +476,18 @@ class Edge:
             elif key == b"Route":
                 if not seen_route:
                     seen_route = True
-                    lines.extend(b"Route: " + r + b"\r\n" for r in routes)
+                    lines.extend(b"Route: " + r + b"\r\n" for r in onward.routes)
                 continue
-            elif key == self._tenant_key:
-                continue  # only we say whose call it is; never pass a peer's claim on
+            elif key in tenant_keys:
+                continue  # a peer's claim (toward the core) or ours (toward a phone)
             lines.append(name + b": " + value + b"\r\n")
-        lines.append(b"Max-Forwards: %d\r\n" % (max_forwards - 1))
-        if admission is not None:
-            tenant = _TENANT_SAFE.sub(b"", admission.tenant.header_value)
-            lines.append(self._tenant_name + b": " + tenant + b"\r\n")
+        lines.append(b"Max-Forwards: %d\r\n%s" % (max_forwards - 1, onward.tail))
         if b"Content-Length" not in request.fields:
             lines.append(b"Content-Length: %d\r\n" % len(request.body))
-        return request.start_line + b"\r\n" + b"".join(lines) + b"\r\n" + request.body
-
-    def _routes_after_ours(self, request: Request, memo: SnapshotMemo) -> list[bytes]:
-        """The Route entries left once ours (the top one, if it names us) is popped (§16.4)."""
-        value = request.fields.get(b"Route")
-        if not value:
-            return []
-        routes = split_addresses(value)
-        first = parse_address(routes[0], "Route")
-        if self._is_us(first.uri, memo):
-            del routes[0]
-        return routes
-
-    def _is_us(self, uri: bytes, memo: SnapshotMemo) -> bool:
-        """Whether a Route URI names this edge: host AND port of one of our listeners (the
-        scheme's default port when none is written), or a name we serve with no port or one
-        of our listeners' ports."""
-        try:
-            parsed = parse_uri(uri)
-        except MalformedMessage:
-            return False
-        if parsed.scheme not in ("sip", "sips"):
-            return False
-        text = parsed.host.strip(b"[]").decode("utf-8", "replace")
-        if (text, parsed.port or default_port(parsed.scheme)) in self._ours:
-            return True
-        if parsed.port is not None and parsed.port not in self._our_ports:
-            return False
-        return not is_ip_literal(parsed.host) and memo.admit(parsed.host) is not None
+        start = request.start_line
+        if onward.uri != request.uri:
+            start = b"%s %s SIP/2.0" % (request.method.encode(), onward.uri)
+        return start + b"\r\n" + b"".join(lines) + b"\r\n" + request.body
 
     # -- responses from the core --------------------------------------------------------------
 
@@ -436,7 +522,10 @@ class Edge:
             return NOTHING
         lines = []
         popped = False
+        tenant_keys = self._tenant_keys
         for key, name, value in response.headers():
+            if key in tenant_keys:
+                continue  # ours never reach a phone; a phone's never reach the core
             if key == b"Via" and not popped:
                 popped = True
                 first = parse_via(value)
@@ -449,6 +538,15 @@ class Edge:
         conn = int(conn_param) if conn_param and conn_param.isdigit() else None
         self.stats.relayed += 1
         return (Send(data, nxt.transport, host, port, conn),)
+
+    def _listener_toward(self, target: Target) -> Listener:
+        """Our listener a message to ``target`` leaves by: its transport and address family."""
+        toward = self._toward
+        return (
+            toward.get((target.transport, ":" in target.host))
+            or toward.get((target.transport, None))
+            or self.listeners[0]
+        )
 
     def _is_our_sent_by(self, via: Via) -> bool:
         host = via.host.strip(b"[]").decode("ascii", "replace")

@@ -26,20 +26,12 @@ from sipzone.sip.message import (
     uri_host,
 )
 from sipzone.sip.signing import Keys
-from sipzone.sip.values import Listener
+from sipzone.sip.values import Listener, Target
 
 if TYPE_CHECKING:
     from sipzone.sip.keepalive import Declined, Learnt, Peer, PeerKey
 
 MEMO_CAP = 65536  # entries one memo table holds before it starts over (peers choose the keys)
-
-
-class Target(NamedTuple):
-    """Where requests for an upstream go: transport, host (an address once resolved), port."""
-
-    transport: str
-    host: str
-    port: int
 
 
 class Admission(NamedTuple):

@@ -14,7 +14,8 @@ from sipzone.sip.values import Stats
 REQUESTS = Counter(
     "sipzone_sip_requests",
     "SIP messages by method and verdict (answered, forwarded, rejected, dropped, malformed, "
-    "dropped_malformed, too_many_hops, no_upstream, unsupported, loop, unresolvable); "
+    "dropped_malformed, too_many_hops, no_upstream, unsupported, loop, unresolvable, "
+    "route_refused); "
     "responses not relayed as method 'response' (stray, forged, unroutable, loop)",
     ["method", "verdict"],
 )

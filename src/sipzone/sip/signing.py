@@ -1,5 +1,7 @@
 """What the edge signs with the installation's secret: the branch of every request it forwards,
-so that only responses to those are relayed (RFC 3261 §16.11 stateless proxying, made safe).
+so that only responses to those are relayed (RFC 3261 §16.11 stateless proxying, made safe),
+and the flow tokens that let the core reach a phone through the edge without the edge keeping
+state (RFC 5626 §5.3 style).
 
 Our branch is ``z9hG4bKsz`` + a loop hash + an HMAC.  The loop hash covers the fields a looping
 request keeps (Request-URI, From tag, Call-ID, CSeq number, Route: §16.6 step 8), and the HMAC,
@@ -8,17 +10,28 @@ depends on: the Via below ours as we forwarded it, the connection the request ca
 Via's transport.  Both are functions of the request, so retransmissions, the CANCEL and the ACK
 of a non-2xx answer get the INVITE's branch on any worker or node.  :class:`Keys` holds the
 current secret and the one before the last rotation, which is still accepted.
+
+A flow token names where a phone is reached: the transport, its source address and port as we
+saw them (its NAT binding) and, on a stream, the connection it opened.  The edge writes it in
+the user part of a URI of its own (``sip:szf1.TOKEN@EDGE:PORT;lr``: the Path of a REGISTER,
+the Record-Route facing the core), signed; a request that comes back through that URI goes
+out over that flow, and a token no key of ours signed is refused, never followed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import re
+import socket
+import struct
 from collections.abc import Mapping
 
 from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS
 from sipzone.sip.message import Request, Via, parse_address
+from sipzone.sip.values import Target
 
 MAGIC_COOKIE = b"z9hG4bK"  # RFC 3261 §8.1.1.7
 OUR_BRANCH = MAGIC_COOKIE + b"sz"  # every branch we generate starts so
@@ -28,15 +41,24 @@ BRANCH_LEN = len(OUR_BRANCH) + LOOP_HASH + BRANCH_MAC
 CONN_PARAM = b"sz-c"  # in our Via: the stream connection the request came in on
 _SWS = re.compile(rb"[ \t]+")
 
+FLOW_PREFIX = b"szf1."  # the user part of a URI of ours that carries a flow token (version 1)
+FLOW_MAC = 10  # bytes of HMAC in a flow token (80 bits, as in the branch)
+_FLOW_LABEL = b"sipzone flow\n"  # keeps a flow MAC from ever passing for another MAC
+_FLOW_HEAD = struct.Struct("!BHI")  # transport, port, connection (0: none); then the address
+_TRANSPORT_CODES = {"udp": 0, "tcp": 1, "tls": 2}
+_TRANSPORTS = {code: name for name, code in _TRANSPORT_CODES.items()}
+FLOW_TOKENS_KEPT = 65536  # tokens a Keys remembers before starting over
+
 
 class Keys:
     """The installation's signing keys, current first, then the previous one (still accepted)."""
 
-    __slots__ = ("keys",)
+    __slots__ = ("_tokens", "keys")
 
     def __init__(self, keys: tuple[bytes, ...]) -> None:
         assert keys, "at least one key"
         self.keys = keys
+        self._tokens: dict[Target, bytes] = {}
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, str]) -> Keys | None:
@@ -68,6 +90,50 @@ class Keys:
             hmac.compare_digest(mac, _branch_mac(key, loop, below, conn, transport))
             for key in self.keys
         )
+
+    def flow_token(self, flow: Target) -> bytes | None:
+        """The flow token (with its prefix) for ``flow``, whose host is an address; None for
+        an address no token can hold (a scoped IPv6 one)."""
+        token = self._tokens.get(flow)
+        if token is None:
+            family = socket.AF_INET6 if ":" in flow.host else socket.AF_INET
+            try:
+                address = socket.inet_pton(family, flow.host)
+            except OSError:
+                return None
+            code = _TRANSPORT_CODES[flow.transport]
+            payload = _FLOW_HEAD.pack(code, flow.port, flow.conn or 0) + address
+            mac = hmac.digest(self.keys[0], _FLOW_LABEL + payload, "sha256")[:FLOW_MAC]
+            token = FLOW_PREFIX + base64.urlsafe_b64encode(payload + mac).rstrip(b"=")
+            if len(self._tokens) >= FLOW_TOKENS_KEPT:
+                self._tokens.clear()
+            self._tokens[flow] = token
+        return token
+
+    def flow(self, token: bytes) -> Target | None:
+        """The flow ``token`` names, or None unless a key of ours signed exactly it."""
+        body = token[len(FLOW_PREFIX) :]
+        if not token.startswith(FLOW_PREFIX) or len(body) > 64:
+            return None
+        try:
+            raw = base64.b64decode(body + b"=" * (-len(body) % 4), b"-_", validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        head = _FLOW_HEAD.size
+        if len(raw) not in (head + 4 + FLOW_MAC, head + 16 + FLOW_MAC):
+            return None
+        payload, mac = raw[:-FLOW_MAC], raw[-FLOW_MAC:]
+        if not any(
+            hmac.compare_digest(mac, hmac.digest(key, _FLOW_LABEL + payload, "sha256")[:FLOW_MAC])
+            for key in self.keys
+        ):
+            return None
+        code, port, conn = _FLOW_HEAD.unpack(payload[:head])
+        transport = _TRANSPORTS.get(code)
+        if transport is None:
+            return None
+        family = socket.AF_INET if len(payload) == head + 4 else socket.AF_INET6
+        return Target(transport, socket.inet_ntop(family, payload[head:]), port, conn or None)
 
 
 def loop_hash(request: Request) -> bytes:

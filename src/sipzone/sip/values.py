@@ -37,6 +37,16 @@ class Arrival(NamedTuple):
     conn: int | None = None
 
 
+class Target(NamedTuple):
+    """Where a message goes: a transport, an address (never a name by the time it is sent), a
+    port and, on a stream, the connection to prefer (a phone's own, RFC 5626 §5.3)."""
+
+    transport: str
+    host: str
+    port: int
+    conn: int | None = None
+
+
 class Send(NamedTuple):
     """Send ``data`` over ``transport`` to host:port; for streams prefer connection ``conn``."""
 
