@@ -495,12 +495,6 @@ def test_phones_register_through_the_edge(through_edge: Platform, transport: str
     register_both(through_edge, transport)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8: no Path on REGISTER, so the core sends INVITEs straight to the phone; "
-    "Record-Route <sip:NAME;lr> has no port or transport, so ACK and BYE re-resolve NAME; "
-    "the core cannot route the callee's BYE to a customer domain",
-)
 @pytest.mark.parametrize(("transport", "caller", "hangs_up"), CALLS)
 def test_call_through_the_edge(
     through_edge: Platform, transport: str, caller: str, hangs_up: str
