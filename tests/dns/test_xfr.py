@@ -434,9 +434,12 @@ def test_a_transfer_of_100000_domains_streams_while_dns_and_sip_answer(
     assert reader.answers == len(rrs(small)) + 11 * n  # see the BIND test: 11 a rule
     last = rrs([reader.last])
     assert last[-1][1] == "SOA" and " 3 " in last[-1][2]
-    # Queries were asked all along the transfer, slow reading and fast, and none waited.
+    # Queries were asked all along the transfer, slow reading and fast, and none waited for
+    # it: a transfer that held the loop stalled answers for the whole transfer (128 s and more
+    # before issue 7).  The bound leaves room for a loaded CI box and a garbage collection
+    # over the 100,000-domain heap; the latencies themselves are measured by bench/dns/xfr.py.
     assert len(latencies["dns"]) >= 20, latencies
-    assert max(latencies["dns"]) < 0.5 and max(latencies["sip"]) < 0.5, latencies
+    assert max(latencies["dns"]) < 2.0 and max(latencies["sip"]) < 2.0, latencies
 
 
 def long_name(total: int, below: str = "example.com") -> str:
