@@ -176,9 +176,15 @@ class Sipp:
         ]  # fmt: skip
 
     def run(
-        self, xml: str, target: str, transport: str = "udp", extra: list[str] | None = None
+        self,
+        xml: str,
+        target: str,
+        transport: str = "udp",
+        extra: list[str] | None = None,
+        port: int = 0,
     ) -> SippResult:
-        args = self._args(xml, transport, 0, [*(extra or []), target])
+        """Run a UAC scenario to its end; ``port`` is its own (0: any free one)."""
+        args = self._args(xml, transport, port, [*(extra or []), target])
         proc = subprocess.run(
             args, cwd=self.workdir, capture_output=True, text=True, timeout=40, check=False
         )

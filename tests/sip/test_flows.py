@@ -202,6 +202,20 @@ def test_a_phone_cannot_use_a_token_to_reach_another_phone(edge: Edge, snapshot:
     assert (send.host, send.port) == CORE
 
 
+def test_a_phones_request_is_not_refused_for_a_stale_token(edge: Edge, snapshot: Snapshot) -> None:
+    """A phone's tokens are never followed, so never checked: a call that outlived two secret
+    rotations can still be hung up by the phone."""
+    path = path_of(edge, snapshot, PHONE_UDP)
+    token = TOKEN_URI.fullmatch(path).group(1)  # type: ignore[union-attr]
+    stale = path.replace(token, token[:-2] + b"xx")
+    bye = request(
+        method="BYE", uri="sip:core@127.0.0.1:5999", to=f"<{ALICE}>;tag=c",
+        extra=f"Route: <sip:cust42.teams.example.com:5070;lr>, {stale.decode()}",
+    )  # fmt: skip
+    send, _ = forwarded(edge.receive(bye, PHONE_UDP, snapshot))
+    assert (send.host, send.port) == CORE
+
+
 # -- a call both ways, and hang-ups from either side ----------------------------------------------
 
 

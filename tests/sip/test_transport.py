@@ -12,7 +12,7 @@ import pytest
 
 from sipzone.model.snapshot import SnapshotHolder
 from sipzone.net.limits import connection_cap
-from sipzone.sip import BRANCH_SECRET, SipConfig, parse_listen
+from sipzone.sip import BRANCH_SECRET, SipConfig, check_tenant_headers, parse_listen
 from sipzone.sip.transport import SipService
 from tests.sip.conftest import EdgeThread, make_snapshot
 
@@ -50,6 +50,15 @@ def test_parse_listen() -> None:
     for bad in ("tls:127.0.0.1:5061", "udp:127.0.0.1", "udp::99999"):
         with pytest.raises(ValueError):
             parse_listen(bad)
+
+
+def test_tenant_header_names_must_be_headers_of_their_own() -> None:
+    check_tenant_headers("X-Sipzone-Tenant", "X-Sipzone-Caller-Tenant")
+    check_tenant_headers("X-Callee", "X-Caller")
+    for bad in (("X Tenant", "X-Caller"), ("Via", "X-Caller"), ("x-a", "X-A"), ("t", "X-B"),
+                ("X-Tenant", "X-Ä"), ("Route", "Path")):  # fmt: skip
+        with pytest.raises(ValueError):
+            check_tenant_headers(*bad)
 
 
 @pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")

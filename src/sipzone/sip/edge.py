@@ -74,7 +74,7 @@ from sipzone.sip.message import (
     uri_host,
     via_destination,
 )
-from sipzone.sip.routing import Hop, RouteSet, Routing, our_uri, strict_next
+from sipzone.sip.routing import FORGED, Hop, RouteSet, Routing, our_uri, strict_next
 from sipzone.sip.signing import CONN_PARAM, OUR_BRANCH, Keys, loop_hash
 from sipzone.sip.values import NOTHING, Arrival, Listener, Send, Sends, Stats, Target
 
@@ -232,9 +232,7 @@ class Edge:
             max_forwards = int(mf) if mf is not None else DEFAULT_MAX_FORWARDS
             incoming = Incoming(message, top, arrival, max_forwards)
             route = self._routing.route_set(message, memo)
-            if route.forged:
-                sends = self._refuse(incoming, "bad_flow_token", 403, b"Invalid Flow Token")
-            elif addr in memo.core:
+            if addr in memo.core:
                 sends = self._downstream(incoming, route, memo)
             else:
                 sends = self._request(incoming, route, memo)
@@ -378,6 +376,9 @@ class Edge:
     def _downstream(self, incoming: Incoming, route: RouteSet, memo: SnapshotMemo) -> Sends:
         """A request from the core: it goes where the next Route or the Request-URI says."""
         request = incoming.request
+        flow = self._routing.flow(route, memo)
+        if flow is FORGED:
+            return self._refuse(incoming, "bad_flow_token", 403, b"Invalid Flow Token")
         next_uri = parse_address(route.routes[0], "Route").uri if route.routes else route.uri
         hop = parse_uri(next_uri)
         if not hop.host:
@@ -385,7 +386,7 @@ class Edge:
         if incoming.max_forwards == 0:
             return self._refuse(incoming, "too_many_hops", 483, b"Too Many Hops")
         # Only an address, or a name of our configured upstreams: never a lookup for a peer.
-        target = route.flow or self._routing.target(hop)  # a phone's flow first (RFC 5626)
+        target = flow or self._routing.target(hop)  # a phone's flow first (RFC 5626 §5.3)
         if target is None:
             addr = incoming.arrival.addr
             self.events.warning(

@@ -15,7 +15,7 @@ REQUESTS = Counter(
     "sipzone_sip_requests",
     "SIP messages by method and verdict (answered, forwarded, rejected, dropped, malformed, "
     "dropped_malformed, too_many_hops, no_upstream, unsupported, loop, unresolvable, "
-    "route_refused); "
+    "route_refused, bad_flow_token); "
     "responses not relayed as method 'response' (stray, forged, unroutable, loop)",
     ["method", "verdict"],
 )

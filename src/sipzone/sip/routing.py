@@ -9,9 +9,10 @@ Rules, in the order the edge applies them:
 * Route entries naming us are popped from the top: one, or the two we record when the sides
   differ.  A Route names us by host AND port of a listener (the scheme's default port when it
   names none), or by a name we serve with no port or one of our listeners' ports.
-* An entry of ours popped may carry a flow token (``signing.py``): the first one names the
-  phone a request from the core goes to; one that no key of ours signed makes the request
-  forged (refused, never followed).
+* An entry of ours popped may carry a flow token (``signing.py``): on a request from the core
+  the first one names the phone it goes to (:meth:`Routing.flow`), and one that no key of
+  ours signed makes the request forged (refused, never followed).  A phone's requests go to
+  the core whatever tokens they carry: they are not read.
 * What a Route left after ours may name is :func:`Routing.classify`'s: us again (a spiral
   through a core that does not record-route), a configured upstream, or anything else.  A
   request from outside (a phone) goes to a configured upstream only, never to a host a peer
@@ -25,7 +26,7 @@ carrying the phone's flow; on a REGISTER the same URI as the Path (RFC 3327).
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from sipzone.sip.memo import SnapshotMemo, Upstreams
 from sipzone.sip.message import (
@@ -46,14 +47,21 @@ OURS_PER_PASS = 2  # Route entries of ours one pass pops: both under double reco
 
 class RouteSet(NamedTuple):
     """A request's routing once ours are taken out: the Request-URI to send (a strict router's
-    repaired), the Route values left, the URIs of ours popped (a strict router's Request-URI
-    first), the flow the first token among them names, and whether one was forged."""
+    repaired), the Route values left, and the URIs of ours popped (a strict router's
+    Request-URI first)."""
 
     uri: bytes
     routes: list[bytes]
     popped: tuple[URI, ...] = ()
-    flow: Target | None = None
-    forged: bool = False
+
+
+class Forged(enum.Enum):
+    """A flow token in a URI of ours that no key of ours signed."""
+
+    FORGED = "forged"
+
+
+FORGED: Final = Forged.FORGED
 
 
 class Hop(enum.Enum):
@@ -92,14 +100,20 @@ class Routing:
                 break
             popped.append(first)
             del routes[0]
+        return RouteSet(uri, routes, tuple(popped))
+
+    @staticmethod
+    def flow(route: RouteSet, memo: SnapshotMemo) -> Target | Forged | None:
+        """The flow the first token among our popped entries names; FORGED when any token
+        there is not one a key of ours signed; None when they carry none."""
         flow = None
-        for ours in popped:
+        for ours in route.popped:
             if ours.user is not None and ours.user.startswith(FLOW_PREFIX):
                 named = memo.keys.flow(ours.user)
                 if named is None:
-                    return RouteSet(uri, routes, tuple(popped), None, forged=True)
+                    return FORGED
                 flow = flow or named
-        return RouteSet(uri, routes, tuple(popped), flow)
+        return flow
 
     def is_us(self, uri: URI, memo: SnapshotMemo) -> bool:
         """Whether a sip:/sips: URI names this edge: host AND port of one of our listeners (the
