@@ -48,6 +48,7 @@ from sipzone.net import batched_udp, split_hostport
 from sipzone.net.limits import connection_cap
 from sipzone.net.sockets import bound_socket
 
+ANY_PORT_TRIES = 20  # listening on port 0: UDP's pick tried for TCP this many times
 log = logging.getLogger("sipzone.dns")
 events = EventLog(log)
 
@@ -137,10 +138,18 @@ class DnsService:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        host, port = split_hostport(self.config.listen, allow_zero=True)
-        udp = bound_socket(host, port, socket.SOCK_DGRAM, dual_stack=True)
-        port = udp.getsockname()[1]  # port 0 picks one; TCP follows it
-        tcp = bound_socket(host, port, socket.SOCK_STREAM, dual_stack=True, backlog=128)
+        host, asked = split_hostport(self.config.listen, allow_zero=True)
+        for attempt in range(ANY_PORT_TRIES if asked == 0 else 1):
+            udp = bound_socket(host, asked, socket.SOCK_DGRAM, dual_stack=True)
+            port = udp.getsockname()[1]  # port 0 picks one; TCP follows it
+            try:
+                tcp = bound_socket(host, port, socket.SOCK_STREAM, dual_stack=True, backlog=128)
+                break
+            except OSError:
+                udp.close()
+                # The port UDP picked may be some TCP connection's own: pick another.
+                if asked != 0 or attempt == ANY_PORT_TRIES - 1:
+                    raise
         self.address = (host, port)
         respond = self._udp_responder()
         if self.config.batched_udp and batched_udp.available():
