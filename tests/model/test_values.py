@@ -170,3 +170,12 @@ def test_good_brand_fields_are_kept_as_given(field: str, value: str) -> None:
     assert parse_tenant_field(field, value) == value
     assert parse_tenant_field(field, "") is None
     assert parse_tenant_field(field, None) is None
+
+
+def test_a_snapshot_never_shows_its_settings() -> None:
+    from sipzone.model.snapshot import Snapshot
+    from sipzone.model.tenancy import TenancyTree
+
+    snap = Snapshot.build(1, TenancyTree([]), [], settings={"sip_branch_secret": "c2VjcmV0"})
+    assert snap.settings["sip_branch_secret"] == "c2VjcmV0"
+    assert "c2VjcmV0" not in repr(snap)

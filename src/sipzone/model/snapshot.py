@@ -182,7 +182,8 @@ class Snapshot:
     sites: tuple[Site, ...] = ()
     zones: tuple[str, ...] = ()
     email_domain: str | None = None
-    settings: Mapping[str, str] = field(default_factory=dict)
+    # repr=False: the settings hold the SIP branch secret, which no log or test failure may show.
+    settings: Mapping[str, str] = field(default_factory=dict, repr=False)
     delta: Delta | None = None
 
     @classmethod
