@@ -16,12 +16,17 @@ a retransmission is handled exactly like the original.
 * Every other request from outside goes to a configured upstream: the one the next Route
   names when it is one (the core's own Record-Route), else the owning tenant's (or the
   site's).  A Route naming anything else is refused (403), never followed.  On the way: our
-  Via on top with a signed branch (``signing.py``), Max-Forwards decremented,
-  ``Record-Route: <sip:NAME;lr>`` on dialog-creating requests, and the tenant header.
+  Via on top with a signed branch (``signing.py``), Max-Forwards decremented, two
+  Record-Routes on dialog-creating requests (one facing each side, RFC 5658, the one facing
+  the core an address with the phone's flow token), our Path with that token on a REGISTER
+  (RFC 3327), and the tenant headers: the callee's (owner of the name asked for) and the
+  caller's (owner of the From name).
 * A response whose top Via is ours, and whose branch proves it, loses that Via and goes to the
   next one (its ``received``/``rport``/sent-by, RFC 3261 §18.2.2, RFC 3581).
-* A request arriving *from* an upstream (the core's BYE, re-INVITE) goes where the next Route
-  or the Request-URI says, a strict router ahead served (§16.6 step 6).
+* A request arriving *from* an upstream (the core's call to a phone, its BYE) goes over the
+  flow a token in our popped Route names (RFC 5626 §5.3: the phone's own connection or NAT
+  binding; a token we did not sign: 403), else where the next Route or the Request-URI says,
+  a strict router ahead served (§16.6 step 6).  Tenant headers never go toward a phone.
 * A request carrying a Via of ours with its own loop hash has been here: 482.
 
 Who the core is comes from configuration only: upstream URIs that hold an address, and the
@@ -88,7 +93,6 @@ METHOD_LABELS = frozenset(
      "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE", "PUBLISH"}
 )  # fmt: skip
 _TAG_PARAM = re.compile(rb";[ \t]*tag[ \t]*=", re.I)
-_TENANT_SAFE = re.compile(rb"[^\x20-\x7e]")
 
 
 class Incoming(NamedTuple):
@@ -136,6 +140,7 @@ class Edge:
         # Signs when the store holds no secret (tests, a store `sipzone init` never saw).
         self._own_keys = Keys((secrets.token_bytes(32),))
         self.keepalives = KeepAlives(config, self.stats, self._ours)
+        self._keepalive = self.keepalives.answer  # bound once: called for every OPTIONS
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -145,7 +150,7 @@ class Edge:
         if memo is None or memo.snapshot is not snapshot:
             memo = self._adopt(snapshot)
         if data[:8] == b"OPTIONS ":
-            answer = self.keepalives.answer(data, arrival, memo)
+            answer = self._keepalive(data, arrival, memo)
             if answer is not DECLINED:
                 return answer
         if not data.strip(b"\r\n"):
@@ -348,17 +353,10 @@ class Edge:
         owner of its From name when we serve it (the caller's)."""
         lines = b""
         if admission is not None:
-            tenant = _TENANT_SAFE.sub(b"", admission.tenant.header_value)
-            lines = self._tenant_name + b": " + tenant + b"\r\n"
-        caller_host = uri_host(parse_address(request.fields[b"From"], "From").uri)
-        if caller_host and not is_ip_literal(caller_host):
-            admissions = memo.admissions
-            caller = (
-                admissions[caller_host] if caller_host in admissions else memo.admit(caller_host)
-            )
-            if caller is not None:
-                tenant = _TENANT_SAFE.sub(b"", caller.tenant.header_value)
-                lines += self._caller_name + b": " + tenant + b"\r\n"
+            lines = b"%s: %s\r\n" % (self._tenant_name, memo.tenant_value(admission.tenant))
+        caller = memo.caller(request.fields[b"From"])
+        if caller is not None:
+            lines += b"%s: %s\r\n" % (self._caller_name, memo.tenant_value(caller.tenant))
         return lines
 
     def _admitted_route(self, route: RouteSet, memo: SnapshotMemo) -> Admission | None:

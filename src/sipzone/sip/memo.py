@@ -10,6 +10,7 @@ does not depend on a snapshot (a URI parses the same way under any), lives besid
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -18,6 +19,7 @@ from sipzone.model.snapshot import Site, Snapshot
 from sipzone.model.tenancy import TenantView
 from sipzone.sip import SipConfig
 from sipzone.sip.message import (
+    URI,
     MalformedMessage,
     default_port,
     is_ip_literal,
@@ -31,6 +33,7 @@ from sipzone.sip.values import Listener, Target
 if TYPE_CHECKING:
     from sipzone.sip.keepalive import Declined, Learnt, Peer, PeerKey
 
+_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 MEMO_CAP = 65536  # entries one memo table holds before it starts over (peers choose the keys)
 
 
@@ -120,13 +123,16 @@ class SnapshotMemo:
     __slots__ = (
         "_config",
         "admissions",
+        "callers",
         "core",
         "keepalive_peers",
         "keepalive_templates",
         "keys",
         "options_tails",
+        "our_routes",
         "site",
         "snapshot",
+        "tenant_values",
     )
 
     def __init__(
@@ -145,6 +151,10 @@ class SnapshotMemo:
         self.core: frozenset[tuple[str, int]] = frozenset(core)
         self.admissions: dict[bytes, Admission | None] = {}  # by host as written
         self.options_tails: dict[tuple[str, str, int], bytes] = {}
+        # Filled by routing.py: per Route value, its URI when it names us, else None.
+        self.our_routes: dict[bytes, URI | None] = {}
+        self.callers: dict[bytes, Admission | None] = {}  # by From value up to its tag
+        self.tenant_values: dict[str, bytes] = {}  # by tenant name
         # Filled by the keep-alive path: its answer per (Request-URI, To, listener port), and
         # what it learnt per peer (keepalive.Peer).
         self.keepalive_templates: dict[tuple[bytes, bytes, int], Learnt] = {}
@@ -166,6 +176,28 @@ class SnapshotMemo:
             admissions.clear()
         admissions[host] = admission
         return admission
+
+    def caller(self, from_value: bytes) -> Admission | None:
+        """Who owns the name in a From value (the caller's tenant), or None: no name we serve.
+        Memoised by the value up to its tag, which repeats from call to call of one user."""
+        key = from_value.rpartition(b";tag=")[0] or from_value
+        callers = self.callers
+        if key in callers:
+            return callers[key]
+        host = uri_host(parse_address(from_value, "From").uri)
+        admission = self.admit(host) if host and not is_ip_literal(host) else None
+        if len(callers) >= MEMO_CAP:
+            callers.clear()
+        callers[key] = admission
+        return admission
+
+    def tenant_value(self, tenant: TenantView) -> bytes:
+        """What our tenant headers say for ``tenant``: its name, printable ASCII only (the
+        store validates names; a header value must never carry CR or LF whatever it holds)."""
+        value = self.tenant_values.get(tenant.name)
+        if value is None:
+            value = self.tenant_values[tenant.name] = _UNPRINTABLE.sub(b"", tenant.header_value)
+        return value
 
     def upstream_of(self, tenant: TenantView) -> str | None:
         """The upstream URI ``tenant``'s requests go to: its own (inherited), else the site's."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from typing import Final, NamedTuple
 
-from sipzone.sip.memo import SnapshotMemo, Upstreams
+from sipzone.sip.memo import MEMO_CAP, SnapshotMemo, Upstreams
 from sipzone.sip.message import (
     URI,
     MalformedMessage,
@@ -95,12 +95,25 @@ class Routing:
             popped.append(own_uri)
             uri = parse_address(routes.pop(), "Route").uri
         while routes and len(popped) < OURS_PER_PASS:
-            first = self._parse(parse_address(routes[0], "Route").uri)
-            if first is None or not self.is_us(first, memo):
+            first = self._route_of_ours(routes[0], memo)
+            if first is None:
                 break
             popped.append(first)
             del routes[0]
         return RouteSet(uri, routes, tuple(popped))
+
+    def _route_of_ours(self, route: bytes, memo: SnapshotMemo) -> URI | None:
+        """The URI of a Route value when it names us, else None; memoised per snapshot, since
+        a dialog's requests (and a phone's dialogs) carry the same values again and again."""
+        known = memo.our_routes
+        if route in known:
+            return known[route]
+        uri = self._parse(parse_address(route, "Route").uri)
+        ours = uri if uri is not None and self.is_us(uri, memo) else None
+        if len(known) >= MEMO_CAP:
+            known.clear()
+        known[route] = ours
+        return ours
 
     @staticmethod
     def flow(route: RouteSet, memo: SnapshotMemo) -> Target | Forged | None:
