@@ -51,7 +51,7 @@ KEEPALIVE_HEADERS = KNOWN - {
     b"Require", b"Proxy-Require", b"Date", b"Expires", b"Route", b"Record-Route"
 }  # fmt: skip
 KEEPALIVE_SHAPES = 8  # orders of header lines remembered (a platform's kinds of peers)
-LEARNT_CAP = 65536  # From addresses and Via prefixes remembered before starting over
+LEARNT_CAP = 65536  # peers and templates a memo keeps before starting over (peers choose keys)
 
 
 class Declined(enum.Enum):

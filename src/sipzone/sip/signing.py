@@ -101,6 +101,8 @@ class Keys:
                 address = socket.inet_pton(family, flow.host)
             except OSError:
                 return None
+            if not 0 <= (flow.conn or 0) <= 0xFFFFFFFF:
+                return None  # not a connection id a token can hold
             code = _TRANSPORT_CODES[flow.transport]
             payload = _FLOW_HEAD.pack(code, flow.port, flow.conn or 0) + address
             mac = hmac.digest(self.keys[0], _FLOW_LABEL + payload, "sha256")[:FLOW_MAC]

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import secrets
 import socket
 import traceback
 from collections import Counter
@@ -97,7 +98,10 @@ class SipService:
         self.max_connections = connection_cap(config.tcp_max_connections)
         self.resolved: dict[str, str] = {}  # configured upstream name -> address
         self._names: frozenset[str] = frozenset()  # the names last resolved
-        self._ids = itertools.count(1)
+        # Connection ids travel in our Via and in flow tokens, and a request for one may reach
+        # another worker (SO_REUSEPORT): each worker counts from a random point, so that an id
+        # of another worker's is almost never one of its own (which would be another peer's).
+        self._ids = itertools.count(secrets.randbelow(2**31) + 1)
         self._tasks: list[asyncio.Task[Any]] = []
         self.events = EventLog(log)
         self.loop = asyncio.get_running_loop()
