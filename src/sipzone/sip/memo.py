@@ -32,6 +32,7 @@ from sipzone.sip.values import Listener, Target
 
 if TYPE_CHECKING:
     from sipzone.sip.keepalive import Declined, Learnt, Peer, PeerKey
+    from sipzone.sip.splice import Plan
 
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 MEMO_CAP = 65536  # entries one memo table holds before it starts over (peers choose the keys)
@@ -132,6 +133,8 @@ class SnapshotMemo:
         "our_routes",
         "site",
         "snapshot",
+        "splice_heads",
+        "splice_plans",
         "tenant_values",
     )
 
@@ -159,6 +162,10 @@ class SnapshotMemo:
         # what it learnt per peer (keepalive.Peer).
         self.keepalive_templates: dict[tuple[bytes, bytes, int], Learnt] = {}
         self.keepalive_peers: dict[PeerKey, Peer | Declined] = {}
+        # Filled by the proxied-message path (splice.py): its decision per (host, From up to
+        # its tag), and the Record-Route pair per (phone, our listener, name).
+        self.splice_plans: dict[tuple[bytes, bytes], Plan | None] = {}
+        self.splice_heads: dict[tuple[object, ...], bytes] = {}
 
     def admit(self, host: bytes) -> Admission | None:
         """Who owns ``host`` (as written in a URI: any case, perhaps a trailing dot or UTF-8),

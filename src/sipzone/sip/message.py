@@ -802,7 +802,13 @@ def split_addresses(value: bytes) -> list[bytes]:
 def check_contacts(message: Message) -> None:
     """Every Contact value is ``*`` or a list of addresses (RFC 3261 §20.10, RFC 4475 §3.1.2.13)."""
     value = message.fields.get(b"Contact")
-    if value is None or value == b"*":
+    if value is not None:
+        check_contact(value)
+
+
+def check_contact(value: bytes) -> None:
+    """A Contact header value is ``*`` or a list of addresses; raises :class:`BadAddress`."""
+    if value == b"*":
         return
     for item in split_addresses(value):
         parse_address(item, "Contact")
@@ -853,7 +859,7 @@ def via_destination(via: Via) -> tuple[str, int]:
     host = (via.received or via.host).strip(b"[]").decode("ascii", "replace")
     rport = via.rport
     if rport:
-        return host, int(rport)
+        return host, int(rport) if rport.isdigit() else 0  # 0: nowhere to send to
     return host, via.port or default_port(via.transport)
 
 
