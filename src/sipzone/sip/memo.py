@@ -135,6 +135,7 @@ class SnapshotMemo:
         "snapshot",
         "splice_heads",
         "splice_plans",
+        "splice_routes",
         "tenant_values",
     )
 
@@ -163,9 +164,11 @@ class SnapshotMemo:
         self.keepalive_templates: dict[tuple[bytes, bytes, int], Learnt] = {}
         self.keepalive_peers: dict[PeerKey, Peer | Declined] = {}
         # Filled by the proxied-message path (splice.py): its decision per (host, From up to
-        # its tag), and the Record-Route pair per (phone, our listener, name).
+        # its tag), the Record-Route pair per (phone, our listener, name), the Route values
+        # found to name us only.
         self.splice_plans: dict[tuple[bytes, bytes], Plan | None] = {}
         self.splice_heads: dict[tuple[object, ...], bytes] = {}
+        self.splice_routes: dict[bytes, bool] = {}  # Route values (joined) that are ours only
 
     def admit(self, host: bytes) -> Admission | None:
         """Who owns ``host`` (as written in a URI: any case, perhaps a trailing dot or UTF-8),

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from sipzone.sip.keepalive import DECLINED, Declined
 from sipzone.sip.memo import MEMO_CAP, Admission, SnapshotMemo
 from sipzone.sip.message import (
+    CALL_ID,
     MAX_CSEQ,
     MAX_EXPIRES,
     MAX_FORWARDS,
@@ -45,6 +46,7 @@ from sipzone.sip.message import (
     MAX_MESSAGE,
     REQUIRED,
     SINGLE,
+    TOKEN,
     URI,
     MalformedMessage,
     Via,
@@ -52,9 +54,7 @@ from sipzone.sip.message import (
     default_port,
     header_key,
     is_address,
-    is_call_id,
     is_ip_literal,
-    is_token,
     match_via,
     parse_address,
     parse_params,
@@ -79,6 +79,9 @@ UNRECORDED = frozenset({b"ACK", b"CANCEL"})  # no Record-Route (RFC 3261 §16.6 
 SHAPES_KEPT = 256  # orders of header lines remembered before starting over
 _NAMES = re.compile(rb"\r\n([^:\r\n]*): ")  # the name of every plain "Name: value" line
 _SWS = re.compile(rb"[ \t]+")
+# The grammar's own patterns, called without a wrapper: a few of these run per message.
+_token = re.compile(TOKEN + rb"\Z").match
+_call_id = re.compile(CALL_ID + rb"\Z").match
 _TEMPLATE_BRANCH = b"z9hG4bK.sz.template"  # stands for any token branch while a Via is learnt
 _ABSENT = -1
 
@@ -178,7 +181,7 @@ class Splicer:
         if len(number) == 10 and int(number) > MAX_CSEQ:
             return DECLINED
         call_id = lines[ci][ca:]
-        if not is_call_id(call_id):
+        if _call_id(call_id) is None:
             return DECLINED
         if mi == _ABSENT:
             max_forwards = 70
@@ -213,7 +216,7 @@ class Splicer:
 
         from_ = lines[fi][fa:]
         from_address, tagged, from_tag = from_.rpartition(b";tag=")
-        if not tagged or not is_token(from_tag):
+        if not tagged or _token(from_tag) is None:
             return DECLINED
         addresses = self._addresses
         if from_address in addresses:
@@ -224,7 +227,7 @@ class Splicer:
         to = lines[ti][ta:]
         to_address, to_tagged, to_tag = to.rpartition(b";tag=")
         if to_tagged:
-            if not is_token(to_tag):
+            if _token(to_tag) is None:
                 return DECLINED
         elif b"tag" in to.lower():
             return DECLINED  # perhaps a tag written otherwise: the general path reads it
@@ -242,7 +245,15 @@ class Splicer:
             if b";lr" in uri.lower():
                 return DECLINED  # perhaps a strict router's rewrite to undo
             route = b", ".join([lines[i][at:] for i, at in routes])
-            if not _ours_only(route, memo.our_routes):
+            known = memo.splice_routes
+            ours = known.get(route)
+            if ours is None:
+                ours = _ours_only(route, memo.our_routes)
+                if ours:  # a Route not yet known as ours may be known after the general path
+                    if len(known) >= MEMO_CAP:
+                        known.clear()
+                    known[route] = True
+            if not ours:
                 return DECLINED
 
         host = uri_host(uri)
@@ -265,7 +276,7 @@ class Splicer:
         via_key = (before, semi + after)
         vias = self._vias
         info = vias[via_key] if via_key in vias else self._learn_via(via_key)
-        if info is None or not is_token(branch):
+        if info is None or _token(branch) is None:
             return DECLINED
         loop = loop_hash_of(uri, from_tag, call_id, number, route)
         if OUR_BRANCH + loop in via:
@@ -327,7 +338,7 @@ class Splicer:
         v1, a1, v2, a2, si, sa, li, la, kept, kept_first = shape
 
         number, _, method = lines[si][sa:].partition(b" ")
-        if not number.isdigit() or len(number) > 10 or not is_token(method):
+        if not number.isdigit() or len(number) > 10 or _token(method) is None:
             return DECLINED
         if len(number) == 10 and int(number) > MAX_CSEQ:
             return DECLINED
@@ -391,7 +402,7 @@ class Splicer:
         key = (before, semi + after)
         vias = self._vias
         info = vias[key] if key in vias else self._learn_via(key)
-        if info is None or not is_token(branch):
+        if info is None or _token(branch) is None:
             return None
         return info
 

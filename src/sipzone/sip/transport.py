@@ -89,6 +89,9 @@ class SipService:
         self.edge: Edge | None = None
         self.listeners: list[Listener] = []
         self._udp: dict[int, UdpSender] = {}  # by address family
+        # The sockets of those that are batched, by "is IPv6": a forwarded datagram leaves by
+        # one of these straight from the endpoint, without dispatch (the hot path of a call).
+        self.udp_sockets: dict[bool, socket.socket] = {}
         self._datagram: list[asyncio.BaseTransport | batched_udp.BatchedUdp] = []
         self._servers: list[asyncio.AbstractServer] = []
         self.connections: dict[int, StreamConnection] = {}
@@ -134,6 +137,7 @@ class SipService:
             if transport == "udp":
                 endpoint = UdpEndpoint(self, listener)
                 udp: UdpSender
+                plain_udp: UdpSender | None = None
                 if self.config.batched_udp and batched_udp.available():
                     batched = batched_udp.BatchedUdp(
                         sock, endpoint.respond, MAX_MESSAGE, ports=True, recv_size=RECV_SIZE
@@ -146,8 +150,9 @@ class SipService:
                         functools.partial(DatagramHandler, endpoint), sock=sock
                     )
                     self._datagram.append(plain)
-                    udp = plain
-                self._udp.setdefault(sock.family, udp)
+                    udp = plain_udp = plain
+                if self._udp.setdefault(sock.family, udp) is udp and udp is not plain_udp:
+                    self.udp_sockets[sock.family == socket.AF_INET6] = sock
             else:
                 server = await loop.create_server(
                     functools.partial(StreamConnection, self, listener), sock=sock
@@ -286,8 +291,12 @@ class SipService:
             return
         try:
             udp.sendto(send.data, (host, send.port))
-        except (OSError, OverflowError) as exc:  # an unreachable or impossible destination
-            self.events.warning("udp-send", "UDP to %s:%d failed: %s", host, send.port, exc)
+        except (OSError, OverflowError) as exc:
+            self.send_failed(host, send.port, exc)
+
+    def send_failed(self, host: str, port: int, exc: Exception) -> None:
+        """A datagram could not leave: an unreachable or impossible destination, a full buffer."""
+        self.events.warning("udp-send", "UDP to %s:%d failed: %s", host, port, exc)
 
     def _send_tcp(self, send: Send) -> None:
         conn = self.connections.get(send.conn) if send.conn is not None else None
@@ -393,6 +402,7 @@ class UdpEndpoint:
         self.receive = service.edge.receive
         self.holder = service.holder
         self._arrivals: dict[tuple[str, int], Arrival] = {}
+        self._sockets = service.udp_sockets  # filled as the service binds (shared, not copied)
 
     def respond(self, data: bytes, addr: tuple[str, int]) -> bytes | None:
         try:
@@ -412,9 +422,18 @@ class UdpEndpoint:
             return None
         if len(sends) == 1:
             answer, transport, host, port, _ = sends[0]
-            # An answer back where the request came from: no dispatch.
-            if port == addr[1] and host == addr[0] and transport == "udp":
-                return answer
+            if transport == "udp":
+                # An answer back where the request came from: no dispatch.
+                if port == addr[1] and host == addr[0]:
+                    return answer
+                # A request on to the core, a response on to a phone: straight out.
+                sock = self._sockets.get(":" in host)
+                if sock is not None and is_ip_literal(host):
+                    try:
+                        sock.sendto(answer, (host, port))
+                    except (OSError, OverflowError) as exc:
+                        self.service.send_failed(host, port, exc)
+                    return None
         if sends:
             self.service.dispatch(sends)
         return None
