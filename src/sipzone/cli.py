@@ -50,6 +50,8 @@ for sub, name in (
     app.add_typer(sub, name=name, no_args_is_help=True)
 sip_app = typer.Typer(help="The SIP edge's installation-wide state.")
 app.add_typer(sip_app, name="sip", no_args_is_help=True)
+cert_app = typer.Typer(help="TLS certificates for SIP over TLS, chosen by the server name (SNI).")
+app.add_typer(cert_app, name="cert", no_args_is_help=True)
 
 Db = Annotated[
     str,
@@ -465,6 +467,88 @@ def site_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     for r in rows:
         state = "up" if r["healthy"] else "down"
         typer.echo(f"{r['name']}\t{r['region']}\t{','.join(r['vips'])}\t{state}")
+
+
+# ---------------------------------------------------------------------------- certificates
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read the {what} file {str(path)!r}: {exc.strerror}")
+
+
+@cert_app.command("add")
+@guarded
+def cert_add(
+    name: str,
+    cert: Annotated[Path, typer.Option(help="PEM file: the certificate, then its chain.")],
+    key: Annotated[Path, typer.Option(help="PEM file: its private key (unencrypted).")],
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Store a certificate and its key under NAME (the same NAME again replaces it).
+
+    Refused, with nothing changed: a key that does not match, a chain out of order (leaf first,
+    each certificate followed by its issuer), a certificate outside its validity.  Running
+    edges use it for new handshakes within one store poll; open connections keep theirs.
+    """
+    added, rev, replaced = store(db, actor).add_certificate(
+        name, _read_pem(cert, "certificate"), _read_pem(key, "key")
+    )
+    done = "replaced" if replaced else "added"
+    typer.echo(
+        f"certificate {added.name} {done}: {', '.join(added.names)}, valid until "
+        f"{added.not_after:%Y-%m-%d} (revision {rev})"
+    )
+
+
+@cert_app.command("remove")
+@guarded
+def cert_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Remove a certificate; if it was the default, the first added becomes the default."""
+    rev = store(db, actor).remove_certificate(name)
+    typer.echo(f"certificate {name} removed (revision {rev})")
+
+
+@cert_app.command("default")
+@guarded
+def cert_default(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Answer handshakes without a server name, or with one no certificate covers, with NAME."""
+    rev = store(db, actor).set_default_certificate(name)
+    typer.echo(f"certificate {name} is the default (revision {rev})")
+
+
+@cert_app.command("list")
+@guarded
+def cert_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """List certificates, the default first: names covered, issuer, not-after, days left
+    (--json: also subject, serial, not-before, SHA-256 fingerprint; never the key)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "name": c.name,
+            "default": i == 0,
+            "names": list(c.names),
+            "subject": c.subject,
+            "issuer": c.issuer,
+            "serial": f"{c.serial:x}",
+            "not_before": c.not_before.isoformat(),
+            "not_after": c.not_after.isoformat(),
+            "days_left": int(c.days_left() // 1),
+            "fingerprint_sha256": c.fingerprint,
+        }
+        for i, c in enumerate(store(db).list_certificates())
+    ]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        typer.echo(
+            f"{r['name']}{mark}\t{','.join(r['names'])}\t{r['issuer']}\t"
+            f"{r['not_after'][:10]}\t{r['days_left']} days left"
+        )
 
 
 # ---------------------------------------------------------------------------- zones, email

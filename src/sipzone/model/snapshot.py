@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from sipzone.model.certificates import Certificate
 from sipzone.model.errors import BadAddress, BadNetwork, BadWord, NoRoomForServiceNames, OutOfRange
 from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import MAX_LABEL, MAX_NAME, lookup_key
@@ -185,6 +186,8 @@ class Snapshot:
     # repr=False: the settings hold the SIP branch secret, which no log or test failure may show.
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
     delta: Delta | None = None
+    # TLS certificates, the default one first, then in the order they were added.
+    certificates: tuple[Certificate, ...] = field(default=(), repr=False)
 
     @classmethod
     def build(
@@ -196,6 +199,7 @@ class Snapshot:
         zones: tuple[str, ...] = (),
         email_domain: str | None = None,
         settings: Mapping[str, str] | None = None,
+        certificates: tuple[Certificate, ...] = (),
     ) -> Snapshot:
         """``rules`` are ``(rule text, owner tenant name)`` pairs as stored."""
         views = tenants.views
@@ -208,6 +212,7 @@ class Snapshot:
             tuple(sorted(zones)),
             email_domain,
             MappingProxyType(dict(settings or {})),
+            certificates=certificates,
         )
 
     @classmethod
