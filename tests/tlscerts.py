@@ -34,10 +34,13 @@ def issue(
     *names: str,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
+    key_type: trustme.KeyType = trustme.KeyType.RSA,
 ) -> Issued:
-    """A leaf for ``names`` from ``ca`` written into ``where`` (chain: leaf first)."""
+    """A leaf for ``names`` from ``ca`` written into ``where`` (chain: leaf first); RSA by
+    default, as public CAs mostly issue (and ECDHE-RSA suites need)."""
     leaf = ca.issue_cert(
         *names,
+        key_type=key_type,
         not_before=not_before or NOW - timedelta(hours=1),
         not_after=not_after or NOW + timedelta(days=90),
     )

@@ -29,12 +29,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from sipzone.model.errors import (
     BadCertificate,
@@ -44,6 +39,9 @@ from sipzone.model.errors import (
     ChainOrder,
     KeyMismatch,
 )
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 MAX_CERT_NAME = 100
 _CERT_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_CERT_NAME - 1}}}\Z")
@@ -96,6 +94,9 @@ def _pem(data: str | bytes, what: str, error: type[Exception]) -> bytes:
 
 
 def _names(leaf: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         found = san.get_values_for_type(x509.DNSName)
@@ -112,6 +113,11 @@ def parse_certificate(
     """The certificate ``name`` from a PEM ``chain`` (leaf first) and a PEM ``key``; each
     problem raises its own :class:`~sipzone.model.errors.InvalidValue`.  ``now`` None skips
     the validity check (reading what is stored), else the whole chain must be valid then."""
+    # Imported here: a snapshot and the CLI's start need only the values, not the parser.
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     name = parse_cert_name(name)
     try:
         certs = x509.load_pem_x509_certificates(_pem(chain, "certificate", BadCertificate))

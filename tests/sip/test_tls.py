@@ -1,0 +1,391 @@
+"""SIP over TLS on real sockets: certificates chosen by SNI, replaced live, client certificates
+required, TLS toward an upstream, and what is not TLS on the TLS port.
+
+A throwaway CA (trustme) issues every certificate at run time.  The edge runs in a thread
+(``EdgeThread``) on snapshots the test builds; ``test_serve_*`` run the real `sipzone serve`
+on a store changed by the real CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography import x509
+from prometheus_client import REGISTRY
+
+from sipzone.model.certificates import Certificate, parse_certificate
+from sipzone.model.snapshot import Snapshot, SnapshotHolder
+from sipzone.sip import SipConfig
+from sipzone.sip.tls import TlsPolicy
+from sipzone.sip.transport import TlsConnection
+from tests.sip.conftest import EdgeThread, make_snapshot
+from tests.tlscerts import Issued, issue
+
+TEAMS = "*.teams.example.com"
+
+
+@dataclasses.dataclass
+class Pki:
+    ca: trustme.CA
+    dir: Path
+    voip: Issued  # the default: first added
+    teams: Issued
+
+    def stored(self, name: str, cert: Issued) -> Certificate:
+        return parse_certificate(name, cert.chain.read_bytes(), cert.key.read_bytes())
+
+    def certificates(self) -> tuple[Certificate, ...]:
+        return (self.stored("voip", self.voip), self.stored("teams", self.teams))
+
+    def ca_file(self) -> str:
+        path = self.dir / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(path))
+        return str(path)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    ca = trustme.CA()
+    where = tmp_path_factory.mktemp("pki")
+    teams = issue(ca, where, TEAMS, "teams.example.com", key_type=trustme.KeyType.ECDSA)
+    return Pki(ca, where, issue(ca, where, "voip.example.com"), teams)
+
+
+def tls_snapshot(pki: Pki, **kwargs: object) -> Snapshot:
+    return dataclasses.replace(make_snapshot(**kwargs), certificates=pki.certificates())  # type: ignore[arg-type]
+
+
+def has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def edge(pki: Pki) -> Iterator[EdgeThread]:
+    listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0", "tls:127.0.0.1:0"]
+    if has_ipv6():
+        listen.append("tls:[::1]:0")
+    config = SipConfig(listen=tuple(listen), tcp_idle_timeout=30, tcp_header_timeout=2)
+    thread = EdgeThread(SnapshotHolder(tls_snapshot(pki)), config).start()
+    yield thread
+    thread.stop()
+
+
+def tls_port(edge: EdgeThread, host: str = "127.0.0.1") -> int:
+    assert edge.service is not None
+    return next(
+        lst.port for lst in edge.service.listeners if lst.transport == "tls" and lst.host == host
+    )
+
+
+def client_context(pki: Pki, cert: Issued | None = None) -> ssl.SSLContext:
+    """A client trusting the test CA, presenting ``cert`` when given."""
+    context = ssl.create_default_context(cafile=pki.ca_file())
+    if cert is not None:
+        context.load_cert_chain(str(cert.chain), str(cert.key))
+    return context
+
+
+def connect(
+    port: int,
+    server_name: str | None,
+    context: ssl.SSLContext,
+    host: str = "127.0.0.1",
+) -> ssl.SSLSocket:
+    """A TLS connection to the edge; no SNI when ``server_name`` is None."""
+    if server_name is None:
+        context.check_hostname = False
+    raw = socket.create_connection((host, port), timeout=5)
+    return context.wrap_socket(raw, server_hostname=server_name)
+
+
+def served_serial(sock: ssl.SSLSocket) -> int:
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def options(domain: str, transport: str = "TLS", call: str = "tls-1") -> bytes:
+    return (
+        f"OPTIONS sip:ping@{domain} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:5999;branch=z9hG4bK-{call}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"To: <sip:ping@{domain}>\r\nFrom: <sip:p@127.0.0.1>;tag=1\r\n"
+        f"Call-ID: {call}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def answer(sock: socket.socket, request: bytes) -> bytes:
+    """Send ``request`` and read one whole response head (Content-Length 0 answers)."""
+    sock.sendall(request)
+    data = b""
+    deadline = time.monotonic() + 5
+    while b"\r\n\r\n" not in data and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# -- SNI -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server_name", "expected"),
+    [
+        ("cust42.teams.example.com", "teams"),  # one-label wildcard
+        ("CUST42.Teams.Example.COM", "teams"),  # case-insensitive
+        ("teams.example.com", "teams"),
+        ("voip.example.com", "voip"),
+        ("a.b.teams.example.com", "voip"),  # two labels: no wildcard match, the default
+        ("unknown.example.net", "voip"),  # no certificate names it: the default
+        (None, "voip"),  # no SNI: the default
+    ],
+)
+def test_sni_picks_the_certificate(
+    edge: EdgeThread, pki: Pki, server_name: str | None, expected: str
+) -> None:
+    context = client_context(pki)
+    context.check_hostname = False  # the default certificate does not name every name asked
+    with connect(tls_port(edge), server_name, context) as sock:
+        assert served_serial(sock) == getattr(pki, expected).serial
+
+
+def test_options_over_tls_is_answered_on_the_same_connection(edge: EdgeThread, pki: Pki) -> None:
+    hosts = ["127.0.0.1", "::1"] if has_ipv6() else ["127.0.0.1"]
+    for host in hosts:
+        port = tls_port(edge, host)
+        with connect(port, "cust42.teams.example.com", client_context(pki), host=host) as sock:
+            assert sock.version() in ("TLSv1.2", "TLSv1.3")
+            reply = answer(sock, options("cust42.teams.example.com"))
+            assert reply.startswith(b"SIP/2.0 200 OK"), reply
+            assert b"Contact: <sip:cust42.teams.example.com:%d;transport=tls>" % port in reply
+            # the next request on the same connection, too
+            reply = answer(sock, options("voip.example.com", call="tls-2"))
+            assert reply.startswith(b"SIP/2.0 200 OK"), reply
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_only_tls_1_2_and_1_3_with_the_microsoft_suite(edge: EdgeThread, pki: Pki) -> None:
+    old = client_context(pki)
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        connect(tls_port(edge), "voip.example.com", old).close()
+    microsoft = client_context(pki)
+    microsoft.maximum_version = ssl.TLSVersion.TLSv1_2
+    microsoft.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384")
+    with connect(tls_port(edge), "voip.example.com", microsoft) as sock:
+        assert sock.version() == "TLSv1.2"
+        assert sock.cipher()[0] == "ECDHE-RSA-AES256-GCM-SHA384"  # type: ignore[index]
+
+
+def test_a_replaced_certificate_serves_new_handshakes_and_spares_open_ones(
+    pki: Pki, tmp_path: Path
+) -> None:
+    snapshot = tls_snapshot(pki)
+    config = SipConfig(listen=("tls:127.0.0.1:0",), tcp_idle_timeout=30)
+    thread = EdgeThread(SnapshotHolder(snapshot), config).start()
+    try:
+        port = thread.port("tls")
+        context = client_context(pki)
+        with connect(port, "voip.example.com", context) as held:
+            assert served_serial(held) == pki.voip.serial
+            renewed = issue(pki.ca, tmp_path, "voip.example.com")
+            certs = (pki.stored("voip", renewed), pki.stored("teams", pki.teams))
+            thread.publish(dataclasses.replace(snapshot, revision=2, certificates=certs))
+            with connect(port, "voip.example.com", context) as fresh:
+                assert served_serial(fresh) == renewed.serial != pki.voip.serial
+                assert answer(fresh, options("voip.example.com")).startswith(b"SIP/2.0 200")
+            reply = answer(held, options("voip.example.com", call="held"))
+            assert reply.startswith(b"SIP/2.0 200 OK"), reply
+            # removing every certificate: new handshakes fail, the open connection still works
+            thread.publish(dataclasses.replace(snapshot, revision=3, certificates=()))
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                connect(port, "voip.example.com", context).close()
+            reply = answer(held, options("voip.example.com", call="held-2"))
+            assert reply.startswith(b"SIP/2.0 200 OK"), reply
+    finally:
+        thread.stop()
+
+
+# -- mutual TLS --------------------------------------------------------------------------------
+
+
+def handshake_count(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "sipzone_sip_tls_handshakes_total", {"direction": "in", "outcome": outcome}
+    )
+    return value or 0.0
+
+
+def refused(port: int, server_name: str, context: ssl.SSLContext) -> bool:
+    """Whether the edge refuses this client: the handshake fails, or (TLS 1.3, where the
+    client's side ends before the server checked its certificate) the first read does."""
+    try:
+        with connect(port, server_name, context) as sock:
+            reply = answer(sock, options(server_name))
+    except (ssl.SSLError, ConnectionError):
+        return True
+    return not reply
+
+
+@pytest.mark.parametrize("server_name", ["voip.example.com", "cust42.teams.example.com"])
+def test_required_client_certificates_are_checked_whatever_sni_picks(
+    pki: Pki, tmp_path: Path, server_name: str
+) -> None:
+    policy = TlsPolicy(verify_client="required", client_ca=pki.ca_file())
+    config = SipConfig(listen=("tls:127.0.0.1:0",), tcp_idle_timeout=30, tls=policy)
+    thread = EdgeThread(SnapshotHolder(tls_snapshot(pki)), config).start()
+    try:
+        port = thread.port("tls")
+        stranger_ca = trustme.CA()
+        stranger = issue(stranger_ca, tmp_path, "phone.example.org")
+        phone = issue(pki.ca, tmp_path, "phone.example.org")
+        assert refused(port, server_name, client_context(pki))  # no certificate
+        assert refused(port, server_name, client_context(pki, stranger))  # another CA
+        with connect(port, server_name, client_context(pki, phone)) as sock:
+            reply = answer(sock, options(server_name))
+            assert reply.startswith(b"SIP/2.0 200 OK"), reply
+            assert thread.service is not None
+            [conn] = [
+                c for c in thread.service.connections.values() if isinstance(c, TlsConnection)
+            ]
+            assert conn.peer_certificate is not None
+            assert conn.peer_certificate.names == ("phone.example.org",)
+    finally:
+        thread.stop()
+
+
+# -- not TLS on the TLS port -------------------------------------------------------------------
+
+
+def test_garbage_and_plaintext_on_the_tls_port_disturb_no_one(edge: EdgeThread, pki: Pki) -> None:
+    port = tls_port(edge)
+    not_tls = handshake_count("not_tls")
+    with connect(port, "voip.example.com", client_context(pki)) as good:
+        for junk in (bytes(range(256)) * 4, options("voip.example.com", "TCP"), b"\x16\x03\x01"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(junk)
+                raw.settimeout(5)
+                try:
+                    while raw.recv(4096):  # an alert at most, then the close
+                        pass
+                except ConnectionError:
+                    pass
+            reply = answer(good, options("voip.example.com", call=f"good-{len(junk)}"))
+            assert reply.startswith(b"SIP/2.0 200 OK"), reply
+    deadline = time.monotonic() + 5
+    while handshake_count("not_tls") < not_tls + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the counters are published about once a second
+    assert handshake_count("not_tls") >= not_tls + 2
+
+
+# -- TLS toward an upstream ------------------------------------------------------------------
+
+
+class TlsCore:
+    """A TLS server as the core: answers 200 to each request, remembering what it saw."""
+
+    def __init__(self, pki: Pki, cert: Issued) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert.chain), str(cert.key))
+        context.load_verify_locations(cafile=pki.ca_file())
+        context.verify_mode = ssl.CERT_OPTIONAL
+        self.server_names: list[str | None] = []
+        self.client_names: list[tuple[str, ...]] = []
+        self.requests: list[bytes] = []
+
+        def sni(_sock: object, name: str | None, _ctx: object) -> None:
+            self.server_names.append(name)
+
+        context.sni_callback = sni
+        self.context = context
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(10)
+        try:
+            raw, _ = self.sock.accept()
+        except OSError:
+            return
+        try:
+            with self.context.wrap_socket(raw, server_side=True) as conn:
+                cert = conn.getpeercert() or {}
+                self.client_names.append(
+                    tuple(v for k, v in cert.get("subjectAltName", ()) if k == "DNS")
+                )
+                data = conn.recv(65536)
+                self.requests.append(data)
+                head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                keep = [h for h in head[1:] if h.split(b":")[0] in (b"Via", b"From", b"To",
+                        b"Call-ID", b"CSeq")]  # fmt: skip
+                conn.sendall(b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\n"
+                             b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                time.sleep(0.5)
+        except (ssl.SSLError, OSError):
+            return
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+MESSAGE = (
+    "MESSAGE sip:bob@cust42.teams.example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-msg{n};rport\r\n"
+    "Max-Forwards: 70\r\nTo: <sip:bob@cust42.teams.example.com>\r\n"
+    "From: <sip:alice@127.0.0.1>;tag=a{n}\r\nCall-ID: msg-{n}\r\nCSeq: 1 MESSAGE\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(("core_name", "delivered"), [("localhost", True), ("other.test", False)])
+def test_requests_to_a_tls_upstream_verify_its_name_and_present_ours(
+    pki: Pki, tmp_path: Path, core_name: str, delivered: bool
+) -> None:
+    core = TlsCore(pki, issue(pki.ca, tmp_path, core_name))
+    upstream = f"sip:localhost:{core.port};transport=tls"
+    policy = TlsPolicy(upstream_ca=pki.ca_file())
+    config = SipConfig(listen=("udp:127.0.0.1:0", "tls:127.0.0.1:0"), tls=policy)
+    thread = EdgeThread(SnapshotHolder(tls_snapshot(pki, upstream=upstream)), config).start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+            phone.bind(("127.0.0.1", 0))
+            phone.settimeout(3)
+            own = phone.getsockname()[1]
+            phone.sendto(MESSAGE.format(port=own, n=1).encode(), ("127.0.0.1", thread.port("udp")))
+            try:
+                reply = phone.recv(65536)
+            except TimeoutError:
+                reply = b""
+        core.thread.join(5)
+        if delivered:
+            assert reply.startswith(b"SIP/2.0 200 OK"), reply
+            assert core.server_names == ["localhost"]  # SNI: the upstream's name
+            assert core.client_names == [("voip.example.com",)]  # our default certificate
+            [request] = core.requests
+            assert request.startswith(b"MESSAGE sip:bob@cust42.teams.example.com SIP/2.0")
+            assert b"Via: SIP/2.0/TLS 127.0.0.1:%d;branch=" % thread.port("tls") in request
+        else:
+            assert reply == b"" and core.requests == []
+    finally:
+        thread.stop()
+        core.close()
