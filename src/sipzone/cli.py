@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import sqlalchemy.exc
 import typer
@@ -28,6 +28,9 @@ from sipzone.store.repository import (
     Store,
     import_refusal,
 )
+
+if TYPE_CHECKING:
+    from sipzone.sip.tls import TlsPolicy
 
 app = typer.Typer(
     help="Run a SIP platform under domain names: tenants, SIP domains, sites, zones, DNS.",
@@ -645,6 +648,22 @@ def _listen_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _tls_policy(
+    ciphers: str | None, verify_client: str, client_ca: Path | None, upstream_ca: Path | None
+) -> TlsPolicy:
+    """The TLS policy the serve options ask for; ValueError naming what is wrong."""
+    from sipzone.sip.tls import DEFAULT_CIPHERS, TlsPolicy
+
+    policy = TlsPolicy(
+        ciphers=ciphers or DEFAULT_CIPHERS,
+        verify_client=verify_client,
+        client_ca=str(client_ca) if client_ca else None,
+        upstream_ca=str(upstream_ca) if upstream_ca else None,
+    )
+    policy.check()
+    return policy
+
+
 @app.command()
 @guarded
 def serve(
@@ -733,6 +752,25 @@ def serve(
     batched_udp: Annotated[
         bool, typer.Option(help="recvmmsg/sendmmsg for UDP on Linux (SIP and DNS).")
     ] = True,
+    tls_ciphers: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenSSL cipher list for TLS 1.2 (default: ECDHE with AES-GCM, ChaCha20)."
+        ),
+    ] = None,
+    tls_verify_client: Annotated[
+        str,
+        typer.Option(help="Client certificates on SIP TLS: none, optional or required."),
+    ] = "none",
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="PEM file of the CAs client certificates must chain to.")
+    ] = None,
+    tls_upstream_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM file of the CAs TLS upstreams' certificates chain to (default: the system's)."
+        ),
+    ] = None,
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
     ] = 0.05,
@@ -761,6 +799,7 @@ def serve(
             split_hostport(hp)
         for cidr in allow_transfer or []:
             ipaddress.ip_network(cidr, strict=False)
+        tls = _tls_policy(tls_ciphers, tls_verify_client, tls_client_ca, tls_upstream_ca)
     except ValueError as exc:
         fail(str(exc))
     from sipzone.sip import BRANCH_SECRET
@@ -782,6 +821,7 @@ def serve(
             tcp_max_connections=tcp_max_connections,
             tcp_max_per_source=tcp_max_per_source,
             batched_udp=batched_udp,
+            tls=tls,
         )
         if sip
         else None,

@@ -9,12 +9,14 @@ on a store changed by the real CLI.
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -26,7 +28,7 @@ from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.sip import SipConfig
 from sipzone.sip.tls import TlsPolicy
 from sipzone.sip.transport import TlsConnection
-from tests.sip.conftest import EdgeThread, make_snapshot
+from tests.sip.conftest import EdgeThread, free_port, make_snapshot
 from tests.tlscerts import Issued, issue
 
 TEAMS = "*.teams.example.com"
@@ -389,3 +391,66 @@ def test_requests_to_a_tls_upstream_verify_its_name_and_present_ours(
     finally:
         thread.stop()
         core.close()
+
+
+# -- the real `sipzone serve` on a store the CLI changes ---------------------------------------
+
+
+def scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def test_serve_takes_cert_add_live_across_workers(
+    cli: Callable[..., Any], serve: Callable[..., Any], pki: Pki, tmp_path: Path
+) -> None:
+    cli("init", check=True)
+    cli("domain", "add", "voip.example.com", check=True)
+    cli(
+        "cert", "add", "voip", "--cert", str(pki.voip.chain), "--key", str(pki.voip.key), check=True
+    )
+    port, metrics = free_port(), free_port()
+    serve(
+        "--sip", f"tls:127.0.0.1:{port}", "--workers", "2", "--metrics", f"127.0.0.1:{metrics}",
+        "--tls-verify-client", "none",
+    )  # fmt: skip
+    context = client_context(pki)
+    with connect(port, "voip.example.com", context) as held:
+        assert served_serial(held) == pki.voip.serial
+        renewed = issue(pki.ca, tmp_path, "voip.example.com")
+        cli("cert", "add", "voip", "--cert", str(renewed.chain), "--key", str(renewed.key),
+            check=True)  # fmt: skip
+        # Both workers (the kernel picks one per connection) serve it within a stall bound.
+        seen: list[int] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with connect(port, "voip.example.com", context) as fresh:
+                seen.append(served_serial(fresh))
+            if seen[-8:] == [renewed.serial] * 8:
+                break
+            time.sleep(0.05)
+        assert seen[-8:] == [renewed.serial] * 8, seen
+        reply = answer(held, options("voip.example.com", call="held"))
+        assert reply.startswith(b"SIP/2.0 200 OK"), reply
+        time.sleep(1.5)  # the workers publish their counters about once a second
+        text = scrape(metrics)
+    assert 'sipzone_sip_tls_handshakes_total{direction="in",outcome="ok"}' in text
+    days = r'sipzone_tls_certificate_days_left\{name="voip"\} (89\.\d+|90\.0)'
+    assert re.search(days, text), text
+    assert re.search(r'sipzone_sip_connections\{transport="tls"\} [1-9]', text), text
+
+
+def test_serve_refuses_bad_tls_options(cli: Callable[..., Any], pki: Pki) -> None:
+    cli("init", check=True)
+    cases = {
+        ("--tls-verify-client", "required"): "needs --tls-client-ca",
+        ("--tls-verify-client", "always"): "give none, optional or required",
+        ("--tls-ciphers", "NOT-A-CIPHER"): "TLS settings refused",
+        ("--tls-client-ca", "/nonexistent/ca.pem", "--tls-verify-client", "optional"): "refused",
+    }
+    for args, reason in cases.items():
+        result = cli("serve", "--sip", "tls:127.0.0.1:0", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert reason in result.stderr, (args, result.stderr)
