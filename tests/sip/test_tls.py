@@ -8,10 +8,13 @@ on a store changed by the real CLI.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +31,10 @@ from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.sip import SipConfig
 from sipzone.sip.tls import TlsPolicy
 from sipzone.sip.transport import TlsConnection
-from tests.sip.conftest import EdgeThread, free_port, make_snapshot
+from tests.conftest import missing
+from tests.sip.conftest import EdgeThread, Sipp, free_port, make_snapshot
+from tests.sip.conftest import scenario as xml_scenario
+from tests.sip.test_sipp import UAC_CALL, UAS_CALL, options_scenario
 from tests.tlscerts import Issued, issue
 
 TEAMS = "*.teams.example.com"
@@ -454,3 +460,100 @@ def test_serve_refuses_bad_tls_options(cli: Callable[..., Any], pki: Pki) -> Non
         result = cli("serve", "--sip", "tls:127.0.0.1:0", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert reason in result.stderr, (args, result.stderr)
+
+
+# -- sipp over TLS -----------------------------------------------------------------------------
+# Debian's sipp (sip-tester 3.6.1) is built without TLS (no `-t l1`), so sipp speaks TCP to a
+# socat that speaks TLS: to the edge for the phone (with the phone's client certificate and
+# SNI), and from the edge for the core (requiring the edge's certificate).  The scenarios are
+# test_sipp.py's, with the transport the edge sees written in: TLS.
+
+
+def as_tls(xml: str) -> str:
+    return (
+        xml.replace("SIP/2.0/[transport]", "SIP/2.0/TLS")
+        .replace("transport=[transport]", "transport=tls")
+        .replace("transport=udp;lr", "transport=tls;lr")
+        .replace("(udp|tcp)", "tls")
+    )
+
+
+class Socat:
+    """socat processes, each stopped by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, left: str, right: str, port: int) -> None:
+        proc = subprocess.Popen(
+            ["socat", left, right], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"socat {left} did not listen")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(5)
+
+
+@pytest.fixture
+def socat() -> Iterator[Socat]:
+    if shutil.which("socat") is None:
+        missing("socat is not installed (apt-get install socat)")
+    tunnels = Socat()
+    yield tunnels
+    tunnels.close()
+
+
+@pytest.fixture
+def sipp_edge(pki: Pki, tmp_path: Path, socat: Socat) -> Iterator[tuple[EdgeThread, int, int]]:
+    """The edge (UDP and TLS) with acme's core at ``localhost`` over TLS; returns the edge,
+    the port sipp phones connect to (the TLS tunnel to the edge) and the sipp UAS's port."""
+    uas_port, core_tls = free_port(), free_port()
+    core = issue(pki.ca, tmp_path, "localhost")
+    socat.start(
+        f"OPENSSL-LISTEN:{core_tls},bind=127.0.0.1,reuseaddr,fork,cert={core.chain},"
+        f"key={core.key},cafile={pki.ca_file()},verify=1",
+        f"TCP:127.0.0.1:{uas_port}",
+        core_tls,
+    )
+    policy = TlsPolicy(upstream_ca=pki.ca_file())
+    config = SipConfig(listen=("udp:127.0.0.1:0", "tls:127.0.0.1:0"), tls=policy)
+    upstream = f"sip:localhost:{core_tls};transport=tls"
+    thread = EdgeThread(SnapshotHolder(tls_snapshot(pki, upstream=upstream)), config).start()
+    phone = issue(pki.ca, tmp_path, "phone.example.org")
+    tunnel = free_port()
+    socat.start(
+        f"TCP-LISTEN:{tunnel},bind=127.0.0.1,reuseaddr,fork",
+        f"OPENSSL:127.0.0.1:{thread.port('tls')},cafile={pki.ca_file()},cert={phone.chain},"
+        f"key={phone.key},commonname=cust42.teams.example.com,snihost=cust42.teams.example.com",
+        tunnel,
+    )
+    yield thread, tunnel, uas_port
+    thread.stop()
+
+
+def test_sipp_options_over_tls(sipp: Sipp, sipp_edge: tuple[EdgeThread, int, int]) -> None:
+    edge, tunnel, _ = sipp_edge
+    contact = rf"<sip:cust42\.teams\.example\.com:{edge.port('tls')};transport=tls>"
+    xml = as_tls(options_scenario("cust42.teams.example.com", 200, contact))
+    result = sipp.run(xml, f"127.0.0.1:{tunnel}", "tcp")
+    assert result.ok, result.output
+
+
+def test_sipp_call_over_tls_to_a_tls_core(
+    sipp: Sipp, sipp_edge: tuple[EdgeThread, int, int]
+) -> None:
+    _, tunnel, uas_port = sipp_edge
+    uas = sipp.serve(as_tls(xml_scenario("uas", UAS_CALL)), uas_port, "tcp")
+    time.sleep(0.3)  # let the UAS bind before the INVITE leaves
+    caller = sipp.run(as_tls(xml_scenario("uac", UAC_CALL)), f"127.0.0.1:{tunnel}", "tcp")
+    callee = sipp.wait(uas)
+    assert caller.ok, caller.output
+    assert callee.ok, callee.output
