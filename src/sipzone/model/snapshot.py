@@ -22,7 +22,8 @@ from sipzone.model.tenancy import TenancyTree, TenantView
 
 TRANSPORTS = ("udp", "tcp", "tls")
 # A site's SIP port per transport; 0 means the site does not offer that transport, and the DNS
-# publishes no SRV or NAPTR for it.  No TLS unless a port is given: nothing serves it yet.
+# publishes no SRV or NAPTR for it.  No TLS unless a port is given: it needs a certificate
+# (`cert add`) and a `tls:` listener first.
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"udp": 5060, "tcp": 5060, "tls": 0})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
