@@ -35,6 +35,7 @@ from tests.conftest import missing
 from tests.sip.conftest import EdgeThread, Sipp, free_port, make_snapshot
 from tests.sip.conftest import scenario as xml_scenario
 from tests.sip.test_sipp import UAC_CALL, UAS_CALL, options_scenario
+from tests.sip.test_transport import has_ipv6
 from tests.tlscerts import Issued, issue
 
 TEAMS = "*.teams.example.com"
@@ -69,15 +70,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 def tls_snapshot(pki: Pki, **kwargs: object) -> Snapshot:
     return dataclasses.replace(make_snapshot(**kwargs), certificates=pki.certificates())  # type: ignore[arg-type]
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
