@@ -549,3 +549,30 @@ def test_sipp_call_over_tls_to_a_tls_core(
     callee = sipp.wait(uas)
     assert caller.ok, caller.output
     assert callee.ok, callee.output
+
+
+def test_a_connection_that_never_finishes_its_handshake_is_closed(edge: EdgeThread) -> None:
+    # The edge fixture's header deadline (which the handshake runs on) is 2 s.
+    with socket.create_connection(("127.0.0.1", tls_port(edge)), timeout=5) as raw:
+        raw.sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, and then nothing
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            while raw.recv(4096):  # an alert at most; a socket timeout (5 s) fails the test
+                pass
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("uri", "target"),
+    [
+        ("sips:core.example.com", ("tls", "core.example.com", 5061)),
+        ("sip:core.example.com;transport=tls", ("tls", "core.example.com", 5061)),
+        ("sip:192.0.2.1:5071;transport=TLS", ("tls", "192.0.2.1", 5071)),
+        ("sip:192.0.2.1;transport=tcp", ("tcp", "192.0.2.1", 5060)),
+    ],
+)
+def test_tls_upstreams_are_targets_on_5061(uri: str, target: tuple[str, str, int]) -> None:
+    from sipzone.sip.memo import Upstreams
+
+    found = Upstreams().target(uri)
+    assert found is not None and tuple(found[:3]) == target
