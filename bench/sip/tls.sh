@@ -3,7 +3,8 @@
 # kamailio-tls-modules), both one worker, the same RSA-2048 certificate (a throwaway trustme CA),
 # OPTIONS to voip.example.com answered 200 by each.  Measured A B A B with bench/sip/tlsload.py:
 #  (a) OPTIONS over established TLS connections: CPU per request;
-#  (b) new TLS connections (handshake, close): CPU per handshake, TLS 1.2 and TLS 1.3.
+#  (b) new TLS connections (handshake, close): CPU per handshake, TLS 1.2 and TLS 1.3;
+#  and (a) over plain TCP, which tells what TLS adds from what the SIP part costs.
 # CPU is read from /proc for the server's whole process group.  Prints a markdown table.
 # Every measurement holds /tmp/sipzone-bench.lock (the two cores are shared).
 # usage: bench/sip/tls.sh   (env: COUNT=40000 HANDSHAKES=2000 CONNECTIONS=20 DEPTH=8)
@@ -24,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-kport=$(free_port); zport=$(free_port)
+kport=$(free_port); zport=$(free_port); ktcp=$(free_port); ztcp=$(free_port)
 
 "$python" - "$work" <<'PY'
 import sys, trustme
@@ -40,7 +41,7 @@ db="sqlite:///$work/sipzone.db"
 "$sipzone" init --db "$db" >/dev/null
 "$sipzone" domain add voip.example.com --db "$db" >/dev/null
 "$sipzone" cert add voip --cert "$work/cert.pem" --key "$work/key.pem" --db "$db" >/dev/null
-setsid "$sipzone" serve --db "$db" --sip "tls:127.0.0.1:$zport" --workers 1 >"$work/serve.log" 2>&1 &
+setsid "$sipzone" serve --db "$db" --sip "tls:127.0.0.1:$zport,tcp:127.0.0.1:$ztcp" --workers 1 >"$work/serve.log" 2>&1 &
 zpid=$!; pgids+=("$zpid")
 for _ in $(seq 100); do grep -q "sipzone: ready" "$work/serve.log" && break; sleep 0.1; done
 grep -q "sipzone: ready" "$work/serve.log" || { cat "$work/serve.log" >&2; exit 1; }
@@ -66,6 +67,7 @@ tcp_children=1
 auto_aliases=no
 enable_tls=yes
 listen=tls:127.0.0.1:$kport
+listen=tcp:127.0.0.1:$ktcp
 mpath="$mods/"
 loadmodule "tls.so"
 loadmodule "sl.so"
@@ -95,15 +97,17 @@ load() {  # load MODE PORT PID [options] -> "cpu ok seconds"
 load options "$kport" "$kpid" --count 2000 >/dev/null
 load options "$zport" "$zpid" --count 2000 >/dev/null
 declare -A cpu ok
-for what in options tls12 tls13; do
+for what in options tcp tls12 tls13; do
   case $what in
     options) args=(options --count "$count") ;;
+    tcp) args=(options --count "$count" --plain) ;;
     tls12) args=(handshakes --count "$handshakes" --tls 1.2) ;;
     tls13) args=(handshakes --count "$handshakes" --tls 1.3) ;;
   esac
   for round in 1 2; do
     for side in k z; do
       if [[ $side == k ]]; then port=$kport pid=$kpid; else port=$zport pid=$zpid; fi
+      if [[ $what == tcp ]]; then if [[ $side == k ]]; then port=$ktcp; else port=$ztcp; fi; fi
       read -r c n s < <(load "${args[0]}" "$port" "$pid" "${args[@]:1}")
       cpu[$what,$side]="${cpu[$what,$side]:-} $c"; ok[$what,$side]=$(( ${ok[$what,$side]:-0} + n ))
     done
@@ -113,9 +117,10 @@ done
 mean() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.1f", s / NF }' <<<"$1"; }
 echo "| measurement | Kamailio 5.6 tls (µs CPU) | sipzone (µs CPU) | sipzone / Kamailio | runs (A B A B) |"
 echo "|---|---|---|---|---|"
-for what in options tls12 tls13; do
+for what in options tcp tls12 tls13; do
   case $what in
     options) label="(a) OPTIONS over established TLS, per request" ;;
+    tcp) label="(a) the same over plain TCP (no TLS), per request" ;;
     tls12) label="(b) new connection, TLS 1.2 handshake" ;;
     tls13) label="(b) new connection, TLS 1.3 handshake" ;;
   esac

@@ -3,6 +3,7 @@ connections (handshake, then close), against HOST:PORT; prints the CPU the serve
 group spent per request or per handshake (from /proc), and how many were done.
 
 usage: tlsload.py options HOST PORT SERVER_PID CA.pem [--connections 20 --depth 8 --count 50000]
+                  [--plain: over TCP without TLS, to tell the TLS part from the SIP part]
        tlsload.py handshakes HOST PORT SERVER_PID CA.pem --tls 1.2|1.3 [--count 3000]
 """
 
@@ -35,18 +36,20 @@ def ticks(pgid: int) -> int:
     return total
 
 
-def options(n: int) -> bytes:
+def options(n: int, transport: str) -> bytes:
     return (
         f"OPTIONS sip:ping@{NAME} SIP/2.0\r\n"
-        f"Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bK-b{n}\r\nMax-Forwards: 70\r\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:5999;branch=z9hG4bK-b{n}\r\nMax-Forwards: 70\r\n"
         f"To: <sip:ping@{NAME}>\r\nFrom: <sip:probe@127.0.0.1>;tag={n}\r\n"
         f"Call-ID: tlsload-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     ).encode()
 
 
 async def run_options(args: argparse.Namespace, context: ssl.SSLContext, pgid: int) -> str:
+    tls = {} if args.plain else {"ssl": context, "server_hostname": NAME}
+    via = "TCP" if args.plain else "TLS"
     streams = [
-        await asyncio.open_connection(args.host, args.port, ssl=context, server_hostname=NAME)
+        await asyncio.open_connection(args.host, args.port, **tls)  # type: ignore[arg-type]
         for _ in range(args.connections)
     ]
     left = [args.count]
@@ -57,7 +60,7 @@ async def run_options(args: argparse.Namespace, context: ssl.SSLContext, pgid: i
         while left[0] > 0:
             batch = min(args.depth, left[0])
             left[0] -= batch
-            writer.write(b"".join(options(n + i) for i in range(batch)))
+            writer.write(b"".join(options(n + i, via) for i in range(batch)))
             n += batch
             got = 0
             while got < batch:
@@ -113,6 +116,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--count", type=int, default=50_000)
     parser.add_argument("--tls", choices=("1.2", "1.3"), default="1.3")
+    parser.add_argument("--plain", action="store_true")
     args = parser.parse_args()
     context = ssl.create_default_context(cafile=args.ca)
     pgid = os.getpgid(args.pid)

@@ -105,6 +105,7 @@ class SipService:
         self._connecting: dict[tuple[str, str, int], asyncio.Future[StreamConnection | None]] = {}
         self.tls = TlsContexts(config.tls or TlsPolicy())
         self.handshakes: Counter[tuple[str, str]] = Counter()  # (direction, outcome)
+        self.open_streams: Counter[str] = Counter()  # connections in the table, by transport
         self.max_connections = connection_cap(config.tcp_max_connections)
         self.resolved: dict[str, str] = {}  # configured upstream name -> address
         self._names: frozenset[str] = frozenset()  # the names last resolved
@@ -207,8 +208,7 @@ class SipService:
             )
 
     def _publish_tls(self) -> None:
-        by_transport = Counter(conn.transport_name for conn in self.connections.values())
-        metrics.publish_tls(self.handshakes, by_transport, self.tls.certificates)
+        metrics.publish_tls(self.handshakes, self.open_streams, self.tls.certificates)
 
     async def _housekeeping(self) -> None:
         """Publish counters and close connections past a deadline, on one timer."""
@@ -411,12 +411,14 @@ class SipService:
             self._per_source[source] += 1
         conn.id = next(self._ids)
         self.connections[conn.id] = conn
+        self.open_streams[conn.transport_name] += 1
         self._by_peer[(conn.transport_name, *conn.peer)] = conn
         return True
 
     def unregister(self, conn: StreamConnection) -> None:
         if self.connections.pop(conn.id, None) is None:
             return  # never admitted
+        self.open_streams[conn.transport_name] -= 1
         if not conn.outbound:
             source = conn.peer[0]
             self._per_source[source] -= 1
@@ -660,8 +662,8 @@ class TlsConnection(StreamConnection):
         return late
 
     def data_received(self, data: bytes) -> None:
-        if self.tls is None:
-            return
+        if self.tls is None or (self.outcome is not None and not self.established):
+            return  # refused by a cap, or the handshake failed: closing
         self._in.write(data)
         if not self.established:
             self.last_active = self.service.loop.time()
