@@ -233,6 +233,14 @@ def handshake_count(outcome: str) -> float:
     return value or 0.0
 
 
+def published_within(seconds: float, condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (the transport publishes its counters about once a second)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not published in time"
+        time.sleep(0.1)
+
+
 def refused(port: int, server_name: str, context: ssl.SSLContext) -> bool:
     """Whether the edge refuses this client: the handshake fails, or (TLS 1.3, where the
     client's side ends before the server checked its certificate) the first read does."""
@@ -256,8 +264,12 @@ def test_required_client_certificates_are_checked_whatever_sni_picks(
         stranger_ca = trustme.CA()
         stranger = issue(stranger_ca, tmp_path, "phone.example.org")
         phone = issue(pki.ca, tmp_path, "phone.example.org")
+        missing_before = handshake_count("no_client_certificate")
+        refused_before = handshake_count("certificate_refused")
         assert refused(port, server_name, client_context(pki))  # no certificate
         assert refused(port, server_name, client_context(pki, stranger))  # another CA
+        published_within(5, lambda: handshake_count("no_client_certificate") > missing_before)
+        published_within(5, lambda: handshake_count("certificate_refused") > refused_before)
         with connect(port, server_name, client_context(pki, phone)) as sock:
             reply = answer(sock, options(server_name))
             assert reply.startswith(b"SIP/2.0 200 OK"), reply
@@ -267,6 +279,20 @@ def test_required_client_certificates_are_checked_whatever_sni_picks(
             ]
             assert conn.peer_certificate is not None
             assert conn.peer_certificate.names == ("phone.example.org",)
+    finally:
+        thread.stop()
+
+
+def test_optional_client_certificates_are_checked_when_sent(pki: Pki, tmp_path: Path) -> None:
+    policy = TlsPolicy(verify_client="optional", client_ca=pki.ca_file())
+    config = SipConfig(listen=("tls:127.0.0.1:0",), tcp_idle_timeout=30, tls=policy)
+    thread = EdgeThread(SnapshotHolder(tls_snapshot(pki)), config).start()
+    try:
+        port = thread.port("tls")
+        stranger = issue(trustme.CA(), tmp_path, "phone.example.org")
+        with connect(port, "voip.example.com", client_context(pki)) as sock:  # none: fine
+            assert answer(sock, options("voip.example.com")).startswith(b"SIP/2.0 200 OK")
+        assert refused(port, "voip.example.com", client_context(pki, stranger))
     finally:
         thread.stop()
 
@@ -289,10 +315,7 @@ def test_garbage_and_plaintext_on_the_tls_port_disturb_no_one(edge: EdgeThread, 
                     pass
             reply = answer(good, options("voip.example.com", call=f"good-{len(junk)}"))
             assert reply.startswith(b"SIP/2.0 200 OK"), reply
-    deadline = time.monotonic() + 5
-    while handshake_count("not_tls") < not_tls + 2 and time.monotonic() < deadline:
-        time.sleep(0.1)  # the counters are published about once a second
-    assert handshake_count("not_tls") >= not_tls + 2
+    published_within(5, lambda: handshake_count("not_tls") >= not_tls + 2)
 
 
 # -- TLS toward an upstream ------------------------------------------------------------------
