@@ -420,6 +420,11 @@ def site_add(
         upstream=upstream,
     )
     typer.echo(f"site {name} added (revision {rev})")
+    if port_tls and not store(db).list_certificates():
+        say(
+            f"note: the DNS now sends phones to TLS port {port_tls}, but the store holds no "
+            "TLS certificate yet: add one with `sipzone cert add`"
+        )
 
 
 @site_app.command("remove")

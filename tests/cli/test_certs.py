@@ -72,3 +72,16 @@ def test_bad_files_exit_2_and_change_nothing(sipzone: Run, ca: trustme.CA, tmp_p
         result = sipzone("cert", *args)
         assert result.returncode == 2 and "does not exist" in result.stderr
     assert sipzone("cert", "list", "--json", check=True).stdout == before
+
+
+def test_a_site_offering_tls_without_a_certificate_gets_a_note(
+    sipzone: Run, ca: trustme.CA, tmp_path: Path
+) -> None:
+    sipzone("init", check=True)
+    site = ("site", "add", "fra", "--vip", "192.0.2.1", "--region", "eu", "--port-tls", "5061")
+    first = sipzone(*site)
+    assert first.returncode == 0 and "no TLS certificate yet" in first.stderr
+    cert = issue(ca, tmp_path, "voip.example.com")
+    sipzone("cert", "add", "voip", "--cert", str(cert.chain), "--key", str(cert.key), check=True)
+    second = sipzone(*site[:2], "ber", *site[3:])
+    assert second.returncode == 0 and second.stderr == ""
