@@ -325,10 +325,10 @@ class SipService:
 
     def _send_stream(self, send: Send) -> None:
         conn = self.connections.get(send.conn) if send.conn is not None else None
-        if conn is not None and (
-            conn.peer[0] != send.host or conn.transport_name != send.transport
-        ):
+        if conn is not None and conn.peer[0] != send.host:
             conn = None  # a connection id of another worker's: not this peer's connection
+        # A connection named by id is used whatever transport the Via said (a request came in
+        # on it); without one, a connection of the transport asked for, or a new one.
         if conn is None:
             conn = self._by_peer.get((send.transport, send.host, send.port))
         if conn is not None:
