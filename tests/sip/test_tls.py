@@ -321,6 +321,14 @@ def test_garbage_and_plaintext_on_the_tls_port_disturb_no_one(edge: EdgeThread, 
 # -- TLS toward an upstream ------------------------------------------------------------------
 
 
+def ok_for(request: bytes) -> bytes:
+    """The core's 200 to ``request``: its Via, From, To, Call-ID and CSeq copied."""
+    head = request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    copied = (b"Via", b"From", b"To", b"Call-ID", b"CSeq")
+    keep = [line for line in head[1:] if line.split(b":")[0] in copied]
+    return b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\nContent-Length: 0\r\n\r\n"
+
+
 class TlsCore:
     """A TLS server as the core: answers 200 to each request, remembering what it saw."""
 
@@ -357,11 +365,7 @@ class TlsCore:
                 )
                 data = conn.recv(65536)
                 self.requests.append(data)
-                head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-                keep = [h for h in head[1:] if h.split(b":")[0] in (b"Via", b"From", b"To",
-                        b"Call-ID", b"CSeq")]  # fmt: skip
-                conn.sendall(b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\n"
-                             b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                conn.sendall(ok_for(data))
                 time.sleep(0.5)
         except (ssl.SSLError, OSError):
             return
@@ -599,3 +603,27 @@ def test_tls_upstreams_are_targets_on_5061(uri: str, target: tuple[str, str, int
 
     found = Upstreams().target(uri)
     assert found is not None and tuple(found[:3]) == target
+
+
+def test_a_response_goes_back_over_the_tls_connection_whatever_the_via_says(pki: Pki) -> None:
+    """A phone whose Via says TCP (a misconfigured one, or one behind a TLS tunnel) gets its
+    responses over the TLS connection its request came in on, not a new TCP connection."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as core:
+        core.bind(("127.0.0.1", 0))
+        core.settimeout(5)
+        upstream = f"sip:127.0.0.1:{core.getsockname()[1]}"
+        config = SipConfig(listen=("udp:127.0.0.1:0", "tls:127.0.0.1:0"))
+        thread = EdgeThread(SnapshotHolder(tls_snapshot(pki, upstream=upstream)), config).start()
+        try:
+            context = client_context(pki)
+            with connect(thread.port("tls"), "cust42.teams.example.com", context) as phone:
+                message = MESSAGE.format(port=5999, n=7).replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+                phone.sendall(message.encode())
+                request, edge_addr = core.recvfrom(65536)
+                core.sendto(ok_for(request), edge_addr)
+                phone.settimeout(5)
+                reply = phone.recv(65536)
+                assert reply.startswith(b"SIP/2.0 200 OK"), reply
+                assert b"Call-ID: msg-7" in reply
+        finally:
+            thread.stop()
