@@ -133,3 +133,23 @@ class UnsupportedDatabase(InvalidValue):
 
 class ImportRefused(InvalidValue):
     """A `domain import` file with bad lines; nothing of it was added."""
+
+
+class BadCertificate(InvalidValue):
+    """A certificate file that holds no PEM certificate, or one that does not parse."""
+
+
+class BadPrivateKey(InvalidValue):
+    """A key file that holds no PEM private key, or an encrypted or unsupported one."""
+
+
+class KeyMismatch(InvalidValue):
+    """A private key that does not belong to the certificate it is given with."""
+
+
+class ChainOrder(InvalidValue):
+    """A chain whose certificates are not each signed by the one after it (leaf first)."""
+
+
+class CertificateExpired(InvalidValue):
+    """A certificate past its not-after (or before its not-before) time."""

@@ -71,8 +71,8 @@ class Upstreams:
         try:
             parsed = parse_uri(uri.encode())
             if parsed.scheme in ("sip", "sips") and parsed.host:
-                transport = "tcp" if parsed.scheme == "sips" else parsed.transport
-                if transport in ("udp", "tcp"):
+                transport = "tls" if parsed.scheme == "sips" else parsed.transport
+                if transport in ("udp", "tcp", "tls"):
                     host = parsed.host.strip(b"[]").decode("ascii")
                     target = Target(transport, host, parsed.port or default_port(transport))
         except (MalformedMessage, UnicodeDecodeError):
