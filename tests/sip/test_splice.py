@@ -21,12 +21,13 @@ from sipzone.model.snapshot import Snapshot
 from sipzone.sip import BRANCH_SECRET, SipConfig
 from sipzone.sip.edge import Edge
 from sipzone.sip.keepalive import DECLINED
-from sipzone.sip.message import Request, parse_message
+from sipzone.sip.message import MalformedMessage, Request, StreamReader, parse_message
 from sipzone.sip.values import Arrival, Listener, Sends
 from tests.sip.conftest import general_path, make_snapshot
 from tests.sip.test_keepalive import mutated
 
 UDP = Listener("udp", "127.0.0.1", 5070)
+TCP = Listener("tcp", "127.0.0.1", 5070)
 CORE = ("127.0.0.1", 5999)  # make_snapshot's upstream, where every request here goes
 SDP = (
     b"v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n"
@@ -136,9 +137,13 @@ class Pair:
     general: Edge
     taken: int = 0
     declined: int = 0
+    phones: Listener = UDP  # where the phones' messages arrive (the core's: over UDP)
+    conn: int | None = None  # on a stream, the phone's connection
 
     def send(self, data: bytes, source: tuple[str, int]) -> Sends:
-        arrival = Arrival(UDP, source)
+        arrival = (
+            Arrival(UDP, source) if source == CORE else Arrival(self.phones, source, self.conn)
+        )
         memo = self.fast.memo_for(self.snapshot)
         splicer = self.fast.splicer
         way = splicer.response if data.startswith(b"SIP/2.0 ") else splicer.request
@@ -154,11 +159,20 @@ class Pair:
         return answer
 
 
-@pytest.fixture
-def pair() -> Pair:
+def make_pair(phones: Listener = UDP) -> Pair:
     snapshot = make_snapshot(site_upstream="sip:127.0.0.1:5999")
     snapshot = dataclasses.replace(snapshot, settings={BRANCH_SECRET: "s" * 64})
-    return Pair(snapshot, Edge(SipConfig(), [UDP]), Edge(SipConfig(), [UDP]))
+    edges = [Edge(SipConfig(), [UDP, TCP]) for _ in range(2)]
+    return Pair(snapshot, *edges, phones=phones, conn=None if phones is UDP else 42)
+
+
+@pytest.fixture
+def pair() -> Pair:
+    return make_pair()
+
+
+def over_tcp(peer: Peer) -> Peer:
+    return dataclasses.replace(peer, via=peer.via.replace("/UDP ", "/TCP "))
 
 
 def one_call(pair: Pair, peer: Peer, call: int) -> Iterator[tuple[bytes, tuple[str, int]]]:
@@ -211,10 +225,16 @@ def cancelled_call(pair: Pair, peer: Peer, call: int) -> Iterator[tuple[bytes, t
     pair.send(ack, peer.source)
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest.mark.parametrize("peer", PEERS, ids=lambda p: p.name)
 def test_whole_calls_take_the_fast_path_and_send_what_the_general_path_sends(
-    pair: Pair, peer: Peer
+    peer: Peer, transport: str
 ) -> None:
+    """Over TCP the phone's messages are a stream reader's frames (the core answers over
+    UDP): our Via carries the connection, and the responses go back over it."""
+    pair = make_pair(UDP if transport == "udp" else TCP)
+    if transport == "tcp":
+        peer = over_tcp(peer)
     for call in range(3):
         list(one_call(pair, peer, call))
     for call in range(3, 5):
@@ -224,6 +244,16 @@ def test_whole_calls_take_the_fast_path_and_send_what_the_general_path_sends(
     assert (pair.taken, pair.declined) == (7 * 3 + 6 * 2 - 1, 1)
     assert pair.fast.stats.forwarded == 3 * 3 + 3 * 2
     assert pair.fast.stats.relayed == 4 * 3 + 3 * 2
+    if transport == "tcp":
+        ((ringing, *_),) = [pair.send(response(peer, forwarded_invite(pair, peer), 180, ""), CORE)]
+        assert (ringing.transport, ringing.conn) == ("tcp", 42)
+
+
+def forwarded_invite(pair: Pair, peer: Peer) -> bytes:
+    invite = request(peer, "INVITE", "sip:99@voip.example.com", 99, 1, "-99", body=SDP)
+    ((send, *_),) = [pair.send(invite, peer.source)]
+    assert b";sz-c=42" in send.data.split(b"\r\n", 2)[1]
+    return send.data
 
 
 def test_the_core_never_sees_a_peers_tenant_claim_nor_a_phone_ours(pair: Pair) -> None:
@@ -268,12 +298,15 @@ def test_what_the_fast_path_must_decline(pair: Pair) -> None:
             assert pair.taken == before, name
 
 
-def test_mutated_calls_get_the_same_answer_both_ways(pair: Pair) -> None:
-    """Small mutations of every datagram of whole calls (learnt first): the fast path sends
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_mutated_calls_get_the_same_answer_both_ways(transport: str) -> None:
+    """Small mutations of every message of whole calls (learnt first): the fast path sends
     what the general path sends, or declines; never anything else."""
+    pair = make_pair(UDP if transport == "udp" else TCP)
+    peers = PEERS if transport == "udp" else tuple(map(over_tcp, PEERS))
     rng = random.Random(5061)
-    corpus = [item for peer in PEERS for item in one_call(pair, peer, PEERS.index(peer))]
-    for n, peer in enumerate(PEERS):
+    corpus = [item for n, peer in enumerate(peers) for item in one_call(pair, peer, n)]
+    for n, peer in enumerate(peers):
         corpus += cancelled_call(pair, peer, 10 + n)
     taken_before, declined_before = pair.taken, pair.declined
     for _ in range(4000):
@@ -281,3 +314,46 @@ def test_mutated_calls_get_the_same_answer_both_ways(pair: Pair) -> None:
         pair.send(mutated(data, rng), source)
     assert pair.taken - taken_before > 800
     assert pair.declined - declined_before > 800
+
+
+def framed(chunks: list[bytes], frames: bool) -> list[object]:
+    """What a stream reader yields for ``chunks`` (messages as parsed, or the exception that
+    closes the connection), taking whole frames first when ``frames`` (as the transport does)."""
+    reader = StreamReader()
+    out: list[object] = []
+    for chunk in chunks:
+        reader.receive_data(chunk)
+        while True:
+            frame = reader.next_frame() if frames else None
+            try:
+                message = parse_message(frame) if frame is not None else reader.next_message()
+            except MalformedMessage as exc:
+                return [*out, (type(exc), str(exc))]
+            if message is None:
+                break
+            out.append((type(message), message.fields, message.body, message.head))
+    return out
+
+
+def test_a_stream_frames_as_the_reader_parses() -> None:
+    """Taking a plain Content-Length frame first never changes what a stream carries: the same
+    messages, or the same error (after which the connection closes), for whole calls cut at
+    random and mutated."""
+    rng = random.Random(5062)
+    pair = make_pair(TCP)
+    corpus = [data for data, _ in one_call(pair, over_tcp(BARESIP), 1)]
+    corpus += [data for data, _ in one_call(pair, over_tcp(SIPP), 2)]
+    corpus += [
+        corpus[0].replace(b"Content-Length: ", b"l: "),
+        corpus[0].replace(b"Content-Length: ", b"content-length: "),
+        corpus[0].replace(b"\r\nContent-Length: ", b"\r\nl: 3\r\nContent-Length: "),
+        b"\r\n\r\n" + corpus[1],
+    ]
+    for _ in range(3000):
+        stream = b"".join(
+            mutated(data, rng) if rng.random() < 0.3 else data
+            for data in rng.sample(corpus, rng.randint(1, 4))
+        )
+        cuts = sorted(rng.sample(range(1, len(stream)), min(3, len(stream) - 1)))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        assert framed(chunks, frames=True) == framed(chunks, frames=False), stream

@@ -52,7 +52,7 @@ from typing import NamedTuple
 from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
-from sipzone.sip.keepalive import DECLINED, KeepAlives
+from sipzone.sip.keepalive import DECLINED, Declined, KeepAlives
 from sipzone.sip.memo import Admission, SnapshotMemo, Upstreams, requested_host
 from sipzone.sip.message import (
     EMPTY_TAIL,
@@ -153,12 +153,7 @@ class Edge:
         memo = self._memo
         if memo is None or memo.snapshot is not snapshot:
             memo = self._adopt(snapshot)
-        if data[:8] == b"SIP/2.0 ":
-            answer = self._splice_response(data, arrival, memo)
-        elif data[:8] == b"OPTIONS ":
-            answer = self._keepalive(data, arrival, memo)
-        else:
-            answer = self._splice_request(data, arrival, memo)
+        answer = self._fast(data, arrival, memo)
         if answer is not DECLINED:
             return answer
         if not data.strip(b"\r\n"):
@@ -168,6 +163,22 @@ class Edge:
         except MalformedMessage as exc:
             return self.malformed(exc, arrival)
         return self._handle(message, arrival, memo)
+
+    def spliced(self, data: bytes, arrival: Arrival, snapshot: Snapshot) -> Sends | Declined:
+        """What the fast paths send for one whole message a stream reader framed (as bytes),
+        or DECLINED: then parse it and :meth:`handle` it."""
+        memo = self._memo
+        if memo is None or memo.snapshot is not snapshot:
+            memo = self._adopt(snapshot)
+        return self._fast(data, arrival, memo)
+
+    def _fast(self, data: bytes, arrival: Arrival, memo: SnapshotMemo) -> Sends | Declined:
+        start = data[:8]
+        if start == b"SIP/2.0 ":
+            return self._splice_response(data, arrival, memo)
+        if start == b"OPTIONS ":
+            return self._keepalive(data, arrival, memo)
+        return self._splice_request(data, arrival, memo)
 
     def handle(self, message: Request | Response, arrival: Arrival, snapshot: Snapshot) -> Sends:
         """One message a stream reader framed in, what to send out (the general path)."""

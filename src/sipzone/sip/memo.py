@@ -159,9 +159,9 @@ class SnapshotMemo:
         self.our_routes: dict[bytes, URI | None] = {}
         self.callers: dict[bytes, Admission | None] = {}  # by From value up to its tag
         self.tenant_values: dict[str, bytes] = {}  # by tenant name
-        # Filled by the keep-alive path: its answer per (Request-URI, To, listener port), and
+        # Filled by the keep-alive path: its answer per (Request-URI, To, listener), and
         # what it learnt per peer (keepalive.Peer).
-        self.keepalive_templates: dict[tuple[bytes, bytes, int], Learnt] = {}
+        self.keepalive_templates: dict[tuple[bytes, bytes, str, int], Learnt] = {}
         self.keepalive_peers: dict[PeerKey, Peer | Declined] = {}
         # Filled by the proxied-message path (splice.py): its decision per (host, From up to
         # its tag), the Record-Route pair per (phone, our listener, name), the Route values

@@ -158,8 +158,8 @@ class Splicer:
         uri, _, version = rest_of_line.partition(b" ")
         if version != b"SIP/2.0" or not uri or b"\t" in uri:
             return DECLINED
-        listener, addr, _ = arrival
-        if addr in self._ours or addr in memo.core or listener.transport != "udp":
+        listener, addr, conn = arrival
+        if addr in self._ours or addr in memo.core:
             return DECLINED
         padded = _padded(head)
         names = _NAMES.findall(head)
@@ -289,12 +289,18 @@ class Splicer:
         else:
             params = via[info.params_at :]
             below = info.identity + (_SWS.sub(b"", params) if info.spaced else params)
-        branch = memo.keys.branch(loop, below, b"", transport)
+        if conn is None:
+            branch = memo.keys.branch(loop, below, b"", transport)
+        else:  # the connection it came in on, which the response goes back over
+            value = b"%d" % conn
+            branch = memo.keys.branch(loop, below, value, transport)
+            branch += b";%s=%s" % (CONN_PARAM, value)
 
         record = b""
         if not to_tagged and method not in UNRECORDED:
             heads = memo.splice_heads
-            head_key = (addr, listener.host, listener.port, admission.name)
+            name = admission.name
+            head_key = (addr, conn, listener.transport, listener.host, listener.port, name)
             record = heads.get(head_key) or self._learn_head(head_key, arrival, plan, memo)
         stats = self._stats
         stats.requests[self._forwarded[method]] += 1

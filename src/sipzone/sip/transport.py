@@ -53,7 +53,16 @@ from sipzone.net.limits import connection_cap
 from sipzone.net.sockets import bound_socket
 from sipzone.sip import SipConfig, metrics, parse_listen
 from sipzone.sip.edge import Edge
-from sipzone.sip.message import MAX_MESSAGE, MalformedMessage, StreamReader, is_ip_literal
+from sipzone.sip.keepalive import DECLINED
+from sipzone.sip.message import (
+    MAX_MESSAGE,
+    MalformedMessage,
+    Request,
+    Response,
+    StreamReader,
+    is_ip_literal,
+    parse_message,
+)
 from sipzone.sip.tls import PeerCertificate, TlsContexts, TlsPolicy
 from sipzone.sip.values import Arrival, Listener, Send, Sends
 
@@ -570,22 +579,37 @@ class StreamConnection(asyncio.Protocol):
                 self.message_started = now
 
     def _read(self, edge: Edge) -> None:
+        reader = self.reader
         while True:
-            try:
-                message = self.reader.next_message()
-            except MalformedMessage as exc:
-                # The framing is lost: answer if we can, then close (RFC 3261 §18.3).
-                self.service.dispatch(edge.malformed(exc, self.arrival))
-                self.close()
-                return
-            if self.reader.keepalives:
-                self.reader.keepalives = 0
-                self.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+            # A message whose Content-Length is plain comes whole as bytes, for the fast
+            # paths; anything else is framed and parsed by the reader.
+            message: Request | Response | bytes | None = reader.next_frame()
             if message is None:
-                return
+                try:
+                    message = reader.next_message()
+                except MalformedMessage as exc:
+                    # The framing is lost: answer if we can, then close (RFC 3261 §18.3).
+                    self._lost(edge, exc)
+                    return
+                if reader.keepalives:
+                    reader.keepalives = 0
+                    self.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+                if message is None:
+                    return
             self.message_started = None  # the next message's clock starts with its first byte
+            snapshot = self.service.holder.current
             try:
-                sends = edge.handle(message, self.arrival, self.service.holder.current)
+                if isinstance(message, bytes):
+                    sends = edge.spliced(message, self.arrival, snapshot)
+                    if sends is DECLINED:
+                        try:
+                            message = parse_message(message)
+                        except MalformedMessage as exc:  # what next_message would have raised
+                            self._lost(edge, exc)
+                            return
+                        sends = edge.handle(message, self.arrival, snapshot)
+                else:
+                    sends = edge.handle(message, self.arrival, snapshot)
             except Exception as exc:
                 self.service.events.error(
                     f"edge-bug:{type(exc).__name__}",
@@ -595,6 +619,10 @@ class StreamConnection(asyncio.Protocol):
                 )
                 continue
             self.service.dispatch(sends)
+
+    def _lost(self, edge: Edge, exc: MalformedMessage) -> None:
+        self.service.dispatch(edge.malformed(exc, self.arrival))
+        self.close()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
