@@ -51,7 +51,11 @@ needs_batching = pytest.mark.skipif(not batched_udp.available(), reason="no recv
 
 
 def _exchange(
-    host: str, ports: bool, datagrams: list[bytes], elsewhere: bool = False
+    host: str,
+    ports: bool,
+    datagrams: list[bytes],
+    elsewhere: bool = False,
+    answers: bool = False,
 ) -> tuple[list[bytes], list[object], list[bytes]]:
     """Send ``datagrams`` to a BatchedUdp echo server; what came back, what the callback saw,
     and (with ``elsewhere``) what it sent to a second socket by ``sendto``."""
@@ -74,7 +78,8 @@ def _exchange(
                 return None
             if elsewhere:
                 server.sendto(b"to-other:" + data, other.getsockname()[:2])
-                return None
+                # Forwards and answers share a batch's sendmmsg: both arrive, in order.
+                return b"echo:" + data if data.startswith(b"both") else None
             return b"echo:" + data
 
         server = batched_udp.BatchedUdp(sock, respond, 512, ports=ports)
@@ -88,7 +93,7 @@ def _exchange(
             for _ in range(want):
                 if elsewhere:
                     got_other.append(await loop.run_in_executor(None, other.recv, 2048))
-                else:
+                if not elsewhere or answers:
                     got.append(await loop.run_in_executor(None, client.recv, 2048))
             return got, got_other
         finally:
@@ -122,9 +127,20 @@ def test_batched_udp_packed_sources_for_dns() -> None:
 
 
 @needs_batching
-def test_batched_udp_answers_elsewhere_by_sendto() -> None:
-    _, _, other = _exchange("127.0.0.1", True, [b"x", b"y"], elsewhere=True)
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_batched_udp_answers_elsewhere_by_sendto(host: str) -> None:
+    _, _, other = _exchange(host, True, [b"x", b"y"], elsewhere=True)
     assert sorted(other) == [b"to-other:x", b"to-other:y"]
+
+
+@needs_batching
+def test_batched_udp_forwards_and_answers_in_one_batch() -> None:
+    """More datagrams than a batch has slots, each forwarded and answered: every one of both
+    arrives, each side in the order the datagrams came (the slots run over into a new send)."""
+    datagrams = [b"both%d" % i for i in range(batched_udp.BATCH + 10)]
+    got, _, other = _exchange("127.0.0.1", True, datagrams, elsewhere=True, answers=True)
+    assert got == [b"echo:" + d for d in datagrams]
+    assert other == [b"to-other:" + d for d in datagrams]
 
 
 @needs_batching

@@ -7,9 +7,12 @@ is the difference between trailing PowerDNS or Kamailio and passing them; they b
 way.
 
 Theory of operation: fixed ctypes arrays describe BATCH receive slots (buffer, iovec, source
-address) and BATCH send slots whose address pointers normally reuse the receive slot of the same
-index, so a steady batch touches only each answer's length.  The callback returns the answer to
-the source (or None); an answer for somewhere else goes out at once by :meth:`BatchedUdp.sendto`.
+address) and BATCH send slots whose address pointers name either the receive slot a datagram
+came from (an answer to its source) or a destination slot of their own.  The callback returns
+the answer to the source (or None); a datagram for somewhere else (a proxy's forwarded
+request) goes by :meth:`BatchedUdp.sendto`, which during a batch takes the next send slot too
+(its address packed once per destination and remembered), so a batch's answers and forwards
+leave in one sendmmsg, in the order they were made.
 The event loop calls :meth:`BatchedUdp.ready` when the socket is readable; it drains a bounded
 number of batches so a flood cannot starve TCP clients or the store feed.  Elsewhere than Linux
 (or without recvmmsg in libc) :func:`available` is False and callers use the plain asyncio
@@ -40,6 +43,7 @@ MAX_BATCHES = 16  # per readiness callback, then let the loop run other work
 NAME_SIZE = 28  # sizeof(struct sockaddr_in6), enough for either family
 MSG_DONTWAIT = 0x40
 SOURCES_CACHE = 65536  # (host, port) pairs remembered before the memo is reset
+IDLE = -1  # BatchedUdp._queued outside a batch: sendto sends at once
 
 Respond = Callable[[bytes, Any], bytes | None]
 
@@ -134,6 +138,11 @@ class BatchedUdp:
         else:
             self._addr = (4, 8) if sock.family == socket.AF_INET else (8, 24)
             self._sources = None
+        self._dests = ctypes.create_string_buffer(BATCH * NAME_SIZE)  # forwards' addresses
+        self._dests_at = ctypes.addressof(self._dests)
+        self._dmv = memoryview(self._dests).cast("B")
+        self._addresses: dict[tuple[str, int], bytes] = {}  # destination -> sockaddr
+        self._queued = IDLE  # during a batch: the send slots taken so far
         self._rbuf = ctypes.create_string_buffer(BATCH * recv_size)
         self._sbuf = ctypes.create_string_buffer(BATCH * self._send_size)
         self._names = ctypes.create_string_buffer(BATCH * NAME_SIZE)
@@ -183,11 +192,46 @@ class BatchedUdp:
         return self._sock
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
-        """Send one datagram elsewhere than to a source being answered (at once, unbatched)."""
+        """Send one datagram elsewhere than to a source being answered: with the batch being
+        answered (the next send slot), or at once outside a batch."""
+        j = self._queued
+        size = len(data)
+        name = self._addresses.get(address) if j >= 0 and size <= self._send_size else None
+        if name is None:
+            name = self._sockaddr(address) if j >= 0 and size <= self._send_size else None
+            if name is None:
+                try:
+                    self._sock.sendto(data, address)
+                except OSError as exc:  # a full buffer or an unreachable peer: UDP may drop
+                    log.debug("sendto %s: %s", address, exc)
+                return
+        if j >= BATCH:
+            self._send(j)  # the batch's slots are full: send what it holds, start again
+            j = 0
+        _, _, _, _, at, length_at, pointer_at = self._slots[j]
+        self._smv[at : at + size] = data
+        self._slens[length_at] = size
+        self._dmv[j * NAME_SIZE : j * NAME_SIZE + len(name)] = name
+        self._snames[pointer_at] = self._dests_at + j * NAME_SIZE
+        self._queued = j + 1
+
+    def _sockaddr(self, address: tuple[str, int]) -> bytes | None:
+        """The sockaddr for ``address`` on this socket's family (remembered); None for what
+        only the socket module can say is wrong (a name, a scope, a port out of range)."""
+        host, port = address[0], address[1]
         try:
-            self._sock.sendto(data, address)
-        except OSError as exc:  # a full buffer or an unreachable peer: UDP may drop, so do we
-            log.debug("sendto %s: %s", address, exc)
+            packed = socket.inet_pton(self._family, host)
+            head = self._family.to_bytes(2, sys.byteorder) + port.to_bytes(2, "big")
+        except (OSError, OverflowError, ValueError, TypeError, AttributeError):
+            return None
+        if self._family == socket.AF_INET:
+            name = head + packed + bytes(8)
+        else:
+            name = head + bytes(4) + packed + bytes(4)  # flow info, address, scope 0
+        if len(self._addresses) >= SOURCES_CACHE:
+            self._addresses.clear()
+        self._addresses[address] = name
+        return name
 
     def _source(self, key: bytes) -> tuple[str, int]:
         """``(host, port)`` for the sockaddr part ``key`` (see ``_addr``), remembered."""
@@ -228,38 +272,41 @@ class BatchedUdp:
                 if n < 0 and ctypes.get_errno() not in (errno.EAGAIN, errno.EINTR):
                     log.debug("recvmmsg: %s", errno.errorcode.get(ctypes.get_errno()))
                 return
-            j = 0
-            for i in range(n):
-                at, length_at, source_at, name_at, _, _, _ = slots[i]
-                length = rlens[length_at]
-                if length >= recv_size:
-                    continue  # perhaps cut short by the kernel: never answer a part
-                data = rmv[at : at + length].tobytes()
-                key = nmv[source_at].tobytes()
-                try:
-                    if sources is None:
-                        out = respond(data, key)
-                    else:
-                        out = respond(data, sources.get(key) or self._source(key))
-                except Exception:
-                    # A bug must cost one answer, never the server.
-                    log.exception("answering %r failed", data[:64])
-                    continue
-                if out is None:
-                    continue
-                size = len(out)
-                if size > size_max:
-                    continue
-                _, _, _, _, at, length_at, pointer_at = slots[j]
-                smv[at : at + size] = out
-                slens[length_at] = size
-                if i != j:  # a datagram went unanswered: later answers shift down a slot
+            self._queued = 0
+            try:
+                for i in range(n):
+                    at, length_at, source_at, name_at, _, _, _ = slots[i]
+                    length = rlens[length_at]
+                    if length >= recv_size:
+                        continue  # perhaps cut short by the kernel: never answer a part
+                    data = rmv[at : at + length].tobytes()
+                    key = nmv[source_at].tobytes()
+                    try:
+                        if sources is None:
+                            out = respond(data, key)
+                        else:
+                            out = respond(data, sources.get(key) or self._source(key))
+                    except Exception:
+                        # A bug must cost one answer, never the server.
+                        log.exception("answering %r failed", data[:64])
+                        continue
+                    if out is None:
+                        continue
+                    size = len(out)
+                    if size > size_max:
+                        continue
+                    j = self._queued
+                    if j >= BATCH:  # forwards took the slots: send those, start again
+                        self._send(j)
+                        j = 0
+                    _, _, _, _, at, length_at, pointer_at = slots[j]
+                    smv[at : at + size] = out
+                    slens[length_at] = size
                     snames[pointer_at] = name_at
-                j += 1
+                    self._queued = j + 1
+            finally:
+                j, self._queued = self._queued, IDLE
             self._send(j)
-            if j != n:
-                for slot in slots[:j]:
-                    snames[slot[6]] = slot[3]
             if n < BATCH:
                 return
 

@@ -44,6 +44,7 @@ import socket
 import ssl
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sipzone.eventlog import EventLog
@@ -106,9 +107,9 @@ class SipService:
         self.edge: Edge | None = None
         self.listeners: list[Listener] = []
         self._udp: dict[int, UdpSender] = {}  # by address family
-        # The sockets of those that are batched, by "is IPv6": a forwarded datagram leaves by
-        # one of these straight from the endpoint, without dispatch (the hot path of a call).
-        self.udp_sockets: dict[bool, socket.socket] = {}
+        # Their sendto, by "is IPv6", where batched: a forwarded datagram goes straight from
+        # the endpoint into the batch being answered, without dispatch (a call's hot path).
+        self.udp_senders: dict[bool, Callable[[bytes, tuple[str, int]], None]] = {}
         self._datagram: list[asyncio.BaseTransport | batched_udp.BatchedUdp] = []
         self._servers: list[asyncio.AbstractServer] = []
         self.connections: dict[int, StreamConnection] = {}
@@ -174,7 +175,7 @@ class SipService:
                     self._datagram.append(plain)
                     udp = plain_udp = plain
                 if self._udp.setdefault(sock.family, udp) is udp and udp is not plain_udp:
-                    self.udp_sockets[sock.family == socket.AF_INET6] = sock
+                    self.udp_senders[sock.family == socket.AF_INET6] = udp.sendto
             else:
                 kind = TlsConnection if transport == "tls" else StreamConnection
                 server = await loop.create_server(
@@ -458,7 +459,7 @@ class UdpEndpoint:
         self.receive = service.edge.receive
         self.holder = service.holder
         self._arrivals: dict[tuple[str, int], Arrival] = {}
-        self._sockets = service.udp_sockets  # filled as the service binds (shared, not copied)
+        self._senders = service.udp_senders  # filled as the service binds (shared, not copied)
 
     def respond(self, data: bytes, addr: tuple[str, int]) -> bytes | None:
         try:
@@ -482,11 +483,11 @@ class UdpEndpoint:
                 # An answer back where the request came from: no dispatch.
                 if port == addr[1] and host == addr[0]:
                     return answer
-                # A request on to the core, a response on to a phone: straight out.
-                sock = self._sockets.get(":" in host)
-                if sock is not None and is_ip_literal(host):
+                # A request on to the core, a response on to a phone: with the batch.
+                sendto = self._senders.get(":" in host)
+                if sendto is not None and is_ip_literal(host):
                     try:
-                        sock.sendto(answer, (host, port))
+                        sendto(answer, (host, port))
                     except (OSError, OverflowError) as exc:
                         self.service.send_failed(host, port, exc)
                     return None
