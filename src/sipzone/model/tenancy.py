@@ -389,8 +389,17 @@ def needs_proof(
         return False
     wildcard = rule.startswith("*.")
     base = rule[2:] if wildcard else rule
-    if controller(base, rules, above=not wildcard) != PROVIDER:
-        return False  # inside a rule held by the owner's chain (check_may_own said so)
+    ctl = controller(base, rules, above=not wildcard)
+    if ctl != PROVIDER:
+        # Inside a rule held by the owner's chain (check_may_own said so): its holder, or a
+        # tenant above the holder, carves names out of it; a customer may not take them from
+        # under its reseller's rule by itself.
+        if not tree.is_ancestor_or_self(actor, ctl):
+            raise NotPermitted(
+                f"{base!r} is in the namespace of tenant {ctl!r}; only {ctl!r} or a tenant "
+                "above it may add rules there"
+            )
+        return False
     zone = zone_of(base, zones)
     if zone is None:
         return True
