@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from sipzone.model.errors import NotAuthenticated, TooManyAttempts
@@ -41,9 +41,10 @@ class Caller:
     def sees(self, tenant: str) -> bool:
         return self.scope is None or tenant in self.scope
 
-    def hide(self, text: str) -> str:
-        """``text`` with every tenant name the caller may not see put as "another tenant"."""
-        for name in self.others:
+    def hide(self, text: str, said: Collection[str] = ()) -> str:
+        """``text`` with every tenant name the caller may not see put as "another tenant",
+        except names the caller ``said`` itself (hiding those would tell that they exist)."""
+        for name in self.others - set(said):
             text = text.replace(f"tenant {name!r}", "another tenant")
             text = text.replace(repr(name), "another tenant")
         return text

@@ -79,7 +79,8 @@ def for_error(request: Request, exc: SipzoneError) -> JSONResponse:
     caller = getattr(request.state, "caller", None)
     detail = " ".join(str(exc).splitlines())
     if caller is not None:
-        detail = caller.hide(detail)
+        said = {*request.path_params.values(), *request.query_params.values()}
+        detail = caller.hide(detail, said | getattr(request.state, "said", set()))
     title = (type(exc).__doc__ or type(exc).__name__).strip().splitlines()[0]
     headers = None
     if status == 401:

@@ -115,11 +115,16 @@ def _store(request: Request) -> Store:
 
 
 def _tenant_visible(caller: Caller, name: str) -> str:
-    """``name`` (a tenant given in a body or query) if the caller sees it, else the same error
-    as for no such tenant."""
-    if not caller.sees(name):
+    """``name`` (a tenant given in a body or query) if the caller sees it or has it in its
+    chain, else the same error as for no such tenant (no oracle for others' names)."""
+    if not caller.sees(name) and name not in caller.chain:
         raise UnknownTenant(f"tenant {name!r} does not exist")
     return name
+
+
+def _said(request: Request, *values: str | None) -> None:
+    """Note names the caller sent in the body: error messages may repeat them to it."""
+    request.state.said = {v for v in values if v}
 
 
 def _tenant_at(request: Request, caller: Caller, name: str) -> str:
@@ -151,6 +156,7 @@ def list_tenants(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
 @router.post("/tenants", status_code=201, tags=["tenants"])
 def add_tenant(request: Request, caller: CallerDep, body: TenantIn) -> dict[str, Any]:
     """Add a tenant below the caller (or below a tenant of its subtree)."""
+    _said(request, body.name, body.parent)
     parent = _tenant_visible(caller, body.parent or caller.tenant)
     fields = body.model_dump(exclude={"name", "parent"})
     rev = acting_store(request, caller).add_tenant(body.name, parent, **fields)
@@ -259,7 +265,8 @@ def add_domain(
     (a pending claim is checked again), 202 pending until the TXT proof is seen, 409
     held by another owner."""
     store = _store(request)
-    owner = body.owner or caller.tenant
+    _said(request, body.owner)
+    owner = _tenant_visible(caller, body.owner or caller.tenant)
     rule = parse_rule(body.name)
     existing = None
     with contextlib.suppress(NotFound):
