@@ -28,7 +28,7 @@ def test_problem_documents(api: Api) -> None:
                 ),
                 422,
                 "JSON",
-            ),  # noqa: E501
+            ),
             (c.get("/api/v1/domains/nope.example.net"), 404, "not a SIP domain here"),
             (c.get("/api/v1/nothing-here"), 404, "Not Found"),
             (c.put("/api/v1/domains"), 405, "Method Not Allowed"),
@@ -37,7 +37,7 @@ def test_problem_documents(api: Api) -> None:
                 c.post("/api/v1/sites", json={"name": "s1", "vips": ["300.1.1.1"], "region": "eu"}),
                 422,
                 "'300.1.1.1'",
-            ),  # noqa: E501
+            ),
             (c.post("/api/v1/zones", json={"name": "example.net"}), 409, "exists already"),
         ]
         for response, status, words in cases:
@@ -78,7 +78,7 @@ def test_idn_names_and_wildcards_in_paths(api: Api) -> None:
             "%2A.bücher.example.net",
             "*.xn--bcher-kva.example.net",
             "%2A.BÜCHER.example.net",
-        ):  # noqa: E501
+        ):
             got = c.get(f"/api/v1/domains/{typed}")
             assert got.status_code == 200 and got.json()["name"] == "*.xn--bcher-kva.example.net"
         check = c.get("/api/v1/check/laden.bücher.example.net").json()
