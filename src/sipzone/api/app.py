@@ -109,4 +109,7 @@ def create_app(store: Store, config: ApiConfig, holder: SnapshotHolder | None = 
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    from sipzone.web import install as install_console
+
+    install_console(app)
     return app
