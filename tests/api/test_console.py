@@ -144,6 +144,20 @@ def test_white_label_by_host(api: Api, browser: Any) -> None:
         page.screenshot(path=str(ARTIFACTS / f"signin-{host}.png"))
         page.close()
 
+    # a web URL cannot take a name another tenant's rule admits, nor one two tenants give
+    for tenant, host, brand in (
+        ("cb", "x.teams.resa.example.net", "Brand RESA"),
+        ("ca", "portal.shared.example", "Brand CA"),
+        ("cb", "portal.shared.example", "sipzone"),
+    ):
+        api.store.update_tenant(tenant, web_url=f"http://{host}/")
+        page = open_page(browser, api, host)
+        assert page.text_content("#brand") == brand
+        others = {"Brand RESA", "Brand RESB", "Brand CA", "Brand CB"} - {brand}
+        assert not [other for other in others if other in page.content()], host
+        page.close()
+    api.store.update_tenant("ca", web_url="")
+
     # resa's portal: resb's token does not belong there; resa's does and sees its own only
     page = open_page(browser, api, "x.teams.resa.example.net")
     sign_in(page, api.tokens["resb"])

@@ -963,9 +963,12 @@ class Store:
             else:
                 added.pop(change.subject, None)
                 removed.add(change.subject)
-        matcher = snapshot.matcher.with_changes(
-            added=((n, views[o]) for n, o in added.items()), removed=removed
-        )
+        if added or removed:
+            matcher = snapshot.matcher.with_changes(
+                added=((n, views[o]) for n, o in added.items()), removed=removed
+            )
+        else:  # only inert changes (a claim, a token): no copy of a million rules
+            matcher = snapshot.matcher
         return replace(
             snapshot,
             revision=changes[-1].revision,

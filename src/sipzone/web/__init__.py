@@ -9,11 +9,12 @@ Theory of operation:
 - Forms are CSRF-safe twice over: the session cookie is SameSite=Strict (no other site's page
   can make the browser send it), and every form carries the value of a second random cookie
   (double submit), checked on every POST together with the Origin header when one is sent.
-- White label: the Host header names the portal.  When it is a tenant's web URL host, or a
-  name one of the tenant's rules admits (its SIP domain, a name under its wildcard), every page
-  (sign-in included) carries that tenant's brand, inherited down the chain, and nothing of any
-  other tenant; only tokens of that tenant's subtree may sign in there.  Any other host shows
-  the plain sipzone console.
+- White label: the Host header names the portal.  When it is a name one of the tenant's rules
+  admits (its SIP domain, a name under its wildcard), or else the host of its web URL (given by
+  that one tenant only), every page (sign-in included) carries that tenant's brand, inherited
+  down the chain, and nothing of any other tenant; only tokens of that tenant's subtree may sign
+  in there.  Any other host shows the plain sipzone console.  Rules decide first, so no
+  tenant's web URL can take a name another tenant's rule admits.
 - Writes go through :func:`sipzone.api.app.acting_store`, so they land in the audit trail with
   the token, the address and "console" as the channel.
 """
@@ -71,15 +72,16 @@ def portal_for(store: Store, host_header: str | None) -> Portal:
         name = parse_domain(host).text
     except InvalidName:
         return Portal(None, None)
-    tree = store.tenants()
-    for tenant in tree:
-        web = tenant.web_url
-        if web and (urlsplit(web).hostname or "").lower() == name:
-            return Portal(tenant.name, tree.view(tenant.name).brand)
     match, _revision = store.check(name)
-    if match is None:
+    if match is not None:  # a rule decides first: no web URL can take another's name
+        return Portal(match.owner.name, match.owner.brand)
+    tree = store.tenants()
+    claimants = [
+        t.name for t in tree if t.web_url and (urlsplit(t.web_url).hostname or "").lower() == name
+    ]
+    if len(claimants) != 1:  # none, or a name two tenants both give: no one's brand
         return Portal(None, None)
-    return Portal(match.owner.name, match.owner.brand)
+    return Portal(claimants[0], tree.view(claimants[0]).brand)
 
 
 def _store(request: Request) -> Store:
