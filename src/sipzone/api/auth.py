@@ -11,6 +11,7 @@ hopeless anyway (2^256), but a flood of guesses is load and noise.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
@@ -83,6 +84,7 @@ class FailureLimiter:
         self.window = window
         self._clock = clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()  # endpoints run in a thread pool
 
     def check(self, address: str) -> None:
         """Raise :class:`TooManyAttempts` while ``address`` is over its limit."""
@@ -93,6 +95,10 @@ class FailureLimiter:
             )
 
     def retry_after(self, address: str) -> float:
+        with self._lock:
+            return self._retry_after(address)
+
+    def _retry_after(self, address: str) -> float:
         times = self._failures.get(address)
         if not times:
             return 0.0
@@ -104,11 +110,12 @@ class FailureLimiter:
         return max(1.0, times[0] + self.window - now)
 
     def failed(self, address: str) -> None:
-        times = self._failures.pop(address, None) or deque(maxlen=self.limit)
-        times.append(self._clock())
-        self._failures[address] = times
-        while len(self._failures) > MAX_ADDRESSES:
-            self._failures.popitem(last=False)
+        with self._lock:
+            times = self._failures.pop(address, None) or deque(maxlen=self.limit)
+            times.append(self._clock())
+            self._failures[address] = times
+            while len(self._failures) > MAX_ADDRESSES:
+                self._failures.popitem(last=False)
 
 
 def authenticate(store: Store, limiter: FailureLimiter, secret: str, address: str) -> Caller:

@@ -14,7 +14,7 @@ from sipzone.api import views
 from sipzone.api.app import acting_store, current_caller
 from sipzone.api.auth import Caller
 from sipzone.api.proof import challenge_name, txt_strings
-from sipzone.model.errors import BadCursor, NotFound, UnknownTenant
+from sipzone.model.errors import BadCursor, InvalidValue, NotFound, UnknownTenant
 from sipzone.model.names import parse_domain, parse_rule
 from sipzone.model.tenancy import PROVIDER
 from sipzone.store.repository import DomainRow, Store
@@ -175,6 +175,8 @@ def change_tenant(
     """Change brand fields or upstream; an empty string inherits from the parent."""
     _tenant_at(request, caller, name)
     fields = body.model_dump(exclude_unset=True)
+    if not fields:
+        raise InvalidValue("nothing to change: give at least one field")
     rev = acting_store(request, caller).update_tenant(name, **fields)
     return {**views.tenant_json(_store(request).tenants(), name), "revision": rev}
 
