@@ -39,6 +39,11 @@ class Caller:
     def principal(self) -> str:
         return f"token {self.label!r} (#{self.token_id})"
 
+    @property
+    def owners(self) -> list[str] | None:
+        """The tenants whose objects a listing shows (None: all), sorted."""
+        return None if self.scope is None else sorted(self.scope)
+
     def sees(self, tenant: str) -> bool:
         return self.scope is None or tenant in self.scope
 

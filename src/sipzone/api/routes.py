@@ -31,6 +31,9 @@ NamePath = Annotated[
     ),
 ]
 TenantPath = Annotated[str, Path(max_length=100)]
+TenantQuery = Annotated[str | None, Query(max_length=100)]
+Cursor = Annotated[str | None, Query(max_length=2000, description="`next` of the page before.")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 
 class Input(BaseModel):
@@ -42,22 +45,19 @@ class DomainIn(Input):
     owner: str | None = Field(None, max_length=100, description="Default: the caller's tenant.")
 
 
-class TenantIn(Input):
+class TenantPatch(Input):
+    """A tenant's optional fields (brand and upstream); "" inherits from the parent."""
+
+    brand_name: str | None = Field(None, max_length=1000)
+    support_email: str | None = Field(None, max_length=1000)
+    web_url: str | None = Field(None, max_length=1000)
+    logo_url: str | None = Field(None, max_length=1000)
+    upstream: str | None = Field(None, max_length=1000)
+
+
+class TenantIn(TenantPatch):
     name: str = Field(max_length=100)
     parent: str | None = Field(None, max_length=100, description="Default: the caller's tenant.")
-    brand_name: str | None = Field(None, max_length=1000)
-    support_email: str | None = Field(None, max_length=1000)
-    web_url: str | None = Field(None, max_length=1000)
-    logo_url: str | None = Field(None, max_length=1000)
-    upstream: str | None = Field(None, max_length=1000)
-
-
-class TenantPatch(Input):
-    brand_name: str | None = Field(None, max_length=1000)
-    support_email: str | None = Field(None, max_length=1000)
-    web_url: str | None = Field(None, max_length=1000)
-    logo_url: str | None = Field(None, max_length=1000)
-    upstream: str | None = Field(None, max_length=1000)
 
 
 class GrantIn(Input):
@@ -203,12 +203,12 @@ def grant(request: Request, caller: CallerDep, name: TenantPath, body: GrantIn) 
 def list_domains(
     request: Request,
     caller: CallerDep,
-    owner: Annotated[str | None, Query(max_length=100)] = None,
+    owner: TenantQuery = None,
     wildcard: bool | None = None,
     prefix: Annotated[str | None, Query(max_length=300, description="Name starts with.")] = None,
     suffix: Annotated[str | None, Query(max_length=300, description="Name ends with.")] = None,
-    cursor: Annotated[str | None, Query(max_length=2000)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> DomainPage:
     """One page of the rules the caller sees, by name (with ``suffix``: by reversed name)."""
     store = _store(request)
@@ -218,7 +218,7 @@ def list_domains(
         store.tenants().get(owner)  # 422 for no such tenant, as for one the caller cannot see
         owners = [owner]
     else:
-        owners = None if caller.scope is None else sorted(caller.scope)
+        owners = caller.owners
     by = "rname" if suffix is not None else "name"
     after = decode_str_cursor(cursor, by)
     rows, key = store.page_domains(
@@ -414,10 +414,10 @@ def status(request: Request, caller: CallerDep) -> dict[str, Any]:
 def audit(
     request: Request,
     caller: CallerDep,
-    tenant: Annotated[str | None, Query(max_length=100)] = None,
+    tenant: TenantQuery = None,
     since: Annotated[str | None, Query(max_length=100, examples=["12h"])] = None,
-    cursor: Annotated[str | None, Query(max_length=2000)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> AuditPage:
     """Change-log entries about the caller's subtree (or ``tenant``'s), newest first."""
     store = _store(request)
@@ -426,7 +426,7 @@ def audit(
         _tenant_visible(caller, tenant)
         scope = store.tenants().subtree(tenant)
     else:
-        scope = None if caller.scope is None else sorted(caller.scope)
+        scope = caller.owners
     before = views.decode_cursor(cursor, "id") if cursor else None
     if before is not None and not isinstance(before, int):
         raise BadCursor(f"cursor {str(cursor)[:40]!r} is not one this listing handed out")

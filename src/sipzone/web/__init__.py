@@ -255,7 +255,7 @@ def install(app: FastAPI) -> None:
         rows: list[Any] = []
         following = None
         try:
-            owners = None if caller.scope is None else sorted(caller.scope)
+            owners = caller.owners
             found, key = store.page_domains(
                 owners,
                 prefix=_search_text(prefix),
@@ -346,7 +346,7 @@ def install(app: FastAPI) -> None:
         portal, caller = _session(request)
         if caller is None:
             return _to_signin(request)
-        scope = None if caller.scope is None else sorted(caller.scope)
+        scope = caller.owners
         before = None
         if cursor:
             try:
