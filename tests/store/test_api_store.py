@@ -3,6 +3,7 @@ keyset paging, and migration 0003 over a store holding rules (SQLite and Postgre
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -177,3 +178,46 @@ def test_migration_fills_reversed_names(any_url: str) -> None:
     assert tuple(row) == ("moc.elpmaxe.dlo.*", False)
     assert [r.name for r in store.page_domains(suffix="example.com")[0]] == ["*.old.example.com"]
     store.close()
+
+
+def test_paging_keeps_byte_order_on_a_database_that_sorts_otherwise() -> None:
+    """A PostgreSQL whose collation ignores punctuation (ICU shifted, as glibc's en_US does)
+    sorts names its own way; the cursors still walk every name once, in byte order."""
+    from tests.conftest import PG_ADMIN, missing, pg_unreachable
+
+    if reason := pg_unreachable():
+        missing(reason)
+    name = f"sipzone_test_icu_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+                "ICU_LOCALE 'en-US-u-ka-shifted' LOCALE 'C.UTF-8'"
+            )
+        )
+    try:
+        store = Store(PG_ADMIN.rsplit("/", 1)[0] + "/" + name)
+        store.init()
+        names = [
+            "*.a.example.com", "a.example.com", "a-b.example.com", "ab.example.com",
+            "*.ab.example.com", "a0.example.com", "b.example.com", "*.b-c.example.com",
+            "zz.example.com", "z-z.example.com", "*.z.example.com", "a-c.example.com",
+        ]  # fmt: skip
+        for text in names:
+            store.add_domain(text)
+        for suffix in (None, "example.com"):
+            seen: list[str] = []
+            key = None
+            while True:
+                rows, key = store.page_domains(suffix=suffix, after=key, limit=2)
+                seen += [r.name for r in rows]
+                if key is None:
+                    break
+            order = (lambda n: n[::-1]) if suffix else (lambda n: n)
+            assert seen == sorted(names, key=order)
+        store.close()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -1066,7 +1066,9 @@ class Store:
         does: by name, or with ``suffix`` by the reversed name (the key is then a reversed
         name).  ``owners`` (None: all) are walked each on the (owner, name) index and merged;
         ``prefix`` and ``suffix`` are plain string bounds on the stored (A-label) text."""
-        column = domains.c.rname if suffix is not None else domains.c.name
+        column: Any = domains.c.rname if suffix is not None else domains.c.name
+        if not self._orders_bytewise():
+            column = column.collate("C")  # correct, but no index: see _orders_bytewise
         start = suffix[::-1] if suffix is not None else prefix
         query = _DOMAIN_ROWS.order_by(column).limit(limit + 1)
         if wildcard is not None:
@@ -1098,6 +1100,37 @@ class Store:
             return rows, None
         rows = rows[:limit]
         return rows, key(rows[-1])
+
+    def _orders_bytewise(self) -> bool:
+        """Whether the database orders text by bytes, as the cursors (and Python) do: SQLite
+        always; PostgreSQL when the database's collation is C or POSIX (``createdb
+        --locale=C.UTF-8``).  Otherwise paging compares with COLLATE "C", which no index
+        serves: logged once, as a deep page then costs a scan."""
+        if self.engine.dialect.name != "postgresql":
+            return True
+        cached = getattr(self.engine, "_sipzone_bytewise", None)
+        if cached is None:
+            query = (
+                "SELECT datcollate, datlocprovider FROM pg_database "
+                "WHERE datname = current_database()"
+            )
+            with self.engine.connect() as conn:
+                collation, provider = conn.execute(sa.text(query)).one()
+            # libc's C or POSIX, or PostgreSQL's builtin provider: byte order; ICU never
+            cached = provider == "b" or (
+                provider == "c" and str(collation).split(".")[0] in ("C", "POSIX")
+            )
+            collation = f"{collation} (provider {provider!r})"
+            if not cached:
+                self.read_log.warning(
+                    "collation",
+                    "store: the database's collation is %s; domain paging compares with "
+                    'COLLATE "C" and no index serves it (create the database with '
+                    "--locale=C.UTF-8 for fast deep pages)",
+                    collation,
+                )
+            setattr(self.engine, "_sipzone_bytewise", cached)  # noqa: B010 -- per engine
+        return bool(cached)
 
     # ------------------------------------------------------------------ API: tokens
 
