@@ -160,6 +160,12 @@ class StoreFollower:
         self.events = EventLog(log)
         self.mark: Mark = None
         self._failing = False
+        self._feed: ChangeFeed | None = None
+
+    def nudge(self) -> None:
+        """Read the store now rather than at the next poll (this process wrote to it)."""
+        if self._feed is not None:
+            self._feed.nudge()
 
     def load(self) -> Snapshot:
         """The whole store, and the mark of its history (runs in a thread)."""
@@ -188,7 +194,7 @@ class StoreFollower:
         from sipzone import metrics
 
         loop = asyncio.get_running_loop()
-        feed = ChangeFeed(self.store.url, interval=self.interval)
+        feed = self._feed = ChangeFeed(self.store.url, interval=self.interval)
         retry: float | None = None  # seconds until a failed read is tried again
         whole = False
         try:
@@ -258,7 +264,7 @@ async def run_worker(
     if config.api is not None:
         from sipzone.api.service import start_api
 
-        services.append(await start_api(config.api, config.db, holder))
+        services.append(await start_api(config.api, config.db, holder, follower.nudge))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -30,6 +31,8 @@ AUTH_FAILURES = Counter(
     "sipzone_api_auth_failures",
     "Requests refused for a missing, unknown, revoked or expired token, or rate-limited.",
 )
+
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _bearer_scheme = HTTPBearer(auto_error=False, description="A token from `sipzone token create`.")
 
@@ -63,7 +66,12 @@ def acting_store(request: Request, caller: Caller) -> Store:
     )
 
 
-def create_app(store: Store, config: ApiConfig, holder: SnapshotHolder | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    config: ApiConfig,
+    holder: SnapshotHolder | None = None,
+    wrote: Callable[[], None] | None = None,
+) -> FastAPI:
     """The application over ``store`` (shared engine; each request acts as its caller)."""
     from sipzone.api.routes import router
 
@@ -87,6 +95,8 @@ def create_app(store: Store, config: ApiConfig, holder: SnapshotHolder | None = 
     async def _count(request: Request, call_next: Any) -> Response:
         response: Response = await call_next(request)
         REQUESTS.labels(request.method, f"{response.status_code // 100}xx").inc()
+        if wrote is not None and request.method in WRITES and response.status_code < 400:
+            wrote()
         return response
 
     @app.get("/healthz", include_in_schema=False)

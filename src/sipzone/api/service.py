@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -57,13 +57,17 @@ class ApiService:
         self.store.close()
 
 
-async def start_api(config: ApiConfig, db: str, holder: SnapshotHolder) -> ApiService:
+async def start_api(
+    config: ApiConfig, db: str, holder: SnapshotHolder, wrote: Callable[[], None] | None = None
+) -> ApiService:
     """Serve the API of the store at ``db`` on ``config.listen`` until :meth:`close`.  The API
-    has a store (and connection pool) of its own: the feed's reconnects leave it alone."""
+    has a store (and connection pool) of its own: the feed's reconnects leave it alone.
+    ``wrote`` is called on the loop after each successful write (the worker's follower reads
+    the store at once instead of at its next poll)."""
     host, port = split_hostport(config.listen, allow_zero=True)
     sock = bound_socket(host, port, socket.SOCK_STREAM)
     store = Store(db, via="api")
-    app = create_app(store, config, holder)
+    app = create_app(store, config, holder, wrote)
     server = _Server(
         uvicorn.Config(
             app,
