@@ -172,3 +172,23 @@ def test_api_write_reaches_the_dns_of_the_same_process(
     while answer("x.teams.resa.example.net") != dns.rcode.NOERROR:
         assert time.monotonic() < deadline, "the DNS never answered the new name"
         time.sleep(0.05)
+
+
+def test_workers_share_the_api_port(chain_store: Store, serve: Callable[..., Server]) -> None:
+    port = free_port()
+    _row, token = chain_store.create_token("provider", "ops")
+    serve("--api", f"127.0.0.1:{port}", "--workers", "2")
+    pids = set()
+    for i in range(40):  # new connections land on either worker
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            c.headers["Authorization"] = f"Bearer {token}"
+            status = c.get("/api/v1/status").json()
+            pids.add(status["node"]["pid"])
+            if i == 0:
+                r = c.post("/api/v1/domains", json={"name": "w.example.net"})
+                assert r.status_code == 201
+    assert len(pids) == 2
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+        metrics = c.get("/metrics").text
+    # both workers' counts, summed: 40 status reads, one write
+    assert 'sipzone_api_requests_total{method="GET",status="2xx"} 40.0' in metrics
