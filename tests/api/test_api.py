@@ -192,3 +192,28 @@ def test_workers_share_the_api_port(chain_store: Store, serve: Callable[..., Ser
         metrics = c.get("/metrics").text
     # both workers' counts, summed: 40 status reads, one write
     assert 'sipzone_api_requests_total{method="GET",status="2xx"} 40.0' in metrics
+
+
+def test_on_postgresql(pg_url: str, serve: Callable[..., Server]) -> None:
+    store = Store(pg_url)
+    store.init()
+    store.add_zone("example.net")
+    store.add_tenant("resa")
+    store.grant_namespace("resa", "resa.example.net")
+    _row, token = store.create_token("resa", "ops")
+    port = free_port()
+    serve("--api", f"127.0.0.1:{port}", db=pg_url)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+        c.headers["Authorization"] = f"Bearer {token}"
+        r = c.post("/api/v1/domains", json={"name": "*.teams.resa.example.net"})
+        assert r.status_code == 201, r.text
+        assert c.post("/api/v1/domains", json={"name": "*.example.net"}).status_code == 403
+        names = [d["name"] for d in c.get("/api/v1/domains").json()["items"]]
+        assert names == ["*.teams.resa.example.net"]
+        entry = c.get("/api/v1/audit").json()["items"][0]
+        assert (entry["op"], entry["principal"]) == ("domain.add", "token 'ops' (#1)")
+        deadline = time.monotonic() + 5  # the worker follows through LISTEN/NOTIFY
+        while (status := c.get("/api/v1/status").json())["served_revision"] != status["revision"]:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+    store.close()
