@@ -5,7 +5,7 @@ reaches the DNS of the same process."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dns.message
 import dns.query
@@ -217,3 +217,22 @@ def test_on_postgresql(pg_url: str, serve: Callable[..., Server]) -> None:
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
     store.close()
+
+
+def test_large_bodies_are_refused(api: Api) -> None:
+    with api.client("provider") as c:
+        big = b'{"name": "' + b"a" * 100_000 + b'.example.net"}'
+        r = c.post("/api/v1/domains", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["status"] == 413
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"name": "'
+            for _ in range(100):
+                yield b"a" * 1000
+            yield b'.example.net"}'
+
+        r = c.post(
+            "/api/v1/domains", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 411 and r.headers["content-type"] == "application/problem+json"
+        assert c.get("/healthz").status_code == 200

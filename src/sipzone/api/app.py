@@ -33,6 +33,33 @@ AUTH_FAILURES = Counter(
 )
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_BODY = 64 * 1024  # octets of a request body; the largest real one (a site) is < 2 KiB
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over :data:`MAX_BODY` octets gets 413 unread, and one
+    without a Content-Length (chunked) gets 411: the length is known before anything is read."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or ())
+            length = headers.get(b"content-length")
+            refusal = None
+            if length is None and b"transfer-encoding" in headers:
+                refusal = problems.problem(
+                    411, "Length required", "send the request body with a Content-Length"
+                )
+            elif length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+                detail = f"the request body is larger than {MAX_BODY} octets"
+                refusal = problems.problem(413, "Request body too large", detail)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
 
 _bearer_scheme = HTTPBearer(auto_error=False, description="A token from `sipzone token create`.")
 
@@ -89,6 +116,7 @@ def create_app(
     app.state.limiter = FailureLimiter(config.auth_failures, config.auth_window)
     app.state.node = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     problems.install(app)
+    app.add_middleware(BodyLimit)
     app.include_router(router, prefix=API_PREFIX)
 
     @app.middleware("http")
