@@ -198,3 +198,31 @@ def test_forms_refuse_cross_site_posts(api: Api) -> None:
         assert api.store.revision() == revision
         r = c.post("/domains/add", data={"name": "fine.example.net", "csrf": csrf})
         assert r.status_code == 303 and api.store.revision() == revision + 1
+
+
+def test_console_search_and_paging(api: Api) -> None:
+    import re
+
+    for i in range(60):
+        api.store.add_domain(f"c{i:02d}.example.net", "resa")
+    api.store.add_domain("voip.example.org", "resb")
+    with httpx.Client(base_url=api.url, follow_redirects=True) as c:
+        c.get("/signin")
+        c.post("/signin", data={"token": api.tokens["resa"], "csrf": c.cookies["sipzone_csrf"]})
+
+        def names(html: str) -> list[str]:
+            return re.findall(r'<tr data-name="([^"]+)">', html)
+
+        first = c.get("/").text
+        assert names(first) == [f"c{i:02d}.example.net" for i in range(50)]
+        following = re.search(r'<a href="([^"]+)" id="next">', first)
+        assert following is not None
+        second = c.get(following.group(1).replace("&amp;", "&")).text
+        assert names(second) == [f"c{i:02d}.example.net" for i in range(50, 60)]
+        assert 'id="next"' not in second
+        assert names(c.get("/", params={"prefix": "c5"}).text) == [
+            f"c5{i}.example.net" for i in range(10)
+        ]
+        assert names(c.get("/", params={"suffix": ".example.org"}).text) == []  # resb's
+        r = c.get("/", params={"cursor": "forged!"})
+        assert r.status_code == 422 and "cursor" in r.text

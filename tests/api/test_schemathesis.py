@@ -20,7 +20,7 @@ EXAMPLES = 25  # per operation
 
 
 @pytest.fixture(scope="module")
-def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     db = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'sipzone.db'}"
     store = Store(db)
     store.init()
@@ -28,11 +28,13 @@ def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     store.add_tenant("resa", brand_name="Res A")
     store.add_site("eu1", vips=["192.0.2.10"], region="eu")
     store.add_domain("*.teams.example.net", "resa")
-    _row, token = store.create_token("provider", "fuzz")
+    store.add_tenant("ca", "resa")
+    store.grant_namespace("resa", "resa.example.net")
+    tokens = {who: store.create_token(who, "fuzz")[1] for who in ("provider", "resa")}
     store.close()
     port = free_port()
     server = Server(["--api", f"127.0.0.1:{port}", "--proof-resolver", "127.0.0.1:9"], db)
-    yield f"http://127.0.0.1:{port}", token
+    yield f"http://127.0.0.1:{port}", tokens
     server.stop()
 
 
@@ -41,8 +43,12 @@ def operations(url: str) -> list[Any]:
     return [result.ok() for result in schema.get_all_operations()]
 
 
-def test_no_server_errors_and_problem_documents(fuzzed_api: tuple[str, str]) -> None:
-    url, token = fuzzed_api
+@pytest.mark.parametrize("who", ["provider", "resa"])
+def test_no_server_errors_and_problem_documents(
+    fuzzed_api: tuple[str, dict[str, str]], who: str
+) -> None:
+    url, tokens = fuzzed_api
+    token = tokens[who]
     ops = operations(url)
     assert len(ops) >= 20  # the document lists the whole API
     statuses: list[int] = []
