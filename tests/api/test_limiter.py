@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipzone.api.auth import Caller, FailureLimiter, bearer
+from sipzone.api.auth import Caller, FailureLimiter, bearer, limit_key
 from sipzone.model.errors import NotAuthenticated, TooManyAttempts
 
 
@@ -42,3 +42,15 @@ def test_hide_keeps_what_the_caller_said() -> None:
     assert caller.hide("tenant 'resb' does not exist", said={"resb"}) == (
         "tenant 'resb' does not exist"
     )
+
+
+def test_limit_keys() -> None:
+    assert limit_key("192.0.2.7") == "192.0.2.7"
+    assert limit_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert (
+        limit_key("2001:db8:1:2:aaaa::1")
+        == limit_key("2001:db8:1:2:bbbb::9")
+        == ("2001:db8:1:2::/64")
+    )
+    assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
+    assert limit_key("unknown") == "unknown"

@@ -4,12 +4,13 @@ A token is ``sz_`` and 43 base64url characters (32 random octets); the store kee
 only (:meth:`Store.create_token`).  The provider's token sees everything; any other tenant's
 sees the tenants of its subtree and the objects they own.  A client address that fails
 authentication :attr:`ApiConfig.auth_failures` times within :attr:`ApiConfig.auth_window`
-seconds gets 429 for every request until the oldest failure ages out: guessing tokens is
-hopeless anyway (2^256), but a flood of guesses is load and noise.
+seconds gets 429 for every request until the oldest failure ages out (an IPv6 client counts
+per /64): guessing tokens is hopeless anyway (2^256), but a flood of guesses is load and noise.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 import time
@@ -123,8 +124,23 @@ class FailureLimiter:
                 self._failures.popitem(last=False)
 
 
+def limit_key(address: str) -> str:
+    """What the limiter counts per: an IPv4 address, or an IPv6 /64 (one host's share of a
+    network, which it could otherwise walk through address by address)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def authenticate(store: Store, limiter: FailureLimiter, secret: str, address: str) -> Caller:
     """The caller whose token is ``secret``; counts a failure for ``address`` otherwise."""
+    address = limit_key(address)
     limiter.check(address)
     token = store.authenticate(secret)
     if token is None:
