@@ -21,7 +21,8 @@ import time
 from sipzone.model.snapshot import Snapshot
 from sipzone.model.tenancy import TenancyTree, Tenant
 from sipzone.sip import BRANCH_SECRET, SipConfig
-from sipzone.sip.edge import Edge, Listener
+from sipzone.sip.edge import Edge
+from sipzone.sip.values import Arrival, Listener
 
 LISTENER = Listener("udp", "127.0.0.1", 5070)
 UAC = ("127.0.0.1", 5061)
@@ -91,7 +92,7 @@ def build_call(edge: Edge, snap: Snapshot, i: int) -> list[tuple[bytes, tuple[st
     inputs: list[tuple[bytes, tuple[str, int]]] = []
 
     def through(data: bytes, source: tuple[str, int], to: tuple[str, int]) -> bytes:
-        sends = edge.receive(data, LISTENER, source, snap)
+        sends = edge.receive(data, Arrival(LISTENER, source), snap)
         assert len(sends) == 1 and (sends[0].host, sends[0].port) == to, (data, sends)
         inputs.append((data, source))
         return sends[0].data
@@ -112,17 +113,21 @@ def main(calls: int, profile: str | None, top: int) -> None:
     snap = snapshot()
     config = SipConfig(listen=("udp:127.0.0.1:5070",))
     builder = Edge(config, [LISTENER])
-    inputs = [m for i in range(calls) for m in build_call(builder, snap, i)]
+    inputs = [
+        (data, Arrival(LISTENER, source))
+        for i in range(calls)
+        for data, source in build_call(builder, snap, i)
+    ]
     edge = Edge(config, [LISTENER])
     receive = edge.receive
-    for data, source in inputs[:600]:  # warm the memos as a running edge has them
-        receive(data, LISTENER, source, snap)
+    for data, arrival in inputs[:600]:  # warm the memos as a running edge has them
+        receive(data, arrival, snap)
     profiler = cProfile.Profile() if profile else None
     start = time.process_time()
     if profiler:
         profiler.enable()
-    for data, source in inputs:
-        receive(data, LISTENER, source, snap)
+    for data, arrival in inputs:
+        receive(data, arrival, snap)
     if profiler:
         profiler.disable()
     elapsed = time.process_time() - start
@@ -139,8 +144,8 @@ def main(calls: int, profile: str | None, top: int) -> None:
     parts = []
     for k, kind in enumerate(KINDS):
         start = time.process_time()
-        for data, source in inputs[k :: len(KINDS)]:
-            receive(data, LISTENER, source, snap)
+        for data, arrival in inputs[k :: len(KINDS)]:
+            receive(data, arrival, snap)
         parts.append(f"{kind} {(time.process_time() - start) * 1e6 / calls:.1f}")
     print("µs per message by kind: " + ", ".join(parts))
 

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import sqlalchemy.exc
 import typer
@@ -28,6 +28,9 @@ from sipzone.store.repository import (
     Store,
     import_refusal,
 )
+
+if TYPE_CHECKING:
+    from sipzone.sip.tls import TlsPolicy
 
 app = typer.Typer(
     help="Run a SIP platform under domain names: tenants, SIP domains, sites, zones, DNS.",
@@ -52,6 +55,8 @@ sip_app = typer.Typer(help="The SIP edge's installation-wide state.")
 app.add_typer(sip_app, name="sip", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens: each acts as one tenant, over its subtree only.")
 app.add_typer(token_app, name="token", no_args_is_help=True)
+cert_app = typer.Typer(help="TLS certificates for SIP over TLS, chosen by the server name (SNI).")
+app.add_typer(cert_app, name="cert", no_args_is_help=True)
 
 Db = Annotated[
     str,
@@ -390,6 +395,11 @@ def site_add(
         upstream=upstream,
     )
     typer.echo(f"site {name} added (revision {rev})")
+    if port_tls and not store(db).list_certificates():
+        say(
+            f"note: the DNS now sends phones to TLS port {port_tls}, but the store holds no "
+            "TLS certificate yet: add one with `sipzone cert add`"
+        )
 
 
 @site_app.command("remove")
@@ -428,6 +438,76 @@ def site_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     for r in rows:
         state = "up" if r["healthy"] else "down"
         typer.echo(f"{r['name']}\t{r['region']}\t{','.join(r['vips'])}\t{state}")
+
+
+# ---------------------------------------------------------------------------- certificates
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read the {what} file {str(path)!r}: {exc.strerror}")
+
+
+@cert_app.command("add")
+@guarded
+def cert_add(
+    name: str,
+    cert: Annotated[Path, typer.Option(help="PEM file: the certificate, then its chain.")],
+    key: Annotated[Path, typer.Option(help="PEM file: its private key (unencrypted).")],
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Store a certificate and its key under NAME (the same NAME again replaces it).
+
+    Refused, with nothing changed: a key that does not match, a chain out of order (leaf first,
+    each certificate followed by its issuer), a certificate outside its validity.  Running
+    edges use it for new handshakes within one store poll; open connections keep theirs.
+    """
+    added, rev, replaced = store(db, actor).add_certificate(
+        name, _read_pem(cert, "certificate"), _read_pem(key, "key")
+    )
+    done = "replaced" if replaced else "added"
+    typer.echo(
+        f"certificate {added.name} {done}: {', '.join(added.names)}, valid until "
+        f"{added.not_after:%Y-%m-%d} (revision {rev})"
+    )
+
+
+@cert_app.command("remove")
+@guarded
+def cert_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Remove a certificate; if it was the default, the first added becomes the default."""
+    rev = store(db, actor).remove_certificate(name)
+    typer.echo(f"certificate {name} removed (revision {rev})")
+
+
+@cert_app.command("default")
+@guarded
+def cert_default(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Answer handshakes without a server name, or with one no certificate covers, with NAME."""
+    rev = store(db, actor).set_default_certificate(name)
+    typer.echo(f"certificate {name} is the default (revision {rev})")
+
+
+@cert_app.command("list")
+@guarded
+def cert_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """List certificates, the default first: names covered, issuer, not-after, days left
+    (--json: also subject, serial, not-before, SHA-256 fingerprint; never the key)."""
+    from sipzone.api.views import certificate_json
+
+    rows = [certificate_json(c, i == 0) for i, c in enumerate(store(db).list_certificates())]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        typer.echo(
+            f"{r['name']}{mark}\t{','.join(r['names'])}\t{r['issuer']}\t"
+            f"{r['not_after'][:10]}\t{r['days_left']} days left"
+        )
 
 
 # ---------------------------------------------------------------------------- zones, email
@@ -654,6 +734,22 @@ def _listen_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _tls_policy(
+    ciphers: str | None, verify_client: str, client_ca: Path | None, upstream_ca: Path | None
+) -> TlsPolicy:
+    """The TLS policy the serve options ask for; ValueError naming what is wrong."""
+    from sipzone.sip.tls import DEFAULT_CIPHERS, TlsPolicy
+
+    policy = TlsPolicy(
+        ciphers=ciphers or DEFAULT_CIPHERS,
+        verify_client=verify_client,
+        client_ca=str(client_ca) if client_ca else None,
+        upstream_ca=str(upstream_ca) if upstream_ca else None,
+    )
+    policy.check()
+    return policy
+
+
 @app.command()
 @guarded
 def serve(
@@ -742,6 +838,25 @@ def serve(
     batched_udp: Annotated[
         bool, typer.Option(help="recvmmsg/sendmmsg for UDP on Linux (SIP and DNS).")
     ] = True,
+    tls_ciphers: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenSSL cipher list for TLS 1.2 (default: ECDHE with AES-GCM, ChaCha20)."
+        ),
+    ] = None,
+    tls_verify_client: Annotated[
+        str,
+        typer.Option(help="Client certificates on SIP TLS: none, optional or required."),
+    ] = "none",
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="PEM file of the CAs client certificates must chain to.")
+    ] = None,
+    tls_upstream_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM file of the CAs TLS upstreams' certificates chain to (default: the system's)."
+        ),
+    ] = None,
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
     ] = 0.05,
@@ -783,6 +898,7 @@ def serve(
             split_hostport(proof_resolver)
         for cidr in allow_transfer or []:
             ipaddress.ip_network(cidr, strict=False)
+        tls = _tls_policy(tls_ciphers, tls_verify_client, tls_client_ca, tls_upstream_ca)
     except ValueError as exc:
         fail(str(exc))
     from sipzone.sip import BRANCH_SECRET
@@ -804,6 +920,7 @@ def serve(
             tcp_max_connections=tcp_max_connections,
             tcp_max_per_source=tcp_max_per_source,
             batched_udp=batched_udp,
+            tls=tls,
         )
         if sip
         else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import dns.message
 import dns.query
@@ -236,3 +237,22 @@ def test_large_bodies_are_refused(api: Api) -> None:
         )
         assert r.status_code == 411 and r.headers["content-type"] == "application/problem+json"
         assert c.get("/healthz").status_code == 200
+
+
+def test_certificates_metadata(api: Api, tmp_path: Path) -> None:
+    import trustme
+
+    from tests.tlscerts import issue
+
+    issued = issue(trustme.CA(), tmp_path, "*.teams.example.net", "voip.example.net")
+    api.store.add_certificate("edge", issued.chain.read_text(), issued.key.read_text())
+    with api.client("provider") as c:
+        [cert] = c.get("/api/v1/certificates").json()
+        assert (cert["name"], cert["default"]) == ("edge", True)
+        assert cert["names"] == ["*.teams.example.net", "voip.example.net"]
+        assert cert["serial"] == f"{issued.serial:x}"
+        assert "PRIVATE" not in c.get("/api/v1/certificates").text
+    with api.client("resa") as c:
+        r = c.get("/api/v1/certificates")
+        assert r.status_code == 403
+        assert r.json()["detail"] == "only the provider reads certificates; tenant 'resa' may not"

@@ -159,7 +159,7 @@ def test_serve_refuses_bad_listeners_before_starting(cli: Cli) -> None:
     cli("init", check=True)
     cases = [
         ([], "nothing to serve"),
-        (["--sip", "sctp:127.0.0.1:5070"], "transport must be udp or tcp"),
+        (["--sip", "sctp:127.0.0.1:5070"], "transport must be udp, tcp, tls"),
         (["--sip", "udp:127.0.0.1"], "not HOST:PORT"),
         (["--dns", "127.0.0.1:99999"], "outside 1-65535"),
         (["--dns", "127.0.0.1:5353", "--allow-transfer", "10.0.0.0/99"], "10.0.0.0/99"),

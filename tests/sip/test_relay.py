@@ -6,6 +6,7 @@ the issue is kept as written, then the class of failure around it.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +20,7 @@ from sipzone.sip import keepalive as keepalive_module
 from sipzone.sip import message as message_module
 from sipzone.sip.edge import Edge
 from sipzone.sip.message import MAX_VIAS, Request, Response, parse_message
-from sipzone.sip.signing import BRANCH_LEN, OUR_BRANCH
+from sipzone.sip.signing import BRANCH_LEN, OUR_BRANCH, Mac
 from sipzone.sip.values import Arrival, Listener, Send
 from tests.sip.conftest import fast_path, make_snapshot
 from tests.sip.test_edge import SOURCE, one, request, status_of
@@ -503,3 +504,10 @@ def test_an_ipv6_client_behind_nat_gets_its_responses(edge: Edge, snapshot: Snap
     relayed, reply = one(edge.receive(response_to(send.data), Arrival(UDP, CORE), snapshot))
     assert (relayed.host, relayed.port) == source
     assert isinstance(reply, Response) and reply.fields[b"Via"] == below
+
+
+@given(key=st.binary(max_size=200), message=st.binary(max_size=300))
+def test_the_precomputed_mac_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    """Branches and flow tokens stay HMAC-SHA256 (RFC 2104) whatever computes them, so nodes of
+    different versions keep vouching for each other's branches during an upgrade."""
+    assert Mac(key).digest(message) == hmac.digest(key, message, "sha256")

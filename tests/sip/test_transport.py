@@ -47,7 +47,8 @@ def has_ipv6() -> bool:
 def test_parse_listen() -> None:
     assert parse_listen("udp:127.0.0.1:5070") == ("udp", "127.0.0.1", 5070)
     assert parse_listen("TCP:[::1]:5071") == ("tcp", "::1", 5071)
-    for bad in ("tls:127.0.0.1:5061", "udp:127.0.0.1", "udp::99999"):
+    assert parse_listen("tls:[::1]:5061") == ("tls", "::1", 5061)
+    for bad in ("sctp:127.0.0.1:5061", "udp:127.0.0.1", "udp::99999"):
         with pytest.raises(ValueError):
             parse_listen(bad)
 

@@ -14,7 +14,7 @@ from sipzone.api import views
 from sipzone.api.app import acting_store, current_caller
 from sipzone.api.auth import Caller
 from sipzone.api.proof import challenge_name, txt_strings
-from sipzone.model.errors import BadCursor, InvalidValue, NotFound, UnknownTenant
+from sipzone.model.errors import BadCursor, InvalidValue, NotFound, NotPermitted, UnknownTenant
 from sipzone.model.names import parse_domain, parse_rule
 from sipzone.model.tenancy import PROVIDER
 from sipzone.store.repository import DomainRow, Store
@@ -365,6 +365,17 @@ def remove_site(request: Request, caller: CallerDep, name: TenantPath) -> Writte
 def site_health(request: Request, caller: CallerDep, name: TenantPath, body: HealthIn) -> Written:
     """Mark a site up or down (provider only)."""
     return Written(revision=acting_store(request, caller).set_site_health(name, body.healthy))
+
+
+@router.get("/certificates", tags=["installation"])
+def list_certificates(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
+    """TLS certificates' metadata, the default first (provider only; never a key)."""
+    if caller.tenant != PROVIDER:
+        raise NotPermitted(
+            f"only the provider reads certificates; tenant {caller.tenant!r} may not"
+        )
+    certs = _store(request).list_certificates()
+    return [views.certificate_json(c, i == 0) for i, c in enumerate(certs)]
 
 
 @router.get("/zones", tags=["installation"])

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sipzone.api.proof import challenge_name
+from sipzone.model.certificates import Certificate
 from sipzone.model.errors import BadCursor, InvalidValue
 from sipzone.model.matcher import Match
 from sipzone.model.names import to_unicode
@@ -80,6 +81,22 @@ def site_json(site: Site) -> dict[str, Any]:
         "order": site.order,
         "upstream": site.upstream,
         "healthy": site.healthy,
+    }
+
+
+def certificate_json(cert: Certificate, default: bool) -> dict[str, Any]:
+    """A TLS certificate's metadata (``cert list --json``); never its key."""
+    return {
+        "name": cert.name,
+        "default": default,
+        "names": list(cert.names),
+        "subject": cert.subject,
+        "issuer": cert.issuer,
+        "serial": f"{cert.serial:x}",
+        "not_before": cert.not_before.isoformat(),
+        "not_after": cert.not_after.isoformat(),
+        "days_left": int(cert.days_left() // 1),
+        "fingerprint_sha256": cert.fingerprint,
     }
 
 

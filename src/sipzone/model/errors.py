@@ -149,3 +149,23 @@ class BadCursor(InvalidValue):
 
 class ProofFailed(SipzoneError):
     """The DNS lookup that proves control of a claimed name could not be made."""
+
+
+class BadCertificate(InvalidValue):
+    """A certificate file that holds no PEM certificate, or one that does not parse."""
+
+
+class BadPrivateKey(InvalidValue):
+    """A key file that holds no PEM private key, or an encrypted or unsupported one."""
+
+
+class KeyMismatch(InvalidValue):
+    """A private key that does not belong to the certificate it is given with."""
+
+
+class ChainOrder(InvalidValue):
+    """A chain whose certificates are not each signed by the one after it (leaf first)."""
+
+
+class CertificateExpired(InvalidValue):
+    """A certificate past its not-after (or before its not-before) time."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from sipzone.model.certificates import Certificate
 from sipzone.model.errors import BadAddress, BadNetwork, BadWord, NoRoomForServiceNames, OutOfRange
 from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import MAX_LABEL, MAX_NAME, lookup_key
@@ -21,7 +22,8 @@ from sipzone.model.tenancy import TenancyTree, TenantView
 
 TRANSPORTS = ("udp", "tcp", "tls")
 # A site's SIP port per transport; 0 means the site does not offer that transport, and the DNS
-# publishes no SRV or NAPTR for it.  No TLS unless a port is given: nothing serves it yet.
+# publishes no SRV or NAPTR for it.  No TLS unless a port is given: it needs a certificate
+# (`cert add`) and a `tls:` listener first.
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"udp": 5060, "tcp": 5060, "tls": 0})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -185,6 +187,8 @@ class Snapshot:
     # repr=False: the settings hold the SIP branch secret, which no log or test failure may show.
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
     delta: Delta | None = None
+    # TLS certificates, the default one first, then in the order they were added.
+    certificates: tuple[Certificate, ...] = field(default=(), repr=False)
 
     @classmethod
     def build(
@@ -196,6 +200,7 @@ class Snapshot:
         zones: tuple[str, ...] = (),
         email_domain: str | None = None,
         settings: Mapping[str, str] | None = None,
+        certificates: tuple[Certificate, ...] = (),
     ) -> Snapshot:
         """``rules`` are ``(rule text, owner tenant name)`` pairs as stored."""
         views = tenants.views
@@ -208,6 +213,7 @@ class Snapshot:
             tuple(sorted(zones)),
             email_domain,
             MappingProxyType(dict(settings or {})),
+            certificates=certificates,
         )
 
     @classmethod

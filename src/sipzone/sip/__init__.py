@@ -5,20 +5,24 @@ signing.py, values.py) and the sockets (transport.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from sipzone.net import split_hostport
+
+if TYPE_CHECKING:
+    from sipzone.sip.tls import TlsPolicy
 
 # Settings (store table ``settings``) holding the key our Via branches are signed with, and
 # the one before the last rotation, still accepted for responses to what it signed.
 BRANCH_SECRET = "sip_branch_secret"
 BRANCH_SECRET_PREVIOUS = "sip_branch_secret_previous"
 
-LISTEN_TRANSPORTS = ("udp", "tcp")  # "tls" comes with the TLS issue
+LISTEN_TRANSPORTS = ("udp", "tcp", "tls")
 
 
 class ListenSpec(NamedTuple):
-    """One ``--sip`` listener: ``udp:HOST:PORT`` or ``tcp:[V6]:PORT`` (port 0: any free)."""
+    """One ``--sip`` listener: ``udp:HOST:PORT``, ``tcp:[V6]:PORT`` or ``tls:HOST:PORT`` (port
+    0: any free)."""
 
     transport: str
     host: str  # IPv6 without brackets
@@ -43,14 +47,13 @@ def check_tenant_headers(*names: str) -> None:
 
 
 def parse_listen(spec: str) -> ListenSpec:
-    """``udp:127.0.0.1:5070`` / ``tcp:[::1]:5070`` -> ListenSpec; ValueError naming the problem
-    otherwise.  The CLI checks ``--sip`` with it and the transport binds what it returns."""
+    """``udp:127.0.0.1:5070`` / ``tcp:[::1]:5070`` / ``tls:...`` -> ListenSpec; ValueError
+    naming the problem otherwise.  The CLI checks ``--sip`` with it and the transport binds
+    what it returns."""
     transport, _, hostport = spec.partition(":")
     transport = transport.lower()
     if transport not in LISTEN_TRANSPORTS:
-        raise ValueError(
-            f"listen spec {spec!r}: transport must be {' or '.join(LISTEN_TRANSPORTS)}"
-        )
+        raise ValueError(f"listen spec {spec!r}: transport must be {', '.join(LISTEN_TRANSPORTS)}")
     try:
         host, port = split_hostport(hostport, allow_zero=True)
     except ValueError as exc:
@@ -86,3 +89,7 @@ class SipConfig:
     tcp_max_connections: int | None = None
     tcp_max_per_source: int = 256  # connections a peer address may open (phones behind a NAT)
     batched_udp: bool = True  # recvmmsg/sendmmsg on Linux; False: one asyncio callback each
+    # TLS listeners and the connections we open over TLS (None: the defaults of TlsPolicy).
+    # The stream settings above (tcp_*) apply to TLS connections too; a handshake must end
+    # within tcp_header_timeout.
+    tls: TlsPolicy | None = None

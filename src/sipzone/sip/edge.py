@@ -52,7 +52,7 @@ from typing import NamedTuple
 from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
-from sipzone.sip.keepalive import DECLINED, KeepAlives
+from sipzone.sip.keepalive import DECLINED, Declined, KeepAlives
 from sipzone.sip.memo import Admission, SnapshotMemo, Upstreams, requested_host
 from sipzone.sip.message import (
     EMPTY_TAIL,
@@ -80,7 +80,8 @@ from sipzone.sip.message import (
     via_destination,
 )
 from sipzone.sip.routing import FORGED, Hop, RouteSet, Routing, our_uri, strict_next
-from sipzone.sip.signing import CONN_PARAM, OUR_BRANCH, Keys, loop_hash
+from sipzone.sip.signing import CONN_PARAM, OUR_BRANCH, Keys, loop_hash, via_identity
+from sipzone.sip.splice import Splicer
 from sipzone.sip.values import NOTHING, Arrival, Listener, Send, Sends, Stats, Target
 
 log = logging.getLogger("sipzone.sip")
@@ -141,6 +142,9 @@ class Edge:
         self._own_keys = Keys((secrets.token_bytes(32),))
         self.keepalives = KeepAlives(config, self.stats, self._ours)
         self._keepalive = self.keepalives.answer  # bound once: called for every OPTIONS
+        self.splicer = Splicer(self, self.stats, self._tenant_keys)
+        self._splice_request = self.splicer.request
+        self._splice_response = self.splicer.response
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -149,10 +153,9 @@ class Edge:
         memo = self._memo
         if memo is None or memo.snapshot is not snapshot:
             memo = self._adopt(snapshot)
-        if data[:8] == b"OPTIONS ":
-            answer = self._keepalive(data, arrival, memo)
-            if answer is not DECLINED:
-                return answer
+        answer = self._fast(data, arrival, memo)
+        if answer is not DECLINED:
+            return answer
         if not data.strip(b"\r\n"):
             return NOTHING  # a CRLF keep-alive (RFC 5626 §3.5.1 style): nothing to answer
         try:
@@ -160,6 +163,22 @@ class Edge:
         except MalformedMessage as exc:
             return self.malformed(exc, arrival)
         return self._handle(message, arrival, memo)
+
+    def spliced(self, data: bytes, arrival: Arrival, snapshot: Snapshot) -> Sends | Declined:
+        """What the fast paths send for one whole message a stream reader framed (as bytes),
+        or DECLINED: then parse it and :meth:`handle` it."""
+        memo = self._memo
+        if memo is None or memo.snapshot is not snapshot:
+            memo = self._adopt(snapshot)
+        return self._fast(data, arrival, memo)
+
+    def _fast(self, data: bytes, arrival: Arrival, memo: SnapshotMemo) -> Sends | Declined:
+        start = data[:8]
+        if start == b"SIP/2.0 ":
+            return self._splice_response(data, arrival, memo)
+        if start == b"OPTIONS ":
+            return self._keepalive(data, arrival, memo)
+        return self._splice_request(data, arrival, memo)
 
     def handle(self, message: Request | Response, arrival: Arrival, snapshot: Snapshot) -> Sends:
         """One message a stream reader framed in, what to send out (the general path)."""
@@ -309,16 +328,22 @@ class Edge:
             uri, routes = strict_next(uri, routes)
         else:
             assert admission is not None
-            upstream = memo.upstream_of(admission.tenant)
-            upstreams = self._upstreams
-            found = upstreams.address_of(upstreams.target(upstream)) if upstream else None
+            found = self.upstream_target(admission, memo)
             if found is None:
+                upstream = memo.upstream_of(admission.tenant)
                 reason = self._no_upstream(admission.tenant.name, upstream, memo)
                 return self._refuse(incoming, "no_upstream", 503, reason)
             target = found
-        head = self._toward_core(incoming, admission, self._listener_toward(target), memo)
-        tail = self._tenant_lines(request, admission, memo)
+        head = self._toward_core(incoming, admission, self.listener_toward(target), memo)
+        tail = self.tenant_lines(fields[b"From"], admission, memo)
         return self._forward(incoming, Onward(target, uri, routes, head, tail), memo)
+
+    def upstream_target(self, admission: Admission, memo: SnapshotMemo) -> Target | None:
+        """Where requests for a name ``admission`` admits go: the owning tenant's upstream (or
+        the site's) as an address; None when there is none or it does not resolve (yet)."""
+        upstream = memo.upstream_of(admission.tenant)
+        upstreams = self._upstreams
+        return upstreams.address_of(upstreams.target(upstream)) if upstream else None
 
     def _toward_core(
         self, incoming: Incoming, admission: Admission | None, out: Listener, memo: SnapshotMemo
@@ -331,30 +356,41 @@ class Edge:
         method = request.method
         if method != "REGISTER" and (method in NO_RECORD_ROUTE or _has_tag(request.fields[b"To"])):
             return b""
-        listener, (host, port), conn = arrival
-        token = memo.keys.flow_token(Target(listener.transport, host, port, conn))
-        core_facing = our_uri(out, user=token)
         if method == "REGISTER":
             # The core reaches the phone through us, over its own flow.  A UA that supports
             # Path says so; then the registrar must too (RFC 3327 §5.2).
             supported = request.fields.get(b"Supported", b"").lower()
             wants = b"path" in (tag.strip() for tag in supported.split(b","))
+            core_facing = our_uri(out, user=self._flow_token(arrival, memo))
             return b"Path: %s\r\n%s" % (core_facing, b"Require: path\r\n" if wants else b"")
+        return self.record_routes(arrival, admission, out, memo)
+
+    def record_routes(
+        self, arrival: Arrival, admission: Admission | None, out: Listener, memo: SnapshotMemo
+    ) -> bytes:
+        """The two Record-Routes on a phone's dialog-creating request (RFC 5658): the top one
+        facing the core (``out``, an address, with the phone's flow), the other facing the
+        phone (the name it asked for, the listener it came in on)."""
         name = admission.name.encode() if admission is not None else None
         return b"Record-Route: %s\r\nRecord-Route: %s\r\n" % (
-            core_facing,
-            our_uri(listener, host=name),
+            our_uri(out, user=self._flow_token(arrival, memo)),
+            our_uri(arrival.listener, host=name),
         )
 
-    def _tenant_lines(
-        self, request: Request, admission: Admission | None, memo: SnapshotMemo
+    @staticmethod
+    def _flow_token(arrival: Arrival, memo: SnapshotMemo) -> bytes | None:
+        listener, (host, port), conn = arrival
+        return memo.keys.flow_token(Target(listener.transport, host, port, conn))
+
+    def tenant_lines(
+        self, from_value: bytes, admission: Admission | None, memo: SnapshotMemo
     ) -> bytes:
         """Our tenant headers for the core: the owner of the name the request is for, and the
-        owner of its From name when we serve it (the caller's)."""
+        owner of the name in its From (``from_value``) when we serve it (the caller's)."""
         lines = b""
         if admission is not None:
             lines = b"%s: %s\r\n" % (self._tenant_name, memo.tenant_value(admission.tenant))
-        caller = memo.caller(request.fields[b"From"])
+        caller = memo.caller(from_value)
         if caller is not None:
             lines += b"%s: %s\r\n" % (self._caller_name, memo.tenant_value(caller.tenant))
         return lines
@@ -416,7 +452,7 @@ class Edge:
             name = admission.name.encode() if admission is not None else None
         token = memo.keys.flow_token(target)
         return b"Record-Route: %s\r\nRecord-Route: %s\r\n" % (
-            our_uri(self._listener_toward(target), host=name),
+            our_uri(self.listener_toward(target), host=name),
             our_uri(arrival.listener, user=token),
         )
 
@@ -453,13 +489,13 @@ class Edge:
         request, top, arrival, max_forwards = incoming
         assert top is not None  # a request that passed check_request
         target = onward.target
-        out = self._listener_toward(target)
+        out = self.listener_toward(target)
         transport = target.transport.upper().encode()
         addr, conn = arrival.addr, arrival.conn
         # The Via below ours exactly as it leaves (stamped), which the HMAC vouches for.
         below = parse_via(stamp_via(request.fields[b"Via"][: top.end], top, addr))
         conn_value = b"%d" % conn if conn is not None else b""
-        branch = memo.keys.branch(loop, below, conn_value, transport)
+        branch = memo.keys.branch(loop, via_identity(below), conn_value, transport)
         via = b"SIP/2.0/%s %s;branch=%s" % (transport, out.sent_by, branch)
         if conn is not None:
             via += b";%s=%s" % (CONN_PARAM, conn_value)
@@ -512,7 +548,7 @@ class Edge:
             self.stats.requests[("response", "forged")] += 1
             return NOTHING
         host, port = via_destination(nxt)
-        if not is_ip_literal(host):
+        if not is_ip_literal(host) or not port:
             # Our stamp makes every Via we vouch for name an address (received); never resolve.
             self.stats.requests[("response", "unroutable")] += 1
             return NOTHING
@@ -538,7 +574,7 @@ class Edge:
         self.stats.relayed += 1
         return (Send(data, nxt.transport, host, port, conn),)
 
-    def _listener_toward(self, target: Target) -> Listener:
+    def listener_toward(self, target: Target) -> Listener:
         """Our listener a message to ``target`` leaves by: its transport and address family."""
         toward = self._toward
         return (

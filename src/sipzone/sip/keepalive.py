@@ -6,10 +6,11 @@ the Via up to its branch, the From address.  :class:`KeepAlives` checks each of 
 remembers it; after that a ping costs one compiled pattern for its order of header lines
 (:func:`~sipzone.sip.message.plain_options_pattern`) and a ``%`` into a template.
 
-It takes only the plainest shape: one UDP Via, canonical header names once each, no body,
-nothing that asks for an extension.  Whatever it answers, the general path would answer with
-the same bytes (the tests hold it to that, over a mutation fuzz); whatever it does not take it
-declines with :data:`DECLINED`, and the general path decides.
+It takes datagrams and a stream's framed messages alike, in the plainest shape only: one Via,
+canonical header names once each, no body, nothing that asks for an extension.  Whatever it
+answers, the general path would answer with the same bytes (the tests hold it to that, over
+a mutation fuzz); whatever it does not take it declines with :data:`DECLINED`, and the
+general path decides.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Template(NamedTuple):
     admitted: bool  # False: the 403 for a name not served (dropped under drop_unknown)
 
 
-Learnt = Template | Declined  # what the memo keeps per (Request-URI, To, listener port)
+Learnt = Template | Declined  # what the memo keeps per (Request-URI, To, our listener)
 
 
 def template(status: int, reason: bytes, tail: bytes) -> Template:
@@ -100,7 +101,7 @@ class Peer(NamedTuple):
     rport: bool
 
 
-PeerKey = tuple[bytes, bytes, bytes, bytes, int]
+PeerKey = tuple[bytes, bytes, bytes, bytes, str, int]
 
 
 class KeepAlives:
@@ -125,9 +126,7 @@ class KeepAlives:
 
     def answer(self, data: bytes, arrival: Arrival, memo: SnapshotMemo) -> Sends | Declined:
         """The answer to an OPTIONS datagram, or DECLINED when the general path must decide."""
-        listener, addr, _ = arrival
-        if listener.transport != "udp":
-            return DECLINED  # a datagram path: a stream's OPTIONS is answered in full
+        listener, addr, conn = arrival
         if addr in self._ours:
             self._stats.requests[("OPTIONS", "loop")] += 1
             return NOTHING  # a datagram from our own socket (spoofed): never answer ourselves
@@ -149,14 +148,15 @@ class KeepAlives:
         if len(number) == 10 and int(number) > MAX_CSEQ:
             return DECLINED
         # A peer's pings differ in branch, tag, Call-ID and CSeq only: the rest is checked once.
-        key = (uri, to, before, address, listener.port)
+        key = (uri, to, before, address, listener.transport, listener.port)
         peer = memo.keepalive_peers.get(key)
         if peer is None:
             peer = self._learn_peer(key, listener, memo)
         if peer is DECLINED:
             return DECLINED
         text, admitted, host, port, rport = peer
-        if not rport and port != addr[1] and (addr[0], port) in self._ours:
+        udp = listener.transport == "udp"
+        if udp and not rport and port != addr[1] and (addr[0], port) in self._ours:
             return DECLINED  # the Via names one of our sockets: the general path drops it
         if admitted:
             self._stats.keepalives += 1
@@ -168,6 +168,8 @@ class KeepAlives:
         if rport or host != addr[0]:
             via = stamp_via(via, parse_via(via), addr)
         data = text % (via, from_, to, zlib.crc32(via), call_id, cseq)
+        if not udp:  # back over the connection it came in on
+            return (new_tuple(Send, (data, listener.transport, addr[0], addr[1], conn)),)
         # RFC 3581: with rport back to the source port; else to the Via's port (§18.2.2).
         return (new_tuple(Send, (data, "udp", addr[0], addr[1] if rport else port, None)),)
 
@@ -228,12 +230,12 @@ class KeepAlives:
 
     def _learn_peer(self, key: PeerKey, listener: Listener, memo: SnapshotMemo) -> Peer | Declined:
         """What to answer a peer whose pings repeat ``key``, or DECLINED; remembered in the
-        memo.  The From address must be an address and the Via a plain UDP one (no received,
+        memo.  The From address must be an address and the Via a plain one (no received,
         no rport value)."""
         peers = memo.keepalive_peers
         if len(peers) >= LEARNT_CAP:
             peers.clear()
-        uri, to, before_branch, address, _ = key
+        uri, to, before_branch, address, _, _ = key
         learnt = self._template(uri, to, listener, memo)
         sent_by = match_via(before_branch + b";branch=z9hG4bK")
         peer: Peer | Declined = DECLINED
@@ -241,7 +243,7 @@ class KeepAlives:
             learnt is not DECLINED
             and is_address(address)
             and sent_by is not None
-            and before_branch.startswith(b"SIP/2.0/UDP ")
+            and before_branch.startswith(b"SIP/2.0/")
         ):
             params = parse_params(sent_by[2])
             if b"received" not in params and params.get(b"rport", None) is None:
@@ -257,7 +259,8 @@ class KeepAlives:
         of the matched name, or NOT_SERVED), or DECLINED when the general path must decide (a
         To tag, a tel: URI, anything not plainly valid); remembered in the memo."""
         templates = memo.keepalive_templates
-        learnt = templates.get((uri, to, listener.port))
+        template_key = (uri, to, listener.transport, listener.port)
+        learnt = templates.get(template_key)
         if learnt is not None:
             return learnt
         if len(templates) >= LEARNT_CAP:
@@ -278,5 +281,5 @@ class KeepAlives:
                     learnt = template(200, b"OK", memo.options_tail(admission.name, listener))
         except MalformedMessage:
             learnt = DECLINED
-        templates[(uri, to, listener.port)] = learnt
+        templates[template_key] = learnt
         return learnt

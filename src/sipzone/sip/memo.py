@@ -32,6 +32,7 @@ from sipzone.sip.values import Listener, Target
 
 if TYPE_CHECKING:
     from sipzone.sip.keepalive import Declined, Learnt, Peer, PeerKey
+    from sipzone.sip.splice import Plan
 
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 MEMO_CAP = 65536  # entries one memo table holds before it starts over (peers choose the keys)
@@ -70,8 +71,8 @@ class Upstreams:
         try:
             parsed = parse_uri(uri.encode())
             if parsed.scheme in ("sip", "sips") and parsed.host:
-                transport = "tcp" if parsed.scheme == "sips" else parsed.transport
-                if transport in ("udp", "tcp"):
+                transport = "tls" if parsed.scheme == "sips" else parsed.transport
+                if transport in ("udp", "tcp", "tls"):
                     host = parsed.host.strip(b"[]").decode("ascii")
                     target = Target(transport, host, parsed.port or default_port(transport))
         except (MalformedMessage, UnicodeDecodeError):
@@ -132,6 +133,9 @@ class SnapshotMemo:
         "our_routes",
         "site",
         "snapshot",
+        "splice_heads",
+        "splice_plans",
+        "splice_routes",
         "tenant_values",
     )
 
@@ -155,10 +159,16 @@ class SnapshotMemo:
         self.our_routes: dict[bytes, URI | None] = {}
         self.callers: dict[bytes, Admission | None] = {}  # by From value up to its tag
         self.tenant_values: dict[str, bytes] = {}  # by tenant name
-        # Filled by the keep-alive path: its answer per (Request-URI, To, listener port), and
+        # Filled by the keep-alive path: its answer per (Request-URI, To, listener), and
         # what it learnt per peer (keepalive.Peer).
-        self.keepalive_templates: dict[tuple[bytes, bytes, int], Learnt] = {}
+        self.keepalive_templates: dict[tuple[bytes, bytes, str, int], Learnt] = {}
         self.keepalive_peers: dict[PeerKey, Peer | Declined] = {}
+        # Filled by the proxied-message path (splice.py): its decision per (host, From up to
+        # its tag), the Record-Route pair per (phone, our listener, name), the Route values
+        # found to name us only.
+        self.splice_plans: dict[tuple[bytes, bytes], Plan | None] = {}
+        self.splice_heads: dict[tuple[object, ...], bytes] = {}
+        self.splice_routes: dict[bytes, bool] = {}  # Route values (joined) that are ours only
 
     def admit(self, host: bytes) -> Admission | None:
         """Who owns ``host`` (as written in a URI: any case, perhaps a trailing dot or UTF-8),

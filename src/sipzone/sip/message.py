@@ -520,6 +520,33 @@ class StreamReader:
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
+    def next_frame(self) -> bytes | None:
+        """The next whole message as bytes, for the fast paths, when its header block says
+        ``Content-Length: N`` in plain form and all of it is here; else None, and
+        :meth:`next_message` frames and parses what the buffer holds (pings, a partial
+        message, any other spelling), as it would have anyway.  A frame parses with
+        :func:`parse_message` to what :meth:`next_message` returns, or raises as it would."""
+        buf = self._buffer
+        if buf[:2] == b"\r\n":
+            return None
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        at = buf.find(b"\r\nContent-Length: ", 0, end)
+        if at < 0:
+            return None
+        start = at + len(b"\r\nContent-Length: ")
+        value = bytes(buf[start : buf.find(b"\r\n", start, end + 2)]).lstrip(b" ")
+        if not value.isdigit() or len(value) > 5:
+            return None
+        total = end + 4 + int(value)
+        if total > MAX_MESSAGE or len(buf) < total:
+            return None
+        frame = bytes(buf[:total])
+        del buf[:total]
+        self.head_complete = False
+        return frame
+
     def next_message(self) -> Request | Response | None:
         self.head_complete = False
         buf = self._buffer
@@ -802,7 +829,13 @@ def split_addresses(value: bytes) -> list[bytes]:
 def check_contacts(message: Message) -> None:
     """Every Contact value is ``*`` or a list of addresses (RFC 3261 §20.10, RFC 4475 §3.1.2.13)."""
     value = message.fields.get(b"Contact")
-    if value is None or value == b"*":
+    if value is not None:
+        check_contact(value)
+
+
+def check_contact(value: bytes) -> None:
+    """A Contact header value is ``*`` or a list of addresses; raises :class:`BadAddress`."""
+    if value == b"*":
         return
     for item in split_addresses(value):
         parse_address(item, "Contact")
@@ -853,7 +886,7 @@ def via_destination(via: Via) -> tuple[str, int]:
     host = (via.received or via.host).strip(b"[]").decode("ascii", "replace")
     rport = via.rport
     if rport:
-        return host, int(rport)
+        return host, int(rport) if rport.isdigit() else 0  # 0: nowhere to send to
     return host, via.port or default_port(via.transport)
 
 

@@ -7,8 +7,13 @@ counters, and the transport calls it about once a second and on close.
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from collections import Counter as CounterType
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
+from prometheus_client import Counter, Gauge
+
+from sipzone.model.certificates import Certificate
 from sipzone.sip.values import Stats
 
 REQUESTS = Counter(
@@ -43,3 +48,47 @@ def publish(stats: Stats) -> None:
     if stats.malformed:
         MALFORMED.inc(stats.malformed)
         stats.malformed = 0
+
+
+TLS_HANDSHAKES = Counter(
+    "sipzone_sip_tls_handshakes",
+    "TLS handshakes by direction (in: clients, out: connections we open) and outcome (ok, "
+    "no_client_certificate, certificate_refused, not_tls, no_common_protocol, timeout, closed, "
+    "failed)",
+    ["direction", "outcome"],
+)
+CONNECTIONS = Gauge(
+    "sipzone_sip_connections",
+    "Open SIP stream connections by transport (tcp, tls)",
+    ["transport"],
+    multiprocess_mode="livesum",
+)
+CERTIFICATE_DAYS_LEFT = Gauge(
+    "sipzone_tls_certificate_days_left",
+    "Days until a stored TLS certificate expires (negative: expired), by certificate name",
+    ["name"],
+    multiprocess_mode="livemin",
+)
+_certificate_names: set[str] = set()
+
+
+def publish_tls(
+    handshakes: CounterType[tuple[str, str]],
+    connections: Mapping[str, int],
+    certificates: Sequence[Certificate],
+) -> None:
+    """Move the handshake counts into their counter (and zero them), set the connection and
+    certificate gauges."""
+    for (direction, outcome), n in handshakes.items():
+        TLS_HANDSHAKES.labels(direction, outcome).inc(n)
+    handshakes.clear()
+    for transport in ("tcp", "tls"):
+        CONNECTIONS.labels(transport).set(connections.get(transport, 0))
+    now = datetime.now(UTC)
+    names = {c.name for c in certificates}
+    for gone in _certificate_names - names:
+        CERTIFICATE_DAYS_LEFT.remove(gone)
+    _certificate_names.clear()
+    _certificate_names.update(names)
+    for cert in certificates:
+        CERTIFICATE_DAYS_LEFT.labels(cert.name).set(round(cert.days_left(now), 2))

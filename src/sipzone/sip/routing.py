@@ -157,7 +157,8 @@ class Routing:
         """Where ``uri`` sends to: its host as an address, or as resolved when it is a
         configured upstream's name; None for any other name (never a lookup for a peer)."""
         host = uri.host.strip(b"[]").decode("utf-8", "replace")
-        hop = Target(uri.transport, host, uri.port or default_port(uri.scheme))
+        transport = "tls" if uri.scheme == "sips" else uri.transport
+        hop = Target(transport, host, uri.port or default_port(transport))
         return self._upstreams.address_of(hop)
 
     @staticmethod

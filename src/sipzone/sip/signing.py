@@ -50,14 +50,42 @@ _TRANSPORTS = {code: name for name, code in _TRANSPORT_CODES.items()}
 FLOW_TOKENS_KEPT = 65536  # tokens a Keys remembers before starting over
 
 
+class Mac:
+    """HMAC-SHA256 (RFC 2104) under one key, with the key's inner and outer blocks hashed once:
+    the same digest as ``hmac.digest(key, message, "sha256")`` at a third of its cost, which
+    OpenSSL 3 spends setting a MAC up for every message."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        block = hashlib.sha256().block_size
+        if len(key) > block:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
 class Keys:
     """The installation's signing keys, current first, then the previous one (still accepted)."""
 
-    __slots__ = ("_tokens", "keys")
+    __slots__ = ("_macs", "_tokens", "keys")
 
     def __init__(self, keys: tuple[bytes, ...]) -> None:
         assert keys, "at least one key"
         self.keys = keys
+        self._macs = tuple(Mac(key) for key in keys)
         self._tokens: dict[Target, bytes] = {}
 
     @classmethod
@@ -70,26 +98,30 @@ class Keys:
         )
         return cls(keys) if keys else None
 
-    def branch(self, loop: bytes, below: Via, conn: bytes, transport: bytes) -> bytes:
-        """Our branch for a request with loop hash ``loop`` whose Via below ours is ``below``
-        (stamped), that came in on connection ``conn`` (b"" for none) and leaves over
-        ``transport``."""
-        return OUR_BRANCH + loop + _branch_mac(self.keys[0], loop, below, conn, transport)
+    def branch(self, loop: bytes, below: bytes, conn: bytes, transport: bytes) -> bytes:
+        """Our branch for a request with loop hash ``loop`` whose Via below ours, as forwarded
+        (stamped), has the :func:`via_identity` ``below``, that came in on connection ``conn``
+        (b"" for none) and leaves over ``transport`` (upper case)."""
+        return OUR_BRANCH + loop + _branch_mac(self._macs[0], loop, below, conn, transport)
 
     def vouches(self, top: Via, below: Via) -> bool:
         """Whether the branch of our Via ``top`` is what we computed for ``below``, under the
         current secret or the previous one."""
-        branch = top.branch or b""
+        conn = top.params.get(CONN_PARAM) or b""
+        return self.vouch(top.branch or b"", conn, top.transport_name, via_identity(below))
+
+    def vouch(self, branch: bytes, conn: bytes, transport: bytes, below: bytes) -> bool:
+        """Whether ``branch`` (of our Via, which names ``transport`` and connection ``conn``) is
+        what we computed for the Via below ours with the :func:`via_identity` ``below``."""
         if len(branch) != BRANCH_LEN:
             return False
         loop = branch[len(OUR_BRANCH) : len(OUR_BRANCH) + LOOP_HASH]
         mac = branch[len(OUR_BRANCH) + LOOP_HASH :]
-        conn = top.params.get(CONN_PARAM) or b""
-        transport = top.transport_name.upper()
-        return any(
-            hmac.compare_digest(mac, _branch_mac(key, loop, below, conn, transport))
-            for key in self.keys
-        )
+        transport = transport.upper()
+        for key in self._macs:
+            if hmac.compare_digest(mac, _branch_mac(key, loop, below, conn, transport)):
+                return True
+        return False
 
     def flow_token(self, flow: Target) -> bytes | None:
         """The flow token (with its prefix) for ``flow``, whose host is an address; None for
@@ -105,7 +137,7 @@ class Keys:
                 return None  # not a connection id a token can hold
             code = _TRANSPORT_CODES[flow.transport]
             payload = _FLOW_HEAD.pack(code, flow.port, flow.conn or 0) + address
-            mac = hmac.digest(self.keys[0], _FLOW_LABEL + payload, "sha256")[:FLOW_MAC]
+            mac = self._macs[0].digest(_FLOW_LABEL + payload)[:FLOW_MAC]
             token = FLOW_PREFIX + base64.urlsafe_b64encode(payload + mac).rstrip(b"=")
             if len(self._tokens) >= FLOW_TOKENS_KEPT:
                 self._tokens.clear()
@@ -126,8 +158,8 @@ class Keys:
             return None
         payload, mac = raw[:-FLOW_MAC], raw[-FLOW_MAC:]
         if not any(
-            hmac.compare_digest(mac, hmac.digest(key, _FLOW_LABEL + payload, "sha256")[:FLOW_MAC])
-            for key in self.keys
+            hmac.compare_digest(mac, key.digest(_FLOW_LABEL + payload)[:FLOW_MAC])
+            for key in self._macs
         ):
             return None
         code, port, conn = _FLOW_HEAD.unpack(payload[:head])
@@ -145,21 +177,31 @@ def loop_hash(request: Request) -> bytes:
     fields = request.fields
     from_tag = parse_address(fields[b"From"], "From").tag or b""
     cseq = fields[b"CSeq"].split(None, 1)[0]
-    route = fields.get(b"Route", b"")
-    basis = b"\n".join((request.uri, from_tag, fields[b"Call-ID"], cseq, route))
+    return loop_hash_of(request.uri, from_tag, fields[b"Call-ID"], cseq, fields.get(b"Route", b""))
+
+
+def loop_hash_of(uri: bytes, from_tag: bytes, call_id: bytes, cseq: bytes, route: bytes) -> bytes:
+    """:func:`loop_hash` from its parts: CSeq the number alone, Route every value joined."""
+    basis = b"\n".join((uri, from_tag, call_id, cseq, route))
     return hashlib.blake2b(basis, digest_size=LOOP_HASH // 2).hexdigest().encode()
 
 
-def _branch_mac(key: bytes, loop: bytes, below: Via, conn: bytes, transport: bytes) -> bytes:
-    """The HMAC in our branch, over what a response's way back depends on: the Via below ours
-    as we forwarded it (received/rport stamped; spacing aside, which a UAS may redo), the
-    connection the request came in on, the transport of our Via, and the loop hash."""
-    port = b"%d" % below.port if below.port is not None else b""
-    canonical = b"%s %s:%s%s" % (
-        below.transport_name.upper(),
-        below.host.lower(),
+def via_identity(via: Via) -> bytes:
+    """What our branch's HMAC covers of the Via below ours as we forwarded it (received/rport
+    stamped): all of it but spacing, which a UAS may redo, and the case of the transport and
+    host."""
+    port = b"%d" % via.port if via.port is not None else b""
+    return b"%s %s:%s%s" % (
+        via.transport_name.upper(),
+        via.host.lower(),
         port,
-        _SWS.sub(b"", below.raw_params),
+        _SWS.sub(b"", via.raw_params),
     )
-    message = b"\n".join((loop, canonical, conn, transport.upper()))
-    return hmac.digest(key, message, "sha256")[: BRANCH_MAC // 2].hex().encode()
+
+
+def _branch_mac(key: Mac, loop: bytes, below: bytes, conn: bytes, transport: bytes) -> bytes:
+    """The HMAC in our branch, over what a response's way back depends on: the Via below ours
+    (its :func:`via_identity`), the connection the request came in on, the transport of our
+    Via, and the loop hash."""
+    message = b"\n".join((loop, below, conn, transport))
+    return key.digest(message)[: BRANCH_MAC // 2].hex().encode()

@@ -1,4 +1,4 @@
-"""The SIP edge's sockets: UDP and TCP listeners on asyncio (uvloop), IPv4 and IPv6.
+"""The SIP edge's sockets: UDP, TCP and TLS listeners on asyncio (uvloop), IPv4 and IPv6.
 
 Every listening socket is bound with SO_REUSEPORT, so ``--workers N`` processes each open the
 same ports and the kernel spreads datagrams and connections between them.  Each worker runs its
@@ -20,6 +20,12 @@ than ``tcp_header_timeout`` from its first byte to the end of its headers or
 most ``tcp_max_connections`` (below the open-file limit) are kept, ``tcp_max_per_source`` from
 one peer address.
 
+TLS connections are TCP connections with TLS done here on memory buffers (``ssl.MemoryBIO``),
+so they share everything above (the table, framing, deadlines, caps) and the transport sees
+each handshake's outcome and the peer's certificate.  The handshake runs on the header deadline.
+The contexts and the choice of certificate by server name are ``tls.py``'s, rebuilt when a
+snapshot brings other certificates; a connection keeps the context it started with.
+
 Names are resolved here and only here, in the background: the configured upstreams' (see
 :meth:`Edge.upstream_names`) when the snapshot changes and every ``RESOLVE_INTERVAL``.  The
 edge hands this module addresses only; nothing a peer sends triggers a lookup.  Whatever
@@ -35,6 +41,7 @@ import itertools
 import logging
 import secrets
 import socket
+import ssl
 import traceback
 from collections import Counter
 from typing import Any, Protocol
@@ -46,7 +53,17 @@ from sipzone.net.limits import connection_cap
 from sipzone.net.sockets import bound_socket
 from sipzone.sip import SipConfig, metrics, parse_listen
 from sipzone.sip.edge import Edge
-from sipzone.sip.message import MAX_MESSAGE, MalformedMessage, StreamReader, is_ip_literal
+from sipzone.sip.keepalive import DECLINED
+from sipzone.sip.message import (
+    MAX_MESSAGE,
+    MalformedMessage,
+    Request,
+    Response,
+    StreamReader,
+    is_ip_literal,
+    parse_message,
+)
+from sipzone.sip.tls import PeerCertificate, TlsContexts, TlsPolicy
 from sipzone.sip.values import Arrival, Listener, Send, Sends
 
 log = logging.getLogger("sipzone.sip")
@@ -89,12 +106,18 @@ class SipService:
         self.edge: Edge | None = None
         self.listeners: list[Listener] = []
         self._udp: dict[int, UdpSender] = {}  # by address family
+        # The sockets of those that are batched, by "is IPv6": a forwarded datagram leaves by
+        # one of these straight from the endpoint, without dispatch (the hot path of a call).
+        self.udp_sockets: dict[bool, socket.socket] = {}
         self._datagram: list[asyncio.BaseTransport | batched_udp.BatchedUdp] = []
         self._servers: list[asyncio.AbstractServer] = []
         self.connections: dict[int, StreamConnection] = {}
-        self._by_peer: dict[tuple[str, int], StreamConnection] = {}
+        self._by_peer: dict[tuple[str, str, int], StreamConnection] = {}  # (transport, host, port)
         self._per_source: Counter[str] = Counter()  # connections peers opened, by address
-        self._connecting: dict[tuple[str, int], asyncio.Future[StreamConnection | None]] = {}
+        self._connecting: dict[tuple[str, str, int], asyncio.Future[StreamConnection | None]] = {}
+        self.tls = TlsContexts(config.tls or TlsPolicy())
+        self.handshakes: Counter[tuple[str, str]] = Counter()  # (direction, outcome)
+        self.open_streams: Counter[str] = Counter()  # connections in the table, by transport
         self.max_connections = connection_cap(config.tcp_max_connections)
         self.resolved: dict[str, str] = {}  # configured upstream name -> address
         self._names: frozenset[str] = frozenset()  # the names last resolved
@@ -130,10 +153,13 @@ class SipService:
             self.listeners.append(Listener(transport, advertise, port))
         self.edge = Edge(self.config, self.listeners)
         await self._resolve_upstreams()  # before the first request needs them
+        self._certificates_changed(self.holder.current, self.holder.current)
+        self.holder.subscribe(self._certificates_changed)
         for (transport, sock, _), listener in zip(pending, self.listeners, strict=True):
             if transport == "udp":
                 endpoint = UdpEndpoint(self, listener)
                 udp: UdpSender
+                plain_udp: UdpSender | None = None
                 if self.config.batched_udp and batched_udp.available():
                     batched = batched_udp.BatchedUdp(
                         sock, endpoint.respond, MAX_MESSAGE, ports=True, recv_size=RECV_SIZE
@@ -146,11 +172,13 @@ class SipService:
                         functools.partial(DatagramHandler, endpoint), sock=sock
                     )
                     self._datagram.append(plain)
-                    udp = plain
-                self._udp.setdefault(sock.family, udp)
+                    udp = plain_udp = plain
+                if self._udp.setdefault(sock.family, udp) is udp and udp is not plain_udp:
+                    self.udp_sockets[sock.family == socket.AF_INET6] = sock
             else:
+                kind = TlsConnection if transport == "tls" else StreamConnection
                 server = await loop.create_server(
-                    functools.partial(StreamConnection, self, listener), sock=sock
+                    functools.partial(kind, self, listener), sock=sock
                 )
                 self._servers.append(server)
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
@@ -176,6 +204,25 @@ class SipService:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
         if self.edge is not None:
             metrics.publish(self.edge.stats)
+        self._publish_tls()
+
+    def _certificates_changed(self, _old: Snapshot, new: Snapshot) -> None:
+        """New handshakes use the certificates of ``new`` (open connections keep theirs)."""
+        try:
+            changed = self.tls.update(new.certificates)
+        except (ssl.SSLError, OSError) as exc:  # OpenSSL refused what the store accepted
+            self.events.error("tls-contexts", "TLS certificates not applied: %s", exc)
+            return
+        if changed:
+            log.info("TLS certificates: %s", ", ".join(c.name for c in new.certificates) or "none")
+        if not self.tls.has_certificate and any(lst.transport == "tls" for lst in self.listeners):
+            self.events.warning(
+                "tls-no-certificate",
+                "no TLS certificate in the store (sipzone cert add): TLS handshakes fail",
+            )
+
+    def _publish_tls(self) -> None:
+        metrics.publish_tls(self.handshakes, self.open_streams, self.tls.certificates)
 
     async def _housekeeping(self) -> None:
         """Publish counters and close connections past a deadline, on one timer."""
@@ -186,6 +233,7 @@ class SipService:
             await asyncio.sleep(interval)
             if self.edge is not None:
                 metrics.publish(self.edge.stats)
+            self._publish_tls()
             now = self.loop.time()
             for conn in list(self.connections.values()):
                 late = conn.overdue(now)
@@ -253,8 +301,8 @@ class SipService:
         for send in sends:
             if send.transport == "udp":
                 self._send_udp(send)
-            elif send.transport == "tcp":
-                self._send_tcp(send)
+            elif send.transport in ("tcp", "tls"):
+                self._send_stream(send)
             else:
                 self.events.warning(
                     f"no-transport:{send.transport[:20]}",
@@ -286,15 +334,21 @@ class SipService:
             return
         try:
             udp.sendto(send.data, (host, send.port))
-        except (OSError, OverflowError) as exc:  # an unreachable or impossible destination
-            self.events.warning("udp-send", "UDP to %s:%d failed: %s", host, send.port, exc)
+        except (OSError, OverflowError) as exc:
+            self.send_failed(host, send.port, exc)
 
-    def _send_tcp(self, send: Send) -> None:
+    def send_failed(self, host: str, port: int, exc: Exception) -> None:
+        """A datagram could not leave: an unreachable or impossible destination, a full buffer."""
+        self.events.warning("udp-send", "UDP to %s:%d failed: %s", host, port, exc)
+
+    def _send_stream(self, send: Send) -> None:
         conn = self.connections.get(send.conn) if send.conn is not None else None
         if conn is not None and conn.peer[0] != send.host:
             conn = None  # a connection id of another worker's: not this peer's connection
+        # A connection named by id is used whatever transport the Via said (a request came in
+        # on it); without one, a connection of the transport asked for, or a new one.
         if conn is None:
-            conn = self._by_peer.get((send.host, send.port))
+            conn = self._by_peer.get((send.transport, send.host, send.port))
         if conn is not None:
             conn.write(send.data)
             return
@@ -310,36 +364,45 @@ class SipService:
         return family if family in self._udp else -1
 
     async def _connect_and_send(self, send: Send) -> None:
-        key = (send.host, send.port)
+        key = (send.transport, send.host, send.port)
         future = self._connecting.get(key)
         if future is None:
             future = self.loop.create_future()
             self._connecting[key] = future
             try:
-                future.set_result(await self._connect(send.host, send.port))
+                future.set_result(await self._connect(*key))
             finally:
                 del self._connecting[key]
         conn = await future
         if conn is not None:
             conn.write(send.data)
 
-    async def _connect(self, host: str, port: int) -> StreamConnection | None:
-        listener = next((lst for lst in self.listeners if lst.transport == "tcp"), None)
+    async def _connect(self, transport: str, host: str, port: int) -> StreamConnection | None:
+        listener = next((lst for lst in self.listeners if lst.transport == transport), None)
         listener = listener or self.listeners[0]
+
+        def connection() -> StreamConnection:
+            if transport == "tls":
+                return TlsConnection(self, listener, server_name=self._name_of(host))
+            return StreamConnection(self, listener, outbound=True)
+
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: StreamConnection(self, listener, outbound=True), host, port
-                ),
-                5.0,
+                self.loop.create_connection(connection, host, port), 5.0
             )
         except (OSError, OverflowError, TimeoutError) as exc:
             self.events.warning(
-                "tcp-connect", "cannot connect to %s:%d over TCP: %s", host, port, exc
-            )
+                f"{transport}-connect",
+                "cannot connect to %s:%d over %s: %s", host, port, transport.upper(), exc,
+            )  # fmt: skip
             return None
-        self._by_peer.setdefault((host, port), conn)
+        self._by_peer.setdefault((transport, host, port), conn)
         return conn
+
+    def _name_of(self, address: str) -> str:
+        """The configured upstream name ``address`` was resolved from (what its certificate
+        must name), else the address itself."""
+        return next((name for name, a in self.resolved.items() if a == address), address)
 
     # -- connection table ---------------------------------------------------------------------
 
@@ -366,12 +429,14 @@ class SipService:
             self._per_source[source] += 1
         conn.id = next(self._ids)
         self.connections[conn.id] = conn
-        self._by_peer[conn.peer] = conn
+        self.open_streams[conn.transport_name] += 1
+        self._by_peer[(conn.transport_name, *conn.peer)] = conn
         return True
 
     def unregister(self, conn: StreamConnection) -> None:
         if self.connections.pop(conn.id, None) is None:
             return  # never admitted
+        self.open_streams[conn.transport_name] -= 1
         if not conn.outbound:
             source = conn.peer[0]
             self._per_source[source] -= 1
@@ -393,6 +458,7 @@ class UdpEndpoint:
         self.receive = service.edge.receive
         self.holder = service.holder
         self._arrivals: dict[tuple[str, int], Arrival] = {}
+        self._sockets = service.udp_sockets  # filled as the service binds (shared, not copied)
 
     def respond(self, data: bytes, addr: tuple[str, int]) -> bytes | None:
         try:
@@ -412,9 +478,18 @@ class UdpEndpoint:
             return None
         if len(sends) == 1:
             answer, transport, host, port, _ = sends[0]
-            # An answer back where the request came from: no dispatch.
-            if port == addr[1] and host == addr[0] and transport == "udp":
-                return answer
+            if transport == "udp":
+                # An answer back where the request came from: no dispatch.
+                if port == addr[1] and host == addr[0]:
+                    return answer
+                # A request on to the core, a response on to a phone: straight out.
+                sock = self._sockets.get(":" in host)
+                if sock is not None and is_ip_literal(host):
+                    try:
+                        sock.sendto(answer, (host, port))
+                    except (OSError, OverflowError) as exc:
+                        self.service.send_failed(host, port, exc)
+                    return None
         if sends:
             self.service.dispatch(sends)
         return None
@@ -448,6 +523,8 @@ class DatagramHandler(asyncio.DatagramProtocol):
 
 class StreamConnection(asyncio.Protocol):
     """One TCP connection, accepted or opened by us: frames messages by Content-Length."""
+
+    transport_name = "tcp"
 
     def __init__(self, service: SipService, listener: Listener, outbound: bool = False) -> None:
         self.service = service
@@ -502,22 +579,37 @@ class StreamConnection(asyncio.Protocol):
                 self.message_started = now
 
     def _read(self, edge: Edge) -> None:
+        reader = self.reader
         while True:
-            try:
-                message = self.reader.next_message()
-            except MalformedMessage as exc:
-                # The framing is lost: answer if we can, then close (RFC 3261 §18.3).
-                self.service.dispatch(edge.malformed(exc, self.arrival))
-                self.close()
-                return
-            if self.reader.keepalives:
-                self.reader.keepalives = 0
-                self.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+            # A message whose Content-Length is plain comes whole as bytes, for the fast
+            # paths; anything else is framed and parsed by the reader.
+            message: Request | Response | bytes | None = reader.next_frame()
             if message is None:
-                return
+                try:
+                    message = reader.next_message()
+                except MalformedMessage as exc:
+                    # The framing is lost: answer if we can, then close (RFC 3261 §18.3).
+                    self._lost(edge, exc)
+                    return
+                if reader.keepalives:
+                    reader.keepalives = 0
+                    self.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+                if message is None:
+                    return
             self.message_started = None  # the next message's clock starts with its first byte
+            snapshot = self.service.holder.current
             try:
-                sends = edge.handle(message, self.arrival, self.service.holder.current)
+                if isinstance(message, bytes):
+                    sends = edge.spliced(message, self.arrival, snapshot)
+                    if sends is DECLINED:
+                        try:
+                            message = parse_message(message)
+                        except MalformedMessage as exc:  # what next_message would have raised
+                            self._lost(edge, exc)
+                            return
+                        sends = edge.handle(message, self.arrival, snapshot)
+                else:
+                    sends = edge.handle(message, self.arrival, snapshot)
             except Exception as exc:
                 self.service.events.error(
                     f"edge-bug:{type(exc).__name__}",
@@ -527,6 +619,10 @@ class StreamConnection(asyncio.Protocol):
                 )
                 continue
             self.service.dispatch(sends)
+
+    def _lost(self, edge: Edge, exc: MalformedMessage) -> None:
+        self.service.dispatch(edge.malformed(exc, self.arrival))
+        self.close()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -540,6 +636,175 @@ class StreamConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+# What a failed handshake counts as (sipzone_sip_tls_handshakes_total{outcome}), by OpenSSL's
+# reason; any other reason is "failed".  A small fixed set: a label per reason would let
+# scanners grow the metric.
+_HANDSHAKE_OUTCOMES = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
+    "CERTIFICATE_VERIFY_FAILED": "certificate_refused",
+    "TLSV1_ALERT_UNKNOWN_CA": "certificate_refused",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "certificate_refused",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate_refused",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no_client_certificate",
+    "WRONG_VERSION_NUMBER": "not_tls",
+    "HTTP_REQUEST": "not_tls",
+    "HTTPS_PROXY_REQUEST": "not_tls",
+    "PACKET_LENGTH_TOO_LONG": "not_tls",
+    "RECORD_LAYER_FAILURE": "not_tls",
+    "UNSUPPORTED_PROTOCOL": "no_common_protocol",
+    "NO_SHARED_CIPHER": "no_common_protocol",
+    "VERSION_TOO_LOW": "no_common_protocol",
+    "NO_PROTOCOLS_AVAILABLE": "no_common_protocol",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no_common_protocol",
+}
+TLS_READ = 65536  # bytes of plaintext taken from the TLS object per read
+
+
+class TlsConnection(StreamConnection):
+    """One TLS connection, accepted or opened by us (``server_name`` given: the name the
+    server's certificate must carry): TLS on memory buffers, then the framing of TCP."""
+
+    transport_name = "tls"
+
+    def __init__(
+        self, service: SipService, listener: Listener, server_name: str | None = None
+    ) -> None:
+        super().__init__(service, listener, outbound=server_name is not None)
+        self.server_name = server_name
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.tls: ssl.SSLObject | None = None
+        self.established = False
+        self.outcome: str | None = None  # the handshake's, once known
+        self._pending: list[bytes] = []  # written before the handshake ended
+        self.peer_certificate: PeerCertificate | None = None  # verified, when one was sent
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.transport is None or self.transport.is_closing():
+            return  # refused by a cap
+        contexts = self.service.tls
+        if self.outbound:
+            self.tls = contexts.client().wrap_bio(
+                self._in, self._out, server_side=False, server_hostname=self.server_name
+            )
+        else:
+            self.tls = contexts.dispatcher.wrap_bio(self._in, self._out, server_side=True)
+        self.message_started = self.last_active  # the handshake runs on the header deadline
+        if self.outbound:
+            self._handshake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.tls is not None and self.outcome is None:
+            self._count("closed")  # the peer gave up (or never spoke TLS) mid-handshake
+        super().connection_lost(exc)
+
+    def overdue(self, now: float) -> str | None:
+        late = super().overdue(now)
+        if late and self.outcome is None and self.tls is not None:
+            self._count("timeout")
+            return "handshake deadline"
+        return late
+
+    def data_received(self, data: bytes) -> None:
+        if self.tls is None or (self.outcome is not None and not self.established):
+            return  # refused by a cap, or the handshake failed: closing
+        self._in.write(data)
+        if not self.established:
+            self.last_active = self.service.loop.time()
+            if not self._handshake():
+                return
+        plain = self._decrypt()
+        if plain:
+            super().data_received(plain)
+
+    def _handshake(self) -> bool:
+        """Go on with the handshake; True once it has ended well."""
+        assert self.tls is not None
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except ssl.SSLError as exc:
+            self._flush()  # our alert, if OpenSSL wrote one
+            outcome = _HANDSHAKE_OUTCOMES.get(exc.reason or "", "failed")
+            self._count(outcome)
+            self.service.events.warning(
+                f"tls-handshake:{outcome}",
+                "TLS handshake %s %s:%d failed (%s): %s",
+                "to" if self.outbound else "from", *self.peer, outcome, exc.reason or exc,
+            )  # fmt: skip
+            self.close()
+            return False
+        self.established = True
+        self.message_started = None
+        self._count("ok")
+        self.peer_certificate = PeerCertificate.of(self.tls)
+        if self.peer_certificate is not None:
+            log.debug(
+                "TLS %s %s:%d: peer certificate %s (%s)",
+                "to" if self.outbound else "from", *self.peer,
+                self.peer_certificate.subject, ", ".join(self.peer_certificate.names),
+            )  # fmt: skip
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self.write(data)
+        self._flush()
+        return True
+
+    def _count(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.service.handshakes[("out" if self.outbound else "in", outcome)] += 1
+
+    def _decrypt(self) -> bytes:
+        assert self.tls is not None
+        chunks = []
+        while True:
+            try:
+                chunk = self.tls.read(TLS_READ)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # the peer's close_notify
+                self.close()
+                break
+            except ssl.SSLError as exc:
+                log.debug("TLS from %s:%d broken: %s", *self.peer, exc)
+                self.abort()
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        self._flush()  # a TLS 1.3 key update may want an answer
+        return b"".join(chunks)
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        if not self.established:
+            self._pending.append(data)
+            return
+        if self.tls is None or self.transport is None or self.transport.is_closing():
+            return
+        self.last_active = self.service.loop.time()
+        try:
+            self.tls.write(data)
+        except ssl.SSLError:
+            self.abort()
+            return
+        self._flush()
+
+    def close(self) -> None:
+        if self.established and self.tls is not None:
+            with contextlib.suppress(ssl.SSLError):
+                self.tls.unwrap()  # our close_notify
+            self._flush()
+        super().close()
 
 
 async def start_sip(config: SipConfig, holder: SnapshotHolder) -> SipService:

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sipzone.eventlog import EventLog
+from sipzone.model.certificates import Certificate, parse_cert_name, parse_certificate
 from sipzone.model.errors import (
     BadAddress,
     Conflict,
@@ -84,6 +85,7 @@ from sipzone.model.tenancy import (
 )
 from sipzone.store.feed import notify_sql
 from sipzone.store.schema import (
+    certificates,
     changelog,
     domains,
     grants,
@@ -860,6 +862,88 @@ class Store:
                 conn.execute(settings.insert().values(key=previous_key, value=current))
             return rev
 
+    # ------------------------------------------------------------------ TLS certificates
+    # The key is stored beside its chain and goes into snapshots (every node serves it); it
+    # never enters the change log, and nothing here prints or logs it.
+
+    def add_certificate(
+        self, name: str, chain: str | bytes, key: str | bytes
+    ) -> tuple[Certificate, int, bool]:
+        """Store certificate ``name`` (validated now: see ``model/certificates.py``); an
+        existing ``name`` is replaced in place, keeping its default mark.  Returns the
+        certificate, the revision and whether it replaced one."""
+        cert = parse_certificate(name, chain, key, now=datetime.now(UTC))
+        detail: dict[str, Any] = {
+            "names": list(cert.names),
+            "serial": f"{cert.serial:x}",
+            "not_after": cert.not_after.isoformat(),
+        }
+        with self._write("cert.add", cert.name, detail) as (conn, rev):
+            self._provider_only("manages TLS certificates")
+            values = {"chain_pem": cert.chain_pem, "key_pem": cert.key_pem}
+            where = certificates.c.name == cert.name
+            replaced = conn.execute(certificates.update().where(where).values(**values)).rowcount
+            if not replaced:
+                conn.execute(
+                    certificates.insert().values(name=cert.name, is_default=False, **values)
+                )
+            detail["replaced"] = bool(replaced)
+            return cert, rev, bool(replaced)
+
+    def remove_certificate(self, name: str) -> int:
+        """Remove certificate ``name``; when it was the default, the first added is next."""
+        name = parse_cert_name(name)
+        with self._write("cert.remove", name) as (conn, rev):
+            self._provider_only("manages TLS certificates")
+            if conn.execute(certificates.delete().where(certificates.c.name == name)).rowcount == 0:
+                raise NotFound(f"certificate {name!r} does not exist")
+            return rev
+
+    def set_default_certificate(self, name: str) -> int:
+        """Make ``name`` the certificate for handshakes no other certificate's names match."""
+        name = parse_cert_name(name)
+        with self._write("cert.default", name) as (conn, rev):
+            self._provider_only("manages TLS certificates")
+            if not conn.execute(
+                sa.select(certificates.c.id).where(certificates.c.name == name)
+            ).first():
+                raise NotFound(f"certificate {name!r} does not exist")
+            conn.execute(certificates.update().values(is_default=certificates.c.name == name))
+            return rev
+
+    def list_certificates(self) -> list[Certificate]:
+        """The stored certificates, the default first (see :meth:`_certificates`)."""
+        with self.engine.connect() as conn:
+            return self._certificates(conn)
+
+    def _certificates(self, conn: Connection) -> list[Certificate]:
+        """The certificates as stored, the default one first (the one marked, else the first
+        added), then in the order added; a row that no longer parses or whose key does not
+        match is skipped, an expired one kept (both logged)."""
+        rows = conn.execute(
+            sa.select(certificates).order_by(certificates.c.is_default.desc(), certificates.c.id)
+        ).mappings()
+        out = []
+        now = datetime.now(UTC)
+        for row in rows:
+            name = str(row["name"])
+            try:
+                cert = parse_certificate(name, row["chain_pem"], row["key_pem"])
+            except SipzoneError as exc:
+                self.read_log.warning(
+                    f"certificate {name}", "store: certificate %r skipped: %s", name, exc
+                )
+                continue
+            if cert.not_after < now:
+                self.read_log.warning(
+                    f"certificate {name} expired",
+                    "store: certificate %r expired at %s; still served until replaced",
+                    name,
+                    cert.not_after.isoformat(),
+                )
+            out.append(cert)
+        return out
+
     # ------------------------------------------------------------------ snapshots and feed
 
     def changes_since(self, revision: int, limit: int = 10_000) -> list[Change]:
@@ -912,6 +996,7 @@ class Store:
                 zones=tuple(zone_names),
                 email_domain=settings_map.get("email_domain"),
                 settings=settings_map,
+                certificates=tuple(self._certificates(conn)),
             )
 
     def _valid_rules(self, rules: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -150,3 +150,16 @@ grants = Table(
     Column("granted_by", String(100), nullable=False),
     UniqueConstraint("tenant_id", "namespace"),
 )
+
+# TLS certificates by name: the chain (PEM, leaf first, certificates only) and its private key
+# (PEM).  The default one (``is_default``; none marked: the first added) answers handshakes
+# without a server name or with one no certificate covers.
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("chain_pem", Text, nullable=False),
+    Column("key_pem", Text, nullable=False),
+    Column("is_default", Boolean, nullable=False),
+)
