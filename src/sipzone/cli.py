@@ -20,7 +20,7 @@ import sqlalchemy.exc
 import typer
 
 from sipzone.model.errors import InvalidName, SipzoneError
-from sipzone.model.names import RuleName, parse_domain, parse_rule, to_unicode
+from sipzone.model.names import RuleName, parse_domain, parse_rule
 from sipzone.model.tenancy import PROVIDER
 from sipzone.store.repository import (
     DEFAULT_URL,
@@ -53,6 +53,8 @@ for sub, name in (
     app.add_typer(sub, name=name, no_args_is_help=True)
 sip_app = typer.Typer(help="The SIP edge's installation-wide state.")
 app.add_typer(sip_app, name="sip", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens: each acts as one tenant, over its subtree only.")
+app.add_typer(token_app, name="token", no_args_is_help=True)
 cert_app = typer.Typer(help="TLS certificates for SIP over TLS, chosen by the server name (SNI).")
 app.add_typer(cert_app, name="cert", no_args_is_help=True)
 
@@ -100,7 +102,8 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def store(db: str, actor: str = PROVIDER) -> Store:
-    return Store(db, actor=actor, via=f"cli:{os.environ.get('USER', 'unknown')}")
+    user = os.environ.get("USER", "unknown")
+    return Store(db, actor=actor, via=f"cli:{user}", principal=f"shell user {user}", origin="shell")
 
 
 def emit(data: Any) -> None:
@@ -198,22 +201,11 @@ def tenant_set(
 @guarded
 def tenant_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """List tenants with the brand and upstream they inherit."""
+    from sipzone.api.views import tenant_json
+
     tree = store(db).tenants()
-    rows: list[dict[str, Any]] = []
-    for tenant in sorted(tree, key=lambda t: tree.view(t.name).chain[::-1]):
-        view = tree.view(tenant.name)
-        rows.append(
-            {
-                "name": tenant.name,
-                "parent": tenant.parent,
-                "chain": list(view.chain),
-                "brand_name": view.brand.brand_name,
-                "support_email": view.brand.support_email,
-                "web_url": view.brand.web_url,
-                "logo_url": view.brand.logo_url,
-                "upstream": view.upstream,
-            }
-        )
+    ordered = sorted(tree, key=lambda t: tree.view(t.name).chain[::-1])
+    rows = [tenant_json(tree, tenant.name) for tenant in ordered]
     if as_json:
         emit(rows)
         return
@@ -254,24 +246,15 @@ def domain_list(
     db: Db = DEFAULT_URL,
     as_json: Json = False,
 ) -> None:
-    """List SIP domains: name, owner, wildcard, revision added."""
+    """List SIP domains: name, owner, wildcard, revision added, status (pending claims)."""
+    from sipzone.api.views import domain_json
+
     rows = store(db).list_domains(owner)
     if as_json:
-        emit(
-            [
-                {
-                    "name": r.name,
-                    "unicode": to_unicode(r.name),
-                    "owner": r.owner,
-                    "wildcard": r.wildcard,
-                    "revision": r.revision,
-                }
-                for r in rows
-            ]
-        )
+        emit([domain_json(r) for r in rows])
         return
     for r in rows:
-        typer.echo(f"{r.name}\t{r.owner}")
+        typer.echo(f"{r.name}\t{r.owner}" + ("\tpending" if r.pending else ""))
 
 
 def _read_import(path: Path) -> list[tuple[int, RuleName, str | None]]:
@@ -364,20 +347,12 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
 def check(name: str, db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """Is NAME admitted?  Exit 0 with the rule and owner if so, 1 if not."""
 
+    from sipzone.api.views import check_json
+
     key = parse_domain(name).text
     match, revision = store(db).check(key)
     if as_json:
-        emit(
-            {
-                "name": key,
-                "admitted": match is not None,
-                "rule": match.rule if match else None,
-                "wildcard": match.wildcard if match else None,
-                "owner": match.owner.name if match else None,
-                "chain": list(match.owner.chain) if match else None,
-                "revision": revision,
-            }
-        )
+        emit(check_json(key, match, revision))
     elif match is not None:
         typer.echo(f"{key} admitted by {match.rule} (owner {match.owner.name})")
     else:
@@ -454,21 +429,9 @@ def site_health(
 @guarded
 def site_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """List sites: name, region, virtual IPs, up or down (--json: every field)."""
-    rows: list[dict[str, Any]] = [
-        {
-            "name": s.name,
-            "region": s.region,
-            "vips": [str(v) for v in s.vips],
-            "networks": [str(n) for n in s.networks],
-            "host": s.host,
-            "ports": dict(s.ports),
-            "weight": s.weight,
-            "order": s.order,
-            "upstream": s.upstream,
-            "healthy": s.healthy,
-        }
-        for s in store(db).list_sites()
-    ]
+    from sipzone.api.views import site_json
+
+    rows = [site_json(s) for s in store(db).list_sites()]
     if as_json:
         emit(rows)
         return
@@ -533,21 +496,9 @@ def cert_default(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
 def cert_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """List certificates, the default first: names covered, issuer, not-after, days left
     (--json: also subject, serial, not-before, SHA-256 fingerprint; never the key)."""
-    rows: list[dict[str, Any]] = [
-        {
-            "name": c.name,
-            "default": i == 0,
-            "names": list(c.names),
-            "subject": c.subject,
-            "issuer": c.issuer,
-            "serial": f"{c.serial:x}",
-            "not_before": c.not_before.isoformat(),
-            "not_after": c.not_after.isoformat(),
-            "days_left": int(c.days_left() // 1),
-            "fingerprint_sha256": c.fingerprint,
-        }
-        for i, c in enumerate(store(db).list_certificates())
-    ]
+    from sipzone.api.views import certificate_json
+
+    rows = [certificate_json(c, i == 0) for i, c in enumerate(store(db).list_certificates())]
     if as_json:
         emit(rows)
         return
@@ -647,6 +598,136 @@ def zone_export(
         typer.echo(
             f"sipzone: left out {omitted.count} records whose names exceed 255 octets", err=True
         )
+
+
+# ---------------------------------------------------------------------------- API: tokens, grants
+
+
+@token_app.command("create")
+@guarded
+def token_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the token acts as.")],
+    name: Annotated[str | None, typer.Option("--name", help="A label to tell it apart.")] = None,
+    expires: Annotated[
+        int | None, typer.Option(help="Days until it expires (default: never).")
+    ] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Make an API token for TENANT; its text is the last line, shown this once only."""
+    row, secret = store(db, actor).create_token(tenant, name, expires)
+    until = f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""
+    typer.echo(f"token #{row.id} {row.label!r} for tenant {row.tenant}{until}")
+    typer.echo("keep it now: sipzone stores only its hash and cannot show it again")
+    typer.echo(secret)
+
+
+@token_app.command("list")
+@guarded
+def token_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's tokens.")] = None,
+    db: Db = DEFAULT_URL,
+    as_json: Json = False,
+) -> None:
+    """List tokens: id, tenant, label, created, expires, revoked (never their text)."""
+    from sipzone.api.views import token_json
+
+    rows = [token_json(t) for t in store(db).list_tokens(tenant)]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        state = "revoked" if r["revoked_at"] else f"expires {r['expires_at'] or 'never'}"
+        typer.echo(f"{r['id']}\t{r['tenant']}\t{r['label']}\t{state}")
+
+
+@token_app.command("revoke")
+@guarded
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The token's id (token list).")],
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Revoke a token: the next request with it is refused."""
+    rev = store(db, actor).revoke_token(token_id)
+    typer.echo(f"token #{token_id} revoked (revision {rev})")
+
+
+@tenant_app.command("grant")
+@guarded
+def tenant_grant(
+    name: str,
+    namespace: Annotated[str, typer.Option(help="A name inside the provider's zones.")],
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Let tenant NAME create rules within NAMESPACE (and below it)."""
+    granted, rev = store(db, actor).grant_namespace(name, namespace)
+    typer.echo(f"tenant {name} may create rules within {granted.text} (revision {rev})")
+
+
+@tenant_app.command("grants")
+@guarded
+def tenant_grants(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """List namespace grants: tenant, namespace."""
+    rows = [{"tenant": t, "namespace": n} for t, n in store(db).list_grants()]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['tenant']}\t{r['namespace']}")
+
+
+@domain_app.command("verify")
+@guarded
+def domain_verify(
+    name: str,
+    resolver: Annotated[
+        str | None, typer.Option(help="Resolver HOST:PORT (default: the system's).")
+    ] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Look up the TXT proof of a pending claim; exit 0 once it is active, 1 while pending."""
+    from sipzone.api.proof import challenge_name, txt_strings
+
+    repo = store(db, actor)
+    row = repo.domain(name)
+    if row.pending:
+        where = challenge_name(row.name)
+        row, _rev = repo.prove_domain(row.name, txt_strings(where, resolver))
+        if row.pending:
+            typer.echo(f"{row.name} still pending: no TXT {row.challenge!r} at {where}")
+            raise typer.Exit(1)
+    typer.echo(f"{row.name} is active (owner {row.owner})")
+
+
+@app.command()
+@guarded
+def audit(
+    tenant: Annotated[
+        str | None, typer.Option(help="Only entries about this tenant's subtree.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this time (ISO 8601) or age (30m, 12h, 7d) on.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many entries.")] = 100,
+    db: Db = DEFAULT_URL,
+    as_json: Json = False,
+) -> None:
+    """The audit trail, newest first: when, what, who (tenant, token or shell user), from where."""
+    from sipzone.api.views import audit_json, parse_since
+
+    repo = store(db)
+    scope = repo.tenants().subtree(tenant) if tenant else None
+    entries = repo.audit(scope, since=parse_since(since) if since else None, limit=limit)
+    rows = [audit_json(e) for e in entries]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        who = f"{r['actor_tenant'] or '?'} ({r['principal'] or '?'}, {r['origin'] or '?'})"
+        typer.echo(f"{r['at']}\t{r['revision']}\t{r['op']}\t{r['subject']}\t{who}")
 
 
 def _listen_list(text: str) -> tuple[str, ...]:
@@ -783,25 +864,38 @@ def serve(
         bool,
         typer.Option(help="Start even when another process holds the ports, sharing them."),
     ] = False,
+    api: Annotated[
+        str | None,
+        typer.Option(help="REST API, web console, /healthz and /metrics at HOST:PORT."),
+    ] = None,
+    proof_resolver: Annotated[
+        str | None,
+        typer.Option(help="Resolver HOST:PORT that checks claim proofs (default: the system's)."),
+    ] = None,
     db: Db = DEFAULT_URL,
 ) -> None:
-    """Run the SIP edge and/or the DNS authority on the store, following its changes live."""
+    """Run the SIP edge, the DNS authority and/or the API on the store, following it live."""
     import ipaddress
 
+    from sipzone.api import ApiConfig
     from sipzone.dns import DnsConfig
     from sipzone.net import split_hostport
     from sipzone.runtime import ServeConfig
     from sipzone.runtime import serve as run
     from sipzone.sip import SipConfig, check_tenant_headers, parse_listen
 
-    if not sip and not dns:
-        fail("nothing to serve: give --sip and/or --dns")
+    if not sip and not dns and not api:
+        fail("nothing to serve: give --sip, --dns and/or --api")
     try:
         for item in _listen_list(sip or ""):
             parse_listen(item)
         check_tenant_headers(tenant_header, caller_tenant_header)
         for hp in [*(notify or []), *([dns] if dns else []), *([metrics] if metrics else [])]:
             split_hostport(hp)
+        if api:
+            split_hostport(api, allow_zero=True)
+        if proof_resolver:
+            split_hostport(proof_resolver)
         for cidr in allow_transfer or []:
             ipaddress.ip_network(cidr, strict=False)
         tls = _tls_policy(tls_ciphers, tls_verify_client, tls_client_ca, tls_upstream_ca)
@@ -851,6 +945,7 @@ def serve(
         workers=workers,
         poll_interval=poll,
         share_ports=share_ports,
+        api=ApiConfig(listen=api, proof_resolver=proof_resolver) if api else None,
     )
     run(config)
 

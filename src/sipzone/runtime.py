@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from sipzone.api import ApiConfig
 from sipzone.dns import DnsConfig
 from sipzone.eventlog import EventLog
 from sipzone.model.errors import SipzoneError
@@ -87,6 +88,7 @@ class ServeConfig:
     workers: int = 1
     poll_interval: float = 0.05  # seconds between change-feed checks (SQLite)
     share_ports: bool = False  # True: join ports another process holds (SO_REUSEPORT)
+    api: ApiConfig | None = None  # the REST API and web console (sipzone.api)
 
 
 # ------------------------------------------------------------------------ ports
@@ -105,6 +107,9 @@ def _listeners(config: ServeConfig) -> Iterator[tuple[str, str, int, socket.Sock
         host, port = split_hostport(config.dns.listen, allow_zero=True)
         yield "DNS udp", host, port, socket.SOCK_DGRAM, True
         yield "DNS tcp", host, port, socket.SOCK_STREAM, True
+    if config.api is not None:
+        host, port = split_hostport(config.api.listen, allow_zero=True)
+        yield "API", host, port, socket.SOCK_STREAM, False
 
 
 def check_ports(config: ServeConfig) -> None:
@@ -155,6 +160,12 @@ class StoreFollower:
         self.events = EventLog(log)
         self.mark: Mark = None
         self._failing = False
+        self._feed: ChangeFeed | None = None
+
+    def nudge(self) -> None:
+        """Read the store now rather than at the next poll (this process wrote to it)."""
+        if self._feed is not None:
+            self._feed.nudge()
 
     def load(self) -> Snapshot:
         """The whole store, and the mark of its history (runs in a thread)."""
@@ -183,7 +194,7 @@ class StoreFollower:
         from sipzone import metrics
 
         loop = asyncio.get_running_loop()
-        feed = ChangeFeed(self.store.url, interval=self.interval)
+        feed = self._feed = ChangeFeed(self.store.url, interval=self.interval)
         retry: float | None = None  # seconds until a failed read is tried again
         whole = False
         try:
@@ -250,6 +261,10 @@ async def run_worker(
         dns_service = await start_dns(config.dns, holder)
         services.append(dns_service)
         dns_service.notify_secondaries()  # see the module's docstring: the NOTIFY role
+    if config.api is not None:
+        from sipzone.api.service import start_api
+
+        services.append(await start_api(config.api, config.db, holder, follower.nudge))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -382,7 +397,8 @@ class _Supervisor:
             start_http_server(port, host, registry=registry)
         # What every worker imports, imported once here: a fork shares it, so a replacement
         # starts serving sooner.
-        for module in ("uvloop", "sipzone.dns.server", "sipzone.sip.transport"):
+        preload = ("uvloop", "sipzone.dns.server", "sipzone.sip.transport", "sipzone.api.app")
+        for module in preload:
             importlib.import_module(module)
 
         # Signals only wake the loop below (through wake_w); they are handled in it.

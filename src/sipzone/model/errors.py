@@ -135,6 +135,22 @@ class ImportRefused(InvalidValue):
     """A `domain import` file with bad lines; nothing of it was added."""
 
 
+class NotAuthenticated(SipzoneError):
+    """No valid API token: missing, malformed, unknown, revoked or expired."""
+
+
+class TooManyAttempts(SipzoneError):
+    """Too many failed authentications from one client address; wait and retry."""
+
+
+class BadCursor(InvalidValue):
+    """A pagination cursor that this API did not hand out."""
+
+
+class ProofFailed(SipzoneError):
+    """The DNS lookup that proves control of a claimed name could not be made."""
+
+
 class BadCertificate(InvalidValue):
     """A certificate file that holds no PEM certificate, or one that does not parse."""
 

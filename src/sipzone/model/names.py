@@ -94,6 +94,8 @@ def to_unicode(text: str) -> str:
     """Display form of an A-label name; falls back to the stored form if it will not decode."""
     if "xn--" not in text:
         return text
+    if text.startswith("*."):  # IDNA decodes no '*' label
+        return "*." + to_unicode(text[2:])
     try:
         return str(idna.decode(text))
     except idna.IDNAError:

@@ -10,6 +10,13 @@ provider when none does.  A rule for ``N`` or ``*.N`` may be owned by tenant T o
 controller of ``N`` is T or one of T's ancestors, so a reseller can never claim a name inside
 another reseller's space.
 
+Grants and proofs (who may claim a name nobody holds yet): a name no tenant's rule covers is
+the provider's.  Inside the provider's own zones a tenant other than the provider creates rules
+only within a namespace granted (``tenant grant``) to it, or to a tenant between it and the
+owner, by an ancestor holding that namespace; the provider holds all its zones.  Outside them
+such a claim is *pending* until the claimant proves control of the name in the DNS (see
+``sipzone.api.proof``).  The provider's own writes need neither.
+
 The value rules of a tenant live here too (its name, brand fields and upstream), so that every
 interface that writes a tenant (CLI, API, store reads) applies the same ones.
 """
@@ -104,6 +111,17 @@ def _check_text(what: str, value: str, limit: int) -> str:
 def parse_brand_name(value: str) -> str:
     """A display name: one line of printable text, at most :data:`MAX_BRAND_NAME` characters."""
     return _check_text("brand name", value.strip(), MAX_BRAND_NAME)
+
+
+MAX_TOKEN_LABEL = 100
+
+
+def parse_token_label(value: str) -> str:
+    """An API token's label: one line of printable text, at most :data:`MAX_TOKEN_LABEL`."""
+    value = _check_text("token label", value.strip(), MAX_TOKEN_LABEL)
+    if not value:
+        raise BadText("token label is empty")
+    return value
 
 
 def parse_support_email(value: str) -> str:
@@ -284,6 +302,11 @@ class TenancyTree:
     def is_ancestor_or_self(self, ancestor: str, name: str) -> bool:
         return ancestor in self.view(name).chain
 
+    def subtree(self, name: str) -> list[str]:
+        """``name`` and every tenant below it: what a token of ``name`` may see."""
+        self.view(name)
+        return [n for n, v in self._views.items() if name in v.chain]
+
     def with_tenant(self, tenant: Tenant) -> TenancyTree:
         """A new tree with ``tenant`` added or replaced; raises if that breaks the tree."""
         return TenancyTree([*(t for t in self._tenants.values() if t.name != tenant.name), tenant])
@@ -336,3 +359,86 @@ def check_may_remove(rule_owner: str, actor: str, tree: TenancyTree) -> None:
             f"the rule belongs to {rule_owner!r}; tenant {actor!r} may only remove its own "
             "rules or those of tenants below it"
         )
+
+
+def covers(namespace: str, name: str) -> bool:
+    """Whether ``name`` is ``namespace`` or below it (on a label boundary)."""
+    return name == namespace or name.endswith("." + namespace)
+
+
+def zone_of(name: str, zones: Iterable[str]) -> str | None:
+    """The provider's zone ``name`` lies in, or None."""
+    return next((z for z in zones if covers(z, name)), None)
+
+
+def needs_proof(
+    rule: str,
+    owner: str,
+    actor: str,
+    tree: TenancyTree,
+    rules: Matcher[str],
+    zones: Iterable[str],
+    grants: Iterable[tuple[str, str]],
+) -> bool:
+    """Whether a new rule ``rule`` for ``owner`` waits for a proof of control (True), may be
+    created at once (False), or is refused (:class:`NotPermitted`); see the module docstring.
+
+    Call after :func:`check_may_own`; ``grants`` are ``(tenant, namespace)`` pairs.
+    """
+    if actor == PROVIDER:
+        return False
+    wildcard = rule.startswith("*.")
+    base = rule[2:] if wildcard else rule
+    ctl = controller(base, rules, above=not wildcard)
+    if ctl != PROVIDER:
+        # Inside a rule held by the owner's chain (check_may_own said so): its holder, or a
+        # tenant above the holder, carves names out of it; a customer may not take them from
+        # under its reseller's rule by itself.
+        if not tree.is_ancestor_or_self(actor, ctl):
+            raise NotPermitted(
+                f"{base!r} is in the namespace of tenant {ctl!r}; only {ctl!r} or a tenant "
+                "above it may add rules there"
+            )
+        return False
+    zone = zone_of(base, zones)
+    if zone is None:
+        return True
+    owner_chain = tree.view(owner).chain
+    for holder, namespace in grants:
+        if (
+            covers(namespace, base)
+            and holder in owner_chain
+            and tree.is_ancestor_or_self(actor, holder)
+        ):
+            return False
+    raise NotPermitted(
+        f"{base!r} is in the provider's zone {zone!r} and no namespace granted to {owner!r} "
+        f"or above it (up to {actor!r}) covers it; ask for one with `sipzone tenant grant "
+        f"{owner} --namespace NAME`"
+    )
+
+
+def check_may_grant(
+    tenant: str,
+    namespace: str,
+    actor: str,
+    tree: TenancyTree,
+    zones: Iterable[str],
+    grants: Iterable[tuple[str, str]],
+) -> None:
+    """Raise unless ``actor`` may grant ``namespace`` (a normalised name) to ``tenant``: an
+    ancestor of ``tenant`` holding the namespace, inside one of the provider's zones."""
+    tree.view(tenant)
+    if tenant == PROVIDER or actor == tenant or not tree.is_ancestor_or_self(actor, tenant):
+        raise NotPermitted(
+            f"tenant {actor!r} may not grant namespaces to {tenant!r}; only tenants above it may"
+        )
+    if zone_of(namespace, zones) is None:
+        raise NotPermitted(
+            f"namespace {namespace!r} is outside the provider's zones; outside them a tenant "
+            "claims a name by proving control of it in the DNS instead"
+        )
+    if actor != PROVIDER and not any(
+        holder == actor and covers(held, namespace) for holder, held in grants
+    ):
+        raise NotPermitted(f"tenant {actor!r} holds no namespace covering {namespace!r}")

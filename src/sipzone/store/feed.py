@@ -86,6 +86,12 @@ class ChangeFeed:
         self._pg: Any = None
         self._retry = RETRY_FIRST
         self._down = False
+        self._nudged = asyncio.Event()  # a write of this process: look now, not next poll
+
+    def nudge(self) -> None:
+        """Check the store now (call on the loop): this process has just written to it.  A
+        SQLite poll otherwise waits up to ``interval``; PostgreSQL's NOTIFY needs no nudge."""
+        self._nudged.set()
 
     @property
     def kind(self) -> str:
@@ -109,7 +115,9 @@ class ChangeFeed:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudged.wait(), self.interval)
+            self._nudged.clear()
             wake = self._poll_sqlite()
             if wake is not None:
                 return wake

@@ -14,11 +14,13 @@ never allowed to crash a server or poison a snapshot.
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import logging
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,21 +74,26 @@ from sipzone.model.tenancy import (
     TenancyTree,
     Tenant,
     TenantView,
+    check_may_grant,
     check_may_own,
     check_may_remove,
     check_new_tenant_name,
+    needs_proof,
     parse_tenant_field,
     parse_tenant_name,
+    parse_token_label,
 )
 from sipzone.store.feed import notify_sql
 from sipzone.store.schema import (
     certificates,
     changelog,
     domains,
+    grants,
     settings,
     sites,
     state,
     tenants,
+    tokens,
     zones,
 )
 
@@ -95,6 +102,9 @@ DEFAULT_URL = "sqlite:///./sipzone.db"
 SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"})
 # Ops the change feed can apply incrementally; any other op rebuilds the snapshot whole.
 RULE_OPS = frozenset({"domain.add", "domain.remove"})
+# Ops that change nothing a snapshot holds (a pending claim is not served): the feed skips them.
+INERT_OPS = frozenset({"domain.claim", "token.create", "token.revoke", "tenant.grant"})
+TOKEN_PREFIX = "sz_"  # API tokens read "sz_" + 43 characters of base64url (32 random octets)
 
 
 class StoreNotInitialised(SipzoneError):
@@ -121,6 +131,38 @@ class DomainRow:
     owner: str
     wildcard: bool
     revision: int
+    pending: bool = False  # claimed outside the provider's zones, control not proven yet
+    challenge: str | None = None  # the TXT value that proves it (pending rows only)
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: int
+    tenant: str
+    label: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    revision: int
+    at: datetime
+    op: str
+    subject: str
+    tenant: str | None  # the tenant the change is about
+    actor_tenant: str | None  # the tenant that made it
+    principal: str | None  # token label or shell user
+    origin: str | None  # client address, or "shell"
+    before: Any
+    after: Any
+
+
+def token_digest(secret: str) -> str:
+    """What the store keeps of a token: the hex SHA-256 of its text."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -172,6 +214,11 @@ def import_refusal(errors: list[str]) -> str:
     return f"import refused, nothing was added{more}: " + "; ".join(errors)
 
 
+# Keys of a write's detail that go to the audit columns of its change-log row (see _write).
+AUDIT_TENANT, AUDIT_BEFORE, AUDIT_AFTER = "audit:tenant", "audit:before", "audit:after"
+AUDIT_OP = "audit:op"  # the op the change log records, when the write turned out another
+
+
 class _Unchanged(Exception):
     """Raised inside a write that found nothing to change, to roll back its revision."""
 
@@ -179,16 +226,34 @@ class _Unchanged(Exception):
 class Store:
     """The repository over one database URL."""
 
-    def __init__(self, url: str = DEFAULT_URL, actor: str = PROVIDER, via: str = "cli") -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        actor: str = PROVIDER,
+        via: str = "cli",
+        *,
+        principal: str | None = None,
+        origin: str | None = None,
+    ) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.actor = actor
         self.via = via
+        self.principal = principal  # who, for the audit trail: token label or shell user
+        self.origin = origin  # from where: client address, or "shell"
         # Bad rows met while reading: one line per row and minute (a server reads often).
         self.read_log = EventLog(logging.getLogger("sipzone.store"))
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def acting(
+        self, actor: str, via: str, *, principal: str | None = None, origin: str | None = None
+    ) -> Store:
+        """This store (same engine and pool) acting as ``actor``: one per API request."""
+        other = copy.copy(self)
+        other.actor, other.via, other.principal, other.origin = actor, via, principal, origin
+        return other
 
     # ------------------------------------------------------------------ schema
 
@@ -249,9 +314,15 @@ class Store:
             if rev is None:
                 raise self._not_initialised()
             info = detail if detail is not None else {}  # the caller may add to it
+            # ... and may say, under these keys, what the audit trail keeps in its own columns:
+            # the tenant the change is about, and the object before and after.
             if conn.dialect.name == "postgresql":
                 conn.execute(notify_sql(), {"revision": rev})
             yield conn, int(rev)
+            op = info.pop(AUDIT_OP, op)
+            about = info.pop(AUDIT_TENANT, None)
+            before = info.pop(AUDIT_BEFORE, None)
+            after = info.pop(AUDIT_AFTER, None)
             conn.execute(
                 changelog.insert().values(
                     revision=rev,
@@ -260,6 +331,12 @@ class Store:
                     op=op,
                     subject=subject,
                     detail=info or None,
+                    tenant=about,
+                    actor_tenant=self.actor,
+                    principal=self.principal or self.via,
+                    origin=self.origin,
+                    before=before,
+                    after=after,
                 )
             )
 
@@ -322,7 +399,7 @@ class Store:
         rows = conn.execute(
             sa.select(domains.c.name, tenants.c.name)
             .join(tenants, domains.c.owner_id == tenants.c.id)
-            .where(domains.c.name.in_(candidates))
+            .where(domains.c.name.in_(candidates), domains.c.pending == sa.false())
         ).all()
         return Matcher.from_rules((r[0], r[1]) for r in rows)
 
@@ -348,7 +425,9 @@ class Store:
             "upstream": upstream,
         }
         values = {k: parse_tenant_field(k, v) for k, v in given.items()}
-        with self._write("tenant.add", name, {"parent": parent}) as (conn, rev):
+        after = {"name": name, "parent": parent, **values}
+        detail = {"parent": parent, AUDIT_TENANT: name, AUDIT_AFTER: after}
+        with self._write("tenant.add", name, detail) as (conn, rev):
             tree = self._tree(conn)
             check_new_tenant_name(name, (t.name for t in tree))
             tree.get(parent)
@@ -364,11 +443,13 @@ class Store:
     def update_tenant(self, name: str, **fields: str | None) -> int:
         """Change some of a tenant's optional fields; None or '' clears one (inherit)."""
         values = {k: parse_tenant_field(k, v) for k, v in fields.items()}
-        with self._write("tenant.update", name, dict(values)) as (conn, rev):
+        detail: dict[str, Any] = {**values, AUDIT_TENANT: name, AUDIT_AFTER: dict(values)}
+        with self._write("tenant.update", name, detail) as (conn, rev):
             tree = self._tree(conn)
-            tree.get(name)
+            old = tree.get(name)
             if not tree.is_ancestor_or_self(self.actor, name):
                 raise NotPermitted(f"tenant {self.actor!r} may not change {name!r}")
+            detail[AUDIT_BEFORE] = {k: getattr(old, k) for k in values}
             conn.execute(tenants.update().where(tenants.c.name == name).values(**values))
             return rev
 
@@ -379,9 +460,14 @@ class Store:
     # ------------------------------------------------------------------ domains
 
     def add_domain(self, text: str, owner: str | None = None) -> tuple[RuleName, int]:
+        """Add a rule for ``owner`` (default: the actor).  A claim a tenant other than the
+        provider makes outside the provider's zones is stored *pending* (see
+        :meth:`domain`, :meth:`prove_domain`): logged as ``domain.claim``, not served."""
         rule = parse_rule(text)
         owner = owner or self.actor
-        with self._write("domain.add", rule.text, {"owner": owner}) as (conn, rev):
+        row = {"name": rule.text, "owner": owner, "wildcard": rule.is_wildcard}
+        detail: dict[str, Any] = {"owner": owner, AUDIT_TENANT: owner, AUDIT_AFTER: row}
+        with self._write("domain.add", rule.text, detail) as (conn, rev):
             tree = self._tree(conn)
             tree.get(owner)
             existing = conn.execute(
@@ -392,51 +478,70 @@ class Store:
             if existing is not None:
                 raise Conflict(f"{rule.text!r} exists already (owner {existing!r})")
             base = rule.base.text if isinstance(rule, WildcardName) else rule.text
-            check_may_own(rule.text, owner, self.actor, tree, self._rules_near(conn, base))
+            near = self._rules_near(conn, base)
+            check_may_own(rule.text, owner, self.actor, tree, near)
+            pending = needs_proof(
+                rule.text, owner, self.actor, tree, near, self._zones(conn), self._grants(conn)
+            )
+            challenge = secrets.token_urlsafe(24) if pending else None
+            row["pending"] = pending
             conn.execute(
                 domains.insert().values(
                     name=rule.text,
                     owner_id=self._tenant_id(conn, owner),
                     wildcard=rule.is_wildcard,
                     revision=rev,
+                    pending=pending,
+                    challenge=challenge,
+                    rname=rule.text[::-1],
                 )
             )
+            if pending:
+                detail[AUDIT_OP] = "domain.claim"  # not served yet: the feed skips it
             return rule, rev
 
     def remove_domain(self, text: str) -> tuple[RuleName, int]:
         rule = parse_rule(text)
-        with self._write("domain.remove", rule.text) as (conn, rev):
-            owner = conn.execute(
-                sa.select(tenants.c.name)
+        detail: dict[str, Any] = {}
+        with self._write("domain.remove", rule.text, detail) as (conn, rev):
+            found = conn.execute(
+                sa.select(tenants.c.name, domains.c.wildcard, domains.c.pending)
                 .join(domains, domains.c.owner_id == tenants.c.id)
                 .where(domains.c.name == rule.text)
-            ).scalar()
-            if owner is None:
+            ).first()
+            if found is None:
                 raise NotFound(f"{rule.text!r} is not a SIP domain here")
+            owner = str(found[0])
             check_may_remove(owner, self.actor, self._tree(conn))
+            detail[AUDIT_TENANT] = owner
+            detail[AUDIT_BEFORE] = {
+                "name": rule.text, "owner": owner, "wildcard": bool(found[1]),
+                "pending": bool(found[2]),
+            }  # fmt: skip
             conn.execute(domains.delete().where(domains.c.name == rule.text))
             return rule, rev
 
     def list_domains(self, owner: str | None = None) -> list[DomainRow]:
-        query = (
-            sa.select(domains.c.name, tenants.c.name, domains.c.wildcard, domains.c.revision)
-            .join(tenants, domains.c.owner_id == tenants.c.id)
-            .order_by(domains.c.name)
-        )
+        query = _DOMAIN_ROWS.order_by(domains.c.name)
         with self.engine.connect() as conn:
             if owner is not None:
                 self._tenant_id(conn, owner)
                 query = query.where(tenants.c.name == owner)
-            return [DomainRow(r[0], r[1], bool(r[2]), int(r[3])) for r in conn.execute(query)]
+            return [_domain_row(r) for r in conn.execute(query)]
 
-    def domain_rules(self, conn: Connection | None = None) -> list[tuple[str, str]]:
-        """Every rule as ``(rule text, owner name)``: what a snapshot's matcher is built from."""
+    def domain_rules(
+        self, conn: Connection | None = None, *, pending: bool = False
+    ) -> list[tuple[str, str]]:
+        """Every rule as ``(rule text, owner name)``: what a snapshot's matcher is built from;
+        pending claims only with ``pending``."""
         with contextlib.ExitStack() as stack:
             if conn is None:
                 conn = stack.enter_context(self.engine.connect())
             owners = dict(conn.execute(sa.select(tenants.c.id, tenants.c.name)).all())
-            result = conn.execute(sa.select(domains.c.name, domains.c.owner_id))
-            return [(name, owners[oid]) for name, oid in result]
+            query = sa.select(domains.c.name, domains.c.owner_id)
+            if not pending:
+                query = query.where(domains.c.pending == sa.false())
+            return [(name, owners[oid]) for name, oid in conn.execute(query)]
 
     def import_domains(
         self,
@@ -467,7 +572,7 @@ class Store:
             with self._write("domain.import", subject, detail) as (conn, rev):
                 tree = self._tree(conn)
                 owner_ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).all())
-                current = dict(self.domain_rules(conn))
+                current = dict(self.domain_rules(conn, pending=True))
                 errors: list[str] = []
 
                 def refuse(lineno: int, exc: SipzoneError) -> None:
@@ -490,13 +595,20 @@ class Store:
                 # The namespace check sees the file whole: a wildcard on line 900 decides who
                 # may own a name on line 3, whatever the order.
                 rules = Matcher.from_rules(
-                    [*current.items(), *((n, o) for n, (o, _) in pending.items())]
+                    [*self.domain_rules(conn), *((n, o) for n, (o, _) in pending.items())]
                 )
+                zones, held = self._zones(conn), self._grants(conn)
                 for lineno, rule, _owner in entries:
                     if rule.text not in pending:
                         continue
                     try:
-                        check_may_own(rule.text, pending[rule.text][0], self.actor, tree, rules)
+                        owner = pending[rule.text][0]
+                        check_may_own(rule.text, owner, self.actor, tree, rules)
+                        if needs_proof(rule.text, owner, self.actor, tree, rules, zones, held):
+                            raise NotPermitted(
+                                f"{rule.text!r} is outside the provider's zones: claim it with "
+                                "`domain add` and prove control of it in the DNS"
+                            )
                     except SipzoneError as exc:
                         refuse(lineno, exc)
                 if errors:
@@ -511,7 +623,13 @@ class Store:
                     conn.execute(
                         domains.insert(),
                         [
-                            {"name": n, "owner_id": owner_ids[o], "wildcard": w, "revision": rev}
+                            {
+                                "name": n,
+                                "owner_id": owner_ids[o],
+                                "wildcard": w,
+                                "revision": rev,
+                                "rname": n[::-1],
+                            }
                             for n, (o, w) in chunk
                         ],
                     )
@@ -902,12 +1020,14 @@ class Store:
         changes = self.changes_since(snapshot.revision)
         if not changes:
             return snapshot
-        if any(c.op not in RULE_OPS for c in changes) or len(changes) >= 10_000:
+        if any(c.op not in RULE_OPS | INERT_OPS for c in changes) or len(changes) >= 10_000:
             return self.load_snapshot()
         views = snapshot.tenants.views
         added: dict[str, str] = {}
         removed: set[str] = set()
         for change in changes:
+            if change.op in INERT_OPS:
+                continue
             if change.op == "domain.add":
                 owner = (change.detail or {}).get("owner")
                 try:
@@ -928,12 +1048,332 @@ class Store:
             else:
                 added.pop(change.subject, None)
                 removed.add(change.subject)
-        matcher = snapshot.matcher.with_changes(
-            added=((n, views[o]) for n, o in added.items()), removed=removed
-        )
+        if added or removed:
+            matcher = snapshot.matcher.with_changes(
+                added=((n, views[o]) for n, o in added.items()), removed=removed
+            )
+        else:  # only inert changes (a claim, a token): no copy of a million rules
+            matcher = snapshot.matcher
         return replace(
             snapshot,
             revision=changes[-1].revision,
             matcher=matcher,
             delta=Delta(tuple(added), tuple(sorted(removed))),
         )
+
+    # ------------------------------------------------------------------ API: grants, claims
+
+    def _grants(self, conn: Connection) -> list[tuple[str, str]]:
+        return [
+            (str(t), str(n))
+            for t, n in conn.execute(
+                sa.select(tenants.c.name, grants.c.namespace).join(
+                    tenants, grants.c.tenant_id == tenants.c.id
+                )
+            )
+        ]
+
+    def list_grants(self) -> list[tuple[str, str]]:
+        """Every namespace grant as ``(tenant, namespace)``, sorted."""
+        with self.engine.connect() as conn:
+            return sorted(self._grants(conn))
+
+    def grant_namespace(self, tenant: str, text: str) -> tuple[DomainName, int]:
+        """Let ``tenant`` create rules within ``text`` (inside the provider's zones)."""
+        namespace = parse_domain(text)
+        after = {"tenant": tenant, "namespace": namespace.text}
+        detail = {AUDIT_TENANT: tenant, AUDIT_AFTER: after}
+        with self._write("tenant.grant", namespace.text, detail) as (conn, rev):
+            tree = self._tree(conn)
+            held = self._grants(conn)
+            check_may_grant(tenant, namespace.text, self.actor, tree, self._zones(conn), held)
+            if (tenant, namespace.text) in held:
+                raise Conflict(f"tenant {tenant!r} holds {namespace.text!r} already")
+            conn.execute(
+                grants.insert().values(
+                    tenant_id=self._tenant_id(conn, tenant),
+                    namespace=namespace.text,
+                    granted_by=self.actor,
+                )
+            )
+            return namespace, rev
+
+    def domain(self, text: str) -> DomainRow:
+        """One rule by its text (as typed: IDN or A-label, ``*.BASE``); :class:`NotFound`."""
+        rule = parse_rule(text)
+        with self.engine.connect() as conn:
+            row = conn.execute(_DOMAIN_ROWS.where(domains.c.name == rule.text)).first()
+        if row is None:
+            raise NotFound(f"{rule.text!r} is not a SIP domain here")
+        return _domain_row(row)
+
+    def prove_domain(self, text: str, seen: Iterable[str]) -> tuple[DomainRow, int | None]:
+        """Admit the pending claim ``text`` when ``seen`` (the TXT strings found at its
+        challenge name) holds its challenge: logged as ``domain.add``, so the feed serves it.
+        Returns the row as it is now and the revision of the change (None: nothing changed)."""
+        rule = parse_rule(text)
+        values = set(seen)
+        detail: dict[str, Any] = {}
+        try:
+            with self._write("domain.add", rule.text, detail) as (conn, rev):
+                row = conn.execute(_DOMAIN_ROWS.where(domains.c.name == rule.text)).first()
+                if row is None:
+                    raise NotFound(f"{rule.text!r} is not a SIP domain here")
+                found = _domain_row(row)
+                check_may_remove(found.owner, self.actor, self._tree(conn))
+                if not found.pending or found.challenge not in values:
+                    raise _Unchanged
+                conn.execute(
+                    domains.update()
+                    .where(domains.c.name == rule.text)
+                    .values(pending=False, challenge=None, revision=rev)
+                )
+                detail.update(owner=found.owner)
+                detail[AUDIT_TENANT] = found.owner
+                detail[AUDIT_BEFORE] = {"name": found.name, "pending": True}
+                detail[AUDIT_AFTER] = {"name": found.name, "pending": False, "proven": True}
+                return replace(found, pending=False, challenge=None, revision=rev), rev
+        except _Unchanged:
+            return found, None
+
+    def page_domains(
+        self,
+        owners: Sequence[str] | None = None,
+        *,
+        wildcard: bool | None = None,
+        prefix: str | None = None,
+        suffix: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[DomainRow], str | None]:
+        """One page of rules after the key ``after``, and the key to pass for the next page
+        (None at the end).  Keyset paging on an index, so a deep page costs what the first
+        does: by name, or with ``suffix`` by the reversed name (the key is then a reversed
+        name).  ``owners`` (None: all) are walked each on the (owner, name) index and merged;
+        ``prefix`` and ``suffix`` are plain string bounds on the stored (A-label) text."""
+        column: Any = domains.c.rname if suffix is not None else domains.c.name
+        if not self._orders_bytewise():
+            column = column.collate("C")  # correct, but no index: see _orders_bytewise
+        start = suffix[::-1] if suffix is not None else prefix
+        query = _DOMAIN_ROWS.order_by(column).limit(limit + 1)
+        if wildcard is not None:
+            query = query.where(domains.c.wildcard == wildcard)
+        if start:
+            query = query.where(column >= start, column < _after_prefix(start))
+        if prefix is not None and suffix is not None:
+            query = query.where(domains.c.name.startswith(prefix, autoescape=True))
+        if after is not None:
+            query = query.where(column > after)
+        with self.engine.connect() as conn, conn.begin():
+            if owners is None:
+                rows = [_domain_row(r) for r in conn.execute(query)]
+            else:
+                ids = conn.execute(
+                    sa.select(tenants.c.id).where(tenants.c.name.in_(list(owners)))
+                ).scalars()
+                rows = []
+                for oid in ids:  # one index range each; a subtree has few tenants
+                    rows += [
+                        _domain_row(r) for r in conn.execute(query.where(domains.c.owner_id == oid))
+                    ]
+
+        def key(row: DomainRow) -> str:
+            return row.name[::-1] if suffix is not None else row.name
+
+        rows.sort(key=key)
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, key(rows[-1])
+
+    def _orders_bytewise(self) -> bool:
+        """Whether the database orders text by bytes, as the cursors (and Python) do: SQLite
+        always; PostgreSQL when the database's collation is C or POSIX (``createdb
+        --locale=C.UTF-8``).  Otherwise paging compares with COLLATE "C", which no index
+        serves: logged once, as a deep page then costs a scan."""
+        if self.engine.dialect.name != "postgresql":
+            return True
+        cached = getattr(self.engine, "_sipzone_bytewise", None)
+        if cached is None:
+            query = (
+                "SELECT datcollate, datlocprovider FROM pg_database "
+                "WHERE datname = current_database()"
+            )
+            with self.engine.connect() as conn:
+                collation, provider = conn.execute(sa.text(query)).one()
+            # libc's C or POSIX, or PostgreSQL's builtin provider: byte order; ICU never
+            cached = provider == "b" or (
+                provider == "c" and str(collation).split(".")[0] in ("C", "POSIX")
+            )
+            collation = f"{collation} (provider {provider!r})"
+            if not cached:
+                self.read_log.warning(
+                    "collation",
+                    "store: the database's collation is %s; domain paging compares with "
+                    'COLLATE "C" and no index serves it (create the database with '
+                    "--locale=C.UTF-8 for fast deep pages)",
+                    collation,
+                )
+            setattr(self.engine, "_sipzone_bytewise", cached)  # noqa: B010 -- per engine
+        return bool(cached)
+
+    # ------------------------------------------------------------------ API: tokens
+
+    def create_token(
+        self, tenant: str, label: str | None = None, expires_days: int | None = None
+    ) -> tuple[TokenRow, str]:
+        """A new API token for ``tenant``: its row and its text, which is never shown again
+        (the store keeps only its SHA-256)."""
+        label = parse_token_label(label or "token")
+        if expires_days is not None and not 1 <= expires_days <= 3650:
+            raise InvalidValue(f"--expires {expires_days} must be 1 to 3650 days")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        expires = now + timedelta(days=expires_days) if expires_days else None
+        after: dict[str, Any] = {"tenant": tenant, "label": label, "expires_at": _iso(expires)}
+        detail = {AUDIT_TENANT: tenant, AUDIT_AFTER: after}
+        with self._write("token.create", label, detail) as (conn, _rev):
+            tree = self._tree(conn)
+            tree.get(tenant)
+            if not tree.is_ancestor_or_self(self.actor, tenant):
+                raise NotPermitted(f"tenant {self.actor!r} may not make tokens for {tenant!r}")
+            tid = conn.execute(
+                tokens.insert()
+                .values(
+                    tenant_id=self._tenant_id(conn, tenant),
+                    label=label,
+                    digest=token_digest(secret),
+                    created_at=now,
+                    expires_at=expires,
+                )
+                .returning(tokens.c.id)
+            ).scalar_one()
+            after["id"] = int(tid)
+        return TokenRow(int(tid), tenant, label, now, expires, None), secret
+
+    def list_tokens(self, tenant: str | None = None) -> list[TokenRow]:
+        query = _TOKEN_ROWS.order_by(tokens.c.id)
+        if tenant is not None:
+            query = query.where(tenants.c.name == tenant)
+        with self.engine.connect() as conn:
+            return [_token_row(r) for r in conn.execute(query)]
+
+    def revoke_token(self, token_id: int) -> int:
+        detail: dict[str, Any] = {}
+        with self._write("token.revoke", str(token_id), detail) as (conn, rev):
+            row = conn.execute(_TOKEN_ROWS.where(tokens.c.id == token_id)).first()
+            if row is None:
+                raise NotFound(f"token {token_id} does not exist")
+            found = _token_row(row)
+            if not self._tree(conn).is_ancestor_or_self(self.actor, found.tenant):
+                raise NotPermitted(
+                    f"tenant {self.actor!r} may not revoke tokens of {found.tenant!r}"
+                )
+            if found.revoked_at is not None:
+                raise Conflict(f"token {token_id} is revoked already")
+            conn.execute(
+                tokens.update().where(tokens.c.id == token_id).values(revoked_at=datetime.now(UTC))
+            )
+            detail[AUDIT_TENANT] = found.tenant
+            detail[AUDIT_BEFORE] = {"id": token_id, "label": found.label, "revoked": False}
+            detail[AUDIT_AFTER] = {"id": token_id, "label": found.label, "revoked": True}
+            return rev
+
+    def authenticate(self, secret: str) -> TokenRow | None:
+        """The live token whose text is ``secret`` (not revoked, not expired), else None."""
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(_TOKEN_ROWS.where(tokens.c.digest == token_digest(secret))).first()
+        if row is None:
+            return None
+        found = _token_row(row)
+        if found.revoked_at is not None:
+            return None
+        if found.expires_at is not None and _aware(found.expires_at) <= datetime.now(UTC):
+            return None
+        return found
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self,
+        tenants_in: Sequence[str] | None = None,
+        *,
+        since: datetime | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Change-log entries, newest first: all, or those about or made by ``tenants_in``;
+        ``before_id`` pages back."""
+        query = sa.select(changelog).order_by(changelog.c.id.desc()).limit(limit)
+        if tenants_in is not None:
+            names = list(tenants_in)
+            query = query.where(
+                sa.or_(changelog.c.tenant.in_(names), changelog.c.actor_tenant.in_(names))
+            )
+        if since is not None:
+            query = query.where(changelog.c.at >= since)
+        if before_id is not None:
+            query = query.where(changelog.c.id < before_id)
+        with self.engine.connect() as conn:
+            return [
+                AuditEntry(
+                    id=r["id"],
+                    revision=r["revision"],
+                    at=_aware(r["at"]),
+                    op=r["op"],
+                    subject=r["subject"],
+                    tenant=r["tenant"],
+                    actor_tenant=r["actor_tenant"],
+                    principal=r["principal"],
+                    origin=r["origin"],
+                    before=r["before"],
+                    after=r["after"],
+                )
+                for r in conn.execute(query).mappings()
+            ]
+
+
+_DOMAIN_ROWS = sa.select(
+    domains.c.name,
+    tenants.c.name,
+    domains.c.wildcard,
+    domains.c.revision,
+    domains.c.pending,
+    domains.c.challenge,
+).join(tenants, domains.c.owner_id == tenants.c.id)
+
+_TOKEN_ROWS = sa.select(
+    tokens.c.id,
+    tenants.c.name,
+    tokens.c.label,
+    tokens.c.created_at,
+    tokens.c.expires_at,
+    tokens.c.revoked_at,
+).join(tenants, tokens.c.tenant_id == tenants.c.id)
+
+
+def _domain_row(r: Sequence[Any]) -> DomainRow:
+    return DomainRow(r[0], r[1], bool(r[2]), int(r[3]), bool(r[4]), r[5])
+
+
+def _token_row(r: Sequence[Any]) -> TokenRow:
+    return TokenRow(
+        int(r[0]), str(r[1]), str(r[2]), _aware(r[3]),
+        _aware(r[4]) if r[4] else None, _aware(r[5]) if r[5] else None,
+    )  # fmt: skip
+
+
+def _aware(at: datetime) -> datetime:
+    """SQLite gives back naive datetimes for what was stored as UTC."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def _after_prefix(prefix: str) -> str:
+    """The least string greater than every string starting with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)

@@ -6,6 +6,7 @@ what the repository queries against.
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -13,11 +14,13 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData(
@@ -48,6 +51,15 @@ changelog = Table(
     Column("op", String(40), nullable=False),
     Column("subject", String(300), nullable=False),
     Column("detail", JSON, nullable=True),
+    # The audit trail (migration 0003): the tenant the change is about and the one that made
+    # it, the credential (token label, or shell user) and the client address, and the object
+    # before and after.  Old rows have NULL here.
+    Column("tenant", String(100), nullable=True, index=True),
+    Column("actor_tenant", String(100), nullable=True, index=True),
+    Column("principal", String(200), nullable=True),
+    Column("origin", String(200), nullable=True),
+    Column("before", JSON, nullable=True),
+    Column("after", JSON, nullable=True),
 )
 
 tenants = Table(
@@ -71,6 +83,15 @@ domains = Table(
     Column("owner_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
     Column("wildcard", Boolean, nullable=False),
     Column("revision", BigInteger, nullable=False),
+    # A claim outside the provider's zones waits for its proof of control (migration 0003):
+    # pending rules are listed but neither admitted nor published.
+    Column("pending", Boolean, nullable=False, server_default=sa.false()),
+    Column("challenge", String(64), nullable=True),
+    # The name reversed character by character: suffix search pages on its index.  Every
+    # write fills it; a row a hand edit left without it is missing from suffix searches only.
+    Column("rname", String(255), nullable=True, index=True),
+    Index("ix_domains_owner_name", "owner_id", "name"),
+    Index("ix_domains_owner_rname", "owner_id", "rname"),
 )
 
 sites = Table(
@@ -104,6 +125,30 @@ settings = Table(
     metadata,
     Column("key", String(100), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# API tokens (migration 0003): only the SHA-256 of the secret is kept.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("label", String(100), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Namespaces inside the provider's zones that a tenant may create rules in (migration 0003).
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("namespace", String(255), nullable=False),
+    Column("granted_by", String(100), nullable=False),
+    UniqueConstraint("tenant_id", "namespace"),
 )
 
 # TLS certificates by name: the chain (PEM, leaf first, certificates only) and its private key
