@@ -174,10 +174,10 @@ class Edge:
 
     def _fast(self, data: bytes, arrival: Arrival, memo: SnapshotMemo) -> Sends | Declined:
         start = data[:8]
+        if start == b"OPTIONS ":  # keep-alives first: the most frequent by far
+            return self._keepalive(data, arrival, memo)
         if start == b"SIP/2.0 ":
             return self._splice_response(data, arrival, memo)
-        if start == b"OPTIONS ":
-            return self._keepalive(data, arrival, memo)
         return self._splice_request(data, arrival, memo)
 
     def handle(self, message: Request | Response, arrival: Arrival, snapshot: Snapshot) -> Sends:
