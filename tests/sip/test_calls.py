@@ -101,7 +101,8 @@ def both(sipp: Sipp, core: str, phone: str, edge: EdgeThread, transport: str, po
 
 # -- a call, hung up by either side; re-INVITE ---------------------------------------------------
 
-INVITE = f"""
+# A phone's INVITE to the callee.
+SEND_INVITE = f"""
   <send retrans="500"><![CDATA[
 INVITE {CALLEE} SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
@@ -114,7 +115,8 @@ Max-Forwards: 70
 Content-Length: 0
 
 ]]></send>
-  <recv response="100" optional="true"/>
+"""
+INVITE = f"""{SEND_INVITE}  <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
   <recv response="200" rrs="true">
     <action>
@@ -248,20 +250,7 @@ CSeq: 1 {{method}}
 Max-Forwards: 70
 Content-Length: 0
 """
-    phone = f"""
-  <send retrans="500"><![CDATA[
-INVITE {CALLEE} SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-From: <{CALLER}>;tag=[pid]a[call_number]
-To: <{CALLEE}>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="100" optional="true"/>
+    phone = f"""{SEND_INVITE}  <recv response="100" optional="true"/>
   <recv response="180"/>
   <send><![CDATA[
 CANCEL {CALLEE} SIP/2.0{request_head.format(n=3, tag="", method="CANCEL")}
