@@ -4,6 +4,12 @@ Exit codes scripts rely on: 0 done; 1 `check` found no rule admitting the name; 
 with the reason on stderr as ONE line, ``sipzone: REASON``, and nothing changed.  That holds for
 usage errors too (an unknown option, ``--weight ten``): :func:`main` runs Click without its
 standalone mode and says each failure in that one line.  A traceback means a bug of ours.
+
+A simple command must start quickly (scripts call it thousands of times): this module imports
+no database layer, web framework or server at import time.  Each command imports what it uses
+(``store()`` loads SQLAlchemy), Typer's plain values skip Pydantic (``sipzone.cliparams``), and
+help is plain Click text, which wraps rather than cuts at the width of a terminal or 80
+columns, and saves importing Rich.  ``bench/cli/start.sh`` measures it.
 """
 
 from __future__ import annotations
@@ -14,20 +20,22 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
-import sqlalchemy.exc
+os.environ.setdefault("TYPER_USE_RICH", "0")  # read when Typer is imported: plain Click help
 import typer
 
+from sipzone import cliparams
 from sipzone.model.errors import InvalidName, SipzoneError
-from sipzone.model.names import RuleName, parse_domain, parse_rule, to_unicode
+from sipzone.model.names import parse_domain, parse_rule, to_unicode
 from sipzone.model.tenancy import PROVIDER
-from sipzone.store.repository import (
-    DEFAULT_URL,
-    IMPORT_ERRORS_SHOWN,
-    Store,
-    import_refusal,
-)
+from sipzone.store.url import DEFAULT_URL, ENV_URL_FILE, read_url_file
+
+if TYPE_CHECKING:
+    from sipzone.model.names import RuleName
+    from sipzone.store.repository import Store
+
+cliparams.install()
 
 app = typer.Typer(
     help="Run a SIP platform under domain names: tenants, SIP domains, sites, zones, DNS.",
@@ -61,6 +69,7 @@ As = Annotated[str, typer.Option("--as", help="Act as this tenant (default: the 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable).")]
 
 T = TypeVar("T")
+HELP_WIDTH = 120  # columns of help text at most (Click's default is 80)
 
 
 def say(message: str) -> None:
@@ -83,19 +92,34 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except SipzoneError as exc:
             fail(str(exc))
-        except sqlalchemy.exc.IntegrityError as exc:
-            fail(f"conflicting change, nothing was written: {exc.orig}")
-        except sqlalchemy.exc.SQLAlchemyError as exc:
+        except OSError as exc:  # a store URL file, an output file
+            fail(str(exc))
+        except Exception as exc:
+            sa_exc = sys.modules.get("sqlalchemy.exc")  # loaded if the command used the store
+            if sa_exc is None or not isinstance(exc, sa_exc.SQLAlchemyError):
+                raise
+            from sipzone.store.repository import store_error
+
             cause = getattr(exc, "orig", None) or exc
-            if "database is locked" in str(cause):  # SQLite's busy timeout ran out
-                fail("the store stayed busy with another write (an import?); nothing was written")
-            fail(f"store error ({cause}); is the store initialised? run `sipzone init`")
+            if isinstance(exc, sa_exc.IntegrityError):
+                fail(f"conflicting change, nothing was written: {cause}")
+            fail(str(store_error(resolve_db(kwargs.get("db", DEFAULT_URL)), exc)))
 
     return wrapper
 
 
+def resolve_db(db: str) -> str:
+    """The store URL: ``--db`` or ``SIPZONE_DB`` as given, else the first line of the file
+    ``SIPZONE_DB_FILE`` names, else the default (see sipzone.store.url)."""
+    if db == DEFAULT_URL and os.environ.get(ENV_URL_FILE):
+        return read_url_file(os.environ[ENV_URL_FILE])
+    return db
+
+
 def store(db: str, actor: str = PROVIDER) -> Store:
-    return Store(db, actor=actor, via=f"cli:{os.environ.get('USER', 'unknown')}")
+    from sipzone.store.repository import Store
+
+    return Store(resolve_db(db), actor=actor, via=f"cli:{os.environ.get('USER', 'unknown')}")
 
 
 def emit(data: Any) -> None:
@@ -114,7 +138,9 @@ def init(db: Db = DEFAULT_URL) -> None:
     repo = store(db)
     repo.init()
     repo.ensure_secret(BRANCH_SECRET)
-    typer.echo(f"store ready at {db} (revision {repo.revision()})")
+    from sipzone.store.url import redacted
+
+    typer.echo(f"store ready at {redacted(repo.url)} (revision {repo.revision()})")
 
 
 @sip_app.command("rotate-secret")
@@ -272,6 +298,8 @@ def domain_list(
 def _read_import(path: Path) -> list[tuple[int, RuleName, str | None]]:
     """Lines of ``NAME [OWNER]`` (space, tab or comma separated) in UTF-8; '#' starts a
     comment.  Every bad line is reported, up to IMPORT_ERRORS_SHOWN of them."""
+    from sipzone.store.repository import IMPORT_ERRORS_SHOWN, import_refusal
+
     entries: list[tuple[int, RuleName, str | None]] = []
     errors: list[str] = []
     try:
@@ -731,13 +759,23 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     import typer._click.exceptions as click_errors  # Typer bundles its own Click
 
     command = typer.main.get_command(app)
+    # Help off a terminal (piped, in a pager, in CI logs) is not cut to 80 columns.
+    width = None if sys.stdout.isatty() else HELP_WIDTH
     try:
-        code = command.main(args=argv, prog_name="sipzone", standalone_mode=False)
+        code = command.main(
+            args=argv,
+            prog_name="sipzone",
+            standalone_mode=False,
+            terminal_width=width,
+            max_content_width=HELP_WIDTH,
+        )
     except typer.Abort:
         say("aborted")
         code = 2
-    except click_errors.NoArgsIsHelpError:
-        say("missing command; the help above lists them")  # Typer printed the help
+    except click_errors.NoArgsIsHelpError as exc:
+        if exc.ctx is not None:
+            typer.echo(exc.ctx.get_help())
+        say("missing command; the help above lists them")
         code = 2
     except click_errors.NoSuchOption as exc:
         path = exc.ctx.command_path if exc.ctx else "sipzone"

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -79,8 +82,9 @@ from sipzone.model.tenancy import (
 )
 from sipzone.store.feed import notify_sql
 from sipzone.store.schema import changelog, domains, settings, sites, state, tenants, zones
+from sipzone.store.url import DEFAULT_URL, redacted, sqlite_path
 
-DEFAULT_URL = "sqlite:///./sipzone.db"
+__all__ = ["DEFAULT_URL", "Store"]  # DEFAULT_URL lives in store/url.py (no SQLAlchemy there)
 # The databases sipzone runs on, by SQLAlchemy driver name (``postgresql://`` means psycopg).
 SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"})
 # Ops the change feed can apply incrementally; any other op rebuilds the snapshot whole.
@@ -89,6 +93,48 @@ RULE_OPS = frozenset({"domain.add", "domain.remove"})
 
 class StoreNotInitialised(SipzoneError):
     """The store has no schema yet, or an older one: `sipzone init` creates or migrates it."""
+
+
+class StoreMissing(StoreNotInitialised):
+    """A SQLite store's file does not exist (only `sipzone init` creates one)."""
+
+
+class StoreBusy(SipzoneError):
+    """Another write held the store past the busy timeout (SQLite); nothing was written."""
+
+
+class StoreUnreachable(SipzoneError):
+    """The database cannot be reached or refused us (server down, wrong address or password)."""
+
+
+UNDEFINED_TABLE = "42P01"  # PostgreSQL's SQLSTATE for a missing table; SQLite says "no such table"
+
+
+def store_error(url: str, exc: BaseException) -> SipzoneError:
+    """What a database error from ``url`` means for an operator, and what to do about it: a
+    missing SQLite file, a store without the schema (`sipzone init`), or one that cannot be
+    reached (no advice to run `init` then: it would fail the same way)."""
+    shown = redacted(url)
+    cause = getattr(exc, "orig", None) or exc
+    text = " ".join(str(cause).split())
+    path = sqlite_path(url)
+    if path is not None and not os.path.exists(path):
+        return StoreMissing(
+            f"no store at {path!r} (the file does not exist); create one with "
+            f"`sipzone init --db {shown}`, or give the right --db"
+        )
+    if "database is locked" in text:  # SQLite's busy timeout ran out
+        return StoreBusy(
+            "the store stayed busy with another write (an import?); nothing was written"
+        )
+    if getattr(cause, "sqlstate", None) == UNDEFINED_TABLE or "no such table" in text:
+        return StoreNotInitialised(
+            f"the store at {shown} is not initialised (run `sipzone init`): {text}"
+        )
+    return StoreUnreachable(
+        f"cannot use the store at {shown}: {text}; check that the database runs and that "
+        "the URL (host, port, user, password, database) is right"
+    )
 
 
 class _Present(Exception):
@@ -127,7 +173,7 @@ def check_url(url: str) -> sa.URL:
     except sa.exc.ArgumentError:
         parsed = None
     if parsed is None or parsed.drivername not in SUPPORTED_DRIVERS:
-        shown = parsed.render_as_string(hide_password=True) if parsed else url.split("@")[-1]
+        shown = redacted(url)
         raise UnsupportedDatabase(
             f"store URL {shown!r} is not supported; use sqlite:///FILE or postgresql://USER@HOST/DB"
         )
@@ -136,9 +182,19 @@ def check_url(url: str) -> sa.URL:
     return parsed
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on."""
-    engine = sa.create_engine(check_url(url), future=True)
+def make_engine(url: str, application_name: str = "sipzone") -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on, and never
+    creates a missing file (only :meth:`Store.init` does); PostgreSQL connections carry
+    ``application_name`` (seen in ``pg_stat_activity``) unless the URL sets one."""
+    parsed = check_url(url)
+    options: dict[str, Any] = {}
+    path = sqlite_path(url)
+    if path is not None:
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+        options["creator"] = lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+    elif parsed.get_backend_name() == "postgresql" and "application_name" not in parsed.query:
+        options["connect_args"] = {"application_name": application_name}
+    engine = sa.create_engine(parsed, future=True, **options)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
@@ -171,7 +227,7 @@ class Store:
 
     def __init__(self, url: str = DEFAULT_URL, actor: str = PROVIDER, via: str = "cli") -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, f"sipzone {via.split(':')[0]}"[:63])
         self.actor = actor
         self.via = via
         # Bad rows met while reading: one line per row and minute (a server reads often).
@@ -187,6 +243,9 @@ class Store:
         from alembic import command
         from alembic.config import Config
 
+        path = sqlite_path(self.url)
+        if path is not None and not os.path.exists(path):
+            sqlite3.connect(path).close()  # the one place a store file is created
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         with self.engine.begin() as conn:
@@ -200,10 +259,11 @@ class Store:
                 conn.execute(tenants.insert().values(name=PROVIDER, parent_id=None))
         return self.revision()
 
-    def _not_initialised(self, cause: object = None) -> StoreNotInitialised:
-        reason = f": {cause}" if cause else ""
+    def _not_initialised(self, cause: object = None) -> SipzoneError:
+        if isinstance(cause, BaseException):
+            return store_error(self.url, cause)
         return StoreNotInitialised(
-            f"the store at {self.url} is not initialised (run `sipzone init`){reason}"
+            f"the store at {redacted(self.url)} is not initialised (run `sipzone init`)"
         )
 
     def revision(self) -> int:
@@ -211,7 +271,7 @@ class Store:
             with self.engine.connect() as conn:
                 return self._revision(conn)
         except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
-            raise self._not_initialised(exc.orig) from None
+            raise self._not_initialised(exc) from None
 
     def _revision(self, conn: Connection) -> int:
         rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
@@ -226,8 +286,9 @@ class Store:
         self, op: str, subject: str, detail: dict[str, Any] | None = None
     ) -> Iterator[tuple[Connection, int]]:
         """One transaction: bump the revision, let the caller validate and write, log it."""
-        with self.engine.begin() as conn:
+        with contextlib.ExitStack() as transaction:
             try:
+                conn = transaction.enter_context(self.engine.begin())
                 rev = conn.execute(
                     state.update()
                     .where(state.c.id == 1)
@@ -235,7 +296,7 @@ class Store:
                     .returning(state.c.revision)
                 ).scalar()
             except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
-                raise self._not_initialised(exc.orig) from None
+                raise self._not_initialised(exc) from None
             if rev is None:
                 raise self._not_initialised()
             info = detail if detail is not None else {}  # the caller may add to it
