@@ -96,8 +96,8 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
             fail(str(exc))
         except Exception as exc:
             sa_exc = sys.modules.get("sqlalchemy.exc")  # loaded if the command used the store
-            if sa_exc is None or not isinstance(exc, sa_exc.SQLAlchemyError):
-                raise
+            if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError):
+                raise  # not the database's answer: a bug of ours, worth its traceback
             from sipzone.store.repository import store_error
 
             cause = getattr(exc, "orig", None) or exc
@@ -126,26 +126,34 @@ def emit(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def done(as_json: bool, message: str, **data: Any) -> None:
+    """What a write did: one line for people, or with ``--json`` the same as an object."""
+    if as_json:
+        emit(data)
+    else:
+        typer.echo(message)
+
+
 # ---------------------------------------------------------------------------- init
 
 
 @app.command()
 @guarded
-def init(db: Db = DEFAULT_URL) -> None:
+def init(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """Create the store or migrate it to the current schema."""
     from sipzone.sip import BRANCH_SECRET
+    from sipzone.store.url import redacted
 
     repo = store(db)
     repo.init()
     repo.ensure_secret(BRANCH_SECRET)
-    from sipzone.store.url import redacted
-
-    typer.echo(f"store ready at {redacted(repo.url)} (revision {repo.revision()})")
+    rev, where = repo.revision(), redacted(repo.url)
+    done(as_json, f"store ready at {where} (revision {rev})", store=where, revision=rev)
 
 
 @sip_app.command("rotate-secret")
 @guarded
-def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False) -> None:
     """Replace the key that signs the SIP edge's Via branches (the value is never shown).
 
     The previous key stays valid for responses to requests it signed until the next rotation,
@@ -154,7 +162,35 @@ def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
     from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS
 
     rev = store(db, actor).rotate_secret(BRANCH_SECRET, BRANCH_SECRET_PREVIOUS)
-    typer.echo(f"SIP branch secret rotated; the previous one is still accepted (revision {rev})")
+    done(
+        as_json,
+        f"SIP branch secret rotated; the previous one is still accepted (revision {rev})",
+        revision=rev,
+    )
+
+
+@app.command()
+@guarded
+def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """What the store holds: revision, schema, counts, sites, the last change."""
+    from sipzone.store.url import redacted
+
+    repo = store(db)
+    data = {"store": redacted(repo.url), "schema": repo.schema_version(), **repo.status()}
+    if as_json:
+        emit(data)
+        return
+    last = data["last_change"]
+    lines = [
+        f"store      {data['store']} (schema {data['schema']})",
+        f"revision   {data['revision']}"
+        + (f" ({last['op']} by {last['actor']} at {last['at']})" if last else ""),
+        f"tenants    {data['tenants']}",
+        f"domains    {data['domains']} exact, {data['wildcards']} wildcard",
+        f"zones      {data['zones']}",
+        f"sites      {', '.join(data['sites']) or '(none)'}",
+    ]
+    typer.echo("\n".join(lines))
 
 
 # ---------------------------------------------------------------------------- tenants
@@ -174,6 +210,7 @@ def tenant_add(
     ] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Add a tenant under PARENT (the provider by default)."""
     rev = store(db, actor).add_tenant(
@@ -185,7 +222,10 @@ def tenant_add(
         logo_url=logo_url,
         upstream=upstream,
     )
-    typer.echo(f"tenant {name} added under {parent} (revision {rev})")
+    done(
+        as_json, f"tenant {name} added under {parent} (revision {rev})",
+        tenant=name, parent=parent, revision=rev,
+    )  # fmt: skip
 
 
 @tenant_app.command("set")
@@ -199,6 +239,7 @@ def tenant_set(
     upstream: Annotated[str | None, typer.Option(help="Core SIP URI; '' inherits.")] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Change a tenant's brand fields or upstream; an empty value inherits from the parent."""
     given = {
@@ -212,7 +253,17 @@ def tenant_set(
     if not fields:
         fail("nothing to change: give at least one option")
     rev = store(db, actor).update_tenant(name, **fields)
-    typer.echo(f"tenant {name} changed (revision {rev})")
+    done(as_json, f"tenant {name} changed (revision {rev})", tenant=name, revision=rev)
+
+
+@tenant_app.command("remove")
+@guarded
+def tenant_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
+    """Remove a tenant that owns nothing (no SIP domain, no tenant below it)."""
+    rev = store(db, actor).remove_tenant(name)
+    done(as_json, f"tenant {name} removed (revision {rev})", tenant=name, revision=rev)
 
 
 @tenant_app.command("list")
@@ -252,20 +303,34 @@ def tenant_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
 def domain_add(
     name: str,
     owner: Annotated[str | None, typer.Option(help="Owning tenant (default: the actor).")] = None,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="The same rule with the same owner is no error.")
+    ] = False,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Add an exact SIP domain (voip.acme.example) or a wildcard (*.teams.example.com)."""
-    rule, rev = store(db, actor).add_domain(name, owner)
-    typer.echo(f"{rule.text} added for {owner or actor} (revision {rev})")
+    repo = store(db, actor)
+    if exist_ok:
+        rule, rev, added = repo.ensure_domain(name, owner)
+    else:
+        (rule, rev), added = repo.add_domain(name, owner), True
+    what = "added" if added else "already present"
+    done(
+        as_json, f"{rule.text} {what} for {owner or actor} (revision {rev})",
+        domain=rule.text, owner=owner or actor, added=added, revision=rev,
+    )  # fmt: skip
 
 
 @domain_app.command("remove")
 @guarded
-def domain_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def domain_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
     """Remove a SIP domain; the edge and DNS stop serving it at once."""
     rule, rev = store(db, actor).remove_domain(name)
-    typer.echo(f"{rule.text} removed (revision {rev})")
+    done(as_json, f"{rule.text} removed (revision {rev})", domain=rule.text, revision=rev)
 
 
 @domain_app.command("list")
@@ -342,6 +407,7 @@ def domain_import(
     batch: Annotated[int, typer.Option(min=1, help="Rows per INSERT statement.")] = 20_000,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Load many domains from FILE (one per line, optional owner column), all or nothing.
 
@@ -353,10 +419,13 @@ def domain_import(
     repo = store(db, actor)
     with _progress(len(entries)) as progress:
         report = repo.import_domains(entries, owner, batch=batch, progress=progress)
-    typer.echo(
+    rev = repo.revision()
+    done(
+        as_json,
         f"read {report.read}, added {report.added}, already present {report.unchanged} "
-        f"(revision {repo.revision()})"
-    )
+        f"(revision {rev})",
+        read=report.read, added=report.added, unchanged=report.unchanged, revision=rev,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -429,6 +498,7 @@ def site_add(
     upstream: Annotated[str | None, typer.Option(help="Default SIP core URI.")] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Add a site of the installation."""
     rev = store(db, actor).add_site(
@@ -442,15 +512,65 @@ def site_add(
         ports={"udp": port_udp, "tcp": port_tcp, "tls": port_tls},
         upstream=upstream,
     )
-    typer.echo(f"site {name} added (revision {rev})")
+    done(as_json, f"site {name} added (revision {rev})", site=name, revision=rev)
+
+
+@site_app.command("set")
+@guarded
+def site_set(
+    name: str,
+    vip: Annotated[
+        list[str] | None, typer.Option(help="Virtual IPs (replace the list); repeat for more.")
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="Region this site serves first.")] = None,
+    network: Annotated[
+        list[str] | None, typer.Option(help="Client networks (replace the list); repeatable.")
+    ] = None,
+    no_networks: Annotated[
+        bool, typer.Option("--no-networks", help="Serve no client network first.")
+    ] = False,
+    host: Annotated[str | None, typer.Option(help="SIP host name; '' for <site>.<zone>.")] = None,
+    weight: Annotated[int | None, typer.Option(help="Capacity weight (SRV weight).")] = None,
+    order: Annotated[int | None, typer.Option(help="Position among other regions.")] = None,
+    port_udp: Annotated[int | None, typer.Option(help="SIP over UDP port; 0: not offered.")] = None,
+    port_tcp: Annotated[int | None, typer.Option(help="SIP over TCP port; 0: not offered.")] = None,
+    port_tls: Annotated[int | None, typer.Option(help="SIP over TLS port; 0: not offered.")] = None,
+    upstream: Annotated[str | None, typer.Option(help="Default SIP core URI; '' clears.")] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+    as_json: Json = False,
+) -> None:
+    """Change a site's fields; those not given stay as they are.  Provider only."""
+    if network and no_networks:
+        fail("give --network or --no-networks, not both")
+    ports = {
+        t: p for t, p in (("udp", port_udp), ("tcp", port_tcp), ("tls", port_tls)) if p is not None
+    }
+    given: dict[str, Any] = {
+        "vips": vip or None,
+        "region": region,
+        "networks": [] if no_networks else network or None,
+        "host": host,
+        "weight": weight,
+        "order": order,
+        "ports": ports or None,
+        "upstream": upstream,
+    }
+    fields = {k: v for k, v in given.items() if v is not None}
+    if not fields:
+        fail("nothing to change: give at least one option")
+    rev = store(db, actor).update_site(name, **fields)
+    done(as_json, f"site {name} changed (revision {rev})", site=name, revision=rev)
 
 
 @site_app.command("remove")
 @guarded
-def site_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def site_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
     """Remove a site; the DNS stops naming it at once.  Provider only."""
     rev = store(db, actor).remove_site(name)
-    typer.echo(f"site {name} removed (revision {rev})")
+    done(as_json, f"site {name} removed (revision {rev})", site=name, revision=rev)
 
 
 @site_app.command("health")
@@ -460,12 +580,16 @@ def site_health(
     state: Annotated[str, typer.Argument(help="up or down")],
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Mark a site up or down; a down site drops out of DNS answers.  Provider only."""
     if state not in ("up", "down"):
         fail(f"state must be 'up' or 'down', not {state!r}")
     rev = store(db, actor).set_site_health(name, state == "up")
-    typer.echo(f"site {name} is {state} (revision {rev})")
+    done(
+        as_json, f"site {name} is {state} (revision {rev})",
+        site=name, healthy=state == "up", revision=rev,
+    )  # fmt: skip
 
 
 @site_app.command("list")
@@ -500,18 +624,20 @@ def site_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
 
 @zone_app.command("add")
 @guarded
-def zone_add(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def zone_add(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False) -> None:
     """Add a zone sipzone is authoritative for (example.com)."""
     zone, rev = store(db, actor).add_zone(name)
-    typer.echo(f"zone {zone.text} added (revision {rev})")
+    done(as_json, f"zone {zone.text} added (revision {rev})", zone=zone.text, revision=rev)
 
 
 @zone_app.command("remove")
 @guarded
-def zone_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def zone_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
     """Remove a zone; the DNS stops answering for it at once.  Provider only."""
     rev = store(db, actor).remove_zone(name)
-    typer.echo(f"zone {name} removed (revision {rev})")
+    done(as_json, f"zone {name} removed (revision {rev})", zone=name, revision=rev)
 
 
 @zone_app.command("list")
@@ -533,10 +659,14 @@ def email_set(
     mx: Annotated[str | None, typer.Option(help="MX target (default: the domain itself).")] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Set the installation's email domain; a second set replaces the first."""
     domain, rev = store(db, actor).set_email_domain(name, mx)
-    typer.echo(f"email domain is {domain.text} (revision {rev})")
+    done(
+        as_json, f"email domain is {domain.text} (revision {rev})",
+        email_domain=domain.text, mx=mx, revision=rev,
+    )  # fmt: skip
 
 
 @email_app.command("show")
@@ -585,6 +715,19 @@ def zone_export(
         )
 
 
+def _check_site(site: str | None, names: list[str]) -> None:
+    """The SIP edge must know its site once there is a choice: the site's upstream is where
+    it sends calls, and a node that guessed would send them to another site's core."""
+    if site is None and len(names) > 1:
+        fail(
+            f"the store has {len(names)} sites ({', '.join(names)}); say which one this node "
+            "runs at with --site NAME"
+        )
+    if site is not None and site not in names:
+        known = ", ".join(names) or "none yet"
+        fail(f"site {site!r} is not in the store (sites: {known}); add it first: sipzone site add")
+
+
 def _listen_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -600,7 +743,8 @@ def serve(
     metrics: Annotated[str | None, typer.Option(help="Prometheus metrics at HOST:PORT.")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
     site: Annotated[
-        str | None, typer.Option(help="The site this node runs at (default: the first).")
+        str | None,
+        typer.Option(help="The site this node runs at (required once the store has several)."),
     ] = None,
     drop_unknown: Annotated[
         bool, typer.Option(help="Drop requests for unserved domains instead of 403.")
@@ -709,8 +853,12 @@ def serve(
         fail(str(exc))
     from sipzone.sip import BRANCH_SECRET
 
-    store(db).revision()
-    store(db).ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
+    repo = store(db)
+    repo.revision()
+    repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
+    if sip:
+        _check_site(site, [s.name for s in repo.list_sites()])
+    db = repo.url
     config = ServeConfig(
         db=db,
         sip=SipConfig(

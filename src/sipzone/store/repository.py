@@ -103,11 +103,16 @@ class StoreBusy(SipzoneError):
     """Another write held the store past the busy timeout (SQLite); nothing was written."""
 
 
+class StoreRefused(SipzoneError):
+    """The database answered a statement with an error of another kind."""
+
+
 class StoreUnreachable(SipzoneError):
     """The database cannot be reached or refused us (server down, wrong address or password)."""
 
 
 UNDEFINED_TABLE = "42P01"  # PostgreSQL's SQLSTATE for a missing table; SQLite says "no such table"
+UNDEFINED_COLUMN = "42703"  # ... for a missing column (an older schema); "no such column"
 
 
 def store_error(url: str, exc: BaseException) -> SipzoneError:
@@ -131,10 +136,17 @@ def store_error(url: str, exc: BaseException) -> SipzoneError:
         return StoreNotInitialised(
             f"the store at {shown} is not initialised (run `sipzone init`): {text}"
         )
-    return StoreUnreachable(
-        f"cannot use the store at {shown}: {text}; check that the database runs and that "
-        "the URL (host, port, user, password, database) is right"
-    )
+    if getattr(cause, "sqlstate", None) == UNDEFINED_COLUMN or "no such column" in text:
+        return StoreNotInitialised(
+            f"the store at {shown} has an older schema than this sipzone (run `sipzone db "
+            f"upgrade`): {text}"
+        )
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return StoreUnreachable(
+            f"cannot use the store at {shown}: {text}; check that the database runs and that "
+            "the URL (host, port, user, password, database) is right"
+        )
+    return StoreRefused(f"the store at {shown} refused the request: {text}")
 
 
 class _Present(Exception):
@@ -216,6 +228,59 @@ def import_refusal(errors: list[str]) -> str:
     """The one-line message of a refused import: the first problems, '; ' between them."""
     more = f" (first {IMPORT_ERRORS_SHOWN} shown)" if len(errors) >= IMPORT_ERRORS_SHOWN else ""
     return f"import refused, nothing was added{more}: " + "; ".join(errors)
+
+
+# A site's fields as add_site and update_site take them, and the column each is stored in
+# (ports: one column per transport).
+_SITE_FIELDS = {
+    "vips": "vips",
+    "networks": "networks",
+    "host": "host",
+    "region": "region",
+    "weight": "weight",
+    "order": "position",
+    "ports": "ports",
+    "upstream": "upstream",
+}
+
+
+def _site_columns(
+    *,
+    vips: Iterable[str],
+    networks: Iterable[str],
+    host: str | None,
+    region: str,
+    weight: int,
+    order: int | None,
+    ports: dict[str, int],
+    upstream: str | None,
+) -> dict[str, Any]:
+    """A site's fields checked and normalised as stored (each failure its own error)."""
+    vip_list = [str(parse_vip(v)) for v in vips]
+    if not vip_list:
+        raise BadAddress("a site needs at least one virtual IP (--vip)")
+    check_weight(weight)
+    if order is not None:
+        check_order(order)
+    for transport, port in ports.items():
+        check_port(transport, port)
+    if not any(ports.values()):
+        raise InvalidValue("a site must offer at least one transport (a port other than 0)")
+    return {
+        "vips": vip_list,
+        "networks": [str(parse_network(n)) for n in networks],
+        "host": parse_domain(host).text if host else None,
+        "region": parse_region(region),
+        "weight": weight,
+        "order": order,
+        "ports": ports,
+        "upstream": parse_tenant_field("upstream", upstream),
+    }
+
+
+def _utc(at: datetime) -> datetime:
+    """A stored time as UTC (SQLite hands it back without a zone)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 class _Unchanged(Exception):
@@ -423,6 +488,41 @@ class Store:
             conn.execute(tenants.update().where(tenants.c.name == name).values(**values))
             return rev
 
+    def remove_tenant(self, name: str) -> int:
+        """Remove a tenant that owns nothing: no SIP domain and no tenant below it (those go
+        first, so that nothing is ever left without an owner).  The provider stays."""
+        with self._write("tenant.remove", name) as (conn, rev):
+            tree = self._tree(conn)
+            tree.get(name)
+            if name == PROVIDER:
+                raise NotPermitted("the provider is the root of every tenant and stays")
+            if name == self.actor or not tree.is_ancestor_or_self(self.actor, name):
+                raise NotPermitted(f"tenant {self.actor!r} may not remove {name!r}")
+            tid = self._tenant_id(conn, name)
+            below = (
+                conn.execute(
+                    sa.select(tenants.c.name)
+                    .where(tenants.c.parent_id == tid)
+                    .order_by(tenants.c.name)
+                )
+                .scalars()
+                .all()
+            )
+            owned = conn.execute(
+                sa.select(sa.func.count()).select_from(domains).where(domains.c.owner_id == tid)
+            ).scalar_one()
+            if below or owned:
+                held = [f"{owned} SIP domain(s)"] if owned else []
+                if below:
+                    held.append(
+                        "tenant(s) " + ", ".join(below[:5]) + (" ..." if len(below) > 5 else "")
+                    )
+                raise Conflict(
+                    f"tenant {name!r} still owns {' and '.join(held)}; remove or move them first"
+                )
+            conn.execute(tenants.delete().where(tenants.c.id == tid))
+            return rev
+
     def tenants(self) -> TenancyTree:
         with self.engine.connect() as conn:
             return self._tree(conn)
@@ -430,8 +530,18 @@ class Store:
     # ------------------------------------------------------------------ domains
 
     def add_domain(self, text: str, owner: str | None = None) -> tuple[RuleName, int]:
-        rule = parse_rule(text)
-        owner = owner or self.actor
+        return self._add_domain(parse_rule(text), owner or self.actor, exist_ok=False)
+
+    def ensure_domain(self, text: str, owner: str | None = None) -> tuple[RuleName, int, bool]:
+        """:meth:`add_domain`, except that the same rule with the same owner is no conflict:
+        then nothing is written.  Returns the rule, the revision and whether it was added."""
+        rule, owner = parse_rule(text), owner or self.actor
+        try:
+            return (*self._add_domain(rule, owner, exist_ok=True), True)
+        except _Present:
+            return rule, self.revision(), False
+
+    def _add_domain(self, rule: RuleName, owner: str, exist_ok: bool) -> tuple[RuleName, int]:
         with self._write("domain.add", rule.text, {"owner": owner}) as (conn, rev):
             tree = self._tree(conn)
             tree.get(owner)
@@ -440,6 +550,8 @@ class Store:
                 .join(domains, domains.c.owner_id == tenants.c.id)
                 .where(domains.c.name == rule.text)
             ).scalar()
+            if existing == owner and exist_ok:
+                raise _Present  # rolls the revision back: nothing changed
             if existing is not None:
                 raise Conflict(f"{rule.text!r} exists already (owner {existing!r})")
             base = rule.base.text if isinstance(rule, WildcardName) else rule.text
@@ -589,21 +701,13 @@ class Store:
         upstream: str | None = None,
     ) -> int:
         name = parse_site_name(name)
-        vip_list = [str(parse_vip(v)) for v in vips]
-        if not vip_list:
-            raise BadAddress("a site needs at least one virtual IP (--vip)")
-        nets = [str(parse_network(n)) for n in networks]
-        host_name = parse_domain(host).text if host else None
-        region = parse_region(region)
-        check_weight(weight)
-        if order is not None:
-            check_order(order)
         merged = {**DEFAULT_PORTS, **(ports or {})}
-        for transport, port in merged.items():
-            check_port(transport, port)
-        if not any(merged.values()):
-            raise InvalidValue("a site must offer at least one transport (a port other than 0)")
-        upstream = parse_tenant_field("upstream", upstream)
+        values = _site_columns(
+            vips=vips, networks=networks, host=host, region=region, weight=weight,
+            order=order, ports=merged, upstream=upstream,
+        )  # fmt: skip
+        vip_list, nets, host_name = values["vips"], values["networks"], values["host"]
+        region, upstream = values["region"], values["upstream"]
         with self._write("site.add", name) as (conn, rev):
             self._provider_only("manages sites")
             if conn.execute(sa.select(sites.c.id).where(sites.c.name == name)).first():
@@ -628,6 +732,35 @@ class Store:
                     healthy=True,
                 )
             )
+            return rev
+
+    def update_site(self, name: str, **fields: Any) -> int:
+        """Change some of a site's fields (those given: vips, networks, host, region, weight,
+        order, ports as {transport: port}, upstream; host or upstream '' clears it), checked
+        as :meth:`add_site` checks them.  Provider only."""
+        unknown = set(fields) - set(_SITE_FIELDS)
+        if unknown:
+            raise InvalidValue(f"a site has no field {sorted(unknown)[0]!r}")
+        with self._write("site.update", name, {"fields": sorted(fields)}) as (conn, rev):
+            self._provider_only("manages sites")
+            row = conn.execute(sa.select(sites).where(sites.c.name == name)).mappings().first()
+            if row is None:
+                raise NotFound(f"site {name!r} does not exist")
+            ports = {t: int(row[f"port_{t}"]) for t in DEFAULT_PORTS}
+            ports.update(fields.get("ports") or {})
+            given = {**fields, "ports": ports}
+            for key in ("host", "upstream"):
+                if given.get(key) == "":
+                    given[key] = None
+            values = _site_columns(
+                **{k: given[k] if k in given else row[column] for k, column in _SITE_FIELDS.items()}
+            )
+            check_site_host_fits(
+                name, values["host"], conn.execute(sa.select(zones.c.name)).scalars()
+            )
+            changes = {_SITE_FIELDS[k]: values[k] for k in _SITE_FIELDS if k != "ports"}
+            changes.update({f"port_{t}": p for t, p in values["ports"].items()})
+            conn.execute(sites.update().where(sites.c.id == row["id"]).values(**changes))
             return rev
 
     def remove_site(self, name: str) -> int:
@@ -794,6 +927,54 @@ class Store:
             if current is not None:
                 conn.execute(settings.insert().values(key=previous_key, value=current))
             return rev
+
+    # ------------------------------------------------------------------ status
+
+    def schema_version(self) -> str | None:
+        """The Alembic revision the store's schema is at (None: no schema yet)."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            error = store_error(self.url, exc)
+            if isinstance(error, StoreNotInitialised) and not isinstance(error, StoreMissing):
+                return None
+            raise error from None
+
+    def status(self) -> dict[str, Any]:
+        """What the store holds, in one transaction: revision, counts, the last change."""
+        with self.engine.connect() as conn, conn.begin():
+            rev = self._revision(conn)
+
+            def count(table: sa.Table, *where: Any) -> int:
+                query = sa.select(sa.func.count()).select_from(table)
+                return int(conn.execute(query.where(*where)).scalar_one())
+
+            last = conn.execute(
+                sa.select(changelog.c.revision, changelog.c.at, changelog.c.actor, changelog.c.op)
+                .order_by(changelog.c.revision.desc())
+                .limit(1)
+            ).first()
+            return {
+                "revision": rev,
+                "tenants": count(tenants),
+                "domains": count(domains, domains.c.wildcard.is_(False)),
+                "wildcards": count(domains, domains.c.wildcard.is_(True)),
+                "sites": list(
+                    conn.execute(
+                        sa.select(sites.c.name).order_by(sites.c.position, sites.c.name)
+                    ).scalars()
+                ),
+                "zones": count(zones),
+                "last_change": None
+                if last is None
+                else {
+                    "revision": int(last.revision),
+                    "at": _utc(last.at).isoformat(),
+                    "actor": last.actor,
+                    "op": last.op,
+                },
+            }
 
     # ------------------------------------------------------------------ snapshots and feed
 
