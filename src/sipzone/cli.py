@@ -732,9 +732,48 @@ def _listen_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-@app.command()
+def _read_config(ctx: typer.Context, value: str | None) -> str | None:
+    """``--config FILE``: the file's values become the defaults of serve's options, below the
+    environment and the command line (see sipzone.config)."""
+    if value:
+        from sipzone.config import BadConfig, load
+
+        try:
+            values = load(value, _multiple_options(ctx))
+        except BadConfig as exc:
+            raise typer.BadParameter(str(exc)) from None
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+def _fixed_options(ctx: Any) -> list[str]:
+    """serve's options set on the command line or in the environment: above the file."""
+    from typer._click.core import ParameterSource
+
+    above = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return [str(p.name) for p in ctx.command.params if ctx.get_parameter_source(p.name) in above]
+
+
+def _multiple_options(ctx: Any) -> dict[str, bool]:
+    """serve's options by parameter name, and whether each takes several values."""
+    return {str(p.name): bool(getattr(p, "multiple", False)) for p in ctx.command.params if p.name}
+
+
+@app.command(context_settings={"auto_envvar_prefix": "SIPZONE"})
 @guarded
 def serve(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="TOML file of serve's options (keys as the options: workers = 2); the "
+            "environment (SIPZONE_WORKERS=4) and the command line override it.",
+            is_eager=True,
+            callback=_read_config,
+        ),
+    ] = None,
     sip: Annotated[
         str | None,
         typer.Option(help="SIP listeners, comma separated: udp:HOST:PORT,tcp:[::1]:PORT"),
@@ -828,11 +867,36 @@ def serve(
         bool,
         typer.Option(help="Start even when another process holds the ports, sharing them."),
     ] = False,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning or error (SIGHUP re-reads it from --config).")
+    ] = "info",
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object per line.")
+    ] = "text",
+    log_file: Annotated[
+        str | None,
+        typer.Option(help="Append the log to this file (SIGHUP reopens it) instead of stderr."),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config",
+            help="Print the settings serve would run with (JSON) and exit; nothing starts.",
+        ),
+    ] = False,
     db: Db = DEFAULT_URL,
 ) -> None:
-    """Run the SIP edge and/or the DNS authority on the store, following its changes live."""
+    """Run the SIP edge and/or the DNS authority on the store, following its changes live.
+
+    Every option may also come from the environment (SIPZONE_ and the option's name:
+    SIPZONE_TCP_IDLE_TIMEOUT=60) or from a --config file (tcp-idle-timeout = 60); the command
+    line overrides the environment, which overrides the file.  SIGHUP reopens the log file and
+    re-reads the file: the log level and format change at once, other changes are logged as
+    needing a restart.
+    """
     import ipaddress
 
+    from sipzone import logs
     from sipzone.dns import DnsConfig
     from sipzone.net import split_hostport
     from sipzone.runtime import ServeConfig
@@ -842,6 +906,8 @@ def serve(
     if not sip and not dns:
         fail("nothing to serve: give --sip and/or --dns")
     try:
+        logs.level_of(log_level)
+        logs.check_format(log_format)
         for item in _listen_list(sip or ""):
             parse_listen(item)
         check_tenant_headers(tenant_header, caller_tenant_header)
@@ -851,16 +917,8 @@ def serve(
             ipaddress.ip_network(cidr, strict=False)
     except ValueError as exc:
         fail(str(exc))
-    from sipzone.sip import BRANCH_SECRET
-
-    repo = store(db)
-    repo.revision()
-    repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
-    if sip:
-        _check_site(site, [s.name for s in repo.list_sites()])
-    db = repo.url
-    config = ServeConfig(
-        db=db,
+    settings = ServeConfig(
+        db=resolve_db(db),
         sip=SipConfig(
             listen=_listen_list(sip),
             site=site,
@@ -898,8 +956,38 @@ def serve(
         workers=workers,
         poll_interval=poll,
         share_ports=share_ports,
+        log_level=log_level,
+        log_format=log_format,
+        log_file=log_file,
+        config_file=config,
+        config_values=dict(ctx.default_map or {}),
+        config_fixed=frozenset(_fixed_options(ctx)),
+        config_known=tuple(_multiple_options(ctx).items()),
     )
-    run(config)
+    if print_config:
+        _print_settings(settings)
+        return
+    from sipzone.sip import BRANCH_SECRET
+
+    repo = store(settings.db)
+    repo.revision()
+    repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
+    if sip:
+        _check_site(site, [s.name for s in repo.list_sites()])
+    run(settings)
+
+
+def _print_settings(settings: Any) -> None:
+    """What serve would run with, as JSON (the store URL without its password)."""
+    import dataclasses
+
+    from sipzone.store.url import redacted
+
+    data = dataclasses.asdict(settings)
+    data["db"] = redacted(data["db"])
+    for key in ("config_values", "config_fixed", "config_known"):
+        data.pop(key)
+    emit(data)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -37,8 +37,8 @@ import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -87,6 +87,16 @@ class ServeConfig:
     workers: int = 1
     poll_interval: float = 0.05  # seconds between change-feed checks (SQLite)
     share_ports: bool = False  # True: join ports another process holds (SO_REUSEPORT)
+    log_level: str = "info"
+    log_format: str = "text"  # or "json"
+    log_file: str | None = None  # None: stderr
+    # The --config file, its values when the server started, the options the command line
+    # or the environment set (above the file), and serve's options (name, takes several):
+    # what SIGHUP needs to re-read the file (sipzone.config.reload).
+    config_file: str | None = None
+    config_values: Mapping[str, Any] = field(default_factory=dict)
+    config_fixed: frozenset[str] = frozenset()
+    config_known: tuple[tuple[str, bool], ...] = ()
 
 
 # ------------------------------------------------------------------------ ports
@@ -224,6 +234,62 @@ class StoreFollower:
             log.exception("reading the store failed; still serving revision %d", revision)
 
 
+# ------------------------------------------------------------------------ SIGHUP
+
+
+class Hangup:
+    """What SIGHUP does in every process of a server: reopen the log file, re-read the
+    ``--config`` file and apply what can change while running (sipzone.config.reload).  The
+    process that ``announces`` (the only one, or the supervisor) logs what changed and what
+    only a restart applies; workers apply the same quietly."""
+
+    def __init__(self, config: ServeConfig, announce: bool) -> None:
+        self.config = config
+        self.announce = announce
+        self.values = dict(config.config_values)
+
+    def __call__(self) -> None:
+        from sipzone import logs
+        from sipzone.config import BadConfig, reload
+
+        logs.reopen()
+        path = self.config.config_file
+        if path is None:
+            self._say(logging.INFO, "SIGHUP: log reopened; no --config file to re-read")
+            return
+        try:
+            result = reload(
+                path, dict(self.config.config_known), self.values, self.config.config_fixed
+            )
+        except BadConfig as exc:
+            self._say(logging.ERROR, "SIGHUP: %s; the running configuration stays", exc)
+            return
+        self.values = result.values
+        for name, value in result.apply.items():
+            apply = logs.set_level if name == "log_level" else logs.set_format
+            try:
+                (logs.level_of if name == "log_level" else logs.check_format)(str(value))
+            except ValueError as exc:
+                self._say(logging.ERROR, "SIGHUP: %s in %s; it stays as it was", exc, path)
+                continue
+            # Said before the change and as a warning, so that the old and the new level show it.
+            self._say(logging.WARNING, "SIGHUP: %s is now %s", name.replace("_", "-"), value)
+            apply(str(value))
+        if result.need_restart:
+            self._say(
+                logging.WARNING,
+                "SIGHUP: %s changed in %s; only a restart applies that (still running with the "
+                "values it started with)",
+                ", ".join(result.need_restart), path,
+            )  # fmt: skip
+        if not result.apply and not result.need_restart:
+            self._say(logging.INFO, "SIGHUP: log reopened; %s re-read, nothing to change", path)
+
+    def _say(self, level: int, msg: str, *args: object) -> None:
+        if self.announce:
+            log.log(level, msg, *args)
+
+
 # ------------------------------------------------------------------------ one worker
 
 
@@ -253,6 +319,7 @@ async def run_worker(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, Hangup(config, announce=parent is None))
     tasks = [asyncio.create_task(follower.follow(holder))]
     if parent is not None:
         tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
@@ -292,7 +359,10 @@ def serve(config: ServeConfig) -> None:
     Raises :class:`CannotListen` (exit 2 in the CLI) before starting anything when a port is
     held elsewhere; exits with status 1 when a worker cannot start.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(message)s")
+    from sipzone import logs
+
+    logs.setup(config.log_level, config.log_format, config.log_file)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not fatal while starting (handled once up)
     with _shared_metrics(config.workers > 1):
         check_ports(config)
         # Every connection is a descriptor: take what the hard limit allows before the
@@ -370,6 +440,8 @@ class _Supervisor:
         self.stop_deadline = 0.0
         self.code = 0
         self.announced = False
+        self.hangup = Hangup(config, announce=True)
+        self.hangups = 0  # SIGHUPs not yet handled
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def run(self) -> int:
@@ -390,10 +462,15 @@ class _Supervisor:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hangup)
         for slot in self.slots:
             self._spawn(slot)
         while not self.stopping or any(slot.pid for slot in self.slots):
             self._wait_for_news()
+            if self.hangups:
+                self.hangups = 0
+                self.hangup()
+                self._signal_all(signal.SIGHUP)  # each worker reopens and re-reads as well
             self._reap()
             now = time.monotonic()
             if self.stopping:
@@ -485,7 +562,7 @@ class _Supervisor:
     def _spawn(self, slot: _Slot) -> None:
         ready_r, ready_w = os.pipe()
         # No signal may reach the child before it has dropped the supervisor's handlers.
-        masked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        masked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
         signal.pthread_sigmask(signal.SIG_BLOCK, masked)
         try:
             pid = os.fork()
@@ -502,8 +579,9 @@ class _Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
             signal.pthread_sigmask(
-                signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+                signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
             )
             for fd in (ready_r, self.wake_r, self.wake_w):
                 os.close(fd)
@@ -523,6 +601,9 @@ class _Supervisor:
             log.exception("worker %d failed", index)
         finally:
             os._exit(code)
+
+    def _hangup(self, _sig: int, _frame: Any) -> None:
+        self.hangups += 1
 
     def _stop(self, _sig: int, _frame: Any) -> None:
         if not self.stopping:
