@@ -58,6 +58,8 @@ for sub, name in (
     app.add_typer(sub, name=name, no_args_is_help=True)
 sip_app = typer.Typer(help="The SIP edge's installation-wide state.")
 app.add_typer(sip_app, name="sip", no_args_is_help=True)
+db_app = typer.Typer(help="The store's schema: its version, and upgrades to this sipzone's.")
+app.add_typer(db_app, name="db", no_args_is_help=True)
 
 Db = Annotated[
     str,
@@ -191,6 +193,94 @@ def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
         f"sites      {', '.join(data['sites']) or '(none)'}",
     ]
     typer.echo("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------- schema, backup
+
+
+@db_app.command("version")
+@guarded
+def db_version(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """The store's schema version and this sipzone's; exit 0 when they match, 1 when not."""
+    from sipzone.store.repository import schema_head, schema_revisions
+
+    current, head = store(db).schema_version(), schema_head()
+    if current == head:
+        state = "current"
+    elif current is None:
+        state = "none"
+    elif current in schema_revisions():
+        state = "behind"
+    else:
+        state = "ahead"
+    advice = {
+        "current": "up to date",
+        "none": "no schema yet: run `sipzone init`",
+        "behind": "older than this sipzone's: run `sipzone db upgrade`",
+        "ahead": "newer than this sipzone knows: upgrade sipzone before using it here",
+    }[state]
+    if as_json:
+        emit({"store": current, "sipzone": head, "state": state})
+    else:
+        typer.echo(f"store schema {current}, sipzone schema {head}: {advice}")
+    raise typer.Exit(0 if state == "current" else 1)
+
+
+@db_app.command("upgrade")
+@guarded
+def db_upgrade(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """Migrate the store's schema to this sipzone's (see the README on upgrading node by node)."""
+    before, after = store(db).upgrade()
+    what = "already at" if before == after else f"upgraded from {before} to"
+    done(as_json, f"store schema {what} {after}", before=before, after=after)
+
+
+@app.command("dump")
+@guarded
+def dump_command(
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Write to FILE (mode 600) instead of stdout."),
+    ] = None,
+    with_secrets: Annotated[
+        bool, typer.Option("--with-secrets", help="Include the secret settings (SIP keys).")
+    ] = False,
+    db: Db = DEFAULT_URL,
+) -> None:
+    """The whole store as JSON: tenants, domains, sites, zones, settings (secrets on request)."""
+    from sipzone.store.backup import dump, to_text
+
+    text = to_text(dump(store(db), with_secrets=with_secrets))
+    if output is None:
+        sys.stdout.write(text)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+@app.command("restore")
+@guarded
+def restore_command(
+    file: Annotated[str, typer.Argument(help="A file `sipzone dump` wrote ('-': stdin).")],
+    db: Db = DEFAULT_URL,
+    as_json: Json = False,
+) -> None:
+    """Fill an empty store (just `sipzone init`) from a dump, all or nothing."""
+    from sipzone.store.backup import is_secret, parse
+
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {file!r}: {getattr(exc, 'strerror', None) or exc}")
+    document = parse(text)
+    rev = store(db).restore(document, is_secret)
+    n = len(document["domains"])
+    done(
+        as_json, f"restored {len(document['tenants'])} tenants, {n} domains (revision {rev})",
+        tenants=len(document["tenants"]), domains=n, sites=len(document["sites"]),
+        zones=len(document["zones"]), revision=rev,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- tenants
@@ -779,7 +869,14 @@ def serve(
         typer.Option(help="SIP listeners, comma separated: udp:HOST:PORT,tcp:[::1]:PORT"),
     ] = None,
     dns: Annotated[str | None, typer.Option(help="DNS listener HOST:PORT (UDP and TCP).")] = None,
-    metrics: Annotated[str | None, typer.Option(help="Prometheus metrics at HOST:PORT.")] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(help="HTTP at HOST:PORT: /metrics (Prometheus), /healthz, /readyz."),
+    ] = None,
+    ready_stale_after: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds without the store before /readyz says not ready."),
+    ] = 30.0,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
     site: Annotated[
         str | None,
@@ -949,6 +1046,7 @@ def serve(
             rrl_slip=dns_rrl_slip,
             nameservers=tuple(parse_domain(ns).text for ns in nameserver or ()),
             batched_udp=batched_udp,
+            metrics=bool(metrics),
         )
         if dns
         else None,
@@ -959,6 +1057,7 @@ def serve(
         log_level=log_level,
         log_format=log_format,
         log_file=log_file,
+        ready_stale_after=ready_stale_after,
         config_file=config,
         config_values=dict(ctx.default_map or {}),
         config_fixed=frozenset(_fixed_options(ctx)),
@@ -974,6 +1073,7 @@ def serve(
     repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
     if sip:
         _check_site(site, [s.name for s in repo.list_sites()])
+    repo.close()  # the workers open their own connections
     run(settings)
 
 

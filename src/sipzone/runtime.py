@@ -39,13 +39,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from sipzone.dns import DnsConfig
 from sipzone.eventlog import EventLog
+from sipzone.httpstatus import Readiness, serve_status, workers_not_ready
 from sipzone.model.errors import SipzoneError
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import split_hostport
@@ -97,6 +98,8 @@ class ServeConfig:
     config_values: Mapping[str, Any] = field(default_factory=dict)
     config_fixed: frozenset[str] = frozenset()
     config_known: tuple[tuple[str, bool], ...] = ()
+    worker: int = 0  # this worker's position (0 .. workers-1), its label in the metrics
+    ready_stale_after: float = 30.0  # /readyz fails after the store is away this long
 
 
 # ------------------------------------------------------------------------ ports
@@ -159,12 +162,30 @@ def history_mark(store: Store, revision: int) -> Mark:
 class StoreFollower:
     """Keeps a SnapshotHolder at the store's revision, reading after each wake of the feed."""
 
-    def __init__(self, store: Store, interval: float) -> None:
+    def __init__(
+        self, store: Store, interval: float, readiness: Readiness | None = None, worker: int = 0
+    ) -> None:
         self.store = store
         self.interval = interval
         self.events = EventLog(log)
         self.mark: Mark = None
         self._failing = False
+        self.readiness = readiness or Readiness()
+        self.worker = str(worker)  # the label of this worker's metrics
+        self.feed: ChangeFeed | None = None
+
+    @property
+    def reaching_store(self) -> bool:
+        """False while the last read failed or the feed has lost its connection."""
+        return not self._failing and not (self.feed is not None and self.feed.down)
+
+    def feed_lag(self) -> float | None:
+        """Seconds since the newest change served was committed (None: no change yet)."""
+        if self.mark is None:
+            return None
+        at = self.mark[1]
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        return max(0.0, (datetime.now(UTC) - at).total_seconds())
 
     def load(self) -> Snapshot:
         """The whole store, and the mark of its history (runs in a thread)."""
@@ -193,7 +214,7 @@ class StoreFollower:
         from sipzone import metrics
 
         loop = asyncio.get_running_loop()
-        feed = ChangeFeed(self.store.url, interval=self.interval)
+        feed = self.feed = ChangeFeed(self.store.url, interval=self.interval)
         retry: float | None = None  # seconds until a failed read is tried again
         whole = False
         try:
@@ -216,15 +237,20 @@ class StoreFollower:
                     self._failing = False
                     self.events.forget("read")
                     log.info("store readable again at revision %d", snapshot.revision)
+                self.readiness.store_reached(True)
                 if snapshot is not current:
                     holder.publish(snapshot)
-                    metrics.REVISION.set(snapshot.revision)
+                    metrics.REVISION.labels(self.worker).set(snapshot.revision)
+                    lag = self.feed_lag()
+                    if lag is not None:
+                        metrics.FEED_LAG.labels(self.worker).set(lag)
                     log.info("revision %d published", snapshot.revision)
         finally:
             await feed.aclose()
 
     def _failed(self, exc: Exception, revision: int) -> None:
         self._failing = True
+        self.readiness.store_reached(False)
         if isinstance(exc, STORE_TROUBLE):
             self.events.warning(
                 "read", "store read failed (%s); still serving revision %d", first_line(exc),
@@ -294,7 +320,10 @@ class Hangup:
 
 
 async def run_worker(
-    config: ServeConfig, ready: Callable[[], None] | None = None, parent: int | None = None
+    config: ServeConfig,
+    ready: Callable[[], None] | None = None,
+    parent: int | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     """Start the configured services in this process and run until SIGTERM/SIGINT (or until
     the supervisor ``parent`` is gone: an orphan must not keep its ports)."""
@@ -302,10 +331,16 @@ async def run_worker(
 
     store = Store(config.db, via="serve")
     loop = asyncio.get_running_loop()
-    follower = StoreFollower(store, config.poll_interval)
+    readiness = readiness or Readiness(config.ready_stale_after)
+    worker = str(config.worker)
+    metrics.READY.labels(worker).set(0)
+    follower = StoreFollower(store, config.poll_interval, readiness, config.worker)
     holder = SnapshotHolder(await loop.run_in_executor(None, follower.load))
-    metrics.REVISION.set(holder.current.revision)
+    readiness.loaded = True
+    metrics.REVISION.labels(worker).set(holder.current.revision)
+    metrics.STORE_UP.labels(worker).set(1)
     services: list[Service] = []
+    dns_service: Any = None
     if config.sip is not None:
         from sipzone.sip.transport import start_sip
 
@@ -320,7 +355,11 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, Hangup(config, announce=parent is None))
-    tasks = [asyncio.create_task(follower.follow(holder))]
+    readiness.listening = True
+    tasks = [
+        asyncio.create_task(follower.follow(holder)),
+        asyncio.create_task(_every_second(follower, dns_service)),
+    ]
     if parent is not None:
         tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
     log.info("serving revision %d (pid %d)", holder.current.revision, os.getpid())
@@ -332,7 +371,29 @@ async def run_worker(
     await asyncio.gather(*tasks, return_exceptions=True)
     for service in services:
         await service.close()
+    if dns_service is not None and dns_service.counts is not None:
+        from sipzone.dns import metrics as dns_metrics
+
+        dns_metrics.publish(dns_service.counts)
     store.close()
+
+
+async def _every_second(follower: StoreFollower, dns_service: Any) -> None:
+    """A worker's housekeeping: publish the DNS counts, say whether it reaches the store and
+    is ready (the gauges the supervisor's /readyz reads)."""
+    from sipzone import metrics
+
+    worker = follower.worker
+    while True:
+        await asyncio.sleep(1.0)
+        if dns_service is not None and dns_service.counts is not None:
+            from sipzone.dns import metrics as dns_metrics
+
+            dns_metrics.publish(dns_service.counts)
+        up = follower.reaching_store
+        follower.readiness.store_reached(up)
+        metrics.STORE_UP.labels(worker).set(1 if up else 0)
+        metrics.READY.labels(worker).set(0 if follower.readiness.reasons() else 1)
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -343,11 +404,14 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
 
 
 def _event_loop_run(
-    config: ServeConfig, ready: Callable[[], None] | None = None, parent: int | None = None
+    config: ServeConfig,
+    ready: Callable[[], None] | None = None,
+    parent: int | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     import uvloop
 
-    uvloop.run(run_worker(config, ready, parent))
+    uvloop.run(run_worker(config, ready, parent, readiness))
 
 
 # ------------------------------------------------------------------------ serve
@@ -369,12 +433,13 @@ def serve(config: ServeConfig) -> None:
         # services size their connection caps from it.
         log.info("open-file limit %d", raise_open_files())
         if config.workers <= 1:
+            readiness = Readiness(config.ready_stale_after)
             if config.metrics:
-                from prometheus_client import start_http_server
+                from prometheus_client import REGISTRY
 
                 host, port = split_hostport(config.metrics)
-                start_http_server(port, host)
-            _event_loop_run(config, lambda: print("sipzone: ready", flush=True))
+                serve_status(host, port, REGISTRY, readiness.reasons)
+            _event_loop_run(config, lambda: print("sipzone: ready", flush=True), None, readiness)
             return
         code = _Supervisor(config).run()
     if code:
@@ -400,8 +465,8 @@ def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
     """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
     that replaced it) sends DNS NOTIFY."""
     if config.dns is None or index == 0:
-        return config
-    return replace(config, dns=replace(config.dns, send_notify=False))
+        return replace(config, worker=index)
+    return replace(config, worker=index, dns=replace(config.dns, send_notify=False))
 
 
 def _how(status: int) -> str:
@@ -446,12 +511,12 @@ class _Supervisor:
 
     def run(self) -> int:
         if self.config.metrics:
-            from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+            from prometheus_client import CollectorRegistry, multiprocess
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             host, port = split_hostport(self.config.metrics)
-            start_http_server(port, host, registry=registry)
+            serve_status(host, port, registry, lambda: self._not_ready(registry))
         # What every worker imports, imported once here: a fork shares it, so a replacement
         # starts serving sooner.
         for module in ("uvloop", "sipzone.dns.server", "sipzone.sip.transport"):
@@ -601,6 +666,15 @@ class _Supervisor:
             log.exception("worker %d failed", index)
         finally:
             os._exit(code)
+
+    def _not_ready(self, registry: Any) -> list[str]:
+        """/readyz of the whole server: every worker started and ready by its own gauge."""
+        waiting = [
+            f"worker {slot.index} is starting"
+            for slot in self.slots
+            if not (slot.pid and slot.ready)
+        ]
+        return waiting + workers_not_ready(registry)
 
     def _hangup(self, _sig: int, _frame: Any) -> None:
         self.hangups += 1

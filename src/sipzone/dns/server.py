@@ -31,6 +31,7 @@ import dns.opcode
 import dns.rcode
 
 from sipzone.dns import DnsConfig
+from sipzone.dns import metrics as dns_metrics
 from sipzone.dns.answers import (
     Authority,
     Tables,
@@ -115,6 +116,8 @@ class DnsService:
         self._tcp_sources: dict[bytes, int] = {}
         self._stats = DnsStats()
         self.rrl = RateLimiter(config.rrl, config.rrl_slip) if config.rrl > 0 else None
+        # Queries by type and rcode (plain ints; the runtime publishes them): with --metrics only.
+        self.counts = dns_metrics.QueryCounts() if config.metrics else None
 
     @property
     def stats(self) -> DnsStats:
@@ -126,6 +129,8 @@ class DnsService:
     def _udp_responder(self) -> Respond:
         """The UDP responder: the authority's own (the hot path), or behind the rate limiter."""
         respond: Respond = self.authority.respond
+        if self.counts is not None:
+            respond = self.counts.wrap(respond)
         if self.rrl is None:
             return respond
         check = self.rrl.check
@@ -259,8 +264,10 @@ class DnsService:
                     target,
                     dns.rcode.to_text(reply.rcode()),
                 )
+                dns_metrics.NOTIFIES.labels("acknowledged").inc()
                 return
         log.warning("NOTIFY %s to %s: no answer after %d tries", zone, target, NOTIFY_TRIES)
+        dns_metrics.NOTIFIES.labels("unanswered").inc()
 
     def _admit_tcp(self, client: str, source: bytes) -> bool:
         """Count a new connection in, or say no when a cap is reached."""
@@ -348,9 +355,15 @@ class DnsService:
             records = self.authority.records
             # A generator: each message is rendered just before it is written, so a big zone
             # streams with the writer's flow control instead of piling up in memory.
-            return transfer(records, query, client, self.config.allow_transfer)
+            return dns_metrics.counted_transfer(
+                transfer(records, query, client, self.config.allow_transfer)
+            )
         out = self.authority.respond(data, client, tcp=True)
-        return [out] if out is not None else []
+        if out is None:
+            return []
+        if self.counts is not None:
+            self.counts.count(out)
+        return [out]
 
     async def close(self) -> None:
         self._closed = True

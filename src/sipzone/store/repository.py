@@ -19,7 +19,7 @@ import os
 import secrets
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -283,6 +283,26 @@ def _utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def schema_head() -> str:
+    """The schema revision this sipzone's migrations end at."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_revisions() -> list[str]:
+    """Every schema revision this sipzone knows, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    walk = ScriptDirectory(str(MIGRATIONS)).walk_revisions()
+    return [r.revision for r in walk][::-1]
+
+
 class _Unchanged(Exception):
     """Raised inside a write that found nothing to change, to roll back its revision."""
 
@@ -312,7 +332,7 @@ class Store:
         if path is not None and not os.path.exists(path):
             sqlite3.connect(path).close()  # the one place a store file is created
         cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -323,6 +343,18 @@ class Store:
             if conn.execute(provider).first() is None:
                 conn.execute(tenants.insert().values(name=PROVIDER, parent_id=None))
         return self.revision()
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Migrate an existing store's schema to this sipzone's (never creates a store);
+        returns the schema revisions before and after."""
+        before = self.schema_version()
+        if before is not None and before not in schema_revisions():
+            raise StoreNotInitialised(
+                f"the store's schema {before!r} is newer than this sipzone knows "
+                f"(its newest is {schema_head()!r}); upgrade sipzone, not the store"
+            )
+        self.init()
+        return before, schema_head()
 
     def _not_initialised(self, cause: object = None) -> SipzoneError:
         if isinstance(cause, BaseException):
@@ -348,16 +380,24 @@ class Store:
 
     @contextlib.contextmanager
     def _write(
-        self, op: str, subject: str, detail: dict[str, Any] | None = None
+        self,
+        op: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+        at_least: int = 0,
     ) -> Iterator[tuple[Connection, int]]:
-        """One transaction: bump the revision, let the caller validate and write, log it."""
+        """One transaction: bump the revision (to ``at_least`` if that is higher), let the
+        caller validate and write, log it."""
         with contextlib.ExitStack() as transaction:
             try:
                 conn = transaction.enter_context(self.engine.begin())
+                bumped: Any = state.c.revision + 1
+                if at_least:
+                    bumped = sa.case((bumped < at_least, at_least), else_=bumped)
                 rev = conn.execute(
                     state.update()
                     .where(state.c.id == 1)
-                    .values(revision=state.c.revision + 1)
+                    .values(revision=bumped)
                     .returning(state.c.revision)
                 ).scalar()
             except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
@@ -927,6 +967,116 @@ class Store:
             if current is not None:
                 conn.execute(settings.insert().values(key=previous_key, value=current))
             return rev
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, document: Mapping[str, Any], secret: Callable[[str], bool]) -> int:
+        """Fill an empty store from a dump (sipzone.store.backup) in one transaction, every
+        value checked as the commands check it; returns the revision, the dump's own unless
+        this store has gone past it.  ``secret(key)`` says which settings are secrets (kept
+        as they are here unless the dump carries them).  Provider only."""
+        detail = {"revision": document["revision"], "domains": len(document["domains"])}
+        at_least = int(document["revision"])
+        with self._write("store.restore", "dump", detail, at_least=at_least) as (conn, rev):
+            self._provider_only("restores the store")
+            self._check_empty(conn, secret)
+            self._restore_tenants(conn, document["tenants"])
+            tree = self._tree(conn)
+            rules: dict[str, tuple[str, bool]] = {}
+            for entry in document["domains"]:
+                rule, owner = parse_rule(str(entry["name"])), str(entry["owner"])
+                tree.get(owner)
+                if rule.text in rules:
+                    raise Conflict(f"the dump holds {rule.text!r} twice")
+                rules[rule.text] = (owner, rule.is_wildcard)
+            matcher = Matcher.from_rules((n, o) for n, (o, _) in rules.items())
+            for name, (owner, _) in rules.items():
+                check_may_own(name, owner, PROVIDER, tree, matcher)
+            ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).all())
+            rows = [
+                {"name": n, "owner_id": ids[o], "wildcard": w, "revision": rev}
+                for n, (o, w) in rules.items()
+            ]
+            for start in range(0, len(rows), 20_000):
+                conn.execute(domains.insert(), rows[start : start + 20_000])
+            zone_names = [parse_zone(str(z)).text for z in document["zones"]]
+            if zone_names:
+                conn.execute(zones.insert(), [{"name": z} for z in zone_names])
+            for site in document["sites"]:
+                self._restore_site(conn, site, zone_names)
+            for key, value in document["settings"].items():
+                if not isinstance(value, str) or not isinstance(key, str):
+                    raise InvalidValue(f"setting {key!r}: not a string")
+                conn.execute(settings.delete().where(settings.c.key == key))
+                conn.execute(settings.insert().values(key=key, value=value))
+            return rev
+
+    def _check_empty(self, conn: Connection, secret: Callable[[str], bool]) -> None:
+        held = {
+            "tenants": conn.execute(sa.select(sa.func.count()).select_from(tenants)).scalar_one()
+            - 1,
+            "SIP domains": conn.execute(
+                sa.select(sa.func.count()).select_from(domains)
+            ).scalar_one(),
+            "sites": conn.execute(sa.select(sa.func.count()).select_from(sites)).scalar_one(),
+            "zones": conn.execute(sa.select(sa.func.count()).select_from(zones)).scalar_one(),
+            "settings": sum(
+                1 for k in conn.execute(sa.select(settings.c.key)).scalars() if not secret(k)
+            ),
+        }
+        found = [f"{n} {what}" for what, n in held.items() if n]
+        if found:
+            raise Conflict(
+                f"a restore needs an empty store, and this one holds {', '.join(found)}; "
+                "restore into a new one (`sipzone init --db NEW`)"
+            )
+
+    def _restore_tenants(self, conn: Connection, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Tenants in the dump's order (each after its parent); the provider's own fields."""
+        names: list[str] = [PROVIDER]
+        for entry in entries:
+            name = str(entry["name"])
+            values = {f: parse_tenant_field(f, entry.get(f)) for f in FIELD_PARSERS}
+            if name == PROVIDER:
+                if entry.get("parent") is not None:
+                    raise InvalidValue("the provider has no parent")
+                conn.execute(tenants.update().where(tenants.c.name == PROVIDER).values(**values))
+                continue
+            name = parse_tenant_name(name)
+            check_new_tenant_name(name, names)
+            parent = entry.get("parent")
+            if parent not in names:
+                raise UnknownTenant(
+                    f"tenant {name!r}: parent {parent!r} does not come before it in the dump"
+                )
+            conn.execute(
+                tenants.insert().values(
+                    name=name, parent_id=self._tenant_id(conn, str(parent)), **values
+                )
+            )
+            names.append(name)
+
+    def _restore_site(
+        self, conn: Connection, site: Mapping[str, Any], zone_names: list[str]
+    ) -> None:
+        name = parse_site_name(str(site["name"]))
+        ports = {t: int(site["ports"][t]) for t in DEFAULT_PORTS}
+        values = _site_columns(
+            vips=site["vips"], networks=site["networks"], host=site.get("host"),
+            region=str(site["region"]), weight=int(site["weight"]), order=int(site["order"]),
+            ports=ports, upstream=site.get("upstream"),
+        )  # fmt: skip
+        check_site_host_fits(name, values["host"], zone_names)
+        if conn.execute(sa.select(sites.c.id).where(sites.c.name == name)).first():
+            raise Conflict(f"the dump holds site {name!r} twice")
+        conn.execute(
+            sites.insert().values(
+                name=name, region=values["region"], host=values["host"], vips=values["vips"],
+                networks=values["networks"], weight=values["weight"], position=values["order"],
+                upstream=values["upstream"], healthy=bool(site["healthy"]),
+                **{f"port_{t}": p for t, p in ports.items()},
+            )
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ status
 
