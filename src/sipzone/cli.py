@@ -195,6 +195,14 @@ def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     typer.echo("\n".join(lines))
 
 
+@app.command("systemd-unit")
+def systemd_unit() -> None:
+    """Print the systemd unit sipzone ships (Type=notify, its own user, hardened)."""
+    from importlib.resources import files
+
+    sys.stdout.write(files("sipzone").joinpath("deploy/sipzone.service").read_text())
+
+
 # ---------------------------------------------------------------------------- schema, backup
 
 
@@ -873,6 +881,18 @@ def serve(
         str | None,
         typer.Option(help="HTTP at HOST:PORT: /metrics (Prometheus), /healthz, /readyz."),
     ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="Started as root: run as this user once the ports are bound."),
+    ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=300,
+            help="Seconds SIGTERM lets SIP TCP connections finish what is in flight.",
+        ),
+    ] = 5.0,
     ready_stale_after: Annotated[
         float,
         typer.Option(min=1, help="Seconds without the store before /readyz says not ready."),
@@ -1058,6 +1078,8 @@ def serve(
         log_format=log_format,
         log_file=log_file,
         ready_stale_after=ready_stale_after,
+        drain_timeout=drain_timeout,
+        user=user,
         config_file=config,
         config_values=dict(ctx.default_map or {}),
         config_fixed=frozenset(_fixed_options(ctx)),
@@ -1066,8 +1088,11 @@ def serve(
     if print_config:
         _print_settings(settings)
         return
+    from sipzone.runtime import check_user
     from sipzone.sip import BRANCH_SECRET
 
+    if user is not None:
+        check_user(user)
     repo = store(settings.db)
     repo.revision()
     repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from sipzone import sdnotify
 from sipzone.dns import DnsConfig
 from sipzone.eventlog import EventLog
 from sipzone.httpstatus import Readiness, serve_status, workers_not_ready
@@ -64,7 +65,7 @@ RESTART_FIRST = 0.1  # seconds before a dead worker is replaced; doubles while i
 RESTART_MAX = 10.0  # ... up to this
 STABLE_AFTER = 30.0  # a worker up this long starts the back-off afresh when it dies
 KEEPS_DYING = 3  # deaths in a row that make "keeps dying" the news instead of each death
-STOP_GRACE = 10.0  # seconds workers get to finish after SIGTERM before SIGKILL
+STOP_GRACE = 10.0  # seconds workers get after their drain (SIGTERM) before SIGKILL
 PARENT_CHECK = 1.0  # seconds between a worker's checks that its supervisor still runs
 
 # What a store that is away or not (yet) a store raises: news for the log, not a bug.
@@ -98,6 +99,8 @@ class ServeConfig:
     config_values: Mapping[str, Any] = field(default_factory=dict)
     config_fixed: frozenset[str] = frozenset()
     config_known: tuple[tuple[str, bool], ...] = ()
+    drain_timeout: float = 5.0  # seconds SIGTERM waits for in-flight TCP before closing it
+    user: str | None = None  # started as root: the user each worker runs as once it listens
     worker: int = 0  # this worker's position (0 .. workers-1), its label in the metrics
     ready_stale_after: float = 30.0  # /readyz fails after the store is away this long
 
@@ -260,6 +263,41 @@ class StoreFollower:
             log.exception("reading the store failed; still serving revision %d", revision)
 
 
+# ------------------------------------------------------------------------ privileges
+
+
+class CannotDropPrivileges(SipzoneError):
+    """--user names no user, or serve was not started as root to become another one."""
+
+
+def check_user(name: str) -> tuple[int, int]:
+    """(uid, gid) of ``name`` if this process can become it, else :class:`CannotDropPrivileges`."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise CannotDropPrivileges(f"--user {name!r}: no such user") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise CannotDropPrivileges(
+            f"--user {name!r}: serve runs as uid {os.geteuid()}, and only root can become "
+            "another user (under systemd, use User= and AmbientCapabilities= instead)"
+        )
+    return entry.pw_uid, entry.pw_gid
+
+
+def drop_privileges(name: str) -> None:
+    """Become user ``name`` (its groups too) once the listeners are bound: the ports below
+    1024 stay ours, nothing else of root's does."""
+    uid, gid = check_user(name)
+    if os.geteuid() == uid:
+        return
+    os.setgroups(os.getgrouplist(name, gid))
+    os.setgid(gid)
+    os.setuid(uid)
+    log.info("running as %s (uid %d, gid %d) now that the listeners are bound", name, uid, gid)
+
+
 # ------------------------------------------------------------------------ SIGHUP
 
 
@@ -278,7 +316,10 @@ class Hangup:
         from sipzone import logs
         from sipzone.config import BadConfig, reload
 
-        logs.reopen()
+        try:
+            logs.reopen()
+        except OSError as exc:  # e.g. no longer allowed to open it after --user
+            self._say(logging.ERROR, "SIGHUP: cannot reopen the log file: %s", exc)
         path = self.config.config_file
         if path is None:
             self._say(logging.INFO, "SIGHUP: log reopened; no --config file to re-read")
@@ -352,13 +393,22 @@ async def run_worker(
         services.append(dns_service)
         dns_service.notify_secondaries()  # see the module's docstring: the NOTIFY role
     stop = asyncio.Event()
+    stopped_by: list[str] = []
+
+    def stop_on(sig: signal.Signals) -> None:
+        stopped_by.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_on, sig)
     loop.add_signal_handler(signal.SIGHUP, Hangup(config, announce=parent is None))
+    if config.user is not None:
+        drop_privileges(config.user)
     readiness.listening = True
+    main = parent is None  # the only process: it speaks to systemd itself
     tasks = [
         asyncio.create_task(follower.follow(holder)),
-        asyncio.create_task(_every_second(follower, dns_service)),
+        asyncio.create_task(_every_second(follower, dns_service, watchdog=main)),
     ]
     if parent is not None:
         tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
@@ -366,6 +416,17 @@ async def run_worker(
     if ready is not None:
         ready()
     await stop.wait()
+    why = stopped_by[0] if stopped_by else "supervisor gone"
+    log.info("stopping (%s): no new connections, finishing those in flight", why)
+    if main:
+        sdnotify.notify("STOPPING=1", "STATUS=draining")
+    began = time.monotonic()
+    for service in services:
+        drain = getattr(service, "drain", None)
+        if drain is not None:
+            clean, cut = await drain(config.drain_timeout)
+            if clean or cut:
+                log.info("SIP TCP: %d connection(s) closed when settled, %d cut", clean, cut)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -376,16 +437,21 @@ async def run_worker(
 
         dns_metrics.publish(dns_service.counts)
     store.close()
+    log.info("stopped after %.1f s (pid %d)", time.monotonic() - began, os.getpid())
 
 
-async def _every_second(follower: StoreFollower, dns_service: Any) -> None:
+async def _every_second(follower: StoreFollower, dns_service: Any, watchdog: bool) -> None:
     """A worker's housekeeping: publish the DNS counts, say whether it reaches the store and
-    is ready (the gauges the supervisor's /readyz reads)."""
+    is ready (the gauges the supervisor's /readyz reads), and tell systemd's watchdog that the
+    loop turns (from the loop itself: a hung loop stops the pings)."""
     from sipzone import metrics
 
     worker = follower.worker
+    ping = sdnotify.watchdog_interval() if watchdog else None
     while True:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(min(1.0, ping or 1.0))
+        if ping is not None:
+            sdnotify.notify("WATCHDOG=1")
         if dns_service is not None and dns_service.counts is not None:
             from sipzone.dns import metrics as dns_metrics
 
@@ -439,11 +505,17 @@ def serve(config: ServeConfig) -> None:
 
                 host, port = split_hostport(config.metrics)
                 serve_status(host, port, REGISTRY, readiness.reasons)
-            _event_loop_run(config, lambda: print("sipzone: ready", flush=True), None, readiness)
+            _event_loop_run(config, _announce_ready, None, readiness)
             return
         code = _Supervisor(config).run()
     if code:
         raise SystemExit(code)
+
+
+def _announce_ready() -> None:
+    """Every listener is bound: say so to whoever started us (a script, systemd)."""
+    print("sipzone: ready", flush=True)
+    sdnotify.notify("READY=1", f"STATUS=serving (pid {os.getpid()})", f"MAINPID={os.getpid()}")
 
 
 @contextlib.contextmanager
@@ -506,6 +578,8 @@ class _Supervisor:
         self.code = 0
         self.announced = False
         self.hangup = Hangup(config, announce=True)
+        self.watchdog = sdnotify.watchdog_interval()
+        self.watchdog_due = 0.0
         self.hangups = 0  # SIGHUPs not yet handled
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -545,7 +619,10 @@ class _Supervisor:
                 continue
             if not self.announced and all(slot.ready for slot in self.slots):
                 self.announced = True
-                print("sipzone: ready", flush=True)
+                _announce_ready()
+            if self.watchdog is not None and now >= self.watchdog_due:
+                sdnotify.notify("WATCHDOG=1")
+                self.watchdog_due = now + self.watchdog
             for slot in self.slots:
                 if not slot.pid and now >= slot.restart_at:
                     self.restarts.inc()
@@ -559,6 +636,8 @@ class _Supervisor:
         due = [slot.restart_at - now for slot in self.slots if not slot.pid]
         if self.stopping:
             due.append(self.stop_deadline - now)
+        elif self.watchdog is not None:
+            due.append(self.watchdog_due - now)
         timeout = max(0.0, min(due)) if due else None
         watched = [slot.ready_fd for slot in self.slots if slot.ready_fd >= 0]
         readable, _, _ = select.select([self.wake_r, *watched], [], [], timeout)
@@ -642,6 +721,7 @@ class _Supervisor:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
+            sdnotify.leave_to_parent()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
@@ -679,10 +759,15 @@ class _Supervisor:
     def _hangup(self, _sig: int, _frame: Any) -> None:
         self.hangups += 1
 
-    def _stop(self, _sig: int, _frame: Any) -> None:
+    def _stop(self, sig: int, _frame: Any) -> None:
         if not self.stopping:
+            if sig:
+                log.info(
+                    "stopping (%s): workers finish what is in flight", signal.Signals(sig).name
+                )
+                sdnotify.notify("STOPPING=1", "STATUS=draining")
             self.stopping = True
-            self.stop_deadline = time.monotonic() + STOP_GRACE
+            self.stop_deadline = time.monotonic() + self.config.drain_timeout + STOP_GRACE
             self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, sig: signal.Signals) -> None:
