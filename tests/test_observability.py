@@ -22,8 +22,8 @@ import dns.rdatatype
 import pytest
 import sqlalchemy as sa
 
-from sipzone.store.repository import Store
 from tests.conftest import SIPZONE, Cli, Server, free_port
+from tests.test_runtime import one_site_store
 
 Serve = Callable[..., Server]
 
@@ -46,14 +46,7 @@ def sample(body: str, name: str, **labels: str) -> float | None:
 
 
 def a_store(url: str) -> None:
-    store = Store(url)
-    try:
-        store.init()
-        store.add_zone("example.com")
-        store.add_site("eu1", vips=["192.0.2.10"], region="eu")
-        store.add_domain("voip.example.com")
-    finally:
-        store.close()
+    one_site_store(url, "voip.example.com")
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 10) -> None:

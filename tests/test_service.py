@@ -20,10 +20,10 @@ import dns.message
 import dns.query
 import pytest
 
-from sipzone.store.repository import Store
 from tests.conftest import SIPZONE, free_port
 from tests.sip.conftest import needs_sipp
 from tests.sip.test_sipp import options_scenario
+from tests.test_runtime import one_site_store
 
 Start = Callable[..., "Proc"]
 
@@ -77,14 +77,7 @@ def start() -> Iterator[Start]:
 
 
 def a_store(url: str) -> None:
-    store = Store(url)
-    try:
-        store.init()
-        store.add_zone("example.com")
-        store.add_site("eu1", vips=["192.0.2.10"], region="eu")
-        store.add_domain("voip.example.com")
-    finally:
-        store.close()
+    one_site_store(url, "voip.example.com")
 
 
 class NotifySocket:
@@ -272,3 +265,43 @@ def test_the_shipped_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     path.write_text(text.replace("/usr/local/bin/sipzone", SIPZONE))
     result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_sigterm_lets_a_zone_transfer_finish_and_closes_idle_dns_tcp(
+    start: Start, sqlite_url: str, tmp_path: Path
+) -> None:
+    a_store(sqlite_url)
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"c{i}.example.com\n" for i in range(20_000)))
+    subprocess.run([SIPZONE, "domain", "import", str(names), "--db", sqlite_url], check=True,
+                   capture_output=True)  # fmt: skip
+    port = free_port()
+    server = start("--dns", f"127.0.0.1:{port}", "--allow-transfer", "127.0.0.1/32",
+                   db=sqlite_url)  # fmt: skip
+    server.wait_for("sipzone: ready")
+    idle = socket.create_connection(("127.0.0.1", port))
+    messages = 0
+    exited: list[float] = []
+
+    def wait_for_exit() -> None:
+        server.proc.wait(timeout=30)
+        exited.append(time.monotonic())
+
+    for message in dns.query.xfr("127.0.0.1", "example.com", port=port, lifetime=60):
+        messages += 1
+        if messages == 1:
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            stopped_at = time.monotonic()
+            threading.Thread(target=wait_for_exit, daemon=True).start()
+            idle.settimeout(3)
+            assert idle.recv(1) == b""  # the idle session is closed at once
+            idle.close()
+        assert message.answer
+    # dnspython checked that the transfer ends with the zone's SOA: it was not cut
+    assert messages > 10
+    assert server.proc.wait(timeout=10) == 0
+    wait_until = time.monotonic() + 5
+    while not exited and time.monotonic() < wait_until:
+        time.sleep(0.05)
+    assert exited and exited[0] - stopped_at < 5 + 2  # the drain's bound, and the rest
+    assert "DNS TCP: 2 connection(s) closed when settled, 0 cut" in "".join(server.lines)

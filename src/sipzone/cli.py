@@ -128,6 +128,14 @@ def emit(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def given_fields(given: dict[str, Any]) -> dict[str, Any]:
+    """The options of a `set` command that were given (not None); exit 2 if none was."""
+    fields = {k: v for k, v in given.items() if v is not None}
+    if not fields:
+        fail("nothing to change: give at least one option")
+    return fields
+
+
 def done(as_json: bool, message: str, **data: Any) -> None:
     """What a write did: one line for people, or with ``--json`` the same as an object."""
     if as_json:
@@ -347,10 +355,7 @@ def tenant_set(
         "logo_url": logo_url,
         "upstream": upstream,
     }
-    fields = {k: v for k, v in given.items() if v is not None}
-    if not fields:
-        fail("nothing to change: give at least one option")
-    rev = store(db, actor).update_tenant(name, **fields)
+    rev = store(db, actor).update_tenant(name, **given_fields(given))
     done(as_json, f"tenant {name} changed (revision {rev})", tenant=name, revision=rev)
 
 
@@ -654,10 +659,7 @@ def site_set(
         "ports": ports or None,
         "upstream": upstream,
     }
-    fields = {k: v for k, v in given.items() if v is not None}
-    if not fields:
-        fail("nothing to change: give at least one option")
-    rev = store(db, actor).update_site(name, **fields)
+    rev = store(db, actor).update_site(name, **given_fields(given))
     done(as_json, f"site {name} changed (revision {rev})", site=name, revision=rev)
 
 

@@ -37,7 +37,7 @@ import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -381,16 +381,20 @@ async def run_worker(
     metrics.REVISION.labels(worker).set(holder.current.revision)
     metrics.STORE_UP.labels(worker).set(1)
     services: list[Service] = []
+    drains: list[tuple[str, Callable[[float], Awaitable[tuple[int, int]]]]] = []
     dns_service: Any = None
     if config.sip is not None:
         from sipzone.sip.transport import start_sip
 
-        services.append(await start_sip(config.sip, holder))
+        sip_service = await start_sip(config.sip, holder)
+        services.append(sip_service)
+        drains.append(("SIP TCP", sip_service.drain))
     if config.dns is not None:
         from sipzone.dns.server import start_dns
 
         dns_service = await start_dns(config.dns, holder)
         services.append(dns_service)
+        drains.append(("DNS TCP", dns_service.drain))
         dns_service.notify_secondaries()  # see the module's docstring: the NOTIFY role
     stop = asyncio.Event()
     stopped_by: list[str] = []
@@ -421,12 +425,10 @@ async def run_worker(
     if main:
         sdnotify.notify("STOPPING=1", "STATUS=draining")
     began = time.monotonic()
-    for service in services:
-        drain = getattr(service, "drain", None)
-        if drain is not None:
-            clean, cut = await drain(config.drain_timeout)
-            if clean or cut:
-                log.info("SIP TCP: %d connection(s) closed when settled, %d cut", clean, cut)
+    drained = await asyncio.gather(*(drain(config.drain_timeout) for _, drain in drains))
+    for (what, _), (clean, cut) in zip(drains, drained, strict=True):
+        if clean or cut:
+            log.info("%s: %d connection(s) closed when settled, %d cut", what, clean, cut)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

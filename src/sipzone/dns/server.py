@@ -114,6 +114,10 @@ class DnsService:
         self.tcp_cap = connection_cap(config.tcp_max_connections)
         self._tcp_clients = 0
         self._tcp_sources: dict[bytes, int] = {}
+        # Open TCP sessions, and whether each is answering a query now (a drain waits for
+        # those, and closes the others at once).
+        self._sessions: dict[asyncio.StreamWriter, bool] = {}
+        self._draining = False
         self._stats = DnsStats()
         self.rrl = RateLimiter(config.rrl, config.rrl_slip) if config.rrl > 0 else None
         # Queries by type and rcode (plain ints; the runtime publishes them): with --metrics only.
@@ -297,9 +301,10 @@ class DnsService:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
         source = client_block(client, 32, 64)
-        if not self._admit_tcp(client, source):
+        if self._draining or not self._admit_tcp(client, source):
             writer.transport.abort()
             return
+        self._sessions[writer] = False
         try:
             await self._tcp_session(reader, writer, client)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -309,6 +314,7 @@ class DnsService:
         except Exception as exc:  # a bug costs this connection, not the server
             log_bug("serving a TCP client", exc)
         finally:
+            self._sessions.pop(writer, None)
             self._release_tcp(source)
             writer.close()
             with contextlib.suppress(Exception):
@@ -329,6 +335,7 @@ class DnsService:
                 raise TimeoutError
             async with asyncio.timeout_at(deadline):
                 first = await reader.readexactly(1)
+            self._sessions[writer] = True
             async with asyncio.timeout(per_query):
                 length = first[0] << 8 | (await reader.readexactly(1))[0]
                 data = await reader.readexactly(length)
@@ -344,6 +351,9 @@ class DnsService:
                 answered = True
             if answered:
                 deadline = loop.time() + idle
+            self._sessions[writer] = False
+            if self._draining:
+                return  # the answer is out: this session is done
 
     def _tcp_answers(self, data: bytes, client: str) -> Iterable[bytes]:
         q = question(data)
@@ -364,6 +374,24 @@ class DnsService:
         if self.counts is not None:
             self.counts.count(out)
         return [out]
+
+    async def drain(self, timeout: float) -> tuple[int, int]:
+        """Stop accepting TCP connections; close the idle sessions at once and let those
+        answering (a zone transfer, say) finish, for up to ``timeout`` seconds.  Returns
+        (sessions that ended cleanly, sessions still open at the deadline, closed by
+        :meth:`close`).  UDP keeps answering meanwhile."""
+        self._draining = True
+        if self._tcp is not None:
+            self._tcp.close()
+        start = len(self._sessions)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._sessions and loop.time() < deadline:
+            for writer, busy in list(self._sessions.items()):
+                if not busy:
+                    writer.close()
+            await asyncio.sleep(0.02)
+        return start - len(self._sessions), len(self._sessions)
 
     async def close(self) -> None:
         self._closed = True
