@@ -1117,16 +1117,46 @@ def _print_settings(settings: Any) -> None:
     emit(data)
 
 
+def _command_tree(name: str) -> Any:
+    """The Click command tree for a command line whose first word is ``name``: the one
+    top-level command or group it names under the `sipzone` group, or the whole tree for
+    anything else (help, a typo).  Building every command's parser costs more than a simple
+    command's own work, and grows with every command added."""
+    part = next((g for g in app.registered_groups if g.name == name), None)
+    command = next(
+        (
+            c
+            for c in app.registered_commands
+            if (c.name or (c.callback.__name__ if c.callback else "").replace("_", "-")) == name
+        ),
+        None,
+    )
+    if part is None and command is None:
+        return typer.main.get_command(app)
+    tree = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    tree.callback(help=app.info.help)(_top)
+    if part is not None:
+        tree.registered_groups.append(part)
+    if command is not None:
+        tree.registered_commands.append(command)
+    return typer.main.get_command(tree)
+
+
+def _top() -> None:
+    """The `sipzone` group's own step before a command: nothing."""
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The console script: runs the command, and says any failure as one line (exit 2)."""
     import typer._click.exceptions as click_errors  # Typer bundles its own Click
 
-    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = _command_tree(args[0] if args else "")
     # Help off a terminal (piped, in a pager, in CI logs) is not cut to 80 columns.
     width = None if sys.stdout.isatty() else HELP_WIDTH
     try:
         code = command.main(
-            args=argv,
+            args=args,
             prog_name="sipzone",
             standalone_mode=False,
             terminal_width=width,
