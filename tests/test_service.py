@@ -174,43 +174,60 @@ def test_sigterm_under_sipp_load_over_tcp_cuts_no_message(
          "-r", "400", "-m", "100000", "-nostdin", "-timeout", "30", f"127.0.0.1:{port}"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    # A client of our own that never pauses: its connection is never settled, so the drain's
-    # deadline closes it, after the responses already written and never inside one.
-    client = socket.create_connection(("127.0.0.1", port))
-    received = bytearray()
+    # Two clients of our own.  One never pauses: its connection is never settled, so the
+    # drain's deadline closes it, after the responses already written and never inside one.
+    # The other sent a burst and reads nothing until after the signal: thousands of responses
+    # wait in the server's buffers, and every one must still arrive whole.
+    busy = socket.create_connection(("127.0.0.1", port))
+    backlog = socket.socket()
+    backlog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    backlog.connect(("127.0.0.1", port))
+    received, late = bytearray(), bytearray()
     sent = 0
 
-    def read() -> None:
-        while chunk := client.recv(65536):
-            received.extend(chunk)
+    def read(sock: socket.socket, into: bytearray) -> None:
+        while chunk := sock.recv(65536):
+            into.extend(chunk)
 
-    reader = threading.Thread(target=read, daemon=True)
+    reader = threading.Thread(target=read, args=(busy, received), daemon=True)
     reader.start()
     try:
+        burst = 12_000  # more responses than the kernel buffers (4 MB here) hold
+        backlog.sendall(b"".join(options(100_000 + i) for i in range(burst)))
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            client.sendall(options(sent))
+            busy.sendall(options(sent))
             sent += 1
             time.sleep(0.001)
         assert load.poll() is None  # sipp is still loading the server
         os.killpg(server.proc.pid, signal.SIGTERM)
         stopped_at = time.monotonic()
+        time.sleep(0.3)
+        late_reader = threading.Thread(target=read, args=(backlog, late), daemon=True)
+        late_reader.start()
         with pytest.raises(OSError):
             while True:  # keep sending until the server stops reading and closes
-                client.sendall(options(sent))
+                busy.sendall(options(sent))
                 sent += 1
                 time.sleep(0.001)
                 assert time.monotonic() - stopped_at < 10
         reader.join(10)
+        late_reader.join(10)
         assert server.proc.wait(timeout=10) == 0
         assert time.monotonic() - stopped_at < 1.5 + 1.0 + 3  # drain, flush, the rest
     finally:
-        client.close()
+        busy.close()
+        backlog.close()
         load.terminate()
         load.wait(10)
     whole, rest = responses(bytes(received))
     assert whole > 100
     assert rest == b"", f"{len(rest)} bytes of a cut message after {whole} whole ones"
+    # What the server had answered before it stopped reading arrives whole, however much of
+    # it was still in its own buffers (an abort there cuts a response in two).
+    late_whole, late_rest = responses(bytes(late))
+    assert late_rest == b"", f"{len(late_rest)} bytes of a cut message after {late_whole}"
+    assert late_whole > 1000
     log = "".join(server.lines)
     assert "stopping (SIGTERM)" in log and "stopped after" in log
     assert re.search(r"SIP TCP: \d+ connection\(s\) closed when settled, \d+ cut", log)
