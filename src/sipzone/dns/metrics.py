@@ -1,8 +1,9 @@
 """The DNS authority's Prometheus metrics, counted cheaply where queries are answered.
 
 A query costs a few microseconds, so it is counted in plain integers (:class:`QueryCounts`:
-one dict increment keyed by type and rcode, and one query in :data:`LATENCY_SAMPLE` timed),
-and only with ``--metrics`` (without it the answering path is not wrapped at all).
+a list index per response for its rcode; one response in :data:`SAMPLE` also classified by
+query type and timed), and only with ``--metrics`` (without it the answering path is not
+wrapped at all).  ``bench/dns/metrics-cost.sh`` measures what the counting costs.
 :func:`publish` moves the counts into the Prometheus metrics about once a second (the runtime
 calls it, as the SIP edge does with its own); transfers and NOTIFY are rare and go to their
 counters at once.
@@ -15,14 +16,20 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client import Counter, Histogram
 
-QUERIES = Counter(
-    "sipzone_dns_queries",
-    "DNS queries answered, by query type and response code (over UDP and TCP)",
+RESPONSES = Counter(
+    "sipzone_dns_responses",
+    "DNS responses by response code, UDP and TCP (zone transfers are counted apart)",
+    ["rcode"],
+)
+SAMPLED = Counter(
+    "sipzone_dns_queries_sampled",
+    "One DNS response in 16, by query type and response code: the mix of what is asked "
+    "(multiply by 16 for an estimate of the whole)",
     ["qtype", "rcode"],
 )
 LATENCY = Histogram(
     "sipzone_dns_response_seconds",
-    "Time to build a DNS response, one query in 64 sampled (the socket's time not included)",
+    "Time to build a DNS response over UDP, one query in 16 timed (the socket's time not included)",
     buckets=(2e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1),
 )
 TRANSFERS = Counter(
@@ -37,7 +44,7 @@ NOTIFIES = Counter(
     ["outcome"],
 )
 
-LATENCY_SAMPLE = 64  # one query in this many is timed
+SAMPLE = 16  # one response in this many is timed and classified by type
 _RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
 _QTYPES = {
     1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
@@ -49,41 +56,56 @@ Respond = Callable[[bytes, "str | bytes"], "bytes | None"]
 
 
 class QueryCounts:
-    """Responses counted by (qtype, rcode) in one dict, and sampled response times."""
+    """Responses counted by rcode (each one: a list index), one in SAMPLE also by query
+    type, and the time of one in SAMPLE (the rest of a response costs a few microseconds: a
+    dict update and a name scan for each would be a fifth of it)."""
 
-    __slots__ = ("_countdown", "by_key", "samples")
+    __slots__ = ("_countdown", "by_key", "by_rcode", "samples")
 
     def __init__(self) -> None:
-        self.by_key: dict[int, int] = {}  # qtype << 4 | rcode -> responses
+        self.by_rcode = [0] * 16
+        self.by_key: dict[int, int] = {}  # qtype << 4 | rcode -> sampled responses
         self.samples: list[float] = []
-        self._countdown = LATENCY_SAMPLE
+        self._countdown = SAMPLE
 
-    def count(self, out: bytes) -> None:
-        """Count one response (the question it carries names the type)."""
+    def classify(self, out: bytes) -> None:
+        """Count one sampled response by the type its question asks for."""
         try:
             end = out.index(0, 12)  # the root label that ends the question's name
             key = (out[end + 1] << 8 | out[end + 2]) << 4 | out[3] & 15
         except (ValueError, IndexError):  # no question: a FORMERR for a header alone
-            key = out[3] & 15 if len(out) > 3 else 1
-        by_key = self.by_key
-        by_key[key] = by_key.get(key, 0) + 1
+            key = out[3] & 15
+        self.by_key[key] = self.by_key.get(key, 0) + 1
+
+    def count(self, out: bytes) -> None:
+        """Count one response (the TCP path; UDP's is inlined in :meth:`wrap`)."""
+        self.by_rcode[out[3] & 15] += 1
+        self._countdown -= 1
+        if not self._countdown:
+            self._countdown = SAMPLE
+            self.classify(out)
 
     def wrap(self, respond: Respond) -> Respond:
-        """``respond`` with every response counted and one in LATENCY_SAMPLE timed."""
+        """``respond`` with every response counted, one in SAMPLE classified and timed."""
         clock = time.perf_counter
-        count = self.count
+        by_rcode, samples, classify = self.by_rcode, self.samples, self.classify
+        countdown = SAMPLE
 
         def counted(data: bytes, client: str | bytes) -> bytes | None:
-            self._countdown -= 1
-            if self._countdown:
+            nonlocal countdown
+            countdown -= 1
+            if countdown:
                 out = respond(data, client)
-            else:
-                self._countdown = LATENCY_SAMPLE
-                started = clock()
-                out = respond(data, client)
-                self.samples.append(clock() - started)
+                if out is not None:
+                    by_rcode[out[3] & 15] += 1
+                return out
+            countdown = SAMPLE
+            started = clock()
+            out = respond(data, client)
             if out is not None:
-                count(out)
+                samples.append(clock() - started)
+                by_rcode[out[3] & 15] += 1
+                classify(out)
             return out
 
         return counted
@@ -98,13 +120,18 @@ def rcode_name(number: int) -> str:
 
 
 def publish(counts: QueryCounts) -> None:
-    """Add what ``counts`` holds to the Prometheus metrics and empty it."""
-    by_key, counts.by_key = counts.by_key, {}
-    samples, counts.samples = counts.samples, []
-    for key, n in by_key.items():
-        QUERIES.labels(qtype_name(key >> 4), rcode_name(key & 15)).inc(n)
-    for seconds in samples:
+    """Add what ``counts`` holds to the Prometheus metrics and zero it (in place: the
+    answering path holds its lists)."""
+    for rcode, n in enumerate(counts.by_rcode):
+        if n:
+            RESPONSES.labels(rcode_name(rcode)).inc(n)
+            counts.by_rcode[rcode] = 0
+    for key, n in counts.by_key.items():
+        SAMPLED.labels(qtype_name(key >> 4), rcode_name(key & 15)).inc(n)
+    counts.by_key.clear()
+    for seconds in counts.samples:
         LATENCY.observe(seconds)
+    counts.samples.clear()
 
 
 def counted_transfer(messages: Iterator[bytes]) -> Iterator[bytes]:
