@@ -20,7 +20,7 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.conftest import SIPZONE, free_port
+from tests.conftest import SIPZONE, free_port, missing
 from tests.sip.conftest import needs_sipp
 from tests.sip.test_sipp import options_scenario
 from tests.test_runtime import one_site_store
@@ -237,7 +237,7 @@ def test_started_as_root_the_workers_run_as_the_user_after_binding(
     start: Start, pg_url: str
 ) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to become another user")  # the suite runs as root in CI
+        missing("becoming another user needs root (the suite runs as root in CI)")
     a_store(pg_url)
     nobody = pwd.getpwnam("nobody")
     dns_port = free_port()
@@ -277,7 +277,7 @@ def test_the_shipped_unit_passes_systemd_analyze(tmp_path: Path) -> None:
         assert line in text.splitlines(), line
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+        missing("systemd-analyze is not installed (scripts/test installs systemd)")
     path = tmp_path / "sipzone.service"
     path.write_text(text.replace("/usr/local/bin/sipzone", SIPZONE))
     result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
