@@ -214,7 +214,7 @@ def test_sigterm_under_sipp_load_over_tcp_cuts_no_message(
         reader.join(10)
         late_reader.join(10)
         assert server.proc.wait(timeout=10) == 0
-        assert time.monotonic() - stopped_at < 1.5 + 1.0 + 3  # drain, flush, the rest
+        assert time.monotonic() - stopped_at < 10  # a stall bound: the drain takes 1.5 s + 1 s
     finally:
         busy.close()
         backlog.close()
@@ -320,5 +320,5 @@ def test_sigterm_lets_a_zone_transfer_finish_and_closes_idle_dns_tcp(
     wait_until = time.monotonic() + 5
     while not exited and time.monotonic() < wait_until:
         time.sleep(0.05)
-    assert exited and exited[0] - stopped_at < 5 + 2  # the drain's bound, and the rest
+    assert exited and exited[0] - stopped_at < 12  # a stall bound: the drain takes up to 5 s
     assert "DNS TCP: 2 connection(s) closed when settled, 0 cut" in "".join(server.lines)
