@@ -1,0 +1,144 @@
+"""`sipzone dump` and `sipzone restore`: the whole store as one JSON document, and back.
+
+Theory of operation:
+
+- A dump is read in one transaction, so it is one revision of the store: tenants (parents
+  before children, their own fields, nothing inherited), SIP domains with their owners,
+  sites, zones, installation settings, and the store's revision and schema version.
+  Secret settings (a key holding ``secret``: the SIP branch keys) are left out unless
+  ``--with-secrets`` asks for them; a dump with secrets must be kept as the store is.
+- The document is written with sorted keys, two-space indents and a final newline, and every
+  list in a fixed order, so the same store always gives the same bytes: dump, restore into
+  another database, dump again, and the two files are identical (tests/store/test_backup.py).
+- A restore goes into an empty store (``sipzone init`` and nothing else) in one transaction,
+  every value checked by the same rules as the commands that write it; a dump that breaks one
+  restores nothing.  The restored store's revision is the dump's (or the next one, if the
+  empty store has gone further), so SOA serials never go back for the secondaries.  Without
+  secrets in the dump, the store keeps the keys ``init`` made.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from sipzone.model.errors import InvalidValue
+from sipzone.store.repository import Store
+from sipzone.store.schema import domains, settings, sites, state, tenants, zones
+
+FORMAT = "sipzone-dump"
+VERSION = 1
+TENANT_FIELDS = ("brand_name", "support_email", "web_url", "logo_url", "upstream")
+PORTS = ("udp", "tcp", "tls")
+
+
+class BadDump(InvalidValue):
+    """A file that is not a sipzone dump this version can restore."""
+
+
+def is_secret(key: str) -> bool:
+    """Whether the setting ``key`` holds a secret (never printed, dumped only on request)."""
+    return "secret" in key
+
+
+def dump(store: Store, with_secrets: bool = False) -> dict[str, Any]:
+    """The store at one revision as a dump document (see the module's docstring)."""
+    schema = store.schema_version()
+    with store.engine.connect() as conn, conn.begin():
+        revision = int(conn.execute(sa.select(state.c.revision)).scalar_one())
+        parent = tenants.alias("parent")
+        rows = conn.execute(
+            sa.select(tenants, parent.c.name.label("parent_name")).outerjoin(
+                parent, tenants.c.parent_id == parent.c.id
+            )
+        ).mappings()
+        by_name = {
+            str(r["name"]): {
+                "name": r["name"],
+                "parent": r["parent_name"],
+                **{f: r[f] for f in TENANT_FIELDS},
+            }
+            for r in rows
+        }
+        owners = dict(conn.execute(sa.select(tenants.c.id, tenants.c.name)).all())
+        domain_rows = conn.execute(
+            sa.select(domains.c.name, domains.c.owner_id).order_by(domains.c.name)
+        ).all()
+        site_rows = conn.execute(sa.select(sites).order_by(sites.c.position, sites.c.name))
+        site_list = [
+            {
+                "name": r["name"],
+                "region": r["region"],
+                "host": r["host"],
+                "vips": list(r["vips"]),
+                "networks": list(r["networks"]),
+                "ports": {t: int(r[f"port_{t}"]) for t in PORTS},
+                "weight": int(r["weight"]),
+                "order": int(r["position"]),
+                "upstream": r["upstream"],
+                "healthy": bool(r["healthy"]),
+            }
+            for r in site_rows.mappings()
+        ]
+        zone_list = list(conn.execute(sa.select(zones.c.name).order_by(zones.c.name)).scalars())
+        setting_map = {
+            str(k): str(v)
+            for k, v in conn.execute(sa.select(settings.c.key, settings.c.value)).all()
+            if with_secrets or not is_secret(str(k))
+        }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "schema": schema,
+        "revision": revision,
+        "secrets": with_secrets,
+        "tenants": _parents_first(by_name),
+        "domains": [{"name": n, "owner": owners[o]} for n, o in domain_rows],
+        "sites": site_list,
+        "zones": zone_list,
+        "settings": setting_map,
+    }
+
+
+def _parents_first(by_name: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tenants ordered by their chain from the root (each after its parent), names breaking
+    ties: a fixed order a restore can insert in."""
+
+    def chain(name: str) -> list[str]:
+        out: list[str] = []
+        at: str | None = name
+        while at is not None and at not in out:
+            out.append(at)
+            at = by_name[at]["parent"] if at in by_name else None
+        return out[::-1]
+
+    return [by_name[n] for n in sorted(by_name, key=chain)]
+
+
+def to_text(document: dict[str, Any]) -> str:
+    """The dump's bytes as text: always the same for the same document."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def parse(text: str) -> dict[str, Any]:
+    """A dump read back, its shape checked (the values are checked as they are restored)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadDump(f"not a sipzone dump: not JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise BadDump('not a sipzone dump (no "format": "sipzone-dump")')
+    if document.get("version") != VERSION:
+        raise BadDump(
+            f"dump version {document.get('version')!r}; this sipzone restores version {VERSION}"
+        )
+    shapes = {
+        "revision": int, "tenants": list, "domains": list, "sites": list, "zones": list,
+        "settings": dict,
+    }  # fmt: skip
+    for key, kind in shapes.items():
+        if not isinstance(document.get(key), kind):
+            raise BadDump(f"not a sipzone dump: {key!r} should be a {kind.__name__}")
+    return document
