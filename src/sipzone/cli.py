@@ -305,6 +305,12 @@ def restore_command(
         fail(f"cannot read {file!r}: {getattr(exc, 'strerror', None) or exc}")
     document = parse(text)
     rev = store(db).restore(document, is_secret)
+    keyless = [c["name"] for c in document["certificates"] if "key_pem" not in c]
+    if keyless:
+        say(
+            f"note: certificate(s) {', '.join(map(str, keyless))} not restored: the dump holds "
+            "no keys (dump --with-secrets); add them again with `sipzone cert add`"
+        )
     n = len(document["domains"])
     done(
         as_json, f"restored {len(document['tenants'])} tenants, {n} domains (revision {rev})",

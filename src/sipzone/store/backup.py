@@ -3,10 +3,13 @@
 Theory of operation:
 
 - A dump is read in one transaction, so it is one revision of the store: tenants (parents
-  before children, their own fields, nothing inherited), SIP domains with their owners,
-  sites, zones, installation settings, and the store's revision and schema version.
-  Secret settings (a key holding ``secret``: the SIP branch keys) are left out unless
-  ``--with-secrets`` asks for them; a dump with secrets must be kept as the store is.
+  before children, their own fields, nothing inherited), SIP domains with their owners (a
+  claim still waiting for its proof stays pending, with its challenge), namespace grants,
+  sites, zones, installation settings, TLS certificates, and the store's revision and schema
+  version.  Secrets are left out unless ``--with-secrets`` asks for them: settings whose key
+  holds ``secret`` (the SIP branch keys), the certificates' chains and keys (without them a
+  dump lists each certificate's names, serial and expiry only, and a restore skips them), and
+  the API tokens (their digests).  A dump with secrets must be kept as the store is.
 - The document is written with sorted keys, two-space indents and a final newline, and every
   list in a fixed order, so the same store always gives the same bytes: dump, restore into
   another database, dump again, and the two files are identical (tests/store/test_backup.py).
@@ -20,13 +23,25 @@ Theory of operation:
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from sipzone.model.errors import InvalidValue
+from sipzone.model.certificates import parse_certificate
+from sipzone.model.errors import InvalidValue, SipzoneError
 from sipzone.store.repository import Store
-from sipzone.store.schema import domains, settings, sites, state, tenants, zones
+from sipzone.store.schema import (
+    certificates,
+    domains,
+    grants,
+    settings,
+    sites,
+    state,
+    tenants,
+    tokens,
+    zones,
+)
 
 FORMAT = "sipzone-dump"
 VERSION = 1
@@ -64,8 +79,36 @@ def dump(store: Store, with_secrets: bool = False) -> dict[str, Any]:
         }
         owners = dict(conn.execute(sa.select(tenants.c.id, tenants.c.name)).all())
         domain_rows = conn.execute(
-            sa.select(domains.c.name, domains.c.owner_id).order_by(domains.c.name)
+            sa.select(
+                domains.c.name, domains.c.owner_id, domains.c.pending, domains.c.challenge
+            ).order_by(domains.c.name)
         ).all()
+        grant_list = sorted(
+            ({"tenant": owners[t], "namespace": n, "granted_by": b} for t, n, b in
+             conn.execute(sa.select(grants.c.tenant_id, grants.c.namespace, grants.c.granted_by))),
+            key=lambda g: (g["tenant"], g["namespace"]),
+        )  # fmt: skip
+        certificate_list = [
+            _certificate(store, row, with_secrets)
+            for row in conn.execute(
+                sa.select(certificates).order_by(certificates.c.name)
+            ).mappings()
+        ]
+        token_list = (
+            [
+                {
+                    "tenant": owners[r["tenant_id"]],
+                    "label": r["label"],
+                    "digest": r["digest"],
+                    "created_at": _when(r["created_at"]),
+                    "expires_at": _when(r["expires_at"]),
+                    "revoked_at": _when(r["revoked_at"]),
+                }
+                for r in conn.execute(sa.select(tokens).order_by(tokens.c.digest)).mappings()
+            ]
+            if with_secrets
+            else []
+        )
         site_rows = conn.execute(sa.select(sites).order_by(sites.c.position, sites.c.name))
         site_list = [
             {
@@ -95,11 +138,45 @@ def dump(store: Store, with_secrets: bool = False) -> dict[str, Any]:
         "revision": revision,
         "secrets": with_secrets,
         "tenants": _parents_first(by_name),
-        "domains": [{"name": n, "owner": owners[o]} for n, o in domain_rows],
+        "domains": [_domain(n, owners[o], pending, challenge) for n, o, pending, challenge in
+                    domain_rows],
+        "grants": grant_list,
         "sites": site_list,
         "zones": zone_list,
         "settings": setting_map,
-    }
+        "certificates": certificate_list,
+        "tokens": token_list,
+    }  # fmt: skip
+
+
+def _domain(name: str, owner: str, pending: bool, challenge: str | None) -> dict[str, Any]:
+    if not pending:
+        return {"name": name, "owner": owner}
+    return {"name": name, "owner": owner, "pending": True, "challenge": challenge}
+
+
+def _certificate(store: Store, row: Any, with_secrets: bool) -> dict[str, Any]:
+    """A stored certificate as a dump holds it: what it covers always, its PEMs as secrets."""
+    entry: dict[str, Any] = {"name": row["name"], "default": bool(row["is_default"])}
+    try:
+        cert = parse_certificate(row["name"], row["chain_pem"], row["key_pem"])
+    except SipzoneError:
+        cert = None  # a row that no longer parses: named, and its PEMs kept with secrets
+    if cert is not None:
+        entry.update(
+            names=list(cert.names),
+            serial=f"{cert.serial:x}",
+            not_after=cert.not_after.isoformat(),
+        )
+    if with_secrets:
+        entry.update(chain_pem=row["chain_pem"], key_pem=row["key_pem"])
+    return entry
+
+
+def _when(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    return (at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)).isoformat()
 
 
 def _parents_first(by_name: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -141,4 +218,7 @@ def parse(text: str) -> dict[str, Any]:
     for key, kind in shapes.items():
         if not isinstance(document.get(key), kind):
             raise BadDump(f"not a sipzone dump: {key!r} should be a {kind.__name__}")
+    for key in ("grants", "certificates", "tokens"):  # not in dumps from before they existed
+        if not isinstance(document.setdefault(key, []), list):
+            raise BadDump(f"not a sipzone dump: {key!r} should be a list")
     return document

@@ -1192,21 +1192,27 @@ class Store:
             self._check_empty(conn, secret)
             self._restore_tenants(conn, document["tenants"])
             tree = self._tree(conn)
-            rules: dict[str, tuple[str, bool]] = {}
+            rules: dict[str, tuple[str, bool, str | None]] = {}  # owner, wildcard, challenge
             for entry in document["domains"]:
                 rule, owner = parse_rule(str(entry["name"])), str(entry["owner"])
                 tree.get(owner)
                 if rule.text in rules:
                     raise Conflict(f"the dump holds {rule.text!r} twice")
-                rules[rule.text] = (owner, rule.is_wildcard)
-            matcher = Matcher.from_rules((n, o) for n, (o, _) in rules.items())
-            for name, (owner, _) in rules.items():
+                challenge = entry.get("challenge") if entry.get("pending") else None
+                if entry.get("pending") and not (isinstance(challenge, str) and challenge):
+                    raise InvalidValue(f"{rule.text!r}: a pending claim needs its challenge")
+                rules[rule.text] = (owner, rule.is_wildcard, challenge)
+            matcher = Matcher.from_rules((n, o) for n, (o, _, _) in rules.items())
+            for name, (owner, _, _) in rules.items():
                 check_may_own(name, owner, PROVIDER, tree, matcher)
             ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).all())
             rows = [
-                {"name": n, "owner_id": ids[o], "wildcard": w, "revision": rev, "rname": n[::-1]}
-                for n, (o, w) in rules.items()
-            ]
+                {
+                    "name": n, "owner_id": ids[o], "wildcard": w, "revision": rev,
+                    "rname": n[::-1], "pending": c is not None, "challenge": c,
+                }
+                for n, (o, w, c) in rules.items()
+            ]  # fmt: skip
             for start in range(0, len(rows), 20_000):
                 conn.execute(domains.insert(), rows[start : start + 20_000])
             zone_names = [parse_zone(str(z)).text for z in document["zones"]]
@@ -1219,7 +1225,54 @@ class Store:
                     raise InvalidValue(f"setting {key!r}: not a string")
                 conn.execute(settings.delete().where(settings.c.key == key))
                 conn.execute(settings.insert().values(key=key, value=value))
+            self._restore_grants_tokens(conn, document, ids)
+            for entry in document.get("certificates", []):
+                if "key_pem" not in entry:
+                    continue  # a dump without secrets names it only: `cert add` it again
+                cert = parse_certificate(str(entry["name"]), entry["chain_pem"], entry["key_pem"])
+                conn.execute(
+                    certificates.insert().values(
+                        name=cert.name, chain_pem=cert.chain_pem, key_pem=cert.key_pem,
+                        is_default=bool(entry.get("default")),
+                    )
+                )  # fmt: skip
             return rev
+
+    def _restore_grants_tokens(
+        self, conn: Connection, document: Mapping[str, Any], ids: Mapping[str, int]
+    ) -> None:
+        """A dump's namespace grants and (with secrets) API tokens, their tenants restored."""
+        for entry in document.get("grants", []):
+            tenant = str(entry["tenant"])
+            if tenant not in ids:
+                raise UnknownTenant(f"grant: tenant {tenant!r} is not in the dump")
+            conn.execute(
+                grants.insert().values(
+                    tenant_id=ids[tenant],
+                    namespace=parse_domain(str(entry["namespace"])).text,
+                    granted_by=str(entry.get("granted_by") or PROVIDER),
+                )
+            )
+        for entry in document.get("tokens", []):
+            tenant, digest = str(entry["tenant"]), str(entry["digest"])
+            if tenant not in ids:
+                raise UnknownTenant(f"token: tenant {tenant!r} is not in the dump")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise InvalidValue("token: its digest is not a SHA-256 in hex")
+            times = {
+                k: datetime.fromisoformat(str(entry[k])) if entry.get(k) else None
+                for k in ("created_at", "expires_at", "revoked_at")
+            }
+            if times["created_at"] is None:
+                raise InvalidValue("token: it has no creation time")
+            conn.execute(
+                tokens.insert().values(
+                    tenant_id=ids[tenant],
+                    label=parse_token_label(str(entry["label"])),
+                    digest=digest,
+                    **times,
+                )
+            )
 
     def _check_empty(self, conn: Connection, secret: Callable[[str], bool]) -> None:
         held = {
@@ -1233,6 +1286,10 @@ class Store:
             "settings": sum(
                 1 for k in conn.execute(sa.select(settings.c.key)).scalars() if not secret(k)
             ),
+            "certificates": conn.execute(
+                sa.select(sa.func.count()).select_from(certificates)
+            ).scalar_one(),
+            "API tokens": conn.execute(sa.select(sa.func.count()).select_from(tokens)).scalar_one(),
         }
         found = [f"{n} {what}" for what, n in held.items() if n]
         if found:
