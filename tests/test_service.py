@@ -293,8 +293,10 @@ def test_sigterm_lets_a_zone_transfer_finish_and_closes_idle_dns_tcp(
     subprocess.run([SIPZONE, "domain", "import", str(names), "--db", sqlite_url], check=True,
                    capture_output=True)  # fmt: skip
     port = free_port()
+    # A drain long enough for the transfer on a loaded machine: what is tested is that the
+    # transfer is let finish and the process then exits, not how fast the transfer runs.
     server = start("--dns", f"127.0.0.1:{port}", "--allow-transfer", "127.0.0.1/32",
-                   db=sqlite_url)  # fmt: skip
+                   "--drain-timeout", "30", db=sqlite_url)  # fmt: skip
     server.wait_for("sipzone: ready")
     idle = socket.create_connection(("127.0.0.1", port))
     messages = 0
@@ -320,5 +322,5 @@ def test_sigterm_lets_a_zone_transfer_finish_and_closes_idle_dns_tcp(
     wait_until = time.monotonic() + 5
     while not exited and time.monotonic() < wait_until:
         time.sleep(0.05)
-    assert exited and exited[0] - stopped_at < 12  # a stall bound: the drain takes up to 5 s
+    assert exited and exited[0] - stopped_at < 40  # a stall bound: the drain takes up to 30 s
     assert "DNS TCP: 2 connection(s) closed when settled, 0 cut" in "".join(server.lines)
