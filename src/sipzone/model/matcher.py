@@ -72,12 +72,17 @@ class Matcher(Generic[OwnerT]):
         self._init(dict(exact), dict(wildcards))
 
     def _init(
-        self, exact: dict[str, OwnerT], wild: dict[str, OwnerT], below: dict[str, int] | None = None
+        self,
+        exact: dict[str, OwnerT],
+        wild: dict[str, OwnerT],
+        below: dict[str, int] | None = None,
+        depth_count: Counter[int] | None = None,
     ) -> None:
         self._exact = exact
         self._wild = wild
         self._len = len(exact) + len(wild)
-        self._depth_count: Counter[int] = Counter(map(_depth, wild))
+        # Wildcard bases per label count (a scan of the bases unless the caller knows them).
+        self._depth_count = +depth_count if depth_count is not None else Counter(map(_depth, wild))
         # Label counts of wildcard bases, deepest first: the suffixes worth probing.
         self._depths: tuple[int, ...] = tuple(sorted(self._depth_count, reverse=True))
         if below is None:
@@ -340,5 +345,5 @@ class _Layered(Matcher[OwnerT]):
             else:
                 below[base] = count
         m: Matcher[OwnerT] = Matcher.__new__(Matcher)
-        m._init(exact, wild, below)
+        m._init(exact, wild, below, self._depth_count)
         return m
