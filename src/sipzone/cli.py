@@ -926,6 +926,13 @@ def serve(
             help="PEM file of the CAs TLS upstreams' certificates chain to (default: the system's)."
         ),
     ] = None,
+    sip_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=ADDRESS: a configured upstream or trunk target name pinned to an address "
+            "ahead of the resolver; repeatable."
+        ),
+    ] = None,
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
     ] = 0.05,
@@ -951,7 +958,7 @@ def serve(
     from sipzone.net import split_hostport
     from sipzone.runtime import ServeConfig
     from sipzone.runtime import serve as run
-    from sipzone.sip import SipConfig, check_tenant_headers, parse_listen
+    from sipzone.sip import SipConfig, check_tenant_headers, parse_host_pin, parse_listen
 
     if not sip and not dns and not api:
         fail("nothing to serve: give --sip, --dns and/or --api")
@@ -968,6 +975,7 @@ def serve(
         for cidr in allow_transfer or []:
             ipaddress.ip_network(cidr, strict=False)
         tls = _tls_policy(tls_ciphers, tls_verify_client, tls_client_ca, tls_upstream_ca)
+        hosts = tuple(parse_host_pin(pin) for pin in sip_host or ())
     except ValueError as exc:
         fail(str(exc))
     from sipzone.sip import BRANCH_SECRET
@@ -990,6 +998,7 @@ def serve(
             tcp_max_per_source=tcp_max_per_source,
             batched_udp=batched_udp,
             tls=tls,
+            hosts=hosts,
         )
         if sip
         else None,

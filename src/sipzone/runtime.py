@@ -254,7 +254,7 @@ async def run_worker(
     if config.sip is not None:
         from sipzone.sip.transport import start_sip
 
-        services.append(await start_sip(config.sip, holder))
+        services.append(await start_sip(config.sip, holder, store.record_trunk_states))
     if config.dns is not None:
         from sipzone.dns.server import start_dns
 
@@ -343,8 +343,12 @@ def _shared_metrics(enabled: bool) -> Iterator[None]:
 
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
     """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
-    that replaced it) sends DNS NOTIFY."""
-    if config.dns is None or index == 0:
+    that replaced it) sends DNS NOTIFY and the trunks' OPTIONS."""
+    if index == 0:
+        return config
+    if config.sip is not None:
+        config = replace(config, sip=replace(config.sip, probe_trunks=False))
+    if config.dns is None:
         return config
     return replace(config, dns=replace(config.dns, send_notify=False))
 

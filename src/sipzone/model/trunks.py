@@ -23,7 +23,7 @@ from sipzone.model.tenancy import parse_upstream
 
 PROFILES = ("sip", "teams")
 MAX_TARGETS = 8
-MIN_INTERVAL, MAX_INTERVAL = 5, 3600  # seconds between OPTIONS to a target
+MIN_INTERVAL, MAX_INTERVAL = 2, 3600  # seconds between OPTIONS to a target
 DEFAULT_INTERVAL = 60  # Microsoft demotes an SBC silent for three minutes; it asks for one
 MAX_TRUNK_NAME = 100
 MAX_SBC_HEADER = 200

@@ -65,6 +65,7 @@ from sipzone.sip.message import (
     parse_message,
 )
 from sipzone.sip.tls import PeerCertificate, TlsContexts, TlsPolicy
+from sipzone.sip.trunkprobe import Report, TrunkProber
 from sipzone.sip.values import Arrival, Listener, Send, Sends
 
 log = logging.getLogger("sipzone.sip")
@@ -101,9 +102,13 @@ class UdpSender(Protocol):
 class SipService:
     """The running edge of one worker: its sockets, its connections, its edge policy."""
 
-    def __init__(self, config: SipConfig, holder: SnapshotHolder) -> None:
+    def __init__(
+        self, config: SipConfig, holder: SnapshotHolder, trunk_report: Report | None = None
+    ) -> None:
         self.config = config
         self.holder = holder
+        self.trunks: TrunkProber | None = None
+        self._trunk_report = trunk_report
         self.edge: Edge | None = None
         self.listeners: list[Listener] = []
         self._udp: dict[int, UdpSender] = {}  # by address family
@@ -184,12 +189,18 @@ class SipService:
                 self._servers.append(server)
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
         self._tasks.append(asyncio.ensure_future(self._follow_upstreams()))
+        if self.config.probe_trunks:
+            self.trunks = TrunkProber(self, self._trunk_report)
+            self.trunks.follow(self.holder.current, self.holder.current)
+            self.holder.subscribe(self.trunks.follow)
         log.info(
             "SIP edge listening on %s",
             ", ".join(f"{lst.transport}:{lst.host}:{lst.port}" for lst in self.listeners),
         )
 
     async def close(self) -> None:
+        if self.trunks is not None:
+            await self.trunks.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -283,6 +294,9 @@ class SipService:
 
     async def _lookup(self, name: str) -> str | None:
         """One configured name's address, preferring a family we have a UDP socket for."""
+        pinned = dict(self.config.hosts).get(name)
+        if pinned is not None:
+            return pinned
         try:
             infos = await asyncio.wait_for(
                 self.loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT
@@ -808,8 +822,11 @@ class TlsConnection(StreamConnection):
         super().close()
 
 
-async def start_sip(config: SipConfig, holder: SnapshotHolder) -> SipService:
-    """Open the listeners in ``config.listen`` and serve the edge until ``close()``."""
-    service = SipService(config, holder)
+async def start_sip(
+    config: SipConfig, holder: SnapshotHolder, trunk_report: Report | None = None
+) -> SipService:
+    """Open the listeners in ``config.listen`` and serve the edge until ``close()``;
+    ``trunk_report`` stores what the trunk prober sees (see trunkprobe.py)."""
+    service = SipService(config, holder, trunk_report)
     await service.start()
     return service
