@@ -6,10 +6,12 @@ loopback addresses; a 503 with Retry-After moves calls to the next target."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -22,7 +24,7 @@ from sipzone.sip import SipConfig
 from sipzone.sip.message import Response, parse_message
 from sipzone.sip.tls import TlsPolicy
 from sipzone.sip.trunks import TargetHealth, choose, options_request, retry_after
-from tests.sip.conftest import EdgeThread, make_snapshot
+from tests.sip.conftest import EdgeThread, free_port, make_snapshot
 from tests.sip.msproxy import MicrosoftProxy
 from tests.tlscerts import Issued, issue
 
@@ -218,3 +220,37 @@ def test_options_request_and_retry_after() -> None:
         )  # fmt: skip
         assert isinstance(response, Response)
         assert retry_after(response) == expected
+
+
+# -- the real `sipzone serve` on a store the CLI changes ---------------------------------------
+
+
+def test_serve_probes_a_trunk_added_live_and_trunk_list_shows_its_state(
+    teams: Teams, cli: Callable[..., Any], serve: Callable[..., Any]
+) -> None:
+    cli("init", check=True)
+    for name, cert in (("voip", teams.voip), ("teams", teams.teams)):
+        cli("cert", "add", name, "--cert", str(cert.chain), "--key", str(cert.key), check=True)
+    sip, sip2, sip3 = teams.proxies
+    sip.unavailable = 600
+    pins = [a for p in teams.proxies for a in ("--sip-host", f"{p.name}={p.host}")]
+    serve(
+        "--sip", f"tls:127.0.0.1:{free_port()}", "--workers", "2",
+        "--tls-upstream-ca", teams.ca_file, *pins,
+    )  # fmt: skip
+    targets = [a for p in teams.proxies for a in ("--target", p.uri)]
+    cli("trunk", "add", "teams", *targets, "--base", "teams.example.com", "--profile", "teams",
+        "--options-interval", "30", "--sbc-header", "acme/edge/2.0", check=True)  # fmt: skip
+
+    def states() -> list[list[tuple[str, str]]]:
+        [trunk] = json.loads(cli("trunk", "list", "--json", check=True).stdout)
+        return [[(s["state"], s["last_response"]) for s in t["state"]] for t in trunk["targets"]]
+
+    expected = [
+        [("down", "503 Service Unavailable")], [("up", "200 OK")], [("up", "200 OK")]
+    ]  # fmt: skip
+    within(10, lambda: states() == expected)  # one row per target: one worker probes
+    assert len(sip2.options()) == 1 and len(sip3.options()) == 1
+    assert sip2.options()[0].request.fields[b"x-ms-sbc"] == b"acme/edge/2.0"
+    assert "up" in cli("trunk", "list", check=True).stdout
+    assert all(p.violations == [] for p in teams.proxies)
