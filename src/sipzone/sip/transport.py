@@ -193,6 +193,7 @@ class SipService:
             self.trunks = TrunkProber(self, self._trunk_report)
             self.trunks.follow(self.holder.current, self.holder.current)
             self.holder.subscribe(self.trunks.follow)
+            self.edge.teams.health = self.trunks.health
         log.info(
             "SIP edge listening on %s",
             ", ".join(f"{lst.transport}:{lst.host}:{lst.port}" for lst in self.listeners),
@@ -413,6 +414,18 @@ class SipService:
             return None
         self._by_peer.setdefault((transport, host, port), conn)
         return conn
+
+    def client_context(self, server_name: str | None) -> ssl.SSLContext:
+        """The context for a TLS connection we open to ``server_name``: to a trunk target, it
+        presents the certificate of the trunk's base FQDN; else the default one."""
+        if server_name and self.edge is not None:
+            targets = self.edge.upstreams
+            for trunk in self.holder.current.trunks:
+                for uri in trunk.targets:
+                    target = targets.target(uri)
+                    if target is not None and target.host.lower() == server_name.lower():
+                        return self.tls.client_for(trunk.base)
+        return self.tls.client()
 
     def _name_of(self, address: str) -> str:
         """The configured upstream name ``address`` was resolved from (what its certificate
@@ -702,7 +715,7 @@ class TlsConnection(StreamConnection):
             return  # refused by a cap
         contexts = self.service.tls
         if self.outbound:
-            self.tls = contexts.client().wrap_bio(
+            self.tls = self.service.client_context(self.server_name).wrap_bio(
                 self._in, self._out, server_side=False, server_hostname=self.server_name
             )
         else:
