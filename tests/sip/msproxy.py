@@ -27,7 +27,14 @@ import time
 from dataclasses import dataclass, field
 
 from sipzone.model.certificates import NameIndex
-from sipzone.sip.message import Request, StreamReader, parse_address, parse_uri
+from sipzone.sip.message import (
+    Request,
+    Response,
+    StreamReader,
+    parse_address,
+    parse_uri,
+    split_addresses,
+)
 from tests.tlscerts import Issued
 
 _CONTACT_OPTIONS = re.compile(rb"<sip:([a-z0-9.-]+):(\d+);transport=tls>\Z", re.I)
@@ -55,6 +62,7 @@ class MicrosoftProxy:
     received: list[Received] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     server_names: list[str | None] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)  # to requests we sent
 
     def start(self) -> MicrosoftProxy:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -78,6 +86,36 @@ class MicrosoftProxy:
     @property
     def uri(self) -> str:
         return f"sip:{self.name}:{self.port};transport=tls"
+
+    @property
+    def contact(self) -> str:
+        """Our Contact in dialogs: a Microsoft name the SBC never resolves (it uses the flow)."""
+        return f"sip:sip-du-a-eu.pstnhub.microsoft.com:{self.port};transport=tls"
+
+    def send(self, data: bytes) -> None:
+        """A request of ours over the connection the SBC opened (the last one)."""
+        self._conns[-1].sendall(data)
+
+    def dial(self, port: int, server_name: str, cert: Issued) -> ssl.SSLSocket:
+        """A connection of ours to the SBC at 127.0.0.1:``port`` (SNI ``server_name``, our
+        certificate ``cert``), read by a thread of its own like the ones the SBC opens."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        context.load_cert_chain(str(cert.chain), str(cert.key))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn = context.wrap_socket(raw, server_hostname=server_name)
+        self._conns.append(conn)
+        server = conn.getpeercert() or {}
+        names = tuple(v for k, v in server.get("subjectAltName", ()) if k == "DNS")
+        thread = threading.Thread(target=self._read, args=(conn, names), daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return conn
+
+    def responses_to(self, call_id: bytes) -> list[Response]:
+        return [r for r in self.responses if r.fields.get(b"Call-ID") == call_id]
+
+    def requests(self, method: str) -> list[Request]:
+        return [r.request for r in self.received if r.request.method == method]
 
     def options(self) -> list[Received]:
         return [r for r in self.received if r.request.method == "OPTIONS"]
@@ -116,6 +154,9 @@ class MicrosoftProxy:
         self._conns.append(conn)
         cert = conn.getpeercert() or {}
         names = tuple(v for k, v in cert.get("subjectAltName", ()) if k == "DNS")
+        self._read(conn, names)
+
+    def _read(self, conn: ssl.SSLSocket, names: tuple[str, ...]) -> None:
         reader = StreamReader()
         conn.settimeout(0.2)
         while not self._stop.is_set():
@@ -129,7 +170,10 @@ class MicrosoftProxy:
                 return
             reader.receive_data(data)
             while (message := reader.next_message()) is not None:
-                if isinstance(message, Request):
+                if isinstance(message, Response):
+                    self.check(message, names)
+                    self.responses.append(message)
+                elif isinstance(message, Request):
                     self.received.append(Received(time.monotonic(), message, names))
                     self.check(message, names)
                     answer = self.answer(message)
@@ -137,6 +181,12 @@ class MicrosoftProxy:
                         conn.sendall(answer)
 
     def answer(self, request: Request) -> bytes:
+        if request.method == "INVITE":
+            rr = request.fields.get(b"Record-Route")
+            extra = [f"Record-Route: {rr.decode()}"] if rr else []
+            return reply(request, 200, "OK", f"Contact: <{self.contact}>", *extra)
+        if request.method == "BYE":
+            return reply(request, 200, "OK")
         if request.method != "OPTIONS":
             return b""
         if self.unavailable is not None:
@@ -145,8 +195,11 @@ class MicrosoftProxy:
 
     # -- Microsoft's rules --------------------------------------------------------------------
 
-    def check(self, request: Request, client_names: tuple[str, ...]) -> None:
+    def check(self, request: Request | Response, client_names: tuple[str, ...]) -> None:
+        """Microsoft's rules on a message; ``client_names``: the names of the certificate the
+        SBC presented (as client or as server)."""
         fields = request.fields
+        method = request.method if isinstance(request, Request) else "response"
         problems = []
         raw = (
             request.start_line
@@ -155,17 +208,17 @@ class MicrosoftProxy:
         )
         if b"sips:" in raw.lower():
             problems.append("a sips: URI")
-        if b"replaces" in fields.get(b"Supported", b"").lower() or b"Replaces" in fields:
+        if b"Replaces" in fields:
             problems.append("Replaces")
         contact_host = None
         contact = fields.get(b"Contact")
         if contact is not None:
-            first = parse_address(contact.split(b",", 1)[0], "Contact").uri
+            first = parse_address(split_addresses(contact)[0], "Contact").uri
             contact_host = (parse_uri(first).host or b"").decode()
-            if request.method == "OPTIONS" and not _CONTACT_OPTIONS.match(contact):
+            if method == "OPTIONS" and not _CONTACT_OPTIONS.match(contact):
                 problems.append(f"OPTIONS Contact {contact!r} is not <sip:FQDN:PORT;transport=tls>")
-        elif request.method in ("OPTIONS", "INVITE"):
-            problems.append(f"{request.method} without Contact")
+        elif method in ("OPTIONS", "INVITE"):
+            problems.append(f"{method} without Contact")
         if contact_host is not None:
             if _is_address(contact_host):
                 problems.append(f"an address in Contact: {contact_host}")
@@ -177,14 +230,14 @@ class MicrosoftProxy:
         if record_route is not None:
             hosts = [
                 (parse_uri(parse_address(rr, "Record-Route").uri).host or b"").decode()
-                for rr in record_route.split(b",")
+                for rr in split_addresses(record_route)
             ]
             problems += [f"an address in Record-Route: {h}" for h in hosts if _is_address(h)]
             if contact_host is not None and hosts[0] != contact_host:
                 problems.append(f"Record-Route {hosts[0]} and Contact {contact_host} differ")
-        if request.method == "OPTIONS" and b"x-ms-sbc" not in fields:
+        if method == "OPTIONS" and b"x-ms-sbc" not in fields:
             problems.append("OPTIONS without X-MS-SBC")
-        self.violations += [f"{self.name}: {request.method}: {p}" for p in problems]
+        self.violations += [f"{self.name}: {method}: {p}" for p in problems]
 
 
 def reply(request: Request, status: int, reason: str, *extra: str) -> bytes:

@@ -637,8 +637,10 @@ class Edge:
         """Our TLS listener (what Microsoft reaches us at), else the first."""
         return self._toward.get(("tls", None)) or self.listeners[0]
 
-    def our_listener(self, uri: URI) -> Listener | None:
-        """The listener a URI we recorded names (by port and transport), or None."""
+    def our_listener(self, uri: URI, memo: SnapshotMemo) -> Listener | None:
+        """The listener a URI we recorded names (it names us; by port and transport), or None."""
+        if not self._routing.is_us(uri, memo):
+            return None
         for lst in self.listeners:
             if lst.port == uri.port and lst.transport == uri.transport:
                 return lst

@@ -226,18 +226,20 @@ class TeamsPolicy:
         core (``core``, our core-facing Record-Route as an address)."""
         if key == _RECORD_ROUTE:
             return b", ".join(
-                self._record_route(rr, direction, name) for rr in split_addresses(value)
+                self._record_route(rr, direction, memo, name) for rr in split_addresses(value)
             )
         if key == b"Contact" and direction == TO_MS and name is not None:
             return self.contact(value, name, memo)
         return value
 
-    def _record_route(self, value: bytes, direction: bytes, name: bytes | None) -> bytes:
+    def _record_route(
+        self, value: bytes, direction: bytes, memo: SnapshotMemo, name: bytes | None
+    ) -> bytes:
         try:
             uri = parse_uri(parse_address(value, "Record-Route").uri)
         except MalformedMessage:
             return value
-        listener = self.edge.our_listener(uri)
+        listener = self.edge.our_listener(uri, memo)
         if listener is None:
             return value  # not ours
         user = uri.user if uri.user else None
