@@ -79,7 +79,7 @@ class MicrosoftProxy:
         self.port = self._sock.getsockname()[1]
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._conns: list[ssl.SSLSocket] = []
+        self._conns: list[Sender] = []
         self._threads[0].start()
         return self
 
@@ -96,20 +96,21 @@ class MicrosoftProxy:
         """A request of ours over the connection the SBC opened (the last one)."""
         self._conns[-1].sendall(data)
 
-    def dial(self, port: int, server_name: str, cert: Issued) -> ssl.SSLSocket:
+    def dial(self, port: int, server_name: str, cert: Issued) -> Sender:
         """A connection of ours to the SBC at 127.0.0.1:``port`` (SNI ``server_name``, our
         certificate ``cert``), read by a thread of its own like the ones the SBC opens."""
         context = ssl.create_default_context(cafile=self.ca_file)
         context.load_cert_chain(str(cert.chain), str(cert.key))
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
         conn = context.wrap_socket(raw, server_hostname=server_name)
-        self._conns.append(conn)
+        sender = Sender(conn)
+        self._conns.append(sender)
         server = conn.getpeercert() or {}
         names = tuple(v for k, v in server.get("subjectAltName", ()) if k == "DNS")
-        thread = threading.Thread(target=self._read, args=(conn, names), daemon=True)
+        thread = threading.Thread(target=self._read, args=(sender, names), daemon=True)
         self._threads.append(thread)
         thread.start()
-        return conn
+        return sender
 
     def responses_to(self, call_id: bytes) -> list[Response]:
         return [r for r in self.responses if r.fields.get(b"Call-ID") == call_id]
@@ -125,7 +126,7 @@ class MicrosoftProxy:
         self._sock.close()
         for conn in self._conns:
             with contextlib.suppress(OSError):
-                conn.close()
+                conn.conn.close()
         for thread in self._threads:
             thread.join(5)
 
@@ -151,17 +152,20 @@ class MicrosoftProxy:
         except (ssl.SSLError, OSError):
             raw.close()  # no or a bad client certificate: refused, as Microsoft does
             return
-        self._conns.append(conn)
+        sender = Sender(conn)
+        self._conns.append(sender)
         cert = conn.getpeercert() or {}
         names = tuple(v for k, v in cert.get("subjectAltName", ()) if k == "DNS")
-        self._read(conn, names)
+        self._read(sender, names)
 
-    def _read(self, conn: ssl.SSLSocket, names: tuple[str, ...]) -> None:
+    def _read(self, sender: Sender, names: tuple[str, ...]) -> None:
+        conn = sender.conn
         reader = StreamReader()
         conn.settimeout(0.2)
         while not self._stop.is_set():
             try:
-                data = conn.recv(65536)
+                with sender.lock:  # OpenSSL: no read and write on one connection at once
+                    data = conn.recv(65536)
             except TimeoutError:
                 continue
             except (ssl.SSLError, OSError):
@@ -178,7 +182,7 @@ class MicrosoftProxy:
                     self.check(message, names)
                     answer = self.answer(message)
                     if answer:
-                        conn.sendall(answer)
+                        sender.sendall(answer)
 
     def answer(self, request: Request) -> bytes:
         if request.method == "INVITE":
@@ -238,6 +242,18 @@ class MicrosoftProxy:
         if method == "OPTIONS" and b"x-ms-sbc" not in fields:
             problems.append("OPTIONS without X-MS-SBC")
         self.violations += [f"{self.name}: {method}: {p}" for p in problems]
+
+
+class Sender:
+    """A TLS connection and the lock its reads and writes take turns by."""
+
+    def __init__(self, conn: ssl.SSLSocket) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def sendall(self, data: bytes) -> None:
+        with self.lock:
+            self.conn.sendall(data)
 
 
 def reply(request: Request, status: int, reason: str, *extra: str) -> bytes:
