@@ -254,7 +254,8 @@ async def run_worker(
     if config.sip is not None:
         from sipzone.sip.transport import start_sip
 
-        services.append(await start_sip(config.sip, holder, store.record_trunk_states))
+        trunk_io = (store.record_trunk_states, store.trunk_states)  # see sip/trunkprobe.py
+        services.append(await start_sip(config.sip, holder, *trunk_io))
     if config.dns is not None:
         from sipzone.dns.server import start_dns
 

@@ -10,13 +10,16 @@ import dataclasses
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.model.tenancy import TenancyTree, Tenant
+from sipzone.model.trunks import TrunkState
 from sipzone.sip import BRANCH_SECRET, SipConfig
 from sipzone.sip.message import Request, Response, parse_message, split_addresses
+from sipzone.sip.transport import start_sip
 from tests.sip.conftest import EdgeThread, free_port
 from tests.sip.msproxy import MicrosoftProxy
 from tests.sip.test_trunks import Teams, within
@@ -325,3 +328,27 @@ def test_a_dialog_outlives_an_edge_restart(call: Call) -> None:
 def _ms_cert(call: Call) -> Issued:
     """Microsoft's certificate (sip.pstnhub.microsoft.com), for the connections it opens."""
     return call.teams.proxies[0].cert
+
+
+def test_a_worker_that_does_not_probe_fails_over_by_the_stored_view(call: Call) -> None:
+    # What the probing worker of this node stored: sip answered 503 for the next minute.
+    sip, sip2, _ = call.teams.proxies
+    now = datetime.now(UTC)
+    down = TrunkState("teams", sip.uri, False, "503 Service Unavailable", 1.0, now, now,
+                      now + timedelta(seconds=60))  # fmt: skip
+    elsewhere = dataclasses.replace(down, target=sip2.uri)  # another node's view: not ours
+
+    def seen() -> list[tuple[str, TrunkState]]:
+        return [(socket.gethostname(), down), ("other-node", elsewhere)]
+
+    call.edge.stop()
+    config = dataclasses.replace(call.config, probe_trunks=False)
+    call.edge = EdgeThread(call.edge.holder, config)
+    call.edge.service = call.edge.call(start_sip(config, call.edge.holder, None, seen))
+    sip.received.clear()
+    edge = call.edge.service.edge
+    assert edge is not None
+    within(5, lambda: ("teams", sip.uri) in edge.teams.health)
+    assert ("teams", sip2.uri) not in edge.teams.health
+    outbound_call(call, sip2)
+    assert sip.received == []  # neither OPTIONS nor the call from a worker that only reads

@@ -65,7 +65,8 @@ from sipzone.sip.message import (
     parse_message,
 )
 from sipzone.sip.tls import PeerCertificate, TlsContexts, TlsPolicy
-from sipzone.sip.trunkprobe import Report, TrunkProber
+from sipzone.sip.trunkprobe import Report, Seen, TrunkProber, follow_trunk_states
+from sipzone.sip.trunks import TargetHealth
 from sipzone.sip.values import Arrival, Listener, Send, Sends
 
 log = logging.getLogger("sipzone.sip")
@@ -103,12 +104,17 @@ class SipService:
     """The running edge of one worker: its sockets, its connections, its edge policy."""
 
     def __init__(
-        self, config: SipConfig, holder: SnapshotHolder, trunk_report: Report | None = None
+        self,
+        config: SipConfig,
+        holder: SnapshotHolder,
+        trunk_report: Report | None = None,
+        trunk_seen: Seen | None = None,
     ) -> None:
         self.config = config
         self.holder = holder
         self.trunks: TrunkProber | None = None
         self._trunk_report = trunk_report
+        self._trunk_seen = trunk_seen
         self.edge: Edge | None = None
         self.listeners: list[Listener] = []
         self._udp: dict[int, UdpSender] = {}  # by address family
@@ -194,6 +200,15 @@ class SipService:
             self.trunks.follow(self.holder.current, self.holder.current)
             self.holder.subscribe(self.trunks.follow)
             self.edge.teams.health = self.trunks.health
+        elif self._trunk_seen is not None:
+            teams = self.edge.teams
+
+            def publish(health: dict[tuple[str, str], TargetHealth]) -> None:
+                teams.health = health
+
+            node = socket.gethostname()
+            follow = follow_trunk_states(self._trunk_seen, node, publish)
+            self._tasks.append(asyncio.ensure_future(follow))
         log.info(
             "SIP edge listening on %s",
             ", ".join(f"{lst.transport}:{lst.host}:{lst.port}" for lst in self.listeners),
@@ -836,10 +851,14 @@ class TlsConnection(StreamConnection):
 
 
 async def start_sip(
-    config: SipConfig, holder: SnapshotHolder, trunk_report: Report | None = None
+    config: SipConfig,
+    holder: SnapshotHolder,
+    trunk_report: Report | None = None,
+    trunk_seen: Seen | None = None,
 ) -> SipService:
     """Open the listeners in ``config.listen`` and serve the edge until ``close()``;
-    ``trunk_report`` stores what the trunk prober sees (see trunkprobe.py)."""
-    service = SipService(config, holder, trunk_report)
+    ``trunk_report`` stores what the trunk prober sees, ``trunk_seen`` reads it back in the
+    workers that do not probe (see trunkprobe.py)."""
+    service = SipService(config, holder, trunk_report, trunk_seen)
     await service.start()
     return service

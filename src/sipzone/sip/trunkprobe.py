@@ -13,7 +13,9 @@ for yet is a missed probe, never a lookup here.
 
 Each probe's outcome goes to the metrics at once and, through ``report``, to the store (the
 ``trunk_state`` table `trunk list` reads; observations, outside the revision).  Only one
-worker probes (``SipConfig.probe_trunks``): N workers must not multiply the OPTIONS.
+worker probes (``SipConfig.probe_trunks``): N workers must not multiply the OPTIONS.  The
+others read what it stored every :data:`FOLLOW_INTERVAL` (:func:`follow_trunk_states`), so
+every worker fails calls over alike.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ ANSWER_TIMEOUT = 5.0  # seconds for the final answer to an OPTIONS
 DEFAULT_TLS_PORT = 5061  # in our Contact when we have no TLS listener
 
 Report = Callable[[str, list[TrunkState]], None]  # (node, states): blocking, run in a thread
+Seen = Callable[[], list[tuple[str, TrunkState]]]  # what the store holds: (node, state) rows
+FOLLOW_INTERVAL = 2.0  # seconds between reads of the probing worker's view by the others
 
 
 class _Link:
@@ -247,3 +251,20 @@ class TrunkProber:
 
 class _NoAddress(Exception):
     """A target the prober cannot send to: no address for its name (yet), or no stream."""
+
+
+async def follow_trunk_states(
+    seen: Seen, node: str, publish: Callable[[dict[tuple[str, str], TargetHealth]], None]
+) -> None:
+    """In a worker that does not probe: hand ``publish`` this node's probing worker's view of
+    each target, read from the store every :data:`FOLLOW_INTERVAL`, until cancelled."""
+    loop = asyncio.get_running_loop()
+    events = EventLog(log)
+    while True:
+        try:
+            rows = await loop.run_in_executor(None, seen)
+        except Exception as exc:  # the store away: keep the last view
+            events.warning("trunk-follow", "trunk states not read: %s", exc)
+        else:
+            publish({(s.trunk, s.target): TargetHealth.of(s) for n, s in rows if n == node})
+        await asyncio.sleep(FOLLOW_INTERVAL)

@@ -94,6 +94,14 @@ class TargetHealth:
     changed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     unavailable_until: datetime | None = None
 
+    @classmethod
+    def of(cls, state: TrunkState) -> TargetHealth:
+        """The health another worker saw (``trunk list``'s row), for a worker that only reads."""
+        return cls(
+            state.trunk, state.target, state.up, 0, state.last_response, state.latency_ms,
+            state.checked_at, state.changed_at, state.unavailable_until,
+        )  # fmt: skip
+
     def answered(
         self, status: int, reason: str, rtt: float, interval: float, now: datetime, wait: int | None
     ) -> bool:
