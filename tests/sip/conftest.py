@@ -157,6 +157,25 @@ def scenario(name: str, body: str) -> str:
     )
 
 
+def answer(
+    status: str,
+    *lines: str,
+    tag: str = "",
+    retrans: bool = False,
+    cseq: str = "[last_CSeq:]",
+    body: str = "",
+) -> str:
+    """A sipp ``<send>`` of a UAS's answer to the request it last received: its Via, From, To
+    (``;tag=TAG`` added when given), Call-ID and CSeq copied, then ``lines``, then
+    Content-Length and ``body`` (an SDP, say)."""
+    to = "[last_To:]" + (f";tag={tag}" if tag else "")
+    length = "Content-Length: [len]" if body else "Content-Length: 0"
+    head = [f"SIP/2.0 {status}", "[last_Via:]", "[last_From:]", to, "[last_Call-ID:]", cseq]
+    attrs = ' retrans="500"' if retrans else ""
+    text = "\n".join([*head, *lines, length, "", body])
+    return f"\n  <send{attrs}><![CDATA[\n{text}]]></send>"
+
+
 class Sipp:
     """Runs sipp scenarios in a temporary directory; UAS instances run in the background."""
 

@@ -22,7 +22,7 @@ from sipzone.model.snapshot import SnapshotHolder
 from sipzone.sip import BRANCH_SECRET, SipConfig
 from sipzone.sip.signing import Keys
 from sipzone.sip.values import Target
-from tests.sip.conftest import EdgeThread, Sipp, free_port, make_snapshot, needs_sipp
+from tests.sip.conftest import EdgeThread, Sipp, answer, free_port, make_snapshot, needs_sipp
 from tests.sip.conftest import scenario as xml_scenario
 
 pytestmark = needs_sipp
@@ -35,6 +35,7 @@ CALLER = "sip:caller@cust42.example.org"  # customer42's name
 PHONE_FACING = r"sip:cust42\.teams\.example\.com:[0-9]+;transport=(udp|tcp);lr"
 CORE_FACING = r"sip:szf1\.[-_A-Za-z0-9]+@127\.0\.0\.1:[0-9]+;transport=udp;lr"
 NO_TENANT = '<ereg regexp="X-Sipzone" search_in="msg" check_it_inverse="true" assign_to="leak"/>'
+CALLEE_CONTACT = "Contact: <sip:callee@[local_ip]:[local_port]>"
 
 
 def record_routes(top: str, below: str) -> str:
@@ -100,7 +101,8 @@ def both(sipp: Sipp, core: str, phone: str, edge: EdgeThread, transport: str, po
 
 # -- a call, hung up by either side; re-INVITE ---------------------------------------------------
 
-INVITE = f"""
+# A phone's INVITE to the callee.
+SEND_INVITE = f"""
   <send retrans="500"><![CDATA[
 INVITE {CALLEE} SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
@@ -113,7 +115,8 @@ Max-Forwards: 70
 Content-Length: 0
 
 ]]></send>
-  <recv response="100" optional="true"/>
+"""
+INVITE = f"""{SEND_INVITE}  <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
   <recv response="200" rrs="true">
     <action>
@@ -146,17 +149,7 @@ Content-Length: 0
 
 ANSWER_BYE = f"""
   <recv request="BYE"><action>{NO_TENANT}</action></recv>
-  <Reference variables="leak"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
+  <Reference variables="leak"/>{answer("200 OK")}
 """
 
 CORE_ANSWERS = f"""
@@ -172,46 +165,12 @@ CORE_ANSWERS = f"""
     </action>
   </recv>
   <Reference variables="rr,tenant,caller,remote,local"/>
-  <send><![CDATA[
-SIP/2.0 180 Ringing
-[last_Via:]
-[last_From:]
-[last_To:];tag=core[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:callee@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=core[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:callee@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
+  {answer("180 Ringing", "[last_Record-Route:]", CALLEE_CONTACT, tag="core[call_number]")}
+  {answer("200 OK", "[last_Record-Route:]", CALLEE_CONTACT, tag="core[call_number]", retrans=True)}
   <recv request="ACK"/>
 """
 
-CORE_ANSWERS_REQUEST = """
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:callee@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
-"""
+CORE_ANSWERS_REQUEST = answer("200 OK", CALLEE_CONTACT) + "\n"
 
 CORE_HANGS_UP = """
   <pause milliseconds="100"/>
@@ -291,20 +250,7 @@ CSeq: 1 {{method}}
 Max-Forwards: 70
 Content-Length: 0
 """
-    phone = f"""
-  <send retrans="500"><![CDATA[
-INVITE {CALLEE} SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-From: <{CALLER}>;tag=[pid]a[call_number]
-To: <{CALLEE}>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="100" optional="true"/>
+    phone = f"""{SEND_INVITE}  <recv response="100" optional="true"/>
   <recv response="180"/>
   <send><![CDATA[
 CANCEL {CALLEE} SIP/2.0{request_head.format(n=3, tag="", method="CANCEL")}
@@ -315,41 +261,16 @@ CANCEL {CALLEE} SIP/2.0{request_head.format(n=3, tag="", method="CANCEL")}
 ACK {CALLEE} SIP/2.0{request_head.format(n=6, tag="[peer_tag_param]", method="ACK")}
 ]]></send>
 """
-    core = """
-  <recv request="INVITE"/>
-  <send><![CDATA[
-SIP/2.0 180 Ringing
-[last_Via:]
-[last_From:]
-[last_To:];tag=core[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <recv request="CANCEL"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <send><![CDATA[
-SIP/2.0 487 Request Terminated
-[last_Via:]
-[last_From:]
-[last_To:];tag=core[call_number]
-[last_Call-ID:]
-CSeq: 1 INVITE
-Content-Length: 0
-
-]]></send>
-  <recv request="ACK"/>
-"""
+    core = "".join(
+        [
+            '\n  <recv request="INVITE"/>',
+            answer("180 Ringing", tag="core[call_number]"),
+            '\n  <recv request="CANCEL"/>',
+            answer("200 OK"),
+            answer("487 Request Terminated", tag="core[call_number]", cseq="CSeq: 1 INVITE"),
+            '\n  <recv request="ACK"/>\n',
+        ]
+    )
     both(sipp, core, phone, edge, transport, core_port)
 
 
@@ -359,6 +280,8 @@ Content-Length: 0
 def register(contact_port: int) -> str:
     """A phone that registers, then takes the core's call to it and the core's hang-up.  Its
     Contact names ``contact_port`` (a sink): the call must come over the phone's own flow."""
+    contact = f"Contact: <sip:alice@127.0.0.1:{contact_port};transport=[transport]>"
+    ok = answer("200 OK", "[last_Record-Route:]", contact, tag="alice[call_number]")
     return f"""
   <send retrans="500"><![CDATA[
 REGISTER sip:cust42.teams.example.com SIP/2.0
@@ -381,24 +304,13 @@ Content-Length: 0
       {NO_TENANT}
     </action>
   </recv>
-  <Reference variables="leak,rr"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=alice[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:alice@127.0.0.1:{contact_port};transport=[transport]>
-Content-Length: 0
-
-]]></send>
+  <Reference variables="leak,rr"/>{ok}
   <recv request="ACK"/>
 {ANSWER_BYE}
 """
 
 
+REGISTERED = ("[last_Path:]", "Contact: [$contact];expires=300", "X-Sipzone-Tenant: to-be-stripped")
 CORE_REGISTRAR = f"""
   <recv request="REGISTER">
     <action>
@@ -410,20 +322,7 @@ CORE_REGISTRAR = f"""
       <ereg regexp="[^ ].*" search_in="hdr" header="Contact:" assign_to="contact"/>
     </action>
   </recv>
-  <Reference variables="req,tenant"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=reg[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Path:]
-Contact: [$contact];expires=300
-X-Sipzone-Tenant: to-be-stripped
-Content-Length: 0
-
-]]></send>
+  <Reference variables="req,tenant"/>{answer("200 OK", *REGISTERED, tag="reg[call_number]")}
   <pause milliseconds="200"/>
   <send retrans="500"><![CDATA[
 INVITE sip:alice@127.0.0.1:{{contact_port}} SIP/2.0

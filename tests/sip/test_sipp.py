@@ -17,11 +17,24 @@ import pytest
 
 from sipzone.model.snapshot import SnapshotHolder
 from sipzone.sip import SipConfig
-from tests.sip.conftest import IDN_NAME, EdgeThread, Sipp, free_port, make_snapshot, needs_sipp
+from tests.sip.conftest import (
+    IDN_NAME,
+    EdgeThread,
+    Sipp,
+    answer,
+    free_port,
+    make_snapshot,
+    needs_sipp,
+)
 from tests.sip.conftest import scenario as xml_scenario
 
 pytestmark = needs_sipp
 TRANSPORTS = ["udp", "tcp"]
+CALLEE = (
+    "[last_Record-Route:]",
+    "Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>",
+)
+CALLEE_TAG = "[pid]SIPpTag01[call_number]"
 
 
 @pytest.fixture(scope="module")
@@ -189,61 +202,21 @@ UAS_CALL = (
         assign_to="via"/>
     </action>
   </recv>
-  <Reference variables="rr,tenant,mf,via"/>
-  <send><![CDATA[
-SIP/2.0 100 Trying
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <send><![CDATA[
-SIP/2.0 180 Ringing
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Record-Route:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>
-Content-Length: 0
-
-]]></send>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Record-Route:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-"""
-    + SDP
-    + """]]></send>
+  <Reference variables="rr,tenant,mf,via"/>"""
+    + answer("100 Trying")
+    + answer("180 Ringing", *CALLEE, tag=CALLEE_TAG)
+    + answer(
+        "200 OK", *CALLEE, "Content-Type: application/sdp", tag=CALLEE_TAG, retrans=True, body=SDP
+    )
+    + """
   <recv request="ACK" crlf="true"/>
   <recv request="BYE">
     <action><ereg regexp="^ *acme$" search_in="hdr" header="X-Sipzone-Tenant:"
       check_it="true" assign_to="t2"/></action>
   </recv>
-  <Reference variables="t2"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-"""
+  <Reference variables="t2"/>"""
+    + answer("200 OK")
+    + "\n"
 )
 
 
@@ -277,24 +250,16 @@ Content-Length: 0
   <recv response="200"/>
 """
 
-UAS_REGISTER = """
+UAS_REGISTER = (
+    """
   <recv request="REGISTER">
     <action><ereg regexp="^ *acme$" search_in="hdr" header="X-Sipzone-Tenant:"
       check_it="true" assign_to="tenant"/></action>
   </recv>
-  <Reference variables="tenant"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=reg[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Contact:]
-Content-Length: 0
-
-]]></send>
-"""
+  <Reference variables="tenant"/>"""
+    + answer("200 OK", "[last_Contact:]", tag="reg[call_number]")
+    + "\n"
+)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

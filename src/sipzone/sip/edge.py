@@ -183,10 +183,10 @@ class Edge:
         if self.teams.declines(data, memo):  # the one place trunk traffic leaves the fast paths
             return DECLINED
         start = data[:8]
+        if start == b"OPTIONS ":  # keep-alives first: the most frequent by far
+            return self._keepalive(data, arrival, memo)
         if start == b"SIP/2.0 ":
             return self._splice_response(data, arrival, memo)
-        if start == b"OPTIONS ":
-            return self._keepalive(data, arrival, memo)
         return self._splice_request(data, arrival, memo)
 
     def handle(self, message: Request | Response, arrival: Arrival, snapshot: Snapshot) -> Sends:

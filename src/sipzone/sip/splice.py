@@ -161,11 +161,10 @@ class Splicer:
         listener, addr, conn = arrival
         if addr in self._ours or addr in memo.core:
             return DECLINED
-        padded = _padded(head)
-        names = _NAMES.findall(head)
-        if padded < 0 or len(names) + 1 != len(lines):
+        found = _names(head, lines)
+        if found is None:
             return DECLINED
-        key = tuple(names)
+        padded, key = found
         shapes = self._request_shapes
         shape = shapes[key] if key in shapes else self._learn_request(key)
         if shape is None:
@@ -332,11 +331,10 @@ class Splicer:
             return DECLINED
         if not b"100" <= code <= b"699" or b"\r" in start or b"\n" in start:
             return DECLINED
-        padded = _padded(head)
-        names = _NAMES.findall(head)
-        if padded < 0 or len(names) + 1 != len(lines):
+        found = _names(head, lines)
+        if found is None:
             return DECLINED
-        key = tuple(names)
+        padded, key = found
         shapes = self._response_shapes
         shape = shapes[key] if key in shapes else self._learn_response(key)
         if shape is None:
@@ -587,6 +585,16 @@ class Splicer:
             heads.clear()
         heads[key] = head
         return head
+
+
+def _names(head: bytes, lines: list[bytes]) -> tuple[int, tuple[bytes, ...]] | None:
+    """How many values start with spaces (see :func:`_padded`) and the header names in
+    order, when every header line is a plain "Name: value"; else None."""
+    padded = _padded(head)
+    names = _NAMES.findall(head)
+    if padded < 0 or len(names) + 1 != len(lines):
+        return None
+    return padded, tuple(names)
 
 
 def _padded(head: bytes) -> int:
