@@ -180,11 +180,11 @@ class Edge:
         return self._fast(data, arrival, memo)
 
     def _fast(self, data: bytes, arrival: Arrival, memo: SnapshotMemo) -> Sends | Declined:
-        if self.teams.declines(data, memo):  # the one place trunk traffic leaves the fast paths
-            return DECLINED
         start = data[:8]
         if start == b"OPTIONS ":  # keep-alives first: the most frequent by far
             return self._keepalive(data, arrival, memo)
+        if self.teams.declines(data, memo):  # the one place Teams traffic leaves the splice path
+            return DECLINED
         if start == b"SIP/2.0 ":
             return self._splice_response(data, arrival, memo)
         return self._splice_request(data, arrival, memo)
