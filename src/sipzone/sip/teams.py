@@ -35,6 +35,7 @@ are signed with the store's key, so a dialog survives a restart of the edge.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -74,6 +75,7 @@ class TeamsPolicy:
         self.health: Mapping[tuple[str, str], TargetHealth] = {}
         self._snapshot: Snapshot | None = None
         self._bases: tuple[bytes, ...] = ()  # b".teams.example.com" per Teams trunk
+        self._pattern = re.compile(b"(?!)")  # any of them, in a request's first line
         self._teams: tuple[Trunk, ...] = ()
         self._by_host: dict[bytes, Trunk] = {}  # target host (lower case) -> trunk
 
@@ -89,18 +91,22 @@ class TeamsPolicy:
                     by_host.setdefault(target.host.lower().encode(), trunk)
         self._teams = tuple(t for t in snapshot.trunks if t.teams)
         self._bases = tuple(b"." + t.base.encode() for t in self._teams)
+        self._pattern = re.compile(b"|".join(map(re.escape, self._bases)), re.IGNORECASE)
         self._by_host = by_host
         self._snapshot = snapshot
 
     def declines(self, data: bytes, memo: SnapshotMemo) -> bool:
-        """Whether the fast paths must leave this message to the general path."""
-        self._index(memo.snapshot)
-        if not self._bases:
+        """Whether the fast paths must leave this message to the general path (called for
+        every message they see: without Teams trunks it costs an identity check)."""
+        if memo.snapshot is not self._snapshot:
+            self._index(memo.snapshot)
+        bases = self._bases
+        if not bases:
             return False
-        if data[:8] == b"SIP/2.0 ":
-            return MARK in data
-        line = data[: data.find(b"\r\n")].lower()
-        return any(base in line for base in self._bases)
+        first = data.find(b"\r\n", 0, 1024)
+        if data[:8] == b"SIP/2.0 ":  # our Via, marked, has the top line below the status
+            return data.find(MARK, first, data.find(b"\r\n", first + 2)) > 0
+        return self._pattern.search(data, 0, first) is not None
 
     def _customer(self, host: bytes | None, memo: SnapshotMemo) -> tuple[Trunk, Admission] | None:
         """The Teams trunk and admission of ``host`` when it is a customer FQDN: admitted, and
