@@ -100,6 +100,13 @@ def metric(port: int, name: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+def per_worker(port: int, name: str) -> dict[str, float]:
+    """A per-worker gauge's values by the worker label."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    found = re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", body, re.M)
+    return {re.search(r'worker="(\d+)"', labels)[1]: float(v) for labels, v in found}  # type: ignore[index]
+
+
 def one_site_store(url: str, *domains: str) -> None:
     """A store with zone example.com, one site and ``domains`` (set up in this process; the
     changes a test makes while serving go through the real CLI where they matter)."""
@@ -140,7 +147,9 @@ def test_workers_follow_the_store_and_share_metrics(
     wait_for(lambda: all(a_records(port, "live.example.com") for _ in range(20)))
 
     revision = json.loads(cli("check", "live.example.com", "--json").stdout)["revision"]
-    assert metric(metrics_port, "sipzone_revision") == revision
+    # one value per worker (a stale worker shows as itself, not hidden in a maximum)
+    assert per_worker(metrics_port, "sipzone_revision") == {"0": revision, "1": revision}
+    assert per_worker(metrics_port, "sipzone_store_up") == {"0": 1, "1": 1}
     assert metric(metrics_port, "sipzone_worker_restarts_total") == 0
 
     os.killpg(server.proc.pid, signal.SIGTERM)

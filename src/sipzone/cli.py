@@ -4,6 +4,12 @@ Exit codes scripts rely on: 0 done; 1 `check` found no rule admitting the name; 
 with the reason on stderr as ONE line, ``sipzone: REASON``, and nothing changed.  That holds for
 usage errors too (an unknown option, ``--weight ten``): :func:`main` runs Click without its
 standalone mode and says each failure in that one line.  A traceback means a bug of ours.
+
+A simple command must start quickly (scripts call it thousands of times): this module imports
+no database layer, web framework or server at import time.  Each command imports what it uses
+(``store()`` loads SQLAlchemy), Typer's plain values skip Pydantic (``sipzone.cliparams``), and
+help is plain Click text, which wraps rather than cuts at the width of a terminal or 80
+columns, and saves importing Rich.  ``bench/cli/start.sh`` measures it.
 """
 
 from __future__ import annotations
@@ -16,18 +22,20 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
-import sqlalchemy.exc
+os.environ.setdefault("TYPER_USE_RICH", "0")  # read when Typer is imported: plain Click help
 import typer
 
+from sipzone import cliparams
 from sipzone.model.errors import InvalidName, SipzoneError
-from sipzone.model.names import RuleName, parse_domain, parse_rule
+from sipzone.model.names import parse_domain, parse_rule
 from sipzone.model.tenancy import PROVIDER
-from sipzone.store.repository import (
-    DEFAULT_URL,
-    IMPORT_ERRORS_SHOWN,
-    Store,
-    import_refusal,
-)
+from sipzone.store.url import DEFAULT_URL, ENV_URL_FILE, read_url_file
+
+if TYPE_CHECKING:
+    from sipzone.model.names import RuleName
+    from sipzone.store.repository import Store
+
+cliparams.install()
 
 if TYPE_CHECKING:
     from sipzone.sip.tls import TlsPolicy
@@ -61,6 +69,8 @@ trunk_app = typer.Typer(
     help="Trunks to external SIP services (Microsoft Teams Direct Routing): kept alive by OPTIONS."
 )
 app.add_typer(trunk_app, name="trunk", no_args_is_help=True)
+db_app = typer.Typer(help="The store's schema: its version, and upgrades to this sipzone's.")
+app.add_typer(db_app, name="db", no_args_is_help=True)
 
 Db = Annotated[
     str,
@@ -72,6 +82,7 @@ As = Annotated[str, typer.Option("--as", help="Act as this tenant (default: the 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable).")]
 
 T = TypeVar("T")
+HELP_WIDTH = 120  # columns of help text at most (Click's default is 80)
 
 
 def say(message: str) -> None:
@@ -94,24 +105,61 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except SipzoneError as exc:
             fail(str(exc))
-        except sqlalchemy.exc.IntegrityError as exc:
-            fail(f"conflicting change, nothing was written: {exc.orig}")
-        except sqlalchemy.exc.SQLAlchemyError as exc:
+        except OSError as exc:  # a store URL file, an output file
+            fail(str(exc))
+        except Exception as exc:
+            sa_exc = sys.modules.get("sqlalchemy.exc")  # loaded if the command used the store
+            if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError):
+                raise  # not the database's answer: a bug of ours, worth its traceback
+            from sipzone.store.repository import store_error
+
             cause = getattr(exc, "orig", None) or exc
-            if "database is locked" in str(cause):  # SQLite's busy timeout ran out
-                fail("the store stayed busy with another write (an import?); nothing was written")
-            fail(f"store error ({cause}); is the store initialised? run `sipzone init`")
+            if isinstance(exc, sa_exc.IntegrityError):
+                fail(f"conflicting change, nothing was written: {cause}")
+            fail(str(store_error(resolve_db(kwargs.get("db", DEFAULT_URL)), exc)))
 
     return wrapper
 
 
+def resolve_db(db: str) -> str:
+    """The store URL: ``--db`` or ``SIPZONE_DB`` as given, else the first line of the file
+    ``SIPZONE_DB_FILE`` names, else the default (see sipzone.store.url)."""
+    if db == DEFAULT_URL and os.environ.get(ENV_URL_FILE):
+        return read_url_file(os.environ[ENV_URL_FILE])
+    return db
+
+
 def store(db: str, actor: str = PROVIDER) -> Store:
+    from sipzone.store.repository import Store
+
     user = os.environ.get("USER", "unknown")
-    return Store(db, actor=actor, via=f"cli:{user}", principal=f"shell user {user}", origin="shell")
+    return Store(
+        resolve_db(db),
+        actor=actor,
+        via=f"cli:{user}",
+        principal=f"shell user {user}",
+        origin="shell",
+    )
 
 
 def emit(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def given_fields(given: dict[str, Any]) -> dict[str, Any]:
+    """The options of a `set` command that were given (not None); exit 2 if none was."""
+    fields = {k: v for k, v in given.items() if v is not None}
+    if not fields:
+        fail("nothing to change: give at least one option")
+    return fields
+
+
+def done(as_json: bool, message: str, **data: Any) -> None:
+    """What a write did: one line for people, or with ``--json`` the same as an object."""
+    if as_json:
+        emit(data)
+    else:
+        typer.echo(message)
 
 
 # ---------------------------------------------------------------------------- init
@@ -119,19 +167,21 @@ def emit(data: Any) -> None:
 
 @app.command()
 @guarded
-def init(db: Db = DEFAULT_URL) -> None:
+def init(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """Create the store or migrate it to the current schema."""
     from sipzone.sip import BRANCH_SECRET
+    from sipzone.store.url import redacted
 
     repo = store(db)
     repo.init()
     repo.ensure_secret(BRANCH_SECRET)
-    typer.echo(f"store ready at {db} (revision {repo.revision()})")
+    rev, where = repo.revision(), redacted(repo.url)
+    done(as_json, f"store ready at {where} (revision {rev})", store=where, revision=rev)
 
 
 @sip_app.command("rotate-secret")
 @guarded
-def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False) -> None:
     """Replace the key that signs the SIP edge's Via branches (the value is never shown).
 
     The previous key stays valid for responses to requests it signed until the next rotation,
@@ -140,7 +190,137 @@ def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
     from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS
 
     rev = store(db, actor).rotate_secret(BRANCH_SECRET, BRANCH_SECRET_PREVIOUS)
-    typer.echo(f"SIP branch secret rotated; the previous one is still accepted (revision {rev})")
+    done(
+        as_json,
+        f"SIP branch secret rotated; the previous one is still accepted (revision {rev})",
+        revision=rev,
+    )
+
+
+@app.command()
+@guarded
+def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """What the store holds: revision, schema, counts, sites, the last change."""
+    from sipzone.store.url import redacted
+
+    repo = store(db)
+    data = {"store": redacted(repo.url), "schema": repo.schema_version(), **repo.status()}
+    if as_json:
+        emit(data)
+        return
+    last = data["last_change"]
+    lines = [
+        f"store      {data['store']} (schema {data['schema']})",
+        f"revision   {data['revision']}"
+        + (f" ({last['op']} by {last['actor']} at {last['at']})" if last else ""),
+        f"tenants    {data['tenants']}",
+        f"domains    {data['domains']} exact, {data['wildcards']} wildcard",
+        f"zones      {data['zones']}",
+        f"sites      {', '.join(data['sites']) or '(none)'}",
+    ]
+    typer.echo("\n".join(lines))
+
+
+@app.command("systemd-unit")
+def systemd_unit() -> None:
+    """Print the systemd unit sipzone ships (Type=notify, its own user, hardened)."""
+    from importlib.resources import files
+
+    sys.stdout.write(files("sipzone").joinpath("deploy/sipzone.service").read_text())
+
+
+# ---------------------------------------------------------------------------- schema, backup
+
+
+@db_app.command("version")
+@guarded
+def db_version(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """The store's schema version and this sipzone's; exit 0 when they match, 1 when not."""
+    from sipzone.store.repository import schema_head, schema_revisions
+
+    current, head = store(db).schema_version(), schema_head()
+    if current == head:
+        state = "current"
+    elif current is None:
+        state = "none"
+    elif current in schema_revisions():
+        state = "behind"
+    else:
+        state = "ahead"
+    advice = {
+        "current": "up to date",
+        "none": "no schema yet: run `sipzone init`",
+        "behind": "older than this sipzone's: run `sipzone db upgrade`",
+        "ahead": "newer than this sipzone knows: upgrade sipzone before using it here",
+    }[state]
+    if as_json:
+        emit({"store": current, "sipzone": head, "state": state})
+    else:
+        typer.echo(f"store schema {current}, sipzone schema {head}: {advice}")
+    raise typer.Exit(0 if state == "current" else 1)
+
+
+@db_app.command("upgrade")
+@guarded
+def db_upgrade(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """Migrate the store's schema to this sipzone's (see the README on upgrading node by node)."""
+    before, after = store(db).upgrade()
+    what = "already at" if before == after else f"upgraded from {before} to"
+    done(as_json, f"store schema {what} {after}", before=before, after=after)
+
+
+@app.command("dump")
+@guarded
+def dump_command(
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Write to FILE (mode 600) instead of stdout."),
+    ] = None,
+    with_secrets: Annotated[
+        bool, typer.Option("--with-secrets", help="Include the secret settings (SIP keys).")
+    ] = False,
+    db: Db = DEFAULT_URL,
+) -> None:
+    """The whole store as JSON: tenants, domains, sites, zones, settings (secrets on request)."""
+    from sipzone.store.backup import dump, to_text
+
+    text = to_text(dump(store(db), with_secrets=with_secrets))
+    if output is None:
+        sys.stdout.write(text)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+@app.command("restore")
+@guarded
+def restore_command(
+    file: Annotated[str, typer.Argument(help="A file `sipzone dump` wrote ('-': stdin).")],
+    db: Db = DEFAULT_URL,
+    as_json: Json = False,
+) -> None:
+    """Fill an empty store (just `sipzone init`) from a dump, all or nothing."""
+    from sipzone.store.backup import is_secret, parse
+
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {file!r}: {getattr(exc, 'strerror', None) or exc}")
+    document = parse(text)
+    rev = store(db).restore(document, is_secret)
+    keyless = [c["name"] for c in document["certificates"] if "key_pem" not in c]
+    if keyless:
+        say(
+            f"note: certificate(s) {', '.join(map(str, keyless))} not restored: the dump holds "
+            "no keys (dump --with-secrets); add them again with `sipzone cert add`"
+        )
+    n = len(document["domains"])
+    done(
+        as_json, f"restored {len(document['tenants'])} tenants, {n} domains (revision {rev})",
+        tenants=len(document["tenants"]), domains=n, sites=len(document["sites"]),
+        zones=len(document["zones"]), revision=rev,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- tenants
@@ -160,6 +340,7 @@ def tenant_add(
     ] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Add a tenant under PARENT (the provider by default)."""
     rev = store(db, actor).add_tenant(
@@ -171,7 +352,10 @@ def tenant_add(
         logo_url=logo_url,
         upstream=upstream,
     )
-    typer.echo(f"tenant {name} added under {parent} (revision {rev})")
+    done(
+        as_json, f"tenant {name} added under {parent} (revision {rev})",
+        tenant=name, parent=parent, revision=rev,
+    )  # fmt: skip
 
 
 @tenant_app.command("set")
@@ -185,6 +369,7 @@ def tenant_set(
     upstream: Annotated[str | None, typer.Option(help="Core SIP URI; '' inherits.")] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Change a tenant's brand fields or upstream; an empty value inherits from the parent."""
     given = {
@@ -194,11 +379,18 @@ def tenant_set(
         "logo_url": logo_url,
         "upstream": upstream,
     }
-    fields = {k: v for k, v in given.items() if v is not None}
-    if not fields:
-        fail("nothing to change: give at least one option")
-    rev = store(db, actor).update_tenant(name, **fields)
-    typer.echo(f"tenant {name} changed (revision {rev})")
+    rev = store(db, actor).update_tenant(name, **given_fields(given))
+    done(as_json, f"tenant {name} changed (revision {rev})", tenant=name, revision=rev)
+
+
+@tenant_app.command("remove")
+@guarded
+def tenant_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
+    """Remove a tenant that owns nothing (no SIP domain, no tenant below it)."""
+    rev = store(db, actor).remove_tenant(name)
+    done(as_json, f"tenant {name} removed (revision {rev})", tenant=name, revision=rev)
 
 
 @tenant_app.command("list")
@@ -227,20 +419,34 @@ def tenant_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
 def domain_add(
     name: str,
     owner: Annotated[str | None, typer.Option(help="Owning tenant (default: the actor).")] = None,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="The same rule with the same owner is no error.")
+    ] = False,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Add an exact SIP domain (voip.acme.example) or a wildcard (*.teams.example.com)."""
-    rule, rev = store(db, actor).add_domain(name, owner)
-    typer.echo(f"{rule.text} added for {owner or actor} (revision {rev})")
+    repo = store(db, actor)
+    if exist_ok:
+        rule, rev, added = repo.ensure_domain(name, owner)
+    else:
+        (rule, rev), added = repo.add_domain(name, owner), True
+    what = "added" if added else "already present"
+    done(
+        as_json, f"{rule.text} {what} for {owner or actor} (revision {rev})",
+        domain=rule.text, owner=owner or actor, added=added, revision=rev,
+    )  # fmt: skip
 
 
 @domain_app.command("remove")
 @guarded
-def domain_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def domain_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
     """Remove a SIP domain; the edge and DNS stop serving it at once."""
     rule, rev = store(db, actor).remove_domain(name)
-    typer.echo(f"{rule.text} removed (revision {rev})")
+    done(as_json, f"{rule.text} removed (revision {rev})", domain=rule.text, revision=rev)
 
 
 @domain_app.command("list")
@@ -264,6 +470,8 @@ def domain_list(
 def _read_import(path: Path) -> list[tuple[int, RuleName, str | None]]:
     """Lines of ``NAME [OWNER]`` (space, tab or comma separated) in UTF-8; '#' starts a
     comment.  Every bad line is reported, up to IMPORT_ERRORS_SHOWN of them."""
+    from sipzone.store.repository import IMPORT_ERRORS_SHOWN, import_refusal
+
     entries: list[tuple[int, RuleName, str | None]] = []
     errors: list[str] = []
     try:
@@ -306,6 +514,7 @@ def domain_import(
     batch: Annotated[int, typer.Option(min=1, help="Rows per INSERT statement.")] = 20_000,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Load many domains from FILE (one per line, optional owner column), all or nothing.
 
@@ -317,10 +526,13 @@ def domain_import(
     repo = store(db, actor)
     with _progress(len(entries)) as progress:
         report = repo.import_domains(entries, owner, batch=batch, progress=progress)
-    typer.echo(
+    rev = repo.revision()
+    done(
+        as_json,
         f"read {report.read}, added {report.added}, already present {report.unchanged} "
-        f"(revision {repo.revision()})"
-    )
+        f"(revision {rev})",
+        read=report.read, added=report.added, unchanged=report.unchanged, revision=rev,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -385,6 +597,7 @@ def site_add(
     upstream: Annotated[str | None, typer.Option(help="Default SIP core URI.")] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Add a site of the installation."""
     rev = store(db, actor).add_site(
@@ -398,7 +611,7 @@ def site_add(
         ports={"udp": port_udp, "tcp": port_tcp, "tls": port_tls},
         upstream=upstream,
     )
-    typer.echo(f"site {name} added (revision {rev})")
+    done(as_json, f"site {name} added (revision {rev})", site=name, revision=rev)
     if port_tls and not store(db).list_certificates():
         say(
             f"note: the DNS now sends phones to TLS port {port_tls}, but the store holds no "
@@ -406,12 +619,59 @@ def site_add(
         )
 
 
+@site_app.command("set")
+@guarded
+def site_set(
+    name: str,
+    vip: Annotated[
+        list[str] | None, typer.Option(help="Virtual IPs (replace the list); repeat for more.")
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="Region this site serves first.")] = None,
+    network: Annotated[
+        list[str] | None, typer.Option(help="Client networks (replace the list); repeatable.")
+    ] = None,
+    no_networks: Annotated[
+        bool, typer.Option("--no-networks", help="Serve no client network first.")
+    ] = False,
+    host: Annotated[str | None, typer.Option(help="SIP host name; '' for <site>.<zone>.")] = None,
+    weight: Annotated[int | None, typer.Option(help="Capacity weight (SRV weight).")] = None,
+    order: Annotated[int | None, typer.Option(help="Position among other regions.")] = None,
+    port_udp: Annotated[int | None, typer.Option(help="SIP over UDP port; 0: not offered.")] = None,
+    port_tcp: Annotated[int | None, typer.Option(help="SIP over TCP port; 0: not offered.")] = None,
+    port_tls: Annotated[int | None, typer.Option(help="SIP over TLS port; 0: not offered.")] = None,
+    upstream: Annotated[str | None, typer.Option(help="Default SIP core URI; '' clears.")] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+    as_json: Json = False,
+) -> None:
+    """Change a site's fields; those not given stay as they are.  Provider only."""
+    if network and no_networks:
+        fail("give --network or --no-networks, not both")
+    ports = {
+        t: p for t, p in (("udp", port_udp), ("tcp", port_tcp), ("tls", port_tls)) if p is not None
+    }
+    given: dict[str, Any] = {
+        "vips": vip or None,
+        "region": region,
+        "networks": [] if no_networks else network or None,
+        "host": host,
+        "weight": weight,
+        "order": order,
+        "ports": ports or None,
+        "upstream": upstream,
+    }
+    rev = store(db, actor).update_site(name, **given_fields(given))
+    done(as_json, f"site {name} changed (revision {rev})", site=name, revision=rev)
+
+
 @site_app.command("remove")
 @guarded
-def site_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def site_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
     """Remove a site; the DNS stops naming it at once.  Provider only."""
     rev = store(db, actor).remove_site(name)
-    typer.echo(f"site {name} removed (revision {rev})")
+    done(as_json, f"site {name} removed (revision {rev})", site=name, revision=rev)
 
 
 @site_app.command("health")
@@ -421,12 +681,16 @@ def site_health(
     state: Annotated[str, typer.Argument(help="up or down")],
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Mark a site up or down; a down site drops out of DNS answers.  Provider only."""
     if state not in ("up", "down"):
         fail(f"state must be 'up' or 'down', not {state!r}")
     rev = store(db, actor).set_site_health(name, state == "up")
-    typer.echo(f"site {name} is {state} (revision {rev})")
+    done(
+        as_json, f"site {name} is {state} (revision {rev})",
+        site=name, healthy=state == "up", revision=rev,
+    )  # fmt: skip
 
 
 @site_app.command("list")
@@ -584,18 +848,20 @@ def trunk_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
 
 @zone_app.command("add")
 @guarded
-def zone_add(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def zone_add(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False) -> None:
     """Add a zone sipzone is authoritative for (example.com)."""
     zone, rev = store(db, actor).add_zone(name)
-    typer.echo(f"zone {zone.text} added (revision {rev})")
+    done(as_json, f"zone {zone.text} added (revision {rev})", zone=zone.text, revision=rev)
 
 
 @zone_app.command("remove")
 @guarded
-def zone_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+def zone_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
     """Remove a zone; the DNS stops answering for it at once.  Provider only."""
     rev = store(db, actor).remove_zone(name)
-    typer.echo(f"zone {name} removed (revision {rev})")
+    done(as_json, f"zone {name} removed (revision {rev})", zone=name, revision=rev)
 
 
 @zone_app.command("list")
@@ -617,10 +883,14 @@ def email_set(
     mx: Annotated[str | None, typer.Option(help="MX target (default: the domain itself).")] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
+    as_json: Json = False,
 ) -> None:
     """Set the installation's email domain; a second set replaces the first."""
     domain, rev = store(db, actor).set_email_domain(name, mx)
-    typer.echo(f"email domain is {domain.text} (revision {rev})")
+    done(
+        as_json, f"email domain is {domain.text} (revision {rev})",
+        email_domain=domain.text, mx=mx, revision=rev,
+    )  # fmt: skip
 
 
 @email_app.command("show")
@@ -799,6 +1069,19 @@ def audit(
         typer.echo(f"{r['at']}\t{r['revision']}\t{r['op']}\t{r['subject']}\t{who}")
 
 
+def _check_site(site: str | None, names: list[str]) -> None:
+    """The SIP edge must know its site once there is a choice: the site's upstream is where
+    it sends calls, and a node that guessed would send them to another site's core."""
+    if site is None and len(names) > 1:
+        fail(
+            f"the store has {len(names)} sites ({', '.join(names)}); say which one this node "
+            "runs at with --site NAME"
+        )
+    if site is not None and site not in names:
+        known = ", ".join(names) or "none yet"
+        fail(f"site {site!r} is not in the store (sites: {known}); add it first: sipzone site add")
+
+
 def _listen_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -819,18 +1102,77 @@ def _tls_policy(
     return policy
 
 
-@app.command()
+def _read_config(ctx: typer.Context, value: str | None) -> str | None:
+    """``--config FILE``: the file's values become the defaults of serve's options, below the
+    environment and the command line (see sipzone.config)."""
+    if value:
+        from sipzone.config import BadConfig, load
+
+        try:
+            values = load(value, _multiple_options(ctx))
+        except BadConfig as exc:
+            raise typer.BadParameter(str(exc)) from None
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+def _fixed_options(ctx: Any) -> list[str]:
+    """serve's options set on the command line or in the environment: above the file."""
+    from typer._click.core import ParameterSource
+
+    above = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return [str(p.name) for p in ctx.command.params if ctx.get_parameter_source(p.name) in above]
+
+
+def _multiple_options(ctx: Any) -> dict[str, bool]:
+    """serve's options by parameter name, and whether each takes several values."""
+    return {str(p.name): bool(getattr(p, "multiple", False)) for p in ctx.command.params if p.name}
+
+
+@app.command(context_settings={"auto_envvar_prefix": "SIPZONE"})
 @guarded
 def serve(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="TOML file of serve's options (keys as the options: workers = 2); the "
+            "environment (SIPZONE_WORKERS=4) and the command line override it.",
+            is_eager=True,
+            callback=_read_config,
+        ),
+    ] = None,
     sip: Annotated[
         str | None,
         typer.Option(help="SIP listeners, comma separated: udp:HOST:PORT,tcp:[::1]:PORT"),
     ] = None,
     dns: Annotated[str | None, typer.Option(help="DNS listener HOST:PORT (UDP and TCP).")] = None,
-    metrics: Annotated[str | None, typer.Option(help="Prometheus metrics at HOST:PORT.")] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(help="HTTP at HOST:PORT: /metrics (Prometheus), /healthz, /readyz."),
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="Started as root: run as this user once the ports are bound."),
+    ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=300,
+            help="Seconds SIGTERM lets SIP TCP connections finish what is in flight.",
+        ),
+    ] = 5.0,
+    ready_stale_after: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds without the store before /readyz says not ready."),
+    ] = 30.0,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
     site: Annotated[
-        str | None, typer.Option(help="The site this node runs at (default: the first).")
+        str | None,
+        typer.Option(help="The site this node runs at (required once the store has several)."),
     ] = None,
     drop_unknown: Annotated[
         bool, typer.Option(help="Drop requests for unserved domains instead of 403.")
@@ -948,11 +1290,36 @@ def serve(
         str | None,
         typer.Option(help="Resolver HOST:PORT that checks claim proofs (default: the system's)."),
     ] = None,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning or error (SIGHUP re-reads it from --config).")
+    ] = "info",
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object per line.")
+    ] = "text",
+    log_file: Annotated[
+        str | None,
+        typer.Option(help="Append the log to this file (SIGHUP reopens it) instead of stderr."),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config",
+            help="Print the settings serve would run with (JSON) and exit; nothing starts.",
+        ),
+    ] = False,
     db: Db = DEFAULT_URL,
 ) -> None:
-    """Run the SIP edge, the DNS authority and/or the API on the store, following it live."""
+    """Run the SIP edge, the DNS authority and/or the API on the store, following it live.
+
+    Every option may also come from the environment (SIPZONE_ and the option's name:
+    SIPZONE_TCP_IDLE_TIMEOUT=60) or from a --config file (tcp-idle-timeout = 60); the command
+    line overrides the environment, which overrides the file.  SIGHUP reopens the log file and
+    re-reads the file: the log level and format change at once, other changes are logged as
+    needing a restart.
+    """
     import ipaddress
 
+    from sipzone import logs
     from sipzone.api import ApiConfig
     from sipzone.dns import DnsConfig
     from sipzone.net import split_hostport
@@ -963,6 +1330,8 @@ def serve(
     if not sip and not dns and not api:
         fail("nothing to serve: give --sip, --dns and/or --api")
     try:
+        logs.level_of(log_level)
+        logs.check_format(log_format)
         for item in _listen_list(sip or ""):
             parse_listen(item)
         check_tenant_headers(tenant_header, caller_tenant_header)
@@ -978,12 +1347,8 @@ def serve(
         hosts = tuple(parse_host_pin(pin) for pin in sip_host or ())
     except ValueError as exc:
         fail(str(exc))
-    from sipzone.sip import BRANCH_SECRET
-
-    store(db).revision()
-    store(db).ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
-    config = ServeConfig(
-        db=db,
+    settings = ServeConfig(
+        db=resolve_db(db),
         sip=SipConfig(
             listen=_listen_list(sip),
             site=site,
@@ -1016,6 +1381,7 @@ def serve(
             rrl_slip=dns_rrl_slip,
             nameservers=tuple(parse_domain(ns).text for ns in nameserver or ()),
             batched_udp=batched_udp,
+            metrics=bool(metrics),
         )
         if dns
         else None,
@@ -1024,22 +1390,99 @@ def serve(
         poll_interval=poll,
         share_ports=share_ports,
         api=ApiConfig(listen=api, proof_resolver=proof_resolver) if api else None,
+        log_level=log_level,
+        log_format=log_format,
+        log_file=log_file,
+        ready_stale_after=ready_stale_after,
+        drain_timeout=drain_timeout,
+        user=user,
+        config_file=config,
+        config_values=dict(ctx.default_map or {}),
+        config_fixed=frozenset(_fixed_options(ctx)),
+        config_known=tuple(_multiple_options(ctx).items()),
     )
-    run(config)
+    if print_config:
+        _print_settings(settings)
+        return
+    from sipzone.runtime import check_user
+    from sipzone.sip import BRANCH_SECRET
+
+    if user is not None:
+        check_user(user)
+    repo = store(settings.db)
+    repo.revision()
+    repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
+    if sip:
+        _check_site(site, [s.name for s in repo.list_sites()])
+    repo.close()  # the workers open their own connections
+    run(settings)
+
+
+def _print_settings(settings: Any) -> None:
+    """What serve would run with, as JSON (the store URL without its password)."""
+    import dataclasses
+
+    from sipzone.store.url import redacted
+
+    data = dataclasses.asdict(settings)
+    data["db"] = redacted(data["db"])
+    for key in ("config_values", "config_fixed", "config_known"):
+        data.pop(key)
+    emit(data)
+
+
+def _command_tree(name: str) -> Any:
+    """The Click command tree for a command line whose first word is ``name``: the one
+    top-level command or group it names under the `sipzone` group, or the whole tree for
+    anything else (help, a typo).  Building every command's parser costs more than a simple
+    command's own work, and grows with every command added."""
+    part = next((g for g in app.registered_groups if g.name == name), None)
+    command = next(
+        (
+            c
+            for c in app.registered_commands
+            if (c.name or (c.callback.__name__ if c.callback else "").replace("_", "-")) == name
+        ),
+        None,
+    )
+    if part is None and command is None:
+        return typer.main.get_command(app)
+    tree = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    tree.callback(help=app.info.help)(_top)
+    if part is not None:
+        tree.registered_groups.append(part)
+    if command is not None:
+        tree.registered_commands.append(command)
+    return typer.main.get_command(tree)
+
+
+def _top() -> None:
+    """The `sipzone` group's own step before a command: nothing."""
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The console script: runs the command, and says any failure as one line (exit 2)."""
     import typer._click.exceptions as click_errors  # Typer bundles its own Click
 
-    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = _command_tree(args[0] if args else "")
+    # Help off a terminal (piped, in a pager, in CI logs) is not cut to 80 columns.
+    width = None if sys.stdout.isatty() else HELP_WIDTH
     try:
-        code = command.main(args=argv, prog_name="sipzone", standalone_mode=False)
+        code = command.main(
+            args=args,
+            prog_name="sipzone",
+            standalone_mode=False,
+            terminal_width=width,
+            max_content_width=HELP_WIDTH,
+        )
     except typer.Abort:
         say("aborted")
         code = 2
-    except click_errors.NoArgsIsHelpError:
-        say("missing command; the help above lists them")  # Typer printed the help
+    except click_errors.NoArgsIsHelpError as exc:
+        if exc.ctx is not None:
+            typer.echo(exc.ctx.get_help())
+        say("missing command; the help above lists them")
         code = 2
     except click_errors.NoSuchOption as exc:
         path = exc.ctx.command_path if exc.ctx else "sipzone"

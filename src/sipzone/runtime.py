@@ -37,16 +37,18 @@ import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from sipzone import sdnotify
 from sipzone.api import ApiConfig
 from sipzone.dns import DnsConfig
 from sipzone.eventlog import EventLog
+from sipzone.httpstatus import Readiness, serve_status, workers_not_ready
 from sipzone.model.errors import SipzoneError
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import split_hostport
@@ -64,7 +66,7 @@ RESTART_FIRST = 0.1  # seconds before a dead worker is replaced; doubles while i
 RESTART_MAX = 10.0  # ... up to this
 STABLE_AFTER = 30.0  # a worker up this long starts the back-off afresh when it dies
 KEEPS_DYING = 3  # deaths in a row that make "keeps dying" the news instead of each death
-STOP_GRACE = 10.0  # seconds workers get to finish after SIGTERM before SIGKILL
+STOP_GRACE = 10.0  # seconds workers get after their drain (SIGTERM) before SIGKILL
 PARENT_CHECK = 1.0  # seconds between a worker's checks that its supervisor still runs
 
 # What a store that is away or not (yet) a store raises: news for the log, not a bug.
@@ -89,6 +91,20 @@ class ServeConfig:
     poll_interval: float = 0.05  # seconds between change-feed checks (SQLite)
     share_ports: bool = False  # True: join ports another process holds (SO_REUSEPORT)
     api: ApiConfig | None = None  # the REST API and web console (sipzone.api)
+    log_level: str = "info"
+    log_format: str = "text"  # or "json"
+    log_file: str | None = None  # None: stderr
+    # The --config file, its values when the server started, the options the command line
+    # or the environment set (above the file), and serve's options (name, takes several):
+    # what SIGHUP needs to re-read the file (sipzone.config.reload).
+    config_file: str | None = None
+    config_values: Mapping[str, Any] = field(default_factory=dict)
+    config_fixed: frozenset[str] = frozenset()
+    config_known: tuple[tuple[str, bool], ...] = ()
+    drain_timeout: float = 5.0  # seconds SIGTERM waits for in-flight TCP before closing it
+    user: str | None = None  # started as root: the user each worker runs as once it listens
+    worker: int = 0  # this worker's position (0 .. workers-1), its label in the metrics
+    ready_stale_after: float = 30.0  # /readyz fails after the store is away this long
 
 
 # ------------------------------------------------------------------------ ports
@@ -154,18 +170,35 @@ def history_mark(store: Store, revision: int) -> Mark:
 class StoreFollower:
     """Keeps a SnapshotHolder at the store's revision, reading after each wake of the feed."""
 
-    def __init__(self, store: Store, interval: float) -> None:
+    def __init__(
+        self, store: Store, interval: float, readiness: Readiness | None = None, worker: int = 0
+    ) -> None:
         self.store = store
         self.interval = interval
         self.events = EventLog(log)
         self.mark: Mark = None
         self._failing = False
-        self._feed: ChangeFeed | None = None
+        self.readiness = readiness or Readiness()
+        self.worker = str(worker)  # the label of this worker's metrics
+        self.feed: ChangeFeed | None = None
+
+    @property
+    def reaching_store(self) -> bool:
+        """False while the last read failed or the feed has lost its connection."""
+        return not self._failing and not (self.feed is not None and self.feed.down)
+
+    def feed_lag(self) -> float | None:
+        """Seconds since the newest change served was committed (None: no change yet)."""
+        if self.mark is None:
+            return None
+        at = self.mark[1]
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        return max(0.0, (datetime.now(UTC) - at).total_seconds())
 
     def nudge(self) -> None:
         """Read the store now rather than at the next poll (this process wrote to it)."""
-        if self._feed is not None:
-            self._feed.nudge()
+        if self.feed is not None:
+            self.feed.nudge()
 
     def load(self) -> Snapshot:
         """The whole store, and the mark of its history (runs in a thread)."""
@@ -194,7 +227,7 @@ class StoreFollower:
         from sipzone import metrics
 
         loop = asyncio.get_running_loop()
-        feed = self._feed = ChangeFeed(self.store.url, interval=self.interval)
+        feed = self.feed = ChangeFeed(self.store.url, interval=self.interval)
         retry: float | None = None  # seconds until a failed read is tried again
         whole = False
         try:
@@ -217,15 +250,20 @@ class StoreFollower:
                     self._failing = False
                     self.events.forget("read")
                     log.info("store readable again at revision %d", snapshot.revision)
+                self.readiness.store_reached(True)
                 if snapshot is not current:
                     holder.publish(snapshot)
-                    metrics.REVISION.set(snapshot.revision)
+                    metrics.REVISION.labels(self.worker).set(snapshot.revision)
+                    lag = self.feed_lag()
+                    if lag is not None:
+                        metrics.FEED_LAG.labels(self.worker).set(lag)
                     log.info("revision %d published", snapshot.revision)
         finally:
             await feed.aclose()
 
     def _failed(self, exc: Exception, revision: int) -> None:
         self._failing = True
+        self.readiness.store_reached(False)
         if isinstance(exc, STORE_TROUBLE):
             self.events.warning(
                 "read", "store read failed (%s); still serving revision %d", first_line(exc),
@@ -235,11 +273,108 @@ class StoreFollower:
             log.exception("reading the store failed; still serving revision %d", revision)
 
 
+# ------------------------------------------------------------------------ privileges
+
+
+class CannotDropPrivileges(SipzoneError):
+    """--user names no user, or serve was not started as root to become another one."""
+
+
+def check_user(name: str) -> tuple[int, int]:
+    """(uid, gid) of ``name`` if this process can become it, else :class:`CannotDropPrivileges`."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise CannotDropPrivileges(f"--user {name!r}: no such user") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise CannotDropPrivileges(
+            f"--user {name!r}: serve runs as uid {os.geteuid()}, and only root can become "
+            "another user (under systemd, use User= and AmbientCapabilities= instead)"
+        )
+    return entry.pw_uid, entry.pw_gid
+
+
+def drop_privileges(name: str) -> None:
+    """Become user ``name`` (its groups too) once the listeners are bound: the ports below
+    1024 stay ours, nothing else of root's does."""
+    uid, gid = check_user(name)
+    if os.geteuid() == uid:
+        return
+    os.setgroups(os.getgrouplist(name, gid))
+    os.setgid(gid)
+    os.setuid(uid)
+    log.info("running as %s (uid %d, gid %d) now that the listeners are bound", name, uid, gid)
+
+
+# ------------------------------------------------------------------------ SIGHUP
+
+
+class Hangup:
+    """What SIGHUP does in every process of a server: reopen the log file, re-read the
+    ``--config`` file and apply what can change while running (sipzone.config.reload).  The
+    process that ``announces`` (the only one, or the supervisor) logs what changed and what
+    only a restart applies; workers apply the same quietly."""
+
+    def __init__(self, config: ServeConfig, announce: bool) -> None:
+        self.config = config
+        self.announce = announce
+        self.values = dict(config.config_values)
+
+    def __call__(self) -> None:
+        from sipzone import logs
+        from sipzone.config import BadConfig, reload
+
+        try:
+            logs.reopen()
+        except OSError as exc:  # e.g. no longer allowed to open it after --user
+            self._say(logging.ERROR, "SIGHUP: cannot reopen the log file: %s", exc)
+        path = self.config.config_file
+        if path is None:
+            self._say(logging.INFO, "SIGHUP: log reopened; no --config file to re-read")
+            return
+        try:
+            result = reload(
+                path, dict(self.config.config_known), self.values, self.config.config_fixed
+            )
+        except BadConfig as exc:
+            self._say(logging.ERROR, "SIGHUP: %s; the running configuration stays", exc)
+            return
+        self.values = result.values
+        for name, value in result.apply.items():
+            apply = logs.set_level if name == "log_level" else logs.set_format
+            try:
+                (logs.level_of if name == "log_level" else logs.check_format)(str(value))
+            except ValueError as exc:
+                self._say(logging.ERROR, "SIGHUP: %s in %s; it stays as it was", exc, path)
+                continue
+            # Said before the change and as a warning, so that the old and the new level show it.
+            self._say(logging.WARNING, "SIGHUP: %s is now %s", name.replace("_", "-"), value)
+            apply(str(value))
+        if result.need_restart:
+            self._say(
+                logging.WARNING,
+                "SIGHUP: %s changed in %s; only a restart applies that (still running with the "
+                "values it started with)",
+                ", ".join(result.need_restart), path,
+            )  # fmt: skip
+        if not result.apply and not result.need_restart:
+            self._say(logging.INFO, "SIGHUP: log reopened; %s re-read, nothing to change", path)
+
+    def _say(self, level: int, msg: str, *args: object) -> None:
+        if self.announce:
+            log.log(level, msg, *args)
+
+
 # ------------------------------------------------------------------------ one worker
 
 
 async def run_worker(
-    config: ServeConfig, ready: Callable[[], None] | None = None, parent: int | None = None
+    config: ServeConfig,
+    ready: Callable[[], None] | None = None,
+    parent: int | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     """Start the configured services in this process and run until SIGTERM/SIGINT (or until
     the supervisor ``parent`` is gone: an orphan must not keep its ports)."""
@@ -247,41 +382,101 @@ async def run_worker(
 
     store = Store(config.db, via="serve")
     loop = asyncio.get_running_loop()
-    follower = StoreFollower(store, config.poll_interval)
+    readiness = readiness or Readiness(config.ready_stale_after)
+    worker = str(config.worker)
+    metrics.READY.labels(worker).set(0)
+    follower = StoreFollower(store, config.poll_interval, readiness, config.worker)
     holder = SnapshotHolder(await loop.run_in_executor(None, follower.load))
-    metrics.REVISION.set(holder.current.revision)
+    readiness.loaded = True
+    metrics.REVISION.labels(worker).set(holder.current.revision)
+    metrics.STORE_UP.labels(worker).set(1)
     services: list[Service] = []
+    drains: list[tuple[str, Callable[[float], Awaitable[tuple[int, int]]]]] = []
+    dns_service: Any = None
     if config.sip is not None:
         from sipzone.sip.transport import start_sip
 
         trunk_io = (store.record_trunk_states, store.trunk_states)  # see sip/trunkprobe.py
-        services.append(await start_sip(config.sip, holder, *trunk_io))
+        sip_service = await start_sip(config.sip, holder, *trunk_io)
+        services.append(sip_service)
+        drains.append(("SIP TCP", sip_service.drain))
     if config.dns is not None:
         from sipzone.dns.server import start_dns
 
         dns_service = await start_dns(config.dns, holder)
         services.append(dns_service)
+        drains.append(("DNS TCP", dns_service.drain))
         dns_service.notify_secondaries()  # see the module's docstring: the NOTIFY role
     if config.api is not None:
         from sipzone.api.service import start_api
 
         services.append(await start_api(config.api, config.db, holder, follower.nudge))
     stop = asyncio.Event()
+    stopped_by: list[str] = []
+
+    def stop_on(sig: signal.Signals) -> None:
+        stopped_by.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(follower.follow(holder))]
+        loop.add_signal_handler(sig, stop_on, sig)
+    loop.add_signal_handler(signal.SIGHUP, Hangup(config, announce=parent is None))
+    if config.user is not None:
+        drop_privileges(config.user)
+    readiness.listening = True
+    main = parent is None  # the only process: it speaks to systemd itself
+    tasks = [
+        asyncio.create_task(follower.follow(holder)),
+        asyncio.create_task(_every_second(follower, dns_service, watchdog=main)),
+    ]
     if parent is not None:
         tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
     log.info("serving revision %d (pid %d)", holder.current.revision, os.getpid())
     if ready is not None:
         ready()
     await stop.wait()
+    why = stopped_by[0] if stopped_by else "supervisor gone"
+    log.info("stopping (%s): no new connections, finishing those in flight", why)
+    if main:
+        sdnotify.notify("STOPPING=1", "STATUS=draining")
+    began = time.monotonic()
+    drained = await asyncio.gather(*(drain(config.drain_timeout) for _, drain in drains))
+    for (what, _), (clean, cut) in zip(drains, drained, strict=True):
+        if clean or cut:
+            log.info("%s: %d connection(s) closed when settled, %d cut", what, clean, cut)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for service in services:
         await service.close()
+    if dns_service is not None and dns_service.counts is not None:
+        from sipzone.dns import metrics as dns_metrics
+
+        dns_metrics.publish(dns_service.counts)
     store.close()
+    log.info("stopped after %.1f s (pid %d)", time.monotonic() - began, os.getpid())
+
+
+async def _every_second(follower: StoreFollower, dns_service: Any, watchdog: bool) -> None:
+    """A worker's housekeeping: publish the DNS counts, say whether it reaches the store and
+    is ready (the gauges the supervisor's /readyz reads), and tell systemd's watchdog that the
+    loop turns (from the loop itself: a hung loop stops the pings)."""
+    from sipzone import metrics
+
+    worker = follower.worker
+    ping = sdnotify.watchdog_interval() if watchdog else None
+    while True:
+        await asyncio.sleep(min(1.0, ping or 1.0))
+        if ping is not None:
+            sdnotify.notify("WATCHDOG=1")
+        if dns_service is not None and dns_service.counts is not None:
+            from sipzone.dns import metrics as dns_metrics
+
+            dns_metrics.publish(dns_service.counts)
+        up = follower.reaching_store
+        follower.readiness.store_reached(up)
+        metrics.STORE_UP.labels(worker).set(1 if up else 0)
+        metrics.READY.labels(worker).set(0 if follower.readiness.reasons() else 1)
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -292,11 +487,14 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
 
 
 def _event_loop_run(
-    config: ServeConfig, ready: Callable[[], None] | None = None, parent: int | None = None
+    config: ServeConfig,
+    ready: Callable[[], None] | None = None,
+    parent: int | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     import uvloop
 
-    uvloop.run(run_worker(config, ready, parent))
+    uvloop.run(run_worker(config, ready, parent, readiness))
 
 
 # ------------------------------------------------------------------------ serve
@@ -308,23 +506,33 @@ def serve(config: ServeConfig) -> None:
     Raises :class:`CannotListen` (exit 2 in the CLI) before starting anything when a port is
     held elsewhere; exits with status 1 when a worker cannot start.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(message)s")
+    from sipzone import logs
+
+    logs.setup(config.log_level, config.log_format, config.log_file)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not fatal while starting (handled once up)
     with _shared_metrics(config.workers > 1):
         check_ports(config)
         # Every connection is a descriptor: take what the hard limit allows before the
         # services size their connection caps from it.
         log.info("open-file limit %d", raise_open_files())
         if config.workers <= 1:
+            readiness = Readiness(config.ready_stale_after)
             if config.metrics:
-                from prometheus_client import start_http_server
+                from prometheus_client import REGISTRY
 
                 host, port = split_hostport(config.metrics)
-                start_http_server(port, host)
-            _event_loop_run(config, lambda: print("sipzone: ready", flush=True))
+                serve_status(host, port, REGISTRY, readiness.reasons)
+            _event_loop_run(config, _announce_ready, None, readiness)
             return
         code = _Supervisor(config).run()
     if code:
         raise SystemExit(code)
+
+
+def _announce_ready() -> None:
+    """Every listener is bound: say so to whoever started us (a script, systemd)."""
+    print("sipzone: ready", flush=True)
+    sdnotify.notify("READY=1", f"STATUS=serving (pid {os.getpid()})", f"MAINPID={os.getpid()}")
 
 
 @contextlib.contextmanager
@@ -345,13 +553,11 @@ def _shared_metrics(enabled: bool) -> Iterator[None]:
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
     """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
     that replaced it) sends DNS NOTIFY and the trunks' OPTIONS."""
-    if index == 0:
-        return config
-    if config.sip is not None:
+    if index != 0 and config.sip is not None:
         config = replace(config, sip=replace(config.sip, probe_trunks=False))
-    if config.dns is None:
-        return config
-    return replace(config, dns=replace(config.dns, send_notify=False))
+    if config.dns is None or index == 0:
+        return replace(config, worker=index)
+    return replace(config, worker=index, dns=replace(config.dns, send_notify=False))
 
 
 def _how(status: int) -> str:
@@ -390,16 +596,20 @@ class _Supervisor:
         self.stop_deadline = 0.0
         self.code = 0
         self.announced = False
+        self.hangup = Hangup(config, announce=True)
+        self.watchdog = sdnotify.watchdog_interval()
+        self.watchdog_due = 0.0
+        self.hangups = 0  # SIGHUPs not yet handled
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def run(self) -> int:
         if self.config.metrics:
-            from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+            from prometheus_client import CollectorRegistry, multiprocess
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             host, port = split_hostport(self.config.metrics)
-            start_http_server(port, host, registry=registry)
+            serve_status(host, port, registry, lambda: self._not_ready(registry))
         # What every worker imports, imported once here: a fork shares it, so a replacement
         # starts serving sooner.
         preload = ("uvloop", "sipzone.dns.server", "sipzone.sip.transport", "sipzone.api.app")
@@ -411,10 +621,15 @@ class _Supervisor:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hangup)
         for slot in self.slots:
             self._spawn(slot)
         while not self.stopping or any(slot.pid for slot in self.slots):
             self._wait_for_news()
+            if self.hangups:
+                self.hangups = 0
+                self.hangup()
+                self._signal_all(signal.SIGHUP)  # each worker reopens and re-reads as well
             self._reap()
             now = time.monotonic()
             if self.stopping:
@@ -424,7 +639,10 @@ class _Supervisor:
                 continue
             if not self.announced and all(slot.ready for slot in self.slots):
                 self.announced = True
-                print("sipzone: ready", flush=True)
+                _announce_ready()
+            if self.watchdog is not None and now >= self.watchdog_due:
+                sdnotify.notify("WATCHDOG=1")
+                self.watchdog_due = now + self.watchdog
             for slot in self.slots:
                 if not slot.pid and now >= slot.restart_at:
                     self.restarts.inc()
@@ -438,6 +656,8 @@ class _Supervisor:
         due = [slot.restart_at - now for slot in self.slots if not slot.pid]
         if self.stopping:
             due.append(self.stop_deadline - now)
+        elif self.watchdog is not None:
+            due.append(self.watchdog_due - now)
         timeout = max(0.0, min(due)) if due else None
         watched = [slot.ready_fd for slot in self.slots if slot.ready_fd >= 0]
         readable, _, _ = select.select([self.wake_r, *watched], [], [], timeout)
@@ -506,7 +726,7 @@ class _Supervisor:
     def _spawn(self, slot: _Slot) -> None:
         ready_r, ready_w = os.pipe()
         # No signal may reach the child before it has dropped the supervisor's handlers.
-        masked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        masked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
         signal.pthread_sigmask(signal.SIG_BLOCK, masked)
         try:
             pid = os.fork()
@@ -521,10 +741,12 @@ class _Supervisor:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
+            sdnotify.leave_to_parent()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
             signal.pthread_sigmask(
-                signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+                signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
             )
             for fd in (ready_r, self.wake_r, self.wake_w):
                 os.close(fd)
@@ -545,10 +767,27 @@ class _Supervisor:
         finally:
             os._exit(code)
 
-    def _stop(self, _sig: int, _frame: Any) -> None:
+    def _not_ready(self, registry: Any) -> list[str]:
+        """/readyz of the whole server: every worker started and ready by its own gauge."""
+        waiting = [
+            f"worker {slot.index} is starting"
+            for slot in self.slots
+            if not (slot.pid and slot.ready)
+        ]
+        return waiting + workers_not_ready(registry)
+
+    def _hangup(self, _sig: int, _frame: Any) -> None:
+        self.hangups += 1
+
+    def _stop(self, sig: int, _frame: Any) -> None:
         if not self.stopping:
+            if sig:
+                log.info(
+                    "stopping (%s): workers finish what is in flight", signal.Signals(sig).name
+                )
+                sdnotify.notify("STOPPING=1", "STATUS=draining")
             self.stopping = True
-            self.stop_deadline = time.monotonic() + STOP_GRACE
+            self.stop_deadline = time.monotonic() + self.config.drain_timeout + STOP_GRACE
             self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, sig: signal.Signals) -> None:

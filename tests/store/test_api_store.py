@@ -3,6 +3,7 @@ keyset paging, and migration 0003 over a store holding rules (SQLite and Postgre
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from sipzone.model.errors import Conflict, NotFound, NotPermitted
 from sipzone.model.snapshot import Delta
 from sipzone.store.repository import Store, token_digest
 from sipzone.store.schema import domains, tokens
+from sipzone.store.url import sqlite_path
 
 
 def chain(store: Store) -> Store:
@@ -154,6 +156,9 @@ def test_keyset_pages(store: Store) -> None:
 
 
 def test_migration_fills_reversed_names(any_url: str) -> None:
+    path = sqlite_path(any_url)
+    if path is not None:
+        sqlite3.connect(path).close()  # a store file, empty (only `init` creates one)
     store = Store(any_url)
     cfg = Config()
     cfg.set_main_option(

@@ -11,7 +11,6 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sipzone.api.proof import challenge_name
 from sipzone.model.certificates import Certificate
 from sipzone.model.errors import BadCursor, InvalidValue
 from sipzone.model.matcher import Match
@@ -47,6 +46,8 @@ def domain_json(row: DomainRow) -> dict[str, Any]:
         "status": "pending" if row.pending else "active",
     }
     if row.pending and row.challenge:
+        from sipzone.api.proof import challenge_name  # dnspython: not for every CLI listing
+
         data["challenge"] = {
             "name": challenge_name(row.name),
             "type": "TXT",

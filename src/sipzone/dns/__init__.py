@@ -38,3 +38,6 @@ class DnsConfig:
     # rrl_slip-th goes out truncated (TC=1) so a real client retries over TCP.  0: off.
     rrl: int = 0
     rrl_slip: int = 2
+    # Count queries by type and rcode and sample response times (sipzone.dns.metrics): set
+    # with --metrics; off, the answering path is not wrapped at all.
+    metrics: bool = False

@@ -31,6 +31,7 @@ import dns.opcode
 import dns.rcode
 
 from sipzone.dns import DnsConfig
+from sipzone.dns import metrics as dns_metrics
 from sipzone.dns.answers import (
     Authority,
     Tables,
@@ -113,8 +114,14 @@ class DnsService:
         self.tcp_cap = connection_cap(config.tcp_max_connections)
         self._tcp_clients = 0
         self._tcp_sources: dict[bytes, int] = {}
+        # Open TCP sessions, and whether each is answering a query now (a drain waits for
+        # those, and closes the others at once).
+        self._sessions: dict[asyncio.StreamWriter, bool] = {}
+        self._draining = False
         self._stats = DnsStats()
         self.rrl = RateLimiter(config.rrl, config.rrl_slip) if config.rrl > 0 else None
+        # Queries by type and rcode (plain ints; the runtime publishes them): with --metrics only.
+        self.counts = dns_metrics.QueryCounts() if config.metrics else None
 
     @property
     def stats(self) -> DnsStats:
@@ -126,6 +133,8 @@ class DnsService:
     def _udp_responder(self) -> Respond:
         """The UDP responder: the authority's own (the hot path), or behind the rate limiter."""
         respond: Respond = self.authority.respond
+        if self.counts is not None:
+            respond = self.counts.wrap(respond)
         if self.rrl is None:
             return respond
         check = self.rrl.check
@@ -259,8 +268,10 @@ class DnsService:
                     target,
                     dns.rcode.to_text(reply.rcode()),
                 )
+                dns_metrics.NOTIFIES.labels("acknowledged").inc()
                 return
         log.warning("NOTIFY %s to %s: no answer after %d tries", zone, target, NOTIFY_TRIES)
+        dns_metrics.NOTIFIES.labels("unanswered").inc()
 
     def _admit_tcp(self, client: str, source: bytes) -> bool:
         """Count a new connection in, or say no when a cap is reached."""
@@ -290,9 +301,10 @@ class DnsService:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
         source = client_block(client, 32, 64)
-        if not self._admit_tcp(client, source):
+        if self._draining or not self._admit_tcp(client, source):
             writer.transport.abort()
             return
+        self._sessions[writer] = False
         try:
             await self._tcp_session(reader, writer, client)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -302,6 +314,7 @@ class DnsService:
         except Exception as exc:  # a bug costs this connection, not the server
             log_bug("serving a TCP client", exc)
         finally:
+            self._sessions.pop(writer, None)
             self._release_tcp(source)
             writer.close()
             with contextlib.suppress(Exception):
@@ -322,6 +335,7 @@ class DnsService:
                 raise TimeoutError
             async with asyncio.timeout_at(deadline):
                 first = await reader.readexactly(1)
+            self._sessions[writer] = True
             async with asyncio.timeout(per_query):
                 length = first[0] << 8 | (await reader.readexactly(1))[0]
                 data = await reader.readexactly(length)
@@ -337,6 +351,9 @@ class DnsService:
                 answered = True
             if answered:
                 deadline = loop.time() + idle
+            self._sessions[writer] = False
+            if self._draining:
+                return  # the answer is out: this session is done
 
     def _tcp_answers(self, data: bytes, client: str) -> Iterable[bytes]:
         q = question(data)
@@ -348,9 +365,33 @@ class DnsService:
             records = self.authority.records
             # A generator: each message is rendered just before it is written, so a big zone
             # streams with the writer's flow control instead of piling up in memory.
-            return transfer(records, query, client, self.config.allow_transfer)
+            return dns_metrics.counted_transfer(
+                transfer(records, query, client, self.config.allow_transfer)
+            )
         out = self.authority.respond(data, client, tcp=True)
-        return [out] if out is not None else []
+        if out is None:
+            return []
+        if self.counts is not None:
+            self.counts.count(out)
+        return [out]
+
+    async def drain(self, timeout: float) -> tuple[int, int]:
+        """Stop accepting TCP connections; close the idle sessions at once and let those
+        answering (a zone transfer, say) finish, for up to ``timeout`` seconds.  Returns
+        (sessions that ended cleanly, sessions still open at the deadline, closed by
+        :meth:`close`).  UDP keeps answering meanwhile."""
+        self._draining = True
+        if self._tcp is not None:
+            self._tcp.close()
+        start = len(self._sessions)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._sessions and loop.time() < deadline:
+            for writer, busy in list(self._sessions.items()):
+                if not busy:
+                    writer.close()
+            await asyncio.sleep(0.02)
+        return start - len(self._sessions), len(self._sessions)
 
     async def close(self) -> None:
         self._closed = True

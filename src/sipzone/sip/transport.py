@@ -75,6 +75,8 @@ RECV_SIZE = MAX_MESSAGE + 1  # no UDP payload is larger: a datagram is never rea
 ARRIVALS_KEPT = 4096  # peer addresses a UDP endpoint keeps an Arrival for
 
 METRICS_INTERVAL = 1.0
+DRAIN_QUIET = 0.25  # seconds without a byte before a draining connection counts as settled
+DRAIN_FLUSH = 1.0  # seconds a draining connection gets to take what was written to it
 RESOLVE_INTERVAL = 60.0  # seconds between lookups of the configured upstream names
 RESOLVE_TIMEOUT = 5.0  # for one name; a name that fails keeps its last address
 
@@ -213,6 +215,35 @@ class SipService:
             "SIP edge listening on %s",
             ", ".join(f"{lst.transport}:{lst.host}:{lst.port}" for lst in self.listeners),
         )
+
+    async def drain(self, timeout: float) -> tuple[int, int]:
+        """Stop accepting TCP connections and close each open one once nothing is in flight
+        on it: no message half read, nothing left to write, quiet for DRAIN_QUIET seconds.
+        Those still busy at ``timeout`` stop being read and are closed after what was
+        written to them has gone (whole messages only: a peer never gets half of one);
+        those whose peer does not read even then are cut DRAIN_FLUSH seconds later.
+        Returns (connections closed cleanly, cut).  UDP keeps answering meanwhile."""
+        for server in self._servers:
+            server.close()
+        start = len(self.connections)
+        loop = self.loop
+        deadline = loop.time() + timeout
+        while self.connections and loop.time() < deadline:
+            now = loop.time()
+            for conn in list(self.connections.values()):
+                if conn.settled(now):
+                    conn.close()
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections.values()):
+            conn.stop_reading()
+            conn.close()  # flushes what is written first
+        deadline = loop.time() + DRAIN_FLUSH
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        cut = len(self.connections)
+        for conn in list(self.connections.values()):
+            conn.abort()
+        return start - cut, cut
 
     async def close(self) -> None:
         if self.trunks is not None:
@@ -666,6 +697,20 @@ class StreamConnection(asyncio.Protocol):
     def _lost(self, edge: Edge, exc: MalformedMessage) -> None:
         self.service.dispatch(edge.malformed(exc, self.arrival))
         self.close()
+
+    def settled(self, now: float) -> bool:
+        """Nothing in flight: no message half read, nothing waiting to be written, and no
+        byte either way for DRAIN_QUIET seconds (a response from the core may be due)."""
+        transport = self.transport
+        return (
+            not self.reader.in_message
+            and (transport is None or transport.get_write_buffer_size() == 0)
+            and now - self.last_active >= DRAIN_QUIET
+        )
+
+    def stop_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

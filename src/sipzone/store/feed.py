@@ -97,6 +97,11 @@ class ChangeFeed:
     def kind(self) -> str:
         return self.url.get_backend_name()
 
+    @property
+    def down(self) -> bool:
+        """True while the feed has lost its PostgreSQL connection (it keeps retrying)."""
+        return self._down
+
     async def wait(self, timeout: float | None = None) -> Wake:
         """The next reason to read the store.  With ``timeout``, return :attr:`Wake.CHANGED`
         after that long even if nothing happened (a caller retrying a failed read), except
@@ -269,6 +274,8 @@ class ChangeFeed:
         import psycopg
 
         conninfo = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        if "application_name" not in self.url.query:  # seen in pg_stat_activity
+            conninfo += ("&" if "?" in conninfo else "?") + "application_name=sipzone%20feed"
         self._pg = await psycopg.AsyncConnection.connect(
             conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
         )

@@ -17,8 +17,11 @@ import contextlib
 import copy
 import hashlib
 import logging
+import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+import sqlite3
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -99,8 +102,9 @@ from sipzone.store.schema import (
     trunks,
     zones,
 )
+from sipzone.store.url import DEFAULT_URL, redacted, sqlite_path
 
-DEFAULT_URL = "sqlite:///./sipzone.db"
+__all__ = ["DEFAULT_URL", "Store"]  # DEFAULT_URL lives in store/url.py (no SQLAlchemy there)
 # The databases sipzone runs on, by SQLAlchemy driver name (``postgresql://`` means psycopg).
 SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"})
 # Ops the change feed can apply incrementally; any other op rebuilds the snapshot whole.
@@ -112,6 +116,60 @@ TOKEN_PREFIX = "sz_"  # API tokens read "sz_" + 43 characters of base64url (32 r
 
 class StoreNotInitialised(SipzoneError):
     """The store has no schema yet, or an older one: `sipzone init` creates or migrates it."""
+
+
+class StoreMissing(StoreNotInitialised):
+    """A SQLite store's file does not exist (only `sipzone init` creates one)."""
+
+
+class StoreBusy(SipzoneError):
+    """Another write held the store past the busy timeout (SQLite); nothing was written."""
+
+
+class StoreRefused(SipzoneError):
+    """The database answered a statement with an error of another kind."""
+
+
+class StoreUnreachable(SipzoneError):
+    """The database cannot be reached or refused us (server down, wrong address or password)."""
+
+
+UNDEFINED_TABLE = "42P01"  # PostgreSQL's SQLSTATE for a missing table; SQLite says "no such table"
+UNDEFINED_COLUMN = "42703"  # ... for a missing column (an older schema); "no such column"
+
+
+def store_error(url: str, exc: BaseException) -> SipzoneError:
+    """What a database error from ``url`` means for an operator, and what to do about it: a
+    missing SQLite file, a store without the schema (`sipzone init`), or one that cannot be
+    reached (no advice to run `init` then: it would fail the same way)."""
+    shown = redacted(url)
+    cause = getattr(exc, "orig", None) or exc
+    text = " ".join(str(cause).split())
+    path = sqlite_path(url)
+    if path is not None and not os.path.exists(path):
+        return StoreMissing(
+            f"no store at {path!r} (the file does not exist); create one with "
+            f"`sipzone init --db {shown}`, or give the right --db"
+        )
+    if "database is locked" in text:  # SQLite's busy timeout ran out
+        return StoreBusy(
+            "the store stayed busy with another write (an import?); nothing was written"
+        )
+    if getattr(cause, "sqlstate", None) == UNDEFINED_TABLE or "no such table" in text:
+        return StoreNotInitialised(
+            f"the store at {shown} is not initialised (run `sipzone init`): {text}"
+        )
+    if getattr(cause, "sqlstate", None) == UNDEFINED_COLUMN or "no such column" in text:
+        return StoreNotInitialised(
+            f"the store at {shown} has an older schema than this sipzone (run `sipzone db "
+            f"upgrade`): {text}"
+        )
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return StoreUnreachable(
+            f"cannot use the store at {shown}: {text}; check that the database runs and that "
+            "the URL (host, port, user, password, database) is right"
+        )
+    return StoreRefused(f"the store at {shown} refused the request: {text}")
 
 
 class _Present(Exception):
@@ -182,7 +240,7 @@ def check_url(url: str) -> sa.URL:
     except sa.exc.ArgumentError:
         parsed = None
     if parsed is None or parsed.drivername not in SUPPORTED_DRIVERS:
-        shown = parsed.render_as_string(hide_password=True) if parsed else url.split("@")[-1]
+        shown = redacted(url)
         raise UnsupportedDatabase(
             f"store URL {shown!r} is not supported; use sqlite:///FILE or postgresql://USER@HOST/DB"
         )
@@ -191,9 +249,19 @@ def check_url(url: str) -> sa.URL:
     return parsed
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on."""
-    engine = sa.create_engine(check_url(url), future=True)
+def make_engine(url: str, application_name: str = "sipzone") -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on, and never
+    creates a missing file (only :meth:`Store.init` does); PostgreSQL connections carry
+    ``application_name`` (seen in ``pg_stat_activity``) unless the URL sets one."""
+    parsed = check_url(url)
+    options: dict[str, Any] = {}
+    path = sqlite_path(url)
+    if path is not None:
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+        options["creator"] = lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+    elif parsed.get_backend_name() == "postgresql" and "application_name" not in parsed.query:
+        options["connect_args"] = {"application_name": application_name}
+    engine = sa.create_engine(parsed, future=True, **options)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
@@ -222,6 +290,79 @@ AUDIT_TENANT, AUDIT_BEFORE, AUDIT_AFTER = "audit:tenant", "audit:before", "audit
 AUDIT_OP = "audit:op"  # the op the change log records, when the write turned out another
 
 
+# A site's fields as add_site and update_site take them, and the column each is stored in
+# (ports: one column per transport).
+_SITE_FIELDS = {
+    "vips": "vips",
+    "networks": "networks",
+    "host": "host",
+    "region": "region",
+    "weight": "weight",
+    "order": "position",
+    "ports": "ports",
+    "upstream": "upstream",
+}
+
+
+def _site_columns(
+    *,
+    vips: Iterable[str],
+    networks: Iterable[str],
+    host: str | None,
+    region: str,
+    weight: int,
+    order: int | None,
+    ports: dict[str, int],
+    upstream: str | None,
+) -> dict[str, Any]:
+    """A site's fields checked and normalised as stored (each failure its own error)."""
+    vip_list = [str(parse_vip(v)) for v in vips]
+    if not vip_list:
+        raise BadAddress("a site needs at least one virtual IP (--vip)")
+    check_weight(weight)
+    if order is not None:
+        check_order(order)
+    for transport, port in ports.items():
+        check_port(transport, port)
+    if not any(ports.values()):
+        raise InvalidValue("a site must offer at least one transport (a port other than 0)")
+    return {
+        "vips": vip_list,
+        "networks": [str(parse_network(n)) for n in networks],
+        "host": parse_domain(host).text if host else None,
+        "region": parse_region(region),
+        "weight": weight,
+        "order": order,
+        "ports": ports,
+        "upstream": parse_tenant_field("upstream", upstream),
+    }
+
+
+def _utc(at: datetime) -> datetime:
+    """A stored time as UTC (SQLite hands it back without a zone)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def schema_head() -> str:
+    """The schema revision this sipzone's migrations end at."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_revisions() -> list[str]:
+    """Every schema revision this sipzone knows, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    walk = ScriptDirectory(str(MIGRATIONS)).walk_revisions()
+    return [r.revision for r in walk][::-1]
+
+
 class _Unchanged(Exception):
     """Raised inside a write that found nothing to change, to roll back its revision."""
 
@@ -239,7 +380,7 @@ class Store:
         origin: str | None = None,
     ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, f"sipzone {via.split(':')[0]}"[:63])
         self.actor = actor
         self.via = via
         self.principal = principal  # who, for the audit trail: token label or shell user
@@ -265,8 +406,11 @@ class Store:
         from alembic import command
         from alembic.config import Config
 
+        path = sqlite_path(self.url)
+        if path is not None and not os.path.exists(path):
+            sqlite3.connect(path).close()  # the one place a store file is created
         cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -278,10 +422,23 @@ class Store:
                 conn.execute(tenants.insert().values(name=PROVIDER, parent_id=None))
         return self.revision()
 
-    def _not_initialised(self, cause: object = None) -> StoreNotInitialised:
-        reason = f": {cause}" if cause else ""
+    def upgrade(self) -> tuple[str | None, str]:
+        """Migrate an existing store's schema to this sipzone's (never creates a store);
+        returns the schema revisions before and after."""
+        before = self.schema_version()
+        if before is not None and before not in schema_revisions():
+            raise StoreNotInitialised(
+                f"the store's schema {before!r} is newer than this sipzone knows "
+                f"(its newest is {schema_head()!r}); upgrade sipzone, not the store"
+            )
+        self.init()
+        return before, schema_head()
+
+    def _not_initialised(self, cause: object = None) -> SipzoneError:
+        if isinstance(cause, BaseException):
+            return store_error(self.url, cause)
         return StoreNotInitialised(
-            f"the store at {self.url} is not initialised (run `sipzone init`){reason}"
+            f"the store at {redacted(self.url)} is not initialised (run `sipzone init`)"
         )
 
     def revision(self) -> int:
@@ -289,7 +446,7 @@ class Store:
             with self.engine.connect() as conn:
                 return self._revision(conn)
         except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
-            raise self._not_initialised(exc.orig) from None
+            raise self._not_initialised(exc) from None
 
     def _revision(self, conn: Connection) -> int:
         rev = conn.execute(sa.select(state.c.revision).where(state.c.id == 1)).scalar()
@@ -301,19 +458,28 @@ class Store:
 
     @contextlib.contextmanager
     def _write(
-        self, op: str, subject: str, detail: dict[str, Any] | None = None
+        self,
+        op: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+        at_least: int = 0,
     ) -> Iterator[tuple[Connection, int]]:
-        """One transaction: bump the revision, let the caller validate and write, log it."""
-        with self.engine.begin() as conn:
+        """One transaction: bump the revision (to ``at_least`` if that is higher), let the
+        caller validate and write, log it."""
+        with contextlib.ExitStack() as transaction:
             try:
+                conn = transaction.enter_context(self.engine.begin())
+                bumped: Any = state.c.revision + 1
+                if at_least:
+                    bumped = sa.case((bumped < at_least, at_least), else_=bumped)
                 rev = conn.execute(
                     state.update()
                     .where(state.c.id == 1)
-                    .values(revision=state.c.revision + 1)
+                    .values(revision=bumped)
                     .returning(state.c.revision)
                 ).scalar()
             except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
-                raise self._not_initialised(exc.orig) from None
+                raise self._not_initialised(exc) from None
             if rev is None:
                 raise self._not_initialised()
             info = detail if detail is not None else {}  # the caller may add to it
@@ -456,6 +622,41 @@ class Store:
             conn.execute(tenants.update().where(tenants.c.name == name).values(**values))
             return rev
 
+    def remove_tenant(self, name: str) -> int:
+        """Remove a tenant that owns nothing: no SIP domain and no tenant below it (those go
+        first, so that nothing is ever left without an owner).  The provider stays."""
+        with self._write("tenant.remove", name) as (conn, rev):
+            tree = self._tree(conn)
+            tree.get(name)
+            if name == PROVIDER:
+                raise NotPermitted("the provider is the root of every tenant and stays")
+            if name == self.actor or not tree.is_ancestor_or_self(self.actor, name):
+                raise NotPermitted(f"tenant {self.actor!r} may not remove {name!r}")
+            tid = self._tenant_id(conn, name)
+            below = (
+                conn.execute(
+                    sa.select(tenants.c.name)
+                    .where(tenants.c.parent_id == tid)
+                    .order_by(tenants.c.name)
+                )
+                .scalars()
+                .all()
+            )
+            owned = conn.execute(
+                sa.select(sa.func.count()).select_from(domains).where(domains.c.owner_id == tid)
+            ).scalar_one()
+            if below or owned:
+                held = [f"{owned} SIP domain(s)"] if owned else []
+                if below:
+                    held.append(
+                        "tenant(s) " + ", ".join(below[:5]) + (" ..." if len(below) > 5 else "")
+                    )
+                raise Conflict(
+                    f"tenant {name!r} still owns {' and '.join(held)}; remove or move them first"
+                )
+            conn.execute(tenants.delete().where(tenants.c.id == tid))
+            return rev
+
     def tenants(self) -> TenancyTree:
         with self.engine.connect() as conn:
             return self._tree(conn)
@@ -466,8 +667,18 @@ class Store:
         """Add a rule for ``owner`` (default: the actor).  A claim a tenant other than the
         provider makes outside the provider's zones is stored *pending* (see
         :meth:`domain`, :meth:`prove_domain`): logged as ``domain.claim``, not served."""
-        rule = parse_rule(text)
-        owner = owner or self.actor
+        return self._add_domain(parse_rule(text), owner or self.actor, exist_ok=False)
+
+    def ensure_domain(self, text: str, owner: str | None = None) -> tuple[RuleName, int, bool]:
+        """:meth:`add_domain`, except that the same rule with the same owner is no conflict:
+        then nothing is written.  Returns the rule, the revision and whether it was added."""
+        rule, owner = parse_rule(text), owner or self.actor
+        try:
+            return (*self._add_domain(rule, owner, exist_ok=True), True)
+        except _Present:
+            return rule, self.revision(), False
+
+    def _add_domain(self, rule: RuleName, owner: str, exist_ok: bool) -> tuple[RuleName, int]:
         row = {"name": rule.text, "owner": owner, "wildcard": rule.is_wildcard}
         detail: dict[str, Any] = {"owner": owner, AUDIT_TENANT: owner, AUDIT_AFTER: row}
         with self._write("domain.add", rule.text, detail) as (conn, rev):
@@ -478,6 +689,8 @@ class Store:
                 .join(domains, domains.c.owner_id == tenants.c.id)
                 .where(domains.c.name == rule.text)
             ).scalar()
+            if existing == owner and exist_ok:
+                raise _Present  # rolls the revision back: nothing changed
             if existing is not None:
                 raise Conflict(f"{rule.text!r} exists already (owner {existing!r})")
             base = rule.base.text if isinstance(rule, WildcardName) else rule.text
@@ -659,21 +872,13 @@ class Store:
         upstream: str | None = None,
     ) -> int:
         name = parse_site_name(name)
-        vip_list = [str(parse_vip(v)) for v in vips]
-        if not vip_list:
-            raise BadAddress("a site needs at least one virtual IP (--vip)")
-        nets = [str(parse_network(n)) for n in networks]
-        host_name = parse_domain(host).text if host else None
-        region = parse_region(region)
-        check_weight(weight)
-        if order is not None:
-            check_order(order)
         merged = {**DEFAULT_PORTS, **(ports or {})}
-        for transport, port in merged.items():
-            check_port(transport, port)
-        if not any(merged.values()):
-            raise InvalidValue("a site must offer at least one transport (a port other than 0)")
-        upstream = parse_tenant_field("upstream", upstream)
+        values = _site_columns(
+            vips=vips, networks=networks, host=host, region=region, weight=weight,
+            order=order, ports=merged, upstream=upstream,
+        )  # fmt: skip
+        vip_list, nets, host_name = values["vips"], values["networks"], values["host"]
+        region, upstream = values["region"], values["upstream"]
         with self._write("site.add", name) as (conn, rev):
             self._provider_only("manages sites")
             if conn.execute(sa.select(sites.c.id).where(sites.c.name == name)).first():
@@ -698,6 +903,35 @@ class Store:
                     healthy=True,
                 )
             )
+            return rev
+
+    def update_site(self, name: str, **fields: Any) -> int:
+        """Change some of a site's fields (those given: vips, networks, host, region, weight,
+        order, ports as {transport: port}, upstream; host or upstream '' clears it), checked
+        as :meth:`add_site` checks them.  Provider only."""
+        unknown = set(fields) - set(_SITE_FIELDS)
+        if unknown:
+            raise InvalidValue(f"a site has no field {sorted(unknown)[0]!r}")
+        with self._write("site.update", name, {"fields": sorted(fields)}) as (conn, rev):
+            self._provider_only("manages sites")
+            row = conn.execute(sa.select(sites).where(sites.c.name == name)).mappings().first()
+            if row is None:
+                raise NotFound(f"site {name!r} does not exist")
+            ports = {t: int(row[f"port_{t}"]) for t in DEFAULT_PORTS}
+            ports.update(fields.get("ports") or {})
+            given = {**fields, "ports": ports}
+            for key in ("host", "upstream"):
+                if given.get(key) == "":
+                    given[key] = None
+            values = _site_columns(
+                **{k: given[k] if k in given else row[column] for k, column in _SITE_FIELDS.items()}
+            )
+            check_site_host_fits(
+                name, values["host"], conn.execute(sa.select(zones.c.name)).scalars()
+            )
+            changes = {_SITE_FIELDS[k]: values[k] for k in _SITE_FIELDS if k != "ports"}
+            changes.update({f"port_{t}": p for t, p in values["ports"].items()})
+            conn.execute(sites.update().where(sites.c.id == row["id"]).values(**changes))
             return rev
 
     def remove_site(self, name: str) -> int:
@@ -1065,6 +1299,221 @@ class Store:
                 )
                 for r in rows
             ]
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, document: Mapping[str, Any], secret: Callable[[str], bool]) -> int:
+        """Fill an empty store from a dump (sipzone.store.backup) in one transaction, every
+        value checked as the commands check it; returns the revision, the dump's own unless
+        this store has gone past it.  ``secret(key)`` says which settings are secrets (kept
+        as they are here unless the dump carries them).  Provider only."""
+        detail = {"revision": document["revision"], "domains": len(document["domains"])}
+        at_least = int(document["revision"])
+        with self._write("store.restore", "dump", detail, at_least=at_least) as (conn, rev):
+            self._provider_only("restores the store")
+            self._check_empty(conn, secret)
+            self._restore_tenants(conn, document["tenants"])
+            tree = self._tree(conn)
+            rules: dict[str, tuple[str, bool, str | None]] = {}  # owner, wildcard, challenge
+            for entry in document["domains"]:
+                rule, owner = parse_rule(str(entry["name"])), str(entry["owner"])
+                tree.get(owner)
+                if rule.text in rules:
+                    raise Conflict(f"the dump holds {rule.text!r} twice")
+                challenge = entry.get("challenge") if entry.get("pending") else None
+                if entry.get("pending") and not (isinstance(challenge, str) and challenge):
+                    raise InvalidValue(f"{rule.text!r}: a pending claim needs its challenge")
+                rules[rule.text] = (owner, rule.is_wildcard, challenge)
+            matcher = Matcher.from_rules((n, o) for n, (o, _, _) in rules.items())
+            for name, (owner, _, _) in rules.items():
+                check_may_own(name, owner, PROVIDER, tree, matcher)
+            ids = dict(conn.execute(sa.select(tenants.c.name, tenants.c.id)).all())
+            rows = [
+                {
+                    "name": n, "owner_id": ids[o], "wildcard": w, "revision": rev,
+                    "rname": n[::-1], "pending": c is not None, "challenge": c,
+                }
+                for n, (o, w, c) in rules.items()
+            ]  # fmt: skip
+            for start in range(0, len(rows), 20_000):
+                conn.execute(domains.insert(), rows[start : start + 20_000])
+            zone_names = [parse_zone(str(z)).text for z in document["zones"]]
+            if zone_names:
+                conn.execute(zones.insert(), [{"name": z} for z in zone_names])
+            for site in document["sites"]:
+                self._restore_site(conn, site, zone_names)
+            for key, value in document["settings"].items():
+                if not isinstance(value, str) or not isinstance(key, str):
+                    raise InvalidValue(f"setting {key!r}: not a string")
+                conn.execute(settings.delete().where(settings.c.key == key))
+                conn.execute(settings.insert().values(key=key, value=value))
+            self._restore_grants_tokens(conn, document, ids)
+            for entry in document.get("certificates", []):
+                if "key_pem" not in entry:
+                    continue  # a dump without secrets names it only: `cert add` it again
+                cert = parse_certificate(str(entry["name"]), entry["chain_pem"], entry["key_pem"])
+                conn.execute(
+                    certificates.insert().values(
+                        name=cert.name, chain_pem=cert.chain_pem, key_pem=cert.key_pem,
+                        is_default=bool(entry.get("default")),
+                    )
+                )  # fmt: skip
+            return rev
+
+    def _restore_grants_tokens(
+        self, conn: Connection, document: Mapping[str, Any], ids: Mapping[str, int]
+    ) -> None:
+        """A dump's namespace grants and (with secrets) API tokens, their tenants restored."""
+        for entry in document.get("grants", []):
+            tenant = str(entry["tenant"])
+            if tenant not in ids:
+                raise UnknownTenant(f"grant: tenant {tenant!r} is not in the dump")
+            conn.execute(
+                grants.insert().values(
+                    tenant_id=ids[tenant],
+                    namespace=parse_domain(str(entry["namespace"])).text,
+                    granted_by=str(entry.get("granted_by") or PROVIDER),
+                )
+            )
+        for entry in document.get("tokens", []):
+            tenant, digest = str(entry["tenant"]), str(entry["digest"])
+            if tenant not in ids:
+                raise UnknownTenant(f"token: tenant {tenant!r} is not in the dump")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise InvalidValue("token: its digest is not a SHA-256 in hex")
+            times = {
+                k: datetime.fromisoformat(str(entry[k])) if entry.get(k) else None
+                for k in ("created_at", "expires_at", "revoked_at")
+            }
+            if times["created_at"] is None:
+                raise InvalidValue("token: it has no creation time")
+            conn.execute(
+                tokens.insert().values(
+                    tenant_id=ids[tenant],
+                    label=parse_token_label(str(entry["label"])),
+                    digest=digest,
+                    **times,
+                )
+            )
+
+    def _check_empty(self, conn: Connection, secret: Callable[[str], bool]) -> None:
+        held = {
+            "tenants": conn.execute(sa.select(sa.func.count()).select_from(tenants)).scalar_one()
+            - 1,
+            "SIP domains": conn.execute(
+                sa.select(sa.func.count()).select_from(domains)
+            ).scalar_one(),
+            "sites": conn.execute(sa.select(sa.func.count()).select_from(sites)).scalar_one(),
+            "zones": conn.execute(sa.select(sa.func.count()).select_from(zones)).scalar_one(),
+            "settings": sum(
+                1 for k in conn.execute(sa.select(settings.c.key)).scalars() if not secret(k)
+            ),
+            "certificates": conn.execute(
+                sa.select(sa.func.count()).select_from(certificates)
+            ).scalar_one(),
+            "API tokens": conn.execute(sa.select(sa.func.count()).select_from(tokens)).scalar_one(),
+        }
+        found = [f"{n} {what}" for what, n in held.items() if n]
+        if found:
+            raise Conflict(
+                f"a restore needs an empty store, and this one holds {', '.join(found)}; "
+                "restore into a new one (`sipzone init --db NEW`)"
+            )
+
+    def _restore_tenants(self, conn: Connection, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Tenants in the dump's order (each after its parent); the provider's own fields."""
+        names: list[str] = [PROVIDER]
+        for entry in entries:
+            name = str(entry["name"])
+            values = {f: parse_tenant_field(f, entry.get(f)) for f in FIELD_PARSERS}
+            if name == PROVIDER:
+                if entry.get("parent") is not None:
+                    raise InvalidValue("the provider has no parent")
+                conn.execute(tenants.update().where(tenants.c.name == PROVIDER).values(**values))
+                continue
+            name = parse_tenant_name(name)
+            check_new_tenant_name(name, names)
+            parent = entry.get("parent")
+            if parent not in names:
+                raise UnknownTenant(
+                    f"tenant {name!r}: parent {parent!r} does not come before it in the dump"
+                )
+            conn.execute(
+                tenants.insert().values(
+                    name=name, parent_id=self._tenant_id(conn, str(parent)), **values
+                )
+            )
+            names.append(name)
+
+    def _restore_site(
+        self, conn: Connection, site: Mapping[str, Any], zone_names: list[str]
+    ) -> None:
+        name = parse_site_name(str(site["name"]))
+        ports = {t: int(site["ports"][t]) for t in DEFAULT_PORTS}
+        values = _site_columns(
+            vips=site["vips"], networks=site["networks"], host=site.get("host"),
+            region=str(site["region"]), weight=int(site["weight"]), order=int(site["order"]),
+            ports=ports, upstream=site.get("upstream"),
+        )  # fmt: skip
+        check_site_host_fits(name, values["host"], zone_names)
+        if conn.execute(sa.select(sites.c.id).where(sites.c.name == name)).first():
+            raise Conflict(f"the dump holds site {name!r} twice")
+        conn.execute(
+            sites.insert().values(
+                name=name, region=values["region"], host=values["host"], vips=values["vips"],
+                networks=values["networks"], weight=values["weight"], position=values["order"],
+                upstream=values["upstream"], healthy=bool(site["healthy"]),
+                **{f"port_{t}": p for t, p in ports.items()},
+            )
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ status
+
+    def schema_version(self) -> str | None:
+        """The Alembic revision the store's schema is at (None: no schema yet)."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            error = store_error(self.url, exc)
+            if isinstance(error, StoreNotInitialised) and not isinstance(error, StoreMissing):
+                return None
+            raise error from None
+
+    def status(self) -> dict[str, Any]:
+        """What the store holds, in one transaction: revision, counts, the last change."""
+        with self.engine.connect() as conn, conn.begin():
+            rev = self._revision(conn)
+
+            def count(table: sa.Table, *where: Any) -> int:
+                query = sa.select(sa.func.count()).select_from(table)
+                return int(conn.execute(query.where(*where)).scalar_one())
+
+            last = conn.execute(
+                sa.select(changelog.c.revision, changelog.c.at, changelog.c.actor, changelog.c.op)
+                .order_by(changelog.c.revision.desc())
+                .limit(1)
+            ).first()
+            return {
+                "revision": rev,
+                "tenants": count(tenants),
+                "domains": count(domains, domains.c.wildcard.is_(False)),
+                "wildcards": count(domains, domains.c.wildcard.is_(True)),
+                "sites": list(
+                    conn.execute(
+                        sa.select(sites.c.name).order_by(sites.c.position, sites.c.name)
+                    ).scalars()
+                ),
+                "zones": count(zones),
+                "last_change": None
+                if last is None
+                else {
+                    "revision": int(last.revision),
+                    "at": _utc(last.at).isoformat(),
+                    "actor": last.actor,
+                    "op": last.op,
+                },
+            }
 
     # ------------------------------------------------------------------ snapshots and feed
 
