@@ -65,6 +65,10 @@ token_app = typer.Typer(help="API tokens: each acts as one tenant, over its subt
 app.add_typer(token_app, name="token", no_args_is_help=True)
 cert_app = typer.Typer(help="TLS certificates for SIP over TLS, chosen by the server name (SNI).")
 app.add_typer(cert_app, name="cert", no_args_is_help=True)
+trunk_app = typer.Typer(
+    help="Trunks to external SIP services (Microsoft Teams Direct Routing): kept alive by OPTIONS."
+)
+app.add_typer(trunk_app, name="trunk", no_args_is_help=True)
 db_app = typer.Typer(help="The store's schema: its version, and upgrades to this sipzone's.")
 app.add_typer(db_app, name="db", no_args_is_help=True)
 
@@ -774,6 +778,71 @@ def cert_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
         )
 
 
+# ---------------------------------------------------------------------------- trunks
+
+
+@trunk_app.command("add")
+@guarded
+def trunk_add(
+    name: str,
+    target: Annotated[
+        list[str],
+        typer.Option(help="A target SIP URI; repeat, in failover order (the first up is used)."),
+    ],
+    base: Annotated[str, typer.Option(help="The carrier FQDN our OPTIONS carry in Contact.")],
+    options_interval: Annotated[
+        int, typer.Option(help="Seconds between OPTIONS to each target (jittered).")
+    ] = 60,
+    profile: Annotated[
+        str, typer.Option(help="sip, or teams (Microsoft Teams Direct Routing rules).")
+    ] = "sip",
+    sbc_header: Annotated[
+        str | None, typer.Option(help="X-MS-SBC value (vendor/model/version).")
+    ] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Store a trunk (the same NAME again replaces it); running edges start keeping its targets
+    alive within one store poll, presenting the certificate that covers --base."""
+    trunk, rev, replaced = store(db, actor).add_trunk(
+        name, target, base, options_interval, profile, sbc_header
+    )
+    done = "replaced" if replaced else "added"
+    typer.echo(
+        f"trunk {trunk.name} {done}: {', '.join(trunk.targets)} as {trunk.base} "
+        f"(profile {trunk.profile}, revision {rev})"
+    )
+
+
+@trunk_app.command("remove")
+@guarded
+def trunk_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Remove a trunk; edges stop sending it OPTIONS and calls."""
+    rev = store(db, actor).remove_trunk(name)
+    typer.echo(f"trunk {name} removed (revision {rev})")
+
+
+@trunk_app.command("list")
+@guarded
+def trunk_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """List trunks with each target's state as the edges last saw it (up/down, last response,
+    round-trip time, per node)."""
+    from sipzone.model.trunks import trunk_json
+
+    st = store(db)
+    rows = [trunk_json(t, st.trunk_states()) for t in st.list_trunks()]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['name']}\t{r['profile']}\t{r['base']}\tevery {r['options_interval']} s")
+        for t in r["targets"]:
+            seen = t["state"] or [{"node": "-", "state": "unknown", "last_response": "-"}]
+            for s in seen:
+                rtt = f"{s['latency_ms']:.1f} ms" if s.get("latency_ms") is not None else "-"
+                typer.echo(f"  {t['uri']}\t{s['node']}\t{s['state']}\t{s['last_response']}\t{rtt}")
+
+
 # ---------------------------------------------------------------------------- zones, email
 
 
@@ -1199,6 +1268,13 @@ def serve(
             help="PEM file of the CAs TLS upstreams' certificates chain to (default: the system's)."
         ),
     ] = None,
+    sip_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=ADDRESS: a configured upstream or trunk target name pinned to an address "
+            "ahead of the resolver; repeatable."
+        ),
+    ] = None,
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
     ] = 0.05,
@@ -1249,7 +1325,7 @@ def serve(
     from sipzone.net import split_hostport
     from sipzone.runtime import ServeConfig
     from sipzone.runtime import serve as run
-    from sipzone.sip import SipConfig, check_tenant_headers, parse_listen
+    from sipzone.sip import SipConfig, check_tenant_headers, parse_host_pin, parse_listen
 
     if not sip and not dns and not api:
         fail("nothing to serve: give --sip, --dns and/or --api")
@@ -1268,6 +1344,7 @@ def serve(
         for cidr in allow_transfer or []:
             ipaddress.ip_network(cidr, strict=False)
         tls = _tls_policy(tls_ciphers, tls_verify_client, tls_client_ca, tls_upstream_ca)
+        hosts = tuple(parse_host_pin(pin) for pin in sip_host or ())
     except ValueError as exc:
         fail(str(exc))
     settings = ServeConfig(
@@ -1286,6 +1363,7 @@ def serve(
             tcp_max_per_source=tcp_max_per_source,
             batched_udp=batched_udp,
             tls=tls,
+            hosts=hosts,
         )
         if sip
         else None,

@@ -396,7 +396,8 @@ async def run_worker(
     if config.sip is not None:
         from sipzone.sip.transport import start_sip
 
-        sip_service = await start_sip(config.sip, holder)
+        trunk_io = (store.record_trunk_states, store.trunk_states)  # see sip/trunkprobe.py
+        sip_service = await start_sip(config.sip, holder, *trunk_io)
         services.append(sip_service)
         drains.append(("SIP TCP", sip_service.drain))
     if config.dns is not None:
@@ -551,7 +552,9 @@ def _shared_metrics(enabled: bool) -> Iterator[None]:
 
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
     """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
-    that replaced it) sends DNS NOTIFY."""
+    that replaced it) sends DNS NOTIFY and the trunks' OPTIONS."""
+    if index != 0 and config.sip is not None:
+        config = replace(config, sip=replace(config.sip, probe_trunks=False))
     if config.dns is None or index == 0:
         return replace(config, worker=index)
     return replace(config, worker=index, dns=replace(config.dns, send_notify=False))

@@ -169,3 +169,30 @@ def test_serve_refuses_bad_listeners_before_starting(cli: Cli) -> None:
         result = cli("serve", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert reason in result.stderr, (args, result.stderr)
+
+
+def test_trunk_add_list_remove(cli: Cli) -> None:
+    cli("init", check=True)
+    ms = "sip:sip.pstnhub.microsoft.com:5061;transport=tls"
+    ms2 = "sip:sip2.pstnhub.microsoft.com:5061;transport=tls"
+    base = ("--base", "teams.example.com", "--profile", "teams")
+    added = cli("trunk", "add", "teams", "--target", ms, "--target", ms2, *base,
+                "--options-interval", "30")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    listed = json.loads(cli("trunk", "list", "--json").stdout)
+    assert listed == [
+        {
+            "name": "teams", "base": "teams.example.com", "profile": "teams",
+            "options_interval": 30, "sbc_header": None,
+            "targets": [{"uri": ms, "state": []}, {"uri": ms2, "state": []}],
+        }
+    ]  # fmt: skip
+    assert "unknown" in cli("trunk", "list").stdout
+    bad = cli("trunk", "add", "t2", "--target", "sip:x.example", "--base", "teams.example.com",
+              "--profile", "teams")  # fmt: skip
+    assert bad.returncode == 2 and "transport=tls" in bad.stderr
+    assert len(json.loads(cli("trunk", "list", "--json").stdout)) == 1
+    assert cli("trunk", "remove", "teams").returncode == 0
+    gone = cli("trunk", "remove", "teams")
+    assert gone.returncode == 2 and "does not exist" in gone.stderr
+    assert json.loads(cli("trunk", "list", "--json").stdout) == []

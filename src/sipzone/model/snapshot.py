@@ -19,6 +19,7 @@ from sipzone.model.errors import BadAddress, BadNetwork, BadWord, NoRoomForServi
 from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import MAX_LABEL, MAX_NAME, lookup_key
 from sipzone.model.tenancy import TenancyTree, TenantView
+from sipzone.model.trunks import Trunk
 
 TRANSPORTS = ("udp", "tcp", "tls")
 # A site's SIP port per transport; 0 means the site does not offer that transport, and the DNS
@@ -189,6 +190,7 @@ class Snapshot:
     delta: Delta | None = None
     # TLS certificates, the default one first, then in the order they were added.
     certificates: tuple[Certificate, ...] = field(default=(), repr=False)
+    trunks: tuple[Trunk, ...] = ()  # by name
 
     @classmethod
     def build(
@@ -201,6 +203,7 @@ class Snapshot:
         email_domain: str | None = None,
         settings: Mapping[str, str] | None = None,
         certificates: tuple[Certificate, ...] = (),
+        trunks: tuple[Trunk, ...] = (),
     ) -> Snapshot:
         """``rules`` are ``(rule text, owner tenant name)`` pairs as stored."""
         views = tenants.views
@@ -214,6 +217,7 @@ class Snapshot:
             email_domain,
             MappingProxyType(dict(settings or {})),
             certificates=certificates,
+            trunks=trunks,
         )
 
     @classmethod

@@ -61,6 +61,24 @@ def parse_listen(spec: str) -> ListenSpec:
     return ListenSpec(transport, host, port)
 
 
+def parse_host_pin(text: str) -> tuple[str, str]:
+    """``sip.pstnhub.microsoft.com=192.0.2.10`` (``serve --sip-host``) -> (name, address);
+    ValueError naming the problem otherwise."""
+    import ipaddress
+
+    from sipzone.model.errors import InvalidName
+    from sipzone.model.names import parse_domain
+
+    name, sep, address = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError("give NAME=ADDRESS")
+        host = parse_domain(name).text
+        return host, str(ipaddress.ip_address(address.strip().strip("[]")))
+    except (ValueError, InvalidName) as exc:
+        raise ValueError(f"--sip-host {text!r}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class SipConfig:
     """How `sipzone serve --sip ...` runs the edge; built by the CLI, read by transport.py."""
@@ -93,3 +111,8 @@ class SipConfig:
     # The stream settings above (tcp_*) apply to TLS connections too; a handshake must end
     # within tcp_header_timeout.
     tls: TlsPolicy | None = None
+    # Whether this worker sends the trunks' OPTIONS (only one worker of a node does).
+    probe_trunks: bool = True
+    # Configured names (upstreams, trunk targets) pinned to an address ahead of the resolver,
+    # as an /etc/hosts line would: ``serve --sip-host NAME=ADDRESS``.
+    hosts: tuple[tuple[str, str], ...] = ()

@@ -59,6 +59,7 @@ from sipzone.sip.message import (
     LIST_COMMA,
     RESPONSE_HEAD,
     TO_TAG,
+    URI,
     MalformedMessage,
     Request,
     Response,
@@ -82,6 +83,8 @@ from sipzone.sip.message import (
 from sipzone.sip.routing import FORGED, Hop, RouteSet, Routing, our_uri, strict_next
 from sipzone.sip.signing import CONN_PARAM, OUR_BRANCH, Keys, loop_hash, via_identity
 from sipzone.sip.splice import Splicer
+from sipzone.sip.teams import MARK as TEAMS_MARK
+from sipzone.sip.teams import TO_CORE, TO_MS, TeamsPolicy
 from sipzone.sip.values import NOTHING, Arrival, Listener, Send, Sends, Stats, Target
 
 log = logging.getLogger("sipzone.sip")
@@ -115,6 +118,9 @@ class Onward(NamedTuple):
     routes: list[bytes]
     head: bytes = b""
     tail: bytes = b""
+    # The Teams profile's (teams.py): header values replaced (None: dropped), our Via's mark.
+    replace: Mapping[bytes, bytes | None] | None = None
+    mark: bytes = b""
 
 
 class Edge:
@@ -145,6 +151,7 @@ class Edge:
         self.splicer = Splicer(self, self.stats, self._tenant_keys)
         self._splice_request = self.splicer.request
         self._splice_response = self.splicer.response
+        self.teams = TeamsPolicy(self)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -176,6 +183,8 @@ class Edge:
         start = data[:8]
         if start == b"OPTIONS ":  # keep-alives first: the most frequent by far
             return self._keepalive(data, arrival, memo)
+        if self.teams.declines(data, memo):  # the one place Teams traffic leaves the splice path
+            return DECLINED
         if start == b"SIP/2.0 ":
             return self._splice_response(data, arrival, memo)
         return self._splice_request(data, arrival, memo)
@@ -334,9 +343,18 @@ class Edge:
                 reason = self._no_upstream(admission.tenant.name, upstream, memo)
                 return self._refuse(incoming, "no_upstream", 503, reason)
             target = found
+        mark = b""
+        if upstream_hop is None:
+            try:
+                teams = self.teams.toward_core(uri, target, admission, memo)
+            except ValueError:
+                return self._refuse(incoming, "bad_flow_token", 403, b"Invalid Alias")
+            if teams is not None:
+                uri, target, mark = teams
         head = self._toward_core(incoming, admission, self.listener_toward(target), memo)
         tail = self.tenant_lines(fields[b"From"], admission, memo)
-        return self._forward(incoming, Onward(target, uri, routes, head, tail), memo)
+        onward = Onward(target, uri, routes, head, tail, mark=mark)
+        return self._forward(incoming, onward, memo)
 
     def upstream_target(self, admission: Admission, memo: SnapshotMemo) -> Target | None:
         """Where requests for a name ``admission`` admits go: the owning tenant's upstream (or
@@ -413,6 +431,9 @@ class Edge:
         flow = self._routing.flow(route, memo)
         if flow is FORGED:
             return self._refuse(incoming, "bad_flow_token", 403, b"Invalid Flow Token")
+        teams = self.teams.from_core(incoming, route, flow, memo)
+        if teams is not None:
+            return teams
         next_uri = parse_address(route.routes[0], "Route").uri if route.routes else route.uri
         hop = parse_uri(next_uri)
         if not hop.host:
@@ -499,6 +520,9 @@ class Edge:
         via = b"SIP/2.0/%s %s;branch=%s" % (transport, out.sent_by, branch)
         if conn is not None:
             via += b";%s=%s" % (CONN_PARAM, conn_value)
+        if onward.mark:
+            via += b";%s=%s" % (TEAMS_MARK, onward.mark)
+        replace = onward.replace or {}
         lines = [b"Via: " + via + b"\r\n", onward.head]
         tenant_keys = self._tenant_keys
         seen_via = seen_route = False
@@ -515,6 +539,11 @@ class Edge:
                 continue
             elif key in tenant_keys:
                 continue  # a peer's claim (toward the core) or ours (toward a phone)
+            elif key in replace:
+                new = replace[key]
+                if new is None:
+                    continue
+                value = new
             lines.append(name + b": " + value + b"\r\n")
         lines.append(b"Max-Forwards: %d\r\n%s" % (max_forwards - 1, onward.tail))
         if b"Content-Length" not in request.fields:
@@ -558,9 +587,16 @@ class Edge:
         lines = []
         popped = False
         tenant_keys = self._tenant_keys
+        teams = top.params.get(TEAMS_MARK)
+        if teams is not None:  # a Teams dialog's: on toward the core, or toward Microsoft
+            direction = TO_CORE if teams == TO_MS else TO_MS
+            fields = response.fields
+            customer = self.teams.response_name(fields.get(b"Record-Route"), fields[b"To"], memo)
         for key, name, value in response.headers():
             if key in tenant_keys:
                 continue  # ours never reach a phone; a phone's never reach the core
+            if teams is not None and key in (b"Record-Route", b"Contact"):
+                value = self.teams.response_lines(key, value, direction, memo, customer)
             if key == b"Via" and not popped:
                 popped = True
                 first = parse_via(value)
@@ -582,6 +618,36 @@ class Edge:
             or toward.get((target.transport, None))
             or self.listeners[0]
         )
+
+    # -- what the Teams profile (teams.py) asks of the edge ---------------------------------
+
+    @property
+    def upstreams(self) -> Upstreams:
+        return self._upstreams
+
+    def refuse(self, incoming: Incoming, verdict: str, status: int, reason: bytes) -> Sends:
+        return self._refuse(incoming, verdict, status, reason)
+
+    @staticmethod
+    def starts_dialog(request: Request) -> bool:
+        """Whether ``request`` may start a dialog (it gets our Record-Route)."""
+        return request.method not in NO_RECORD_ROUTE and not _has_tag(request.fields[b"To"])
+
+    def tls_listener(self) -> Listener:
+        """Our TLS listener (what Microsoft reaches us at), else the first."""
+        return self._toward.get(("tls", None)) or self.listeners[0]
+
+    def our_listener(self, uri: URI, memo: SnapshotMemo) -> Listener | None:
+        """The listener a URI we recorded names (it names us; by port and transport), or None."""
+        if not self._routing.is_us(uri, memo):
+            return None
+        for lst in self.listeners:
+            if lst.port == uri.port and lst.transport == uri.transport:
+                return lst
+        return None
+
+    def forward(self, incoming: Incoming, onward: Onward, memo: SnapshotMemo) -> Sends:
+        return self._forward(incoming, onward, memo)
 
     def _is_our_sent_by(self, via: Via) -> bool:
         host = via.host.strip(b"[]").decode("ascii", "replace")

@@ -98,10 +98,11 @@ class Upstreams:
         return uris
 
     def names(self, snapshot: Snapshot, site: Site | None) -> set[str]:
-        """The host names (not addresses) among the configured upstreams: what the transport
-        resolves, and nothing else."""
+        """The host names (not addresses) among the configured upstreams and trunk targets:
+        what the transport resolves, and nothing else."""
         names = set()
-        for uri in self.uris(snapshot, site):
+        trunk_targets = {target for trunk in snapshot.trunks for target in trunk.targets}
+        for uri in self.uris(snapshot, site) | trunk_targets:
             target = self.target(uri)
             if target is not None and not is_ip_literal(target.host):
                 names.add(target.host)

@@ -7,6 +7,7 @@ counters, and the transport calls it about once a second and on close.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as CounterType
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -92,3 +93,31 @@ def publish_tls(
     _certificate_names.update(names)
     for cert in certificates:
         CERTIFICATE_DAYS_LEFT.labels(cert.name).set(round(cert.days_left(now), 2))
+
+
+TRUNK_UP = Gauge(
+    "sipzone_trunk_target_up",
+    "Whether a trunk target answered its last OPTIONS 2xx (1), or is down (0)",
+    ["trunk", "target"],
+    multiprocess_mode="livemax",
+)
+TRUNK_RTT = Gauge(
+    "sipzone_trunk_target_rtt_seconds",
+    "Round-trip time of a trunk target's last answer to OPTIONS",
+    ["trunk", "target"],
+    multiprocess_mode="livemax",
+)
+
+
+def publish_trunk_target(trunk: str, target: str, up: bool | None, rtt_ms: float | None) -> None:
+    """The state of one trunk target after a probe (one worker probes: see trunkprobe.py)."""
+    TRUNK_UP.labels(trunk, target).set(1 if up else 0)
+    if rtt_ms is not None:
+        TRUNK_RTT.labels(trunk, target).set(rtt_ms / 1000)
+
+
+def forget_trunk_target(trunk: str, target: str) -> None:
+    """A trunk target removed from the store: its series go too."""
+    for gauge in (TRUNK_UP, TRUNK_RTT):
+        with contextlib.suppress(KeyError):
+            gauge.remove(trunk, target)

@@ -19,7 +19,9 @@ SNI-selected domains elsewhere (OpenSSIPS PR #4115).
 
 Connections we open (to an upstream with ``transport=tls``, or back to a client) verify the
 server's certificate against the host name we connect to (the configured upstream's name, else
-its address), send that name as SNI, and present the default certificate.
+its address), send that name as SNI, and present the default certificate, or, for a trunk,
+the certificate that covers the name we stand for toward it (:meth:`TlsContexts.client_for`:
+exact, then one-label wildcard, as for SNI).
 
 Keys reach OpenSSL through an anonymous in-memory file (``memfd``), never a file on disk.
 """
@@ -158,6 +160,8 @@ class TlsContexts:
         self._index: NameIndex[ssl.SSLContext] = NameIndex(())
         self._default: ssl.SSLContext | None = None
         self._client: ssl.SSLContext | None = None
+        self._by_name: NameIndex[Certificate] = NameIndex(())
+        self._clients: dict[str, ssl.SSLContext] = {}  # by certificate name, built on demand
         self._built: tuple[tuple[str, str], ...] | None = None
         self.certificates: tuple[Certificate, ...] = ()
 
@@ -175,6 +179,8 @@ class TlsContexts:
         self._index = NameIndex(contexts)
         self._default = contexts[0][1] if contexts else None
         self._client = None  # built again, with the new default, when next needed
+        self._by_name = NameIndex((c.names, c) for c in certificates)
+        self._clients = {}
         self.certificates = certificates
         self._built = built
         return True
@@ -194,3 +200,14 @@ class TlsContexts:
             default = self.certificates[0] if self.certificates else None
             self._client = self.policy.client_context(default)
         return self._client
+
+    def client_for(self, name: str) -> ssl.SSLContext:
+        """The context for connections we open as ``name`` (a trunk's base FQDN): it presents
+        the certificate that covers ``name``, else the default one."""
+        certificate = self._by_name.get(name)
+        if certificate is None:
+            return self.client()
+        context = self._clients.get(certificate.name)
+        if context is None:
+            context = self._clients[certificate.name] = self.policy.client_context(certificate)
+        return context

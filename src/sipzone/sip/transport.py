@@ -65,6 +65,8 @@ from sipzone.sip.message import (
     parse_message,
 )
 from sipzone.sip.tls import PeerCertificate, TlsContexts, TlsPolicy
+from sipzone.sip.trunkprobe import Report, Seen, TrunkProber, follow_trunk_states
+from sipzone.sip.trunks import TargetHealth
 from sipzone.sip.values import Arrival, Listener, Send, Sends
 
 log = logging.getLogger("sipzone.sip")
@@ -103,9 +105,18 @@ class UdpSender(Protocol):
 class SipService:
     """The running edge of one worker: its sockets, its connections, its edge policy."""
 
-    def __init__(self, config: SipConfig, holder: SnapshotHolder) -> None:
+    def __init__(
+        self,
+        config: SipConfig,
+        holder: SnapshotHolder,
+        trunk_report: Report | None = None,
+        trunk_seen: Seen | None = None,
+    ) -> None:
         self.config = config
         self.holder = holder
+        self.trunks: TrunkProber | None = None
+        self._trunk_report = trunk_report
+        self._trunk_seen = trunk_seen
         self.edge: Edge | None = None
         self.listeners: list[Listener] = []
         self._udp: dict[int, UdpSender] = {}  # by address family
@@ -186,6 +197,20 @@ class SipService:
                 self._servers.append(server)
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
         self._tasks.append(asyncio.ensure_future(self._follow_upstreams()))
+        if self.config.probe_trunks:
+            self.trunks = TrunkProber(self, self._trunk_report)
+            self.trunks.follow(self.holder.current, self.holder.current)
+            self.holder.subscribe(self.trunks.follow)
+            self.edge.teams.health = self.trunks.health
+        elif self._trunk_seen is not None:
+            teams = self.edge.teams
+
+            def publish(health: dict[tuple[str, str], TargetHealth]) -> None:
+                teams.health = health
+
+            node = socket.gethostname()
+            follow = follow_trunk_states(self._trunk_seen, node, publish)
+            self._tasks.append(asyncio.ensure_future(follow))
         log.info(
             "SIP edge listening on %s",
             ", ".join(f"{lst.transport}:{lst.host}:{lst.port}" for lst in self.listeners),
@@ -221,6 +246,8 @@ class SipService:
         return start - cut, cut
 
     async def close(self) -> None:
+        if self.trunks is not None:
+            await self.trunks.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -314,6 +341,9 @@ class SipService:
 
     async def _lookup(self, name: str) -> str | None:
         """One configured name's address, preferring a family we have a UDP socket for."""
+        pinned = dict(self.config.hosts).get(name)
+        if pinned is not None:
+            return pinned
         try:
             infos = await asyncio.wait_for(
                 self.loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT
@@ -430,6 +460,18 @@ class SipService:
             return None
         self._by_peer.setdefault((transport, host, port), conn)
         return conn
+
+    def client_context(self, server_name: str | None) -> ssl.SSLContext:
+        """The context for a TLS connection we open to ``server_name``: to a trunk target, it
+        presents the certificate of the trunk's base FQDN; else the default one."""
+        if server_name and self.edge is not None:
+            targets = self.edge.upstreams
+            for trunk in self.holder.current.trunks:
+                for uri in trunk.targets:
+                    target = targets.target(uri)
+                    if target is not None and target.host.lower() == server_name.lower():
+                        return self.tls.client_for(trunk.base)
+        return self.tls.client()
 
     def _name_of(self, address: str) -> str:
         """The configured upstream name ``address`` was resolved from (what its certificate
@@ -733,7 +775,7 @@ class TlsConnection(StreamConnection):
             return  # refused by a cap
         contexts = self.service.tls
         if self.outbound:
-            self.tls = contexts.client().wrap_bio(
+            self.tls = self.service.client_context(self.server_name).wrap_bio(
                 self._in, self._out, server_side=False, server_hostname=self.server_name
             )
         else:
@@ -853,8 +895,15 @@ class TlsConnection(StreamConnection):
         super().close()
 
 
-async def start_sip(config: SipConfig, holder: SnapshotHolder) -> SipService:
-    """Open the listeners in ``config.listen`` and serve the edge until ``close()``."""
-    service = SipService(config, holder)
+async def start_sip(
+    config: SipConfig,
+    holder: SnapshotHolder,
+    trunk_report: Report | None = None,
+    trunk_seen: Seen | None = None,
+) -> SipService:
+    """Open the listeners in ``config.listen`` and serve the edge until ``close()``;
+    ``trunk_report`` stores what the trunk prober sees, ``trunk_seen`` reads it back in the
+    workers that do not probe (see trunkprobe.py)."""
+    service = SipService(config, holder, trunk_report, trunk_seen)
     await service.start()
     return service

@@ -86,6 +86,7 @@ from sipzone.model.tenancy import (
     parse_tenant_name,
     parse_token_label,
 )
+from sipzone.model.trunks import Trunk, TrunkState, parse_trunk, parse_trunk_name
 from sipzone.store.feed import notify_sql
 from sipzone.store.schema import (
     certificates,
@@ -97,6 +98,8 @@ from sipzone.store.schema import (
     state,
     tenants,
     tokens,
+    trunk_state,
+    trunks,
     zones,
 )
 from sipzone.store.url import DEFAULT_URL, redacted, sqlite_path
@@ -1178,6 +1181,125 @@ class Store:
             out.append(cert)
         return out
 
+    # ------------------------------------------------------------------ trunks
+
+    def add_trunk(
+        self,
+        name: str,
+        targets: list[str] | tuple[str, ...],
+        base: str,
+        options_interval: int | None = None,
+        profile: str = "sip",
+        sbc_header: str | None = None,
+    ) -> tuple[Trunk, int, bool]:
+        """Store trunk ``name`` (validated: ``model/trunks.py``); an existing ``name`` is
+        replaced.  Returns the trunk, the revision and whether it replaced one."""
+        if options_interval is None:
+            trunk = parse_trunk(name, targets, base, profile=profile, sbc_header=sbc_header)
+        else:
+            trunk = parse_trunk(name, targets, base, options_interval, profile, sbc_header)
+        values = {
+            "targets": list(trunk.targets),
+            "base": trunk.base,
+            "options_interval": trunk.options_interval,
+            "profile": trunk.profile,
+            "sbc_header": trunk.sbc_header,
+        }
+        detail: dict[str, Any] = dict(values)
+        with self._write("trunk.add", trunk.name, detail) as (conn, rev):
+            self._provider_only("manages trunks")
+            where = trunks.c.name == trunk.name
+            replaced = conn.execute(trunks.update().where(where).values(**values)).rowcount
+            if not replaced:
+                conn.execute(trunks.insert().values(name=trunk.name, **values))
+            detail["replaced"] = bool(replaced)
+            return trunk, rev, bool(replaced)
+
+    def remove_trunk(self, name: str) -> int:
+        """Remove trunk ``name`` and what the edges saw of it."""
+        name = parse_trunk_name(name)
+        with self._write("trunk.remove", name) as (conn, rev):
+            self._provider_only("manages trunks")
+            if conn.execute(trunks.delete().where(trunks.c.name == name)).rowcount == 0:
+                raise NotFound(f"trunk {name!r} does not exist")
+            conn.execute(trunk_state.delete().where(trunk_state.c.trunk == name))
+            return rev
+
+    def list_trunks(self) -> list[Trunk]:
+        """The stored trunks, by name."""
+        with self.engine.connect() as conn:
+            return self._trunks(conn)
+
+    def _trunks(self, conn: Connection) -> list[Trunk]:
+        """The trunks as stored; a row that no longer passes the checks is skipped (logged)."""
+        out = []
+        for row in conn.execute(sa.select(trunks).order_by(trunks.c.name)).mappings():
+            name = str(row["name"])
+            try:
+                out.append(
+                    parse_trunk(
+                        name,
+                        list(row["targets"]),
+                        row["base"],
+                        row["options_interval"],
+                        row["profile"],
+                        row["sbc_header"],
+                    )
+                )
+            except (SipzoneError, TypeError) as exc:
+                self.read_log.warning(f"trunk {name}", "store: trunk %r skipped: %s", name, exc)
+        return out
+
+    def record_trunk_states(self, node: str, observed: Sequence[TrunkState]) -> None:
+        """What node ``node`` saw of trunk targets, replacing what it saw before.  These are
+        observations, not configuration: no revision, no change log, no snapshot."""
+        with self.engine.begin() as conn:
+            for seen in observed:
+                key = (
+                    (trunk_state.c.trunk == seen.trunk)
+                    & (trunk_state.c.target == seen.target)
+                    & (trunk_state.c.node == node)
+                )
+                conn.execute(trunk_state.delete().where(key))
+                conn.execute(
+                    trunk_state.insert().values(
+                        trunk=seen.trunk,
+                        target=seen.target,
+                        node=node,
+                        up=seen.up,
+                        last_response=seen.last_response[:100],
+                        latency_ms=seen.latency_ms,
+                        checked_at=seen.checked_at,
+                        changed_at=seen.changed_at,
+                        unavailable_until=seen.unavailable_until,
+                    )
+                )
+
+    def trunk_states(self) -> list[tuple[str, TrunkState]]:
+        """What the edges last saw of each trunk target: (node, state), by trunk and target."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(trunk_state).order_by(
+                    trunk_state.c.trunk, trunk_state.c.target, trunk_state.c.node
+                )
+            ).mappings()
+            return [
+                (
+                    str(r["node"]),
+                    TrunkState(
+                        r["trunk"],
+                        r["target"],
+                        bool(r["up"]),
+                        r["last_response"],
+                        r["latency_ms"],
+                        _aware(r["checked_at"]),
+                        _aware(r["changed_at"]),
+                        _aware(r["unavailable_until"]) if r["unavailable_until"] else None,
+                    ),
+                )
+                for r in rows
+            ]
+
     # ------------------------------------------------------------------ restore
 
     def restore(self, document: Mapping[str, Any], secret: Callable[[str], bool]) -> int:
@@ -1446,6 +1568,7 @@ class Store:
                 email_domain=settings_map.get("email_domain"),
                 settings=settings_map,
                 certificates=tuple(self._certificates(conn)),
+                trunks=tuple(self._trunks(conn)),
             )
 
     def _valid_rules(self, rules: list[tuple[str, str]]) -> list[tuple[str, str]]:

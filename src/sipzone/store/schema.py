@@ -163,3 +163,34 @@ certificates = Table(
     Column("key_pem", Text, nullable=False),
     Column("is_default", Boolean, nullable=False),
 )
+
+# Trunks to external SIP services (migration 0004): targets in failover order (JSON list of
+# sip: URIs), the base FQDN our OPTIONS name in Contact, the OPTIONS interval, the profile.
+trunks = Table(
+    "trunks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("targets", JSON, nullable=False),
+    Column("base", String(255), nullable=False),
+    Column("options_interval", Integer, nullable=False),
+    Column("profile", String(20), nullable=False),
+    Column("sbc_header", String(200), nullable=True),
+)
+
+# What the edges last saw of each trunk target (migration 0004), one row per node: written by
+# the prober as observations, outside the revision (no snapshot, no change log), read by
+# `trunk list`.
+trunk_state = Table(
+    "trunk_state",
+    metadata,
+    Column("trunk", String(100), primary_key=True),
+    Column("target", String(500), primary_key=True),
+    Column("node", String(255), primary_key=True),
+    Column("up", Boolean, nullable=False),
+    Column("last_response", String(100), nullable=False),
+    Column("latency_ms", sa.Float, nullable=True),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("unavailable_until", DateTime(timezone=True), nullable=True),
+)
