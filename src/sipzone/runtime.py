@@ -39,8 +39,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
@@ -55,6 +55,9 @@ from sipzone.net.sockets import held_elsewhere
 from sipzone.sip import SipConfig
 from sipzone.store.feed import ChangeFeed, Wake, first_line
 from sipzone.store.repository import Store
+
+if TYPE_CHECKING:
+    from sipzone.health.monitor import HealthMonitor
 
 log = logging.getLogger("sipzone")
 
@@ -89,6 +92,8 @@ class ServeConfig:
     poll_interval: float = 0.05  # seconds between change-feed checks (SQLite)
     share_ports: bool = False  # True: join ports another process holds (SO_REUSEPORT)
     api: ApiConfig | None = None  # the REST API and web console (sipzone.api)
+    node_name: str | None = None  # this node in the store's heartbeat and views (default: host)
+    health_checks: bool = True  # probe every site (sipzone.health); False: operator's word only
 
 
 # ------------------------------------------------------------------------ ports
@@ -248,9 +253,14 @@ async def run_worker(
     store = Store(config.db, via="serve")
     loop = asyncio.get_running_loop()
     follower = StoreFollower(store, config.poll_interval)
-    holder = SnapshotHolder(await loop.run_in_executor(None, follower.load))
+    # The store's snapshots go to ``raw``; the services answer from ``holder``, the same with
+    # every site's health decided by the monitor (sipzone.health).
+    raw = SnapshotHolder(await loop.run_in_executor(None, follower.load))
+    holder = SnapshotHolder(raw.current)
+    monitor = _health_monitor(config, store, raw, holder)
+    await monitor.start()
     metrics.REVISION.set(holder.current.revision)
-    services: list[Service] = []
+    services: list[Service] = [monitor]
     if config.sip is not None:
         from sipzone.sip.transport import start_sip
 
@@ -268,7 +278,7 @@ async def run_worker(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(follower.follow(holder))]
+    tasks = [asyncio.create_task(follower.follow(raw))]
     if parent is not None:
         tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
     log.info("serving revision %d (pid %d)", holder.current.revision, os.getpid())
@@ -281,6 +291,28 @@ async def run_worker(
     for service in services:
         await service.close()
     store.close()
+
+
+def _health_monitor(
+    config: ServeConfig, store: Store, raw: SnapshotHolder, holder: SnapshotHolder
+) -> HealthMonitor:
+    """The node's health monitor; its heartbeat names what this node serves."""
+    from sipzone.health.monitor import HealthMonitor
+    from sipzone.store.repository import NodeBeat
+
+    started = datetime.now(UTC)
+    addresses = (
+        *(config.sip.listen if config.sip else ()),
+        *((f"dns:{config.dns.listen}",) if config.dns else ()),
+        *((f"api:{config.api.listen}",) if config.api else ()),
+    )
+    site = config.sip.site if config.sip else None
+
+    def beat() -> NodeBeat:
+        return NodeBeat(site, addresses, holder.current.revision, started)
+
+    name = config.node_name or socket.gethostname()
+    return HealthMonitor(name, store, raw, holder, beat, probing=config.health_checks)
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:

@@ -38,3 +38,7 @@ class DnsConfig:
     # rrl_slip-th goes out truncated (TC=1) so a real client retries over TCP.  0: off.
     rrl: int = 0
     rrl_slip: int = 2
+    # While any site is down or drained, the answers health changes (SIP domains' A/AAAA, SRV
+    # and NAPTR, the email domain's addresses) carry min(ttl, health_ttl): resolvers come back
+    # soon for the site's return.
+    health_ttl: int = 30
