@@ -149,8 +149,8 @@ class HealthMonitor:
         sites = self.raw.current.sites if self.probing else ()
         for site in sites:
             self.trackers[site.name] = SiteTracker(site)
-        rounds = [self._round(self.trackers[s.name]) for s in sites]
-        await asyncio.gather(*rounds, self._heartbeat())
+        await asyncio.gather(*(self._round(self.trackers[s.name]) for s in sites))
+        await self._heartbeat()
         self._reconcile()
         self._beat_task = asyncio.create_task(self._beat_loop())
 
@@ -321,6 +321,7 @@ class HealthMonitor:
             self._store_down_since = None
             self.events.forget("store")
             log.debug("health: heartbeat written again")
+            self._beat_now.set()  # the next one, at once, clears the outage from the row
         STORE_UP.set(1)
         self._others = [v for v in others if v.node != self.node]
 

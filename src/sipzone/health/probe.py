@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import ssl
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ async def probe(
     except TimeoutError:
         return f"{target}: no final response within {timeout:g} s"
     except OSError as exc:
-        return f"{target}: {exc.strerror or exc}"
+        return f"{target}: {os.strerror(exc.errno) if exc.errno else exc}"
 
 
 class _UdpProbe(asyncio.DatagramProtocol):
@@ -102,7 +103,8 @@ class _UdpProbe(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         if not self.done.done():
-            self.done.set_result(str(getattr(exc, "strerror", None) or exc))
+            errno = getattr(exc, "errno", None)
+            self.done.set_result(os.strerror(errno) if errno else str(exc))
 
 
 async def _probe_udp(target: Target) -> str | None:
