@@ -16,7 +16,6 @@ branch_labels = None
 depends_on = None
 
 
-
 def site_columns() -> list[sa.Column[object]]:
     """The columns sites gain (fresh objects each time: a Column belongs to one table)."""
     return [
