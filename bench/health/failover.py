@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Time from a site's death to the last DNS answer that still lists it: sipzone's health checks
+against PowerDNS's ifportup, both probing every second, TRIALS deaths each.
+
+Sites are 127.0.0.2 (dies and returns) and 127.0.0.3.  For sipzone they are sipp answering
+OPTIONS over UDP (its probes want a SIP answer), for PowerDNS plain TCP listeners (ifportup
+only connects); a death is the process or listener going away, so both see a refusal at once.
+The clock starts when the site is gone and stops at the first answer without it (queries
+every 10 ms); the site then returns and the next trial starts once it is listed again.
+Measurements hold /tmp/sipzone-bench.lock.  Prints a markdown table.
+
+usage: bench/health/failover.py [TRIALS=20]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+
+ROOT = Path(__file__).resolve().parents[2]
+SIPZONE = str(ROOT / ".venv/bin/sipzone")
+sys.path.insert(0, str(ROOT))
+from tests.health.conftest import OPTIONS_UAS  # noqa: E402
+
+INTERVAL = 1.0  # both: one probe a second
+LOCK = "/tmp/sipzone-bench.lock"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listed(port: int) -> set[str] | None:
+    try:
+        query = dns.message.make_query("voip.example.com", "A")
+        reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5)
+    except Exception:
+        return None
+    return {rd.to_text() for rrset in reply.answer for rd in rrset}
+
+
+def wait(predicate: Callable[[], bool], within: float = 60.0) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > within:
+            raise SystemExit("timed out waiting")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def trials(port: int, kill: Callable[[], None], revive: Callable[[], None], n: int) -> list[float]:
+    both = {"127.0.0.2", "127.0.0.3"}
+    wait(lambda: listed(port) == both)
+    out = []
+    for _ in range(n):
+        kill()
+        out.append(wait(lambda: listed(port) == {"127.0.0.3"}))
+        revive()
+        wait(lambda: listed(port) == both)
+    return out
+
+
+class Sipp:
+    def __init__(self, work: Path, address: str, port: int) -> None:
+        self.args = ["sipp", "-sf", str(work / "uas.xml"), "-i", address, "-p", str(port),
+                     "-t", "u1", "-nostdin", "-bind_local"]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[None]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+
+
+def sipzone(work: Path, n: int, failures: int) -> list[float]:
+    env = {**os.environ, "SIPZONE_DB": f"sqlite:///{work}/health.db"}
+    a_port, b_port, dns_port = free_port(), free_port(), free_port()
+    (work / "uas.xml").write_text(OPTIONS_UAS, encoding="latin-1")
+    a, b = Sipp(work, "127.0.0.2", a_port), Sipp(work, "127.0.0.3", b_port)
+
+    def run(*args: str) -> None:
+        subprocess.run([SIPZONE, *args], env=env, check=True, capture_output=True)
+
+    run("init")
+    run("zone", "add", "example.com")
+    for name, address, port in (("a", "127.0.0.2", a_port), ("b", "127.0.0.3", b_port)):
+        run("site", "add", name, "--vip", address, "--region", name, "--port-udp", str(port),
+            "--port-tcp", "0", "--check-interval", str(INTERVAL), "--check-timeout", "0.5",
+            "--check-failures", str(failures))  # fmt: skip
+    run("domain", "add", "voip.example.com")
+    a.start()
+    b.start()
+    try:
+        with process([SIPZONE, "serve", "--dns", f"127.0.0.1:{dns_port}"], env):
+            return trials(dns_port, a.stop, a.start, n)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def powerdns(work: Path, n: int) -> list[float]:
+    site_port, dns_port = free_port(), free_port()
+    (work / "example.com.zone").write_text(
+        "$ORIGIN example.com.\n$TTL 300\n"
+        "@ IN SOA ns1.example.com. hostmaster.example.com. 1 3600 600 86400 300\n"
+        "@ IN NS ns1.example.com.\nns1 IN A 127.0.0.1\n"
+        f"voip IN LUA A \"ifportup({site_port}, {{'127.0.0.2', '127.0.0.3'}}, "
+        "{selector='all'})\"\n"
+    )
+    (work / "named.conf").write_text(
+        f'zone "example.com" {{ type master; file "{work}/example.com.zone"; }};\n'
+    )
+    (work / "pdns.conf").write_text(
+        f"launch=bind\nbind-config={work}/named.conf\nlocal-address=127.0.0.1\n"
+        f"local-port={dns_port}\ndaemon=no\nguardian=no\nsetuid=\nsetgid=\nsocket-dir={work}\n"
+        "disable-syslog=yes\nloglevel=3\nwebserver=no\nenable-lua-records=shared\n"
+        f"lua-health-checks-interval={int(INTERVAL)}\n"
+    )
+    listeners: dict[str, socket.socket] = {}
+
+    def listen(address: str) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((address, site_port))
+        s.listen(64)
+        listeners[address] = s
+
+    def die() -> None:
+        listeners.pop("127.0.0.2").close()
+
+    listen("127.0.0.2")
+    listen("127.0.0.3")
+    try:
+        with process(["pdns_server", f"--config-dir={work}"]):
+            wait(lambda: listed(dns_port) is not None, 10)
+            return trials(dns_port, die, lambda: listen("127.0.0.2"), n)
+    finally:
+        for s in listeners.values():
+            s.close()
+
+
+def row(name: str, times: list[float]) -> str:
+    ms = sorted(t * 1000 for t in times)
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    return (
+        f"| {name} | {len(ms)} | {statistics.median(ms):.0f} | {p99:.0f} | {ms[0]:.0f} | "
+        f"{ms[-1]:.0f} |"
+    )
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    with open(LOCK, "w") as lock, tempfile.TemporaryDirectory() as tmp:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for sub in ("sz3", "sz1", "pdns"):
+            (Path(tmp) / sub).mkdir()
+        sz3 = sipzone(Path(tmp) / "sz3", n, 3)
+        sz1 = sipzone(Path(tmp) / "sz1", n, 1)
+        pdns = powerdns(Path(tmp) / "pdns", n)
+    print("| server (probe every 1 s) | trials | p50 ms | p99 ms | min ms | max ms |")
+    print("|---|---|---|---|---|---|")
+    print(row("sipzone (OPTIONS, 3 failures to down: the default)", sz3))
+    print(row("sipzone (OPTIONS, 1 failure to down)", sz1))
+    print(row("PowerDNS 4.7 ifportup (TCP connect, 1 failure)", pdns))
+
+
+if __name__ == "__main__":
+    main()
