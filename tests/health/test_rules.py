@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dns.message
 import dns.rdatatype
@@ -143,3 +144,15 @@ def test_every_site_down_serves_them_all_but_never_a_drained_one() -> None:
     assert answer(auth, "voip.example.com", "A")[0] == {"192.0.2.10", "198.51.100.10"}
     auth.update(snapshot(revision=3, sites=(down_a, replace(down_b, drained=True))))
     assert answer(auth, "voip.example.com", "A") == ({"192.0.2.10"}, 30)
+
+
+def test_a_heartbeat_never_creates_a_removed_sqlite_store(tmp_path: Path) -> None:
+    path = tmp_path / "gone.db"
+    store = Store(f"sqlite:///{path}")
+    store.init()
+    store.close()
+    path.unlink()
+    beat = NodeBeat(None, (), 1, datetime.now(UTC))
+    with pytest.raises(FileNotFoundError):
+        store.write_views("n1", [], beat)
+    assert not path.exists()

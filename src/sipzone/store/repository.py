@@ -1394,7 +1394,12 @@ class Store:
 
     def write_views(self, node: str, views: Iterable[SiteView], beat: NodeBeat) -> None:
         """Replace ``node``'s views of the sites and refresh its heartbeat, in one
-        transaction (no revision: see above)."""
+        transaction (no revision: see above).  A SQLite file that is gone raises
+        FileNotFoundError: a write must not create an empty store where one was removed."""
+        url = sa.make_url(self.url)
+        file = url.database if url.get_backend_name() == "sqlite" else None
+        if file not in (None, "", ":memory:") and not Path(str(file)).exists():
+            raise FileNotFoundError(f"the store file {file} is gone")
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             conn.execute(site_views.delete().where(site_views.c.node == node))
