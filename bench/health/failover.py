@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Time from a site's death to the last DNS answer that still lists it: sipzone's health checks
-against PowerDNS's ifportup, both probing every second, TRIALS deaths each.
+against PowerDNS's ifportup and gdnsd's multifo, all probing every INTERVAL seconds (default 2,
+the shortest gdnsd takes), TRIALS deaths each.
 
 Sites are 127.0.0.2 (dies and returns) and 127.0.0.3.  For sipzone they are sipp answering
-OPTIONS over UDP (its probes want a SIP answer), for PowerDNS plain TCP listeners (ifportup
-only connects); a death is the process or listener going away, so both see a refusal at once.
+OPTIONS over UDP (its probes want a SIP answer), for PowerDNS and gdnsd plain TCP listeners
+(ifportup and tcp_connect only connect); a death is the process or listener going away, so
+every prober meets a refusal at once.
 The clock starts when the site is gone and stops at the first answer without it (queries
 every 10 ms); the site then returns and the next trial starts once it is listed again.
 Measurements hold /tmp/sipzone-bench.lock.  Prints a markdown table.
 
-usage: bench/health/failover.py [TRIALS=20]
+usage: bench/health/failover.py [TRIALS=20] [INTERVAL=2]
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ SIPZONE = str(ROOT / ".venv/bin/sipzone")
 sys.path.insert(0, str(ROOT))
 from tests.health.conftest import OPTIONS_UAS  # noqa: E402
 
-INTERVAL = 1.0  # both: one probe a second
+INTERVAL = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
 LOCK = "/tmp/sipzone-bench.lock"
 
 
@@ -117,8 +119,8 @@ def sipzone(work: Path, n: int, failures: int) -> list[float]:
     run("zone", "add", "example.com")
     for name, address, port in (("a", "127.0.0.2", a_port), ("b", "127.0.0.3", b_port)):
         run("site", "add", name, "--vip", address, "--region", name, "--port-udp", str(port),
-            "--port-tcp", "0", "--check-interval", str(INTERVAL), "--check-timeout", "0.5",
-            "--check-failures", str(failures))  # fmt: skip
+            "--port-tcp", "0", "--check-interval", str(INTERVAL),
+            "--check-timeout", str(INTERVAL / 2), "--check-failures", str(failures))  # fmt: skip
     run("domain", "add", "voip.example.com")
     a.start()
     b.start()
@@ -130,8 +132,31 @@ def sipzone(work: Path, n: int, failures: int) -> list[float]:
         b.stop()
 
 
+class Listeners:
+    """The sites as plain TCP listeners on one port (what ifportup and tcp_connect check)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.sockets: dict[str, socket.socket] = {}
+
+    def listen(self, address: str) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((address, self.port))
+        s.listen(64)
+        self.sockets[address] = s
+
+    def die(self, address: str) -> None:
+        self.sockets.pop(address).close()
+
+    def close(self) -> None:
+        for s in self.sockets.values():
+            s.close()
+
+
 def powerdns(work: Path, n: int) -> list[float]:
-    site_port, dns_port = free_port(), free_port()
+    sites = Listeners()
+    site_port, dns_port = sites.port, free_port()
     (work / "example.com.zone").write_text(
         "$ORIGIN example.com.\n$TTL 300\n"
         "@ IN SOA ns1.example.com. hostmaster.example.com. 1 3600 600 86400 300\n"
@@ -148,27 +173,40 @@ def powerdns(work: Path, n: int) -> list[float]:
         "disable-syslog=yes\nloglevel=3\nwebserver=no\nenable-lua-records=shared\n"
         f"lua-health-checks-interval={int(INTERVAL)}\n"
     )
-    listeners: dict[str, socket.socket] = {}
+    return run_listeners(sites, ["pdns_server", f"--config-dir={work}"], dns_port, n)
 
-    def listen(address: str) -> None:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((address, site_port))
-        s.listen(64)
-        listeners[address] = s
 
-    def die() -> None:
-        listeners.pop("127.0.0.2").close()
+def gdnsd(work: Path, n: int, down: int) -> list[float]:
+    """gdnsd 3 multifo over tcp_connect; ``down`` failures to down, 2 successes to up."""
+    sites = Listeners()
+    dns_port = free_port()
+    (work / "zones").mkdir()
+    interval = int(INTERVAL)
+    (work / "config").write_text(
+        f"options => {{ listen => [ 127.0.0.1:{dns_port} ] }}\n"
+        "service_types => { sip => { plugin => tcp_connect, "
+        f"port => {sites.port}, up_thresh => 2, ok_thresh => 1, down_thresh => {down}, "
+        f"interval => {interval}, timeout => {max(1, interval // 2)} }} }}\n"
+        "plugins => { multifo => { voip => { service_types => [ sip ], "
+        "a1 => 127.0.0.2, a2 => 127.0.0.3 } } }\n"
+    )
+    (work / "zones" / "example.com").write_text(
+        "@ SOA ns1 hostmaster 1 3600 600 86400 300\n@ NS ns1\nns1 A 127.0.0.1\n"
+        "voip 300 DYNA multifo!voip\n"
+    )
+    return run_listeners(sites, ["gdnsd", "-c", str(work), "start"], dns_port, n)
 
-    listen("127.0.0.2")
-    listen("127.0.0.3")
+
+def run_listeners(sites: Listeners, server: list[str], dns_port: int, n: int) -> list[float]:
+    sites.listen("127.0.0.2")
+    sites.listen("127.0.0.3")
     try:
-        with process(["pdns_server", f"--config-dir={work}"]):
+        with process(server):
             wait(lambda: listed(dns_port) is not None, 10)
-            return trials(dns_port, die, lambda: listen("127.0.0.2"), n)
+            return trials(dns_port, lambda: sites.die("127.0.0.2"),
+                          lambda: sites.listen("127.0.0.2"), n)  # fmt: skip
     finally:
-        for s in listeners.values():
-            s.close()
+        sites.close()
 
 
 def row(name: str, times: list[float]) -> str:
@@ -184,16 +222,22 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     with open(LOCK, "w") as lock, tempfile.TemporaryDirectory() as tmp:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for sub in ("sz3", "sz1", "pdns"):
+        for sub in ("sz3", "sz1", "pdns", "gd3", "gd1"):
             (Path(tmp) / sub).mkdir()
-        sz3 = sipzone(Path(tmp) / "sz3", n, 3)
-        sz1 = sipzone(Path(tmp) / "sz1", n, 1)
-        pdns = powerdns(Path(tmp) / "pdns", n)
-    print("| server (probe every 1 s) | trials | p50 ms | p99 ms | min ms | max ms |")
+        rows = [
+            (
+                "sipzone, OPTIONS, 3 failures to down (its default)",
+                sipzone(Path(tmp) / "sz3", n, 3),
+            ),
+            ("sipzone, OPTIONS, 1 failure to down", sipzone(Path(tmp) / "sz1", n, 1)),
+            ("PowerDNS 4.7 ifportup, TCP connect (no threshold)", powerdns(Path(tmp) / "pdns", n)),
+            ("gdnsd 3.8 multifo, tcp_connect, down_thresh 3", gdnsd(Path(tmp) / "gd3", n, 3)),
+            ("gdnsd 3.8 multifo, tcp_connect, down_thresh 1", gdnsd(Path(tmp) / "gd1", n, 1)),
+        ]
+    print(f"| server (probe every {INTERVAL:g} s) | trials | p50 ms | p99 ms | min ms | max ms |")
     print("|---|---|---|---|---|---|")
-    print(row("sipzone (OPTIONS, 3 failures to down: the default)", sz3))
-    print(row("sipzone (OPTIONS, 1 failure to down)", sz1))
-    print(row("PowerDNS 4.7 ifportup (TCP connect, 1 failure)", pdns))
+    for name, times in rows:
+        print(row(name, times))
 
 
 if __name__ == "__main__":

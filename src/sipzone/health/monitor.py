@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
 from prometheus_client import Counter, Gauge
 
 from sipzone.eventlog import EventLog
@@ -326,5 +327,7 @@ class HealthMonitor:
         self._others = [v for v in others if v.node != self.node]
 
     def _exchange(self, views: list[SiteView], beat: NodeBeat) -> list[SiteView]:
-        self.store.write_views(self.node, views, beat)
+        # IntegrityError: another worker of this node wrote the same rows at the same moment.
+        with contextlib.suppress(sa.exc.IntegrityError):
+            self.store.write_views(self.node, views, beat)
         return self.store.site_views()
