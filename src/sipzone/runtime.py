@@ -93,7 +93,8 @@ class ServeConfig:
     share_ports: bool = False  # True: join ports another process holds (SO_REUSEPORT)
     api: ApiConfig | None = None  # the REST API and web console (sipzone.api)
     node_name: str | None = None  # this node in the store's heartbeat and views (default: host)
-    health_checks: bool = True  # probe every site (sipzone.health); False: operator's word only
+    health_checks: bool = True  # probe every site (sipzone.health); False: others' views only
+    health_voice: bool = True  # False: this worker neither logs nor counts health transitions
 
 
 # ------------------------------------------------------------------------ ports
@@ -312,7 +313,9 @@ def _health_monitor(
         return NodeBeat(site, addresses, holder.current.revision, started)
 
     name = config.node_name or socket.gethostname()
-    return HealthMonitor(name, store, raw, holder, beat, probing=config.health_checks)
+    return HealthMonitor(
+        name, store, raw, holder, beat, probing=config.health_checks, voice=config.health_voice
+    )
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -375,8 +378,12 @@ def _shared_metrics(enabled: bool) -> Iterator[None]:
 
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
     """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
-    that replaced it) sends DNS NOTIFY."""
-    if config.dns is None or index == 0:
+    that replaced it) sends DNS NOTIFY and logs and counts health transitions (every worker
+    probes and answers by its own view)."""
+    if index == 0:
+        return config
+    config = replace(config, health_voice=False)
+    if config.dns is None:
         return config
     return replace(config, dns=replace(config.dns, send_notify=False))
 

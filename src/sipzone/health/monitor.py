@@ -31,6 +31,8 @@ from sipzone.store.repository import NodeBeat, SiteView, Store
 
 log = logging.getLogger("sipzone.health")
 
+_SILENT = logging.getLogger("sipzone.health.silent")
+_SILENT.disabled = True
 BEAT_INTERVAL = 5.0  # seconds between two heartbeats (views and node state to the store)
 
 SITE_UP = Gauge(
@@ -123,6 +125,7 @@ class HealthMonitor:
         out: SnapshotHolder,
         beat: Callable[[], NodeBeat],
         probing: bool = True,
+        voice: bool = True,
     ) -> None:
         self.node = node
         self.store = store
@@ -130,6 +133,9 @@ class HealthMonitor:
         self.out = out
         self.beat = beat
         self.probing = probing
+        # With --workers N every worker probes; one logs and counts the transitions.
+        self.log = log if voice else _SILENT
+        self.voice = voice
         self.trackers: dict[str, SiteTracker] = {}
         self._loops: dict[str, tuple[Site, asyncio.Task[None]]] = {}
         self._others: list[SiteView] = []  # the other nodes' views as last read
@@ -211,7 +217,9 @@ class HealthMonitor:
             return False
         SITE_SEEN_UP.labels(site.name).set(1 if tracker.up else 0)
         state = "up" if tracker.up else "down"
-        SITE_TRANSITIONS.labels(site.name, "view", state).inc()
+        if self.voice:
+            SITE_TRANSITIONS.labels(site.name, "view", state).inc()
+        log = self.log
         if before is None:
             log.info("health: site %s is %s at start (%s)", site.name, state, error or "answers")
         elif tracker.up:
@@ -251,12 +259,12 @@ class HealthMonitor:
             verdicts[site.name] = up
             was = self._verdicts.get(site.name)
             SITE_UP.labels(site.name).set(1 if up else 0)
-            if was is not None and was != up:
+            if was is not None and was != up and self.voice:
                 SITE_TRANSITIONS.labels(site.name, "verdict", "up" if up else "down").inc()
                 why = "drained" if site.drained else (
                     "marked down" if not site.healthy else verdict.describe()
                 )  # fmt: skip
-                log.warning(
+                self.log.warning(
                     "health: site %s %s DNS answers (%s)",
                     site.name, "back in" if up else "out of", why,
                 )  # fmt: skip
@@ -270,9 +278,9 @@ class HealthMonitor:
             self._fail_open = fail_open
             FAIL_OPEN.set(1 if fail_open else 0)
             if fail_open:
-                log.error("health: every site is down; the DNS serves them all (fail open)")
+                self.log.error("health: every site is down; the DNS serves them all (fail open)")
             else:
-                log.info("health: a site is up again; fail open ends")
+                self.log.info("health: a site is up again; fail open ends")
         self._publish(raw, verdicts)
 
     def _publish(self, raw: Snapshot, verdicts: dict[str, bool]) -> None:
