@@ -56,24 +56,24 @@ def listed(port: int) -> set[str] | None:
     return {rd.to_text() for rrset in reply.answer for rd in rrset}
 
 
-def wait(predicate: Callable[[], bool], within: float = 60.0) -> float:
+def wait(predicate: Callable[[], bool], within: float = 60.0, what: str = "") -> float:
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > within:
-            raise SystemExit("timed out waiting")
+            raise SystemExit(f"timed out waiting {what}")
         time.sleep(0.01)
     return time.monotonic() - start
 
 
 def trials(port: int, kill: Callable[[], None], revive: Callable[[], None], n: int) -> list[float]:
     both = {"127.0.0.2", "127.0.0.3"}
-    wait(lambda: listed(port) == both)
+    wait(lambda: listed(port) == both, what=f"for both sites at first ({listed(port)})")
     out = []
     for _ in range(n):
         kill()
-        out.append(wait(lambda: listed(port) == {"127.0.0.3"}))
+        out.append(wait(lambda: listed(port) == {"127.0.0.3"}, what="for the dead one to go"))
         revive()
-        wait(lambda: listed(port) == both)
+        wait(lambda: listed(port) == both, what="for the site's return")
     return out
 
 

@@ -21,6 +21,9 @@ Theory of operation:
   the feed says the file was replaced or the change log no longer holds the revision served
   (a restored backup).  A failed read is one log line (then one a minute), retried with
   back-off while the last snapshot keeps answering; its end is one line too.
+- Each worker probes the sites (sipzone.health) before it binds anything, and answers from the
+  store's snapshot with the sites' health applied; the probes and their verdicts go on while
+  the store is away.
 """
 
 from __future__ import annotations
