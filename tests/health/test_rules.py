@@ -59,6 +59,11 @@ def test_out_of_range_settings_are_refused_naming_the_field(values: dict[str, fl
         HealthCheck.checked(**values)  # type: ignore[arg-type]
 
 
+def test_a_short_interval_alone_shortens_the_timeout_to_it() -> None:
+    assert HealthCheck.checked(interval=1) == HealthCheck(interval=1, timeout=1)
+    assert HealthCheck.checked(interval=1, base=HealthCheck(timeout=0.5)).timeout == 0.5
+
+
 def test_probes_go_to_every_offered_transport_and_vip() -> None:
     got = {str(t) for t in targets(SITE_A)}
     assert got == {"udp 192.0.2.10:5060", "tcp 192.0.2.10:5060", "udp [2001:db8::10]:5060",

@@ -51,11 +51,13 @@ class HealthCheck:
         base: HealthCheck | None = None,
     ) -> HealthCheck:
         """``base`` (default: the defaults) with the given values, each checked: raises
-        :class:`OutOfRange` naming the field."""
+        :class:`OutOfRange` naming the field.  A shorter interval given alone shortens the
+        timeout kept from ``base`` to it."""
         base = base or DEFAULT_CHECK
+        new_interval = base.interval if interval is None else float(interval)
         out = cls(
-            base.interval if interval is None else float(interval),
-            base.timeout if timeout is None else float(timeout),
+            new_interval,
+            min(base.timeout, new_interval) if timeout is None else float(timeout),
             base.failures if failures is None else int(failures),
             base.successes if successes is None else int(successes),
         )
