@@ -221,3 +221,24 @@ def test_with_the_store_away_probing_goes_on_and_the_store_catches_up(
     cli("domain", "add", "back.example.com", db=pg_url, check=True)
     wait_for(lambda: addresses(port, "back.example.com") == {"127.0.0.3"}, 10.0)
     assert not [line for line in server.lines if "Traceback" in line]
+
+
+def test_two_nodes_on_postgresql_report_and_agree(
+    sipp: Sites, pg_url: str, serve: Serve, cli: Cli
+) -> None:
+    a, b = sipp("127.0.0.2"), sipp("127.0.0.3")
+    make_store(pg_url, a, b)
+    _, port1, _ = start(serve, pg_url, "n1")
+    _, port2, _ = start(serve, pg_url, "n2")
+    a.stop()
+    for port in (port1, port2):
+        wait_for(lambda port=port: addresses(port) == {"127.0.0.3"}, DOWN_WITHIN)
+
+    def views() -> dict[str, dict[str, str]]:
+        nodes = json.loads(cli("status", "--json", db=pg_url, check=True).stdout)
+        return {n["name"]: n["sites"] for n in nodes}
+
+    both = {"a": "down", "b": "up"}
+    wait_for(lambda: views() == {"n1": both, "n2": both}, 8.0)
+    [site_a, _] = json.loads(cli("site", "list", "--json", db=pg_url, check=True).stdout)
+    assert (site_a["state"], site_a["down_votes"], site_a["voters"]) == ("down", 2, 2)

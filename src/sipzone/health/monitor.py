@@ -4,9 +4,11 @@ heartbeat, and the snapshot with health applied (see the package docstring).
 One asyncio task per site probes its targets (every transport it offers, to every VIP) each
 ``interval``; a round is good when every target gives a final response.  :class:`SiteTracker`
 holds the view and its thresholds.  A heartbeat task writes the views and the node's state to
-the store every :data:`BEAT_INTERVAL` seconds (at once after a transition) and reads the other
-nodes' views back.  Every change of a view, of the others' views or of the raw snapshot
-recomputes the verdicts; a changed verdict republishes the snapshot and is one log line.
+the store every :data:`BEAT_INTERVAL` seconds, or every probe interval of the most often
+probed site if that is shorter (at once after a transition), and reads the other nodes' views
+back: another node's news reaches this one's answers within one probe interval.  Every change
+of a view, of the others' views or of the raw snapshot recomputes the verdicts; a changed
+verdict republishes the snapshot and is one log line.
 """
 
 from __future__ import annotations
@@ -301,10 +303,14 @@ class HealthMonitor:
     async def _beat_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), BEAT_INTERVAL)
+                await asyncio.wait_for(self._beat_now.wait(), self.beat_interval())
             self._beat_now.clear()
             await self._heartbeat()
             self._decide()
+
+    def beat_interval(self) -> float:
+        """Seconds to the next heartbeat: BEAT_INTERVAL, or the shortest probe interval."""
+        return min([BEAT_INTERVAL, *(s.check.interval for s in self.raw.current.sites)])
 
     async def _heartbeat(self) -> None:
         """Write this node's views and state, read the others' views; a store away is one

@@ -3,7 +3,7 @@
 
 The verdict here is the store's: the nodes' fresh views as last written, by the rule of
 sipzone.model.health.  A serving node may be a heartbeat ahead of it (it counts its own view
-as it is now); they agree within BEAT_INTERVAL seconds.
+as it is now); they agree within one heartbeat (monitor.BEAT_INTERVAL at most).
 """
 
 from __future__ import annotations
