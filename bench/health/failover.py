@@ -11,7 +11,7 @@ The clock starts when the site is gone and stops at the first answer without it 
 every 10 ms); the site then returns and the next trial starts once it is listed again.
 Measurements hold /tmp/sipzone-bench.lock.  Prints a markdown table.
 
-usage: bench/health/failover.py [TRIALS=20] [INTERVAL=2]
+usage: bench/health/failover.py [TRIALS=20] [INTERVAL=2] [ROWS=1,2,3,4,5]
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def main() -> None:
     with open(LOCK, "w") as lock, tempfile.TemporaryDirectory() as tmp:
         fcntl.flock(lock, fcntl.LOCK_EX)
         work = Path(tmp)
-        for sub in ("sz3", "sz1", "pd", "gd3", "gd1"):
+        for sub in ("sz3", "sz1", "pdns", "gd3", "gd1"):
             (work / sub).mkdir()
         head = f"| server (probe every {INTERVAL:g} s) | trials | p50 ms | p99 ms | min ms | max ms"
         print(head + " | never |")
@@ -245,8 +245,10 @@ def main() -> None:
             ("gdnsd 3.8 multifo, tcp_connect, down_thresh 3", lambda: gdnsd(work / "gd3", n, 3)),
             ("gdnsd 3.8 multifo, tcp_connect, down_thresh 1", lambda: gdnsd(work / "gd1", n, 1)),
         ]
-        for name, measure in runs:
-            print(row(name, measure()), flush=True)
+        only = sys.argv[3].split(",") if len(sys.argv) > 3 else None  # e.g. "3,4": those rows
+        for i, (name, measure) in enumerate(runs, 1):
+            if only is None or str(i) in only:
+                print(row(name, measure()), flush=True)
 
 
 if __name__ == "__main__":
