@@ -28,7 +28,7 @@ t0=$(date +%s.%N)
 t1=$(date +%s.%N)
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-setsid "$sipzone" serve --dns "127.0.0.1:$port" --workers 1 >"$tmp/serve.log" 2>&1 &
+setsid "$sipzone" serve --dns "127.0.0.1:$port" --workers 1 --no-health-checks >"$tmp/serve.log" 2>&1 &
 pid=$!
 until grep -q "sipzone: ready" "$tmp/serve.log"; do sleep 0.2; kill -0 "$pid"; done
 t2=$(date +%s.%N)

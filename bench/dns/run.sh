@@ -45,7 +45,7 @@ pdns_pid=$("$shared/pdns-anchor.sh" "$pdns_port")
 pids+=("$pdns_pid")
 
 sz_port=$(free_port)
-setsid "$sipzone" serve --dns "127.0.0.1:$sz_port" --workers 1 >"$tmp/serve.log" 2>&1 &
+setsid "$sipzone" serve --dns "127.0.0.1:$sz_port" --workers 1 --no-health-checks >"$tmp/serve.log" 2>&1 &
 sz_pid=$!
 pids+=("$sz_pid")
 for _ in $(seq 100); do

@@ -42,7 +42,7 @@ kpid=$("$shared/kamailio-proxy-anchor.sh" "$kport" "$kuas" "$n")
 pgids+=("$(ps -o pgid= "$kpid" | tr -d ' ')")
 kdir=$(dirname "$(tr '\0' '\n' <"/proc/$kpid/cmdline" | grep -m1 'kamailio.cfg$' || echo /nonexistent/x)")
 
-setsid "$sipzone" serve --db "$db" --sip "udp:127.0.0.1:$zport" --workers 1 >"$work/serve.log" 2>&1 &
+setsid "$sipzone" serve --db "$db" --sip "udp:127.0.0.1:$zport" --workers 1 --no-health-checks >"$work/serve.log" 2>&1 &
 zpid=$!
 pgids+=("$zpid")
 for _ in $(seq 100); do grep -q "sipzone: ready" "$work/serve.log" && break; sleep 0.1; done

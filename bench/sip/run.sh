@@ -34,7 +34,7 @@ db="sqlite:///$work/sipzone.db"
 kpid=$("$shared/kamailio-anchor.sh" "$kport" "$n")
 pgids+=("$(ps -o pgid= "$kpid" | tr -d ' ')")
 start_sipzone() {  # start_sipzone PORT LOG [serve options] -> pid of the new process group
-  setsid "$sipzone" serve --db "$db" --sip "udp:127.0.0.1:$1" --workers 1 "${@:3}" >"$2" 2>&1 &
+  setsid "$sipzone" serve --db "$db" --sip "udp:127.0.0.1:$1" --workers 1 --no-health-checks "${@:3}" >"$2" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do grep -q "sipzone: ready" "$2" && break; sleep 0.1; done
   grep -q "sipzone: ready" "$2" || { cat "$2" >&2; exit 1; }

@@ -200,11 +200,15 @@ def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json 
 @app.command()
 @guarded
 def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
-    """What the store holds: revision, schema, counts, sites, the last change."""
+    """What the store holds (revision, schema, counts, sites, the last change) and the nodes
+    serving it (revision, lag, last seen, site, store reachability, their views of sites)."""
+    from sipzone.health.status import node_json
     from sipzone.store.url import redacted
 
     repo = store(db)
     data = {"store": redacted(repo.url), "schema": repo.schema_version(), **repo.status()}
+    views = repo.site_views(fresh_within=None)
+    data["nodes"] = nodes = [node_json(n, views) for n in repo.list_nodes()]
     if as_json:
         emit(data)
         return
@@ -218,6 +222,16 @@ def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
         f"zones      {data['zones']}",
         f"sites      {', '.join(data['sites']) or '(none)'}",
     ]
+    if not nodes:
+        lines.append("nodes      no node has reported yet (nodes report while serve runs)")
+    for r in nodes:
+        seen = f"seen {r['seconds_since_seen']:g} s ago" + ("" if r["alive"] else " (gone?)")
+        store_state = "store down since " + r["store_down_since"] if r["store_down_since"] else ""
+        sites = " ".join(f"{k}={v}" for k, v in sorted(r["sites"].items()))
+        lines.append(
+            f"node       {r['name']}\trevision {r['revision']} ({r['behind']} behind)\t{seen}\t"
+            f"site {r['site'] or '-'}\t{sites}\t{store_state}".rstrip()
+        )
     typer.echo("\n".join(lines))
 
 
@@ -595,11 +609,18 @@ def site_add(
     port_tcp: Annotated[int, typer.Option(help="SIP over TCP port; 0: not offered.")] = 5060,
     port_tls: Annotated[int, typer.Option(help="SIP over TLS port; 0 (default): not offered.")] = 0,
     upstream: Annotated[str | None, typer.Option(help="Default SIP core URI.")] = None,
+    check_interval: CheckInterval = None,
+    check_timeout: CheckTimeout = None,
+    check_failures: CheckFailures = None,
+    check_successes: CheckSuccesses = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
     as_json: Json = False,
 ) -> None:
     """Add a site of the installation."""
+    from sipzone.model.health import HealthCheck
+
+    check = HealthCheck.checked(check_interval, check_timeout, check_failures, check_successes)
     rev = store(db, actor).add_site(
         name,
         vips=vip,
@@ -610,6 +631,7 @@ def site_add(
         order=order,
         ports={"udp": port_udp, "tcp": port_tcp, "tls": port_tls},
         upstream=upstream,
+        check=check,
     )
     done(as_json, f"site {name} added (revision {rev})", site=name, revision=rev)
     if port_tls and not store(db).list_certificates():
@@ -698,14 +720,69 @@ def site_health(
 def site_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """List sites: name, region, virtual IPs, up or down (--json: every field)."""
     from sipzone.api.views import site_json
+    from sipzone.health.status import site_state
 
-    rows = [site_json(s) for s in store(db).list_sites()]
+    st = store(db)
+    views = st.site_views()
+    rows = [{**site_json(s), **site_state(s, views)} for s in st.list_sites()]
     if as_json:
         emit(rows)
         return
     for r in rows:
-        state = "up" if r["healthy"] else "down"
-        typer.echo(f"{r['name']}\t{r['region']}\t{','.join(r['vips'])}\t{state}")
+        typer.echo(f"{r['name']}\t{r['region']}\t{','.join(r['vips'])}\t{r['state']}")
+
+
+# Health-check settings, shared by `site add` and `site health-check`: None keeps the current
+# value (the default for a new site: 5 s, 2 s, 3, 2).
+CheckInterval = Annotated[
+    float | None, typer.Option(help="Seconds between health probes of the site (default 5).")
+]
+CheckTimeout = Annotated[
+    float | None, typer.Option(help="Seconds a probe waits for a final response (default 2).")
+]
+CheckFailures = Annotated[
+    int | None, typer.Option(help="Failed probe rounds in a row that make it down (default 3).")
+]
+CheckSuccesses = Annotated[
+    int | None, typer.Option(help="Good probe rounds in a row that make it up (default 2).")
+]
+
+
+@site_app.command("health-check")
+@guarded
+def site_health_check(
+    name: str,
+    interval: CheckInterval = None,
+    timeout: CheckTimeout = None,
+    failures: CheckFailures = None,
+    successes: CheckSuccesses = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+) -> None:
+    """Change how nodes probe a site (OPTIONS over its transports); unset values stay."""
+    check, rev = store(db, actor).set_site_check(
+        name, interval=interval, timeout=timeout, failures=failures, successes=successes
+    )
+    typer.echo(
+        f"site {name} probed every {check.interval:g} s, timeout {check.timeout:g} s, down after "
+        f"{check.failures} failures, up after {check.successes} successes (revision {rev})"
+    )
+
+
+@site_app.command("drain")
+@guarded
+def site_drain(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Take a site out of DNS answers for maintenance, whatever its probes say."""
+    rev = store(db, actor).set_site_drained(name, True)
+    typer.echo(f"site {name} drained (revision {rev})")
+
+
+@site_app.command("undrain")
+@guarded
+def site_undrain(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
+    """Put a drained site back; it serves again when its probes say it is up."""
+    rev = store(db, actor).set_site_drained(name, False)
+    typer.echo(f"site {name} undrained (revision {rev})")
 
 
 # ---------------------------------------------------------------------------- certificates
@@ -1307,6 +1384,19 @@ def serve(
             help="Print the settings serve would run with (JSON) and exit; nothing starts.",
         ),
     ] = False,
+    node_name: Annotated[
+        str | None,
+        typer.Option(help="This node's name in `sipzone status` and site views (default: host)."),
+    ] = None,
+    health_checks: Annotated[
+        bool, typer.Option(help="Probe every site; off: only drain and `site health` decide.")
+    ] = True,
+    health_ttl: Annotated[
+        int,
+        typer.Option(
+            min=0, max=2**31 - 1, help="TTL of answers health changed, while a site is out."
+        ),
+    ] = 30,
     db: Db = DEFAULT_URL,
 ) -> None:
     """Run the SIP edge, the DNS authority and/or the API on the store, following it live.
@@ -1382,6 +1472,7 @@ def serve(
             nameservers=tuple(parse_domain(ns).text for ns in nameserver or ()),
             batched_udp=batched_udp,
             metrics=bool(metrics),
+            health_ttl=health_ttl,
         )
         if dns
         else None,
@@ -1400,6 +1491,8 @@ def serve(
         config_values=dict(ctx.default_map or {}),
         config_fixed=frozenset(_fixed_options(ctx)),
         config_known=tuple(_multiple_options(ctx).items()),
+        node_name=_node_name(node_name),
+        health_checks=health_checks,
     )
     if print_config:
         _print_settings(settings)
@@ -1458,6 +1551,18 @@ def _command_tree(name: str) -> Any:
 
 def _top() -> None:
     """The `sipzone` group's own step before a command: nothing."""
+
+
+def _node_name(text: str | None) -> str | None:
+    """A node name as given to --node-name: a word of at most 100 characters."""
+    if text is None:
+        return None
+    from sipzone.model.snapshot import parse_region
+
+    try:
+        return parse_region(text)
+    except SipzoneError:
+        fail(f"node name {text!r} must be a word such as 'node1' or 'eu1-a'")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -21,6 +21,9 @@ Theory of operation:
   the feed says the file was replaced or the change log no longer holds the revision served
   (a restored backup).  A failed read is one log line (then one a minute), retried with
   back-off while the last snapshot keeps answering; its end is one line too.
+- Each worker probes the sites (sipzone.health) before it binds anything, and answers from the
+  store's snapshot with the sites' health applied; the probes and their verdicts go on while
+  the store is away.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
@@ -57,6 +60,9 @@ from sipzone.net.sockets import held_elsewhere
 from sipzone.sip import SipConfig
 from sipzone.store.feed import ChangeFeed, Wake, first_line
 from sipzone.store.repository import Store
+
+if TYPE_CHECKING:
+    from sipzone.health.monitor import HealthMonitor
 
 log = logging.getLogger("sipzone")
 
@@ -105,6 +111,9 @@ class ServeConfig:
     user: str | None = None  # started as root: the user each worker runs as once it listens
     worker: int = 0  # this worker's position (0 .. workers-1), its label in the metrics
     ready_stale_after: float = 30.0  # /readyz fails after the store is away this long
+    node_name: str | None = None  # this node in the store's heartbeat and views (default: host)
+    health_checks: bool = True  # probe every site (sipzone.health); False: others' views only
+    health_voice: bool = True  # False: this worker neither logs nor counts health transitions
 
 
 # ------------------------------------------------------------------------ ports
@@ -386,11 +395,16 @@ async def run_worker(
     worker = str(config.worker)
     metrics.READY.labels(worker).set(0)
     follower = StoreFollower(store, config.poll_interval, readiness, config.worker)
-    holder = SnapshotHolder(await loop.run_in_executor(None, follower.load))
+    # The store's snapshots go to ``raw``; the services answer from ``holder``, the same with
+    # every site's health decided by the monitor (sipzone.health).
+    raw = SnapshotHolder(await loop.run_in_executor(None, follower.load))
+    holder = SnapshotHolder(raw.current)
+    monitor = _health_monitor(config, store, raw, holder)
+    await monitor.start()
     readiness.loaded = True
     metrics.REVISION.labels(worker).set(holder.current.revision)
     metrics.STORE_UP.labels(worker).set(1)
-    services: list[Service] = []
+    services: list[Service] = [monitor]
     drains: list[tuple[str, Callable[[float], Awaitable[tuple[int, int]]]]] = []
     dns_service: Any = None
     if config.sip is not None:
@@ -426,7 +440,7 @@ async def run_worker(
     readiness.listening = True
     main = parent is None  # the only process: it speaks to systemd itself
     tasks = [
-        asyncio.create_task(follower.follow(holder)),
+        asyncio.create_task(follower.follow(raw)),
         asyncio.create_task(_every_second(follower, dns_service, watchdog=main)),
     ]
     if parent is not None:
@@ -477,6 +491,30 @@ async def _every_second(follower: StoreFollower, dns_service: Any, watchdog: boo
         follower.readiness.store_reached(up)
         metrics.STORE_UP.labels(worker).set(1 if up else 0)
         metrics.READY.labels(worker).set(0 if follower.readiness.reasons() else 1)
+
+
+def _health_monitor(
+    config: ServeConfig, store: Store, raw: SnapshotHolder, holder: SnapshotHolder
+) -> HealthMonitor:
+    """The node's health monitor; its heartbeat names what this node serves."""
+    from sipzone.health.monitor import HealthMonitor
+    from sipzone.store.repository import NodeBeat
+
+    started = datetime.now(UTC)
+    addresses = (
+        *(config.sip.listen if config.sip else ()),
+        *((f"dns:{config.dns.listen}",) if config.dns else ()),
+        *((f"api:{config.api.listen}",) if config.api else ()),
+    )
+    site = config.sip.site if config.sip else None
+
+    def beat() -> NodeBeat:
+        return NodeBeat(site, addresses, holder.current.revision, started)
+
+    name = config.node_name or socket.gethostname()
+    return HealthMonitor(
+        name, store, raw, holder, beat, probing=config.health_checks, voice=config.health_voice
+    )
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -552,12 +590,16 @@ def _shared_metrics(enabled: bool) -> Iterator[None]:
 
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
     """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
-    that replaced it) sends DNS NOTIFY and the trunks' OPTIONS."""
+    that replaced it) sends DNS NOTIFY and the trunks' OPTIONS, and logs and counts health
+    transitions (every worker probes and answers by its own view)."""
     if index != 0 and config.sip is not None:
         config = replace(config, sip=replace(config.sip, probe_trunks=False))
-    if config.dns is None or index == 0:
+    if index == 0:
         return replace(config, worker=index)
-    return replace(config, worker=index, dns=replace(config.dns, send_notify=False))
+    config = replace(config, worker=index, health_voice=False)
+    if config.dns is None:
+        return config
+    return replace(config, dns=replace(config.dns, send_notify=False))
 
 
 def _how(status: int) -> str:

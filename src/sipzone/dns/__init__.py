@@ -41,3 +41,7 @@ class DnsConfig:
     # Count queries by type and rcode and sample response times (sipzone.dns.metrics): set
     # with --metrics; off, the answering path is not wrapped at all.
     metrics: bool = False
+    # While any site is down or drained, the answers health changes (SIP domains' A/AAAA, SRV
+    # and NAPTR, the email domain's addresses) carry min(ttl, health_ttl): resolvers come back
+    # soon for the site's return.
+    health_ttl: int = 30

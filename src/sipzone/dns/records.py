@@ -128,9 +128,17 @@ class Records:
         self.serial = snapshot.revision % 2**32  # RFC 1982 arithmetic copes with the wrap
         sites = snapshot.sites
         self.regions: tuple[str | None, ...] = (None, *sorted({s.region for s in sites}))
-        # Unhealthy sites leave the SIP answers; if every site is down, list them all anyway:
-        # a wrong guess about health must never empty the domain.
-        self.serving: tuple[Site, ...] = tuple(s for s in sites if s.healthy) or sites
+        # Unhealthy sites leave the SIP answers; if every site is down, list them all anyway
+        # (those not drained, if any): a wrong guess about health must never empty the domain.
+        self.serving: tuple[Site, ...] = (
+            tuple(s for s in sites if s.healthy and not s.drained)
+            or tuple(s for s in sites if not s.drained)
+            or sites
+        )
+        # What health changes is cached briefly while a site is out (DnsConfig.health_ttl).
+        self.serving_ttl = (
+            min(self.ttl, config.health_ttl) if len(self.serving) < len(sites) else self.ttl
+        )
         # Only a client network can select a view other than the default one.
         self.regional = any(s.networks for s in sites)
         # A and AAAA records per site name, rendered once; an address that cannot be
@@ -218,14 +226,15 @@ class Records:
         text = f"{mname} hostmaster.{zone}. {self.serial} {timers} {self.config.negative_ttl}"
         return _rdataset(RdType.SOA, self.ttl if ttl is None else ttl, [_rdata(RdType.SOA, text)])
 
-    def _addresses(self, sites: Sequence[Site]) -> Rdatasets:
+    def _addresses(self, sites: Sequence[Site], ttl: int | None = None) -> Rdatasets:
         v4 = [rd for s in sites for rd in self._addrs[s.name][0]]
         v6 = [rd for s in sites for rd in self._addrs[s.name][1]]
+        ttl = self.ttl if ttl is None else ttl
         out: Rdatasets = {}
         if v4:
-            out[RdType.A] = _rdataset(RdType.A, self.ttl, list(dict.fromkeys(v4)))
+            out[RdType.A] = _rdataset(RdType.A, ttl, list(dict.fromkeys(v4)))
         if v6:
-            out[RdType.AAAA] = _rdataset(RdType.AAAA, self.ttl, list(dict.fromkeys(v6)))
+            out[RdType.AAAA] = _rdataset(RdType.AAAA, ttl, list(dict.fromkeys(v6)))
         return out
 
     def _srv(self, zone: str, service: int, view: int) -> dns.rdataset.Rdataset:
@@ -238,7 +247,7 @@ class Records:
             for priority, site in self._views[view]
             if site.ports.get(port_key, 0)
         ]
-        return _rdataset(RdType.SRV, self.ttl, _rdatas(RdType.SRV, texts))
+        return _rdataset(RdType.SRV, self.serving_ttl, _rdatas(RdType.SRV, texts))
 
     def naptr(self, base: str) -> dns.rdataset.Rdataset:
         """NAPTR at a SIP domain (RFC 3263 §4.1): each transport some serving site offers, to its
@@ -249,7 +258,7 @@ class Records:
         for i in self.naptr_services:
             first, second, _, service = SERVICES[i]
             texts.append((f'{(i + 1) * 10} 10 "s" "{service}" "" {first}.{second}{suffix}', base))
-        return _rdataset(RdType.NAPTR, self.ttl, _rdatas(RdType.NAPTR, texts))
+        return _rdataset(RdType.NAPTR, self.serving_ttl, _rdatas(RdType.NAPTR, texts))
 
     def rdatasets(self, zone: str, roles: Sequence[Role], view: int) -> Rdatasets:
         """The record sets of a name with ``roles`` in ``zone`` for region ``view``, NAPTR
@@ -270,14 +279,14 @@ class Records:
         if kind == "host":
             return self._addresses([self.snapshot.sites[role.index]])
         if kind == "email":
-            out = self._addresses(self.serving)
+            out = self._addresses(self.serving, self.serving_ttl)
             email = self.snapshot.email_domain or zone
             target = self.snapshot.settings.get("email_mx") or email
             mx = _rdatas(RdType.MX, [(f"{MX_PREFERENCE} {target}.", "email domain")])
             out[RdType.MX] = _rdataset(RdType.MX, self.ttl, mx)
             return out
         if kind == "domain":
-            return self._addresses([site for _, site in self._views[view]])
+            return self._addresses([site for _, site in self._views[view]], self.serving_ttl)
         if kind == "service":
             return {RdType.SRV: self._srv(zone, role.index, view)}
         raise ValueError(f"unknown role {kind!r}")

@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from sipzone.model.certificates import Certificate
 from sipzone.model.errors import BadAddress, BadNetwork, BadWord, NoRoomForServiceNames, OutOfRange
+from sipzone.model.health import DEFAULT_CHECK, HealthCheck
 from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import MAX_LABEL, MAX_NAME, lookup_key
 from sipzone.model.tenancy import TenancyTree, TenantView
@@ -155,6 +156,9 @@ class Site:
     order: int = 0  # lower comes first where regions do not decide
     upstream: str | None = None  # default SIP core URI for traffic landing on this site
     healthy: bool = True
+    # How nodes probe the site, and whether an operator drained it (sipzone.model.health).
+    check: HealthCheck = DEFAULT_CHECK
+    drained: bool = False
 
     @property
     def vips4(self) -> tuple[ipaddress.IPv4Address, ...]:

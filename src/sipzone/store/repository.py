@@ -44,6 +44,7 @@ from sipzone.model.errors import (
     UnknownTenant,
     UnsupportedDatabase,
 )
+from sipzone.model.health import VIEW_STALE, HealthCheck
 from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import (
     MAX_ZONE,
@@ -93,7 +94,9 @@ from sipzone.store.schema import (
     changelog,
     domains,
     grants,
+    nodes,
     settings,
+    site_views,
     sites,
     state,
     tenants,
@@ -870,8 +873,10 @@ class Store:
         order: int | None = None,
         ports: dict[str, int] | None = None,
         upstream: str | None = None,
+        check: HealthCheck | None = None,
     ) -> int:
         name = parse_site_name(name)
+        check = HealthCheck.checked(base=check)
         merged = {**DEFAULT_PORTS, **(ports or {})}
         values = _site_columns(
             vips=vips, networks=networks, host=host, region=region, weight=weight,
@@ -901,6 +906,7 @@ class Store:
                     position=order,
                     upstream=upstream,
                     healthy=True,
+                    **_check_columns(check),
                 )
             )
             return rev
@@ -1015,6 +1021,8 @@ class Store:
             order=int(row["position"]),
             upstream=upstream,
             healthy=bool(row["healthy"]),
+            check=self._stored_check(name, row),
+            drained=bool(row["drained"]),
         )
 
     def _zones(self, conn: Connection) -> list[str]:
@@ -1906,6 +1914,134 @@ class Store:
                 for r in conn.execute(query).mappings()
             ]
 
+    # ------------------------------------------------------------------ site health, nodes
+    # Probe settings and drain are configuration (revision, change log, audit); what nodes
+    # observe is status (sipzone.model.health): written without a revision, so a probe's news
+    # never rebuilds anyone's snapshot.
+
+    def set_site_check(
+        self,
+        name: str,
+        *,
+        interval: float | None = None,
+        timeout: float | None = None,
+        failures: int | None = None,
+        successes: int | None = None,
+    ) -> tuple[HealthCheck, int]:
+        """Change some of a site's health-check settings; the others stay."""
+        with self._write("site.check", name) as (conn, rev):
+            self._provider_only("manages sites")
+            row = conn.execute(sa.select(sites).where(sites.c.name == name)).mappings().first()
+            if row is None:
+                raise NotFound(f"site {name!r} does not exist")
+            check = HealthCheck.checked(
+                interval, timeout, failures, successes, base=self._stored_check(name, row)
+            )
+            conn.execute(sites.update().where(sites.c.name == name).values(**_check_columns(check)))
+            return check, rev
+
+    def set_site_drained(self, name: str, drained: bool) -> int:
+        """Drain a site (out of every answer, whatever the probes say) or undrain it."""
+        op = "site.drain" if drained else "site.undrain"
+        with self._write(op, name) as (conn, rev):
+            self._provider_only("manages sites")
+            res = conn.execute(sites.update().where(sites.c.name == name).values(drained=drained))
+            if res.rowcount == 0:
+                raise NotFound(f"site {name!r} does not exist")
+            return rev
+
+    def _stored_check(self, name: str, row: sa.RowMapping) -> HealthCheck:
+        try:
+            return HealthCheck.checked(
+                row["check_interval"],
+                row["check_timeout"],
+                row["check_failures"],
+                row["check_successes"],
+            )
+        except (SipzoneError, TypeError, ValueError) as exc:
+            self.read_log.warning(
+                f"site {name} check", "store: site %r: health check defaults used: %s", name, exc
+            )
+            return HealthCheck()
+
+    def write_views(self, node: str, views: Iterable[SiteView], beat: NodeBeat) -> None:
+        """Replace ``node``'s views of the sites and refresh its heartbeat, in one
+        transaction (no revision: see above).  A SQLite file that is gone raises
+        FileNotFoundError: a write must not create an empty store where one was removed."""
+        url = sa.make_url(self.url)
+        file = url.database if url.get_backend_name() == "sqlite" else None
+        if file not in (None, "", ":memory:") and not Path(str(file)).exists():
+            raise FileNotFoundError(f"the store file {file} is gone")
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(site_views.delete().where(site_views.c.node == node))
+            rows = [
+                {
+                    "node": node,
+                    "site": v.site,
+                    "up": v.up,
+                    "changed_at": v.changed_at,
+                    "seen_at": now,
+                    "detail": (v.detail or "")[:300] or None,
+                }
+                for v in views
+            ]
+            if rows:
+                conn.execute(site_views.insert(), rows)
+            conn.execute(nodes.delete().where(nodes.c.name == node))
+            conn.execute(
+                nodes.insert().values(
+                    name=node,
+                    site=beat.site,
+                    addresses=list(beat.addresses),
+                    revision=beat.revision,
+                    started_at=beat.started_at,
+                    seen_at=now,
+                    store_down_since=beat.store_down_since,
+                )
+            )
+
+    def site_views(self, fresh_within: float | None = VIEW_STALE) -> list[SiteView]:
+        """Every node's view of every site, only those refreshed within ``fresh_within``
+        seconds (None: all), oldest node name first."""
+        query = sa.select(site_views).order_by(site_views.c.site, site_views.c.node)
+        if fresh_within is not None:
+            since = datetime.now(UTC) - timedelta(seconds=fresh_within)
+            query = query.where(site_views.c.seen_at >= since)
+        with self.engine.connect() as conn:
+            return [
+                SiteView(
+                    r["site"],
+                    bool(r["up"]),
+                    _aware(r["changed_at"]),
+                    r["detail"],
+                    r["node"],
+                    _aware(r["seen_at"]),
+                )
+                for r in conn.execute(query).mappings()
+            ]
+
+    def list_nodes(self) -> list[NodeRow]:
+        """Every node that ever wrote a heartbeat, by name, with the store's revision."""
+        with self.engine.connect() as conn:
+            revision = self._revision(conn)
+            rows = conn.execute(sa.select(nodes).order_by(nodes.c.name)).mappings()
+            return [
+                NodeRow(
+                    site=r["site"],
+                    addresses=tuple(r["addresses"] or ()),
+                    revision=int(r["revision"]),
+                    started_at=_aware(r["started_at"]),
+                    store_down_since=_aware(r["store_down_since"])
+                    if r["store_down_since"]
+                    else None,
+                    name=r["name"],
+                    seen_at=_aware(r["seen_at"]),
+                    store_revision=revision,
+                )
+                for r in rows
+            ]
+
 
 _DOMAIN_ROWS = sa.select(
     domains.c.name,
@@ -1924,6 +2060,47 @@ _TOKEN_ROWS = sa.select(
     tokens.c.expires_at,
     tokens.c.revoked_at,
 ).join(tenants, tokens.c.tenant_id == tenants.c.id)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteView:
+    """One node's view of one site: up or down since ``changed_at``, and why."""
+
+    site: str
+    up: bool
+    changed_at: datetime
+    detail: str | None = None
+    node: str = ""  # filled when read back
+    seen_at: datetime | None = None  # when the node last wrote it (read back)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBeat:
+    """What a node says of itself with every heartbeat."""
+
+    site: str | None
+    addresses: tuple[str, ...]
+    revision: int
+    started_at: datetime
+    store_down_since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow(NodeBeat):
+    """A node's last heartbeat as stored; ``store_revision`` is the store's revision now."""
+
+    name: str = ""
+    seen_at: datetime | None = None
+    store_revision: int = 0
+
+
+def _check_columns(check: HealthCheck) -> dict[str, float | int]:
+    return {
+        "check_interval": check.interval,
+        "check_timeout": check.timeout,
+        "check_failures": check.failures,
+        "check_successes": check.successes,
+    }
 
 
 def _domain_row(r: Sequence[Any]) -> DomainRow:

@@ -110,6 +110,12 @@ sites = Table(
     Column("position", Integer, nullable=False),
     Column("upstream", String(500)),
     Column("healthy", Boolean, nullable=False),
+    # Health checks and drain (migration 0005, sipzone.model.health).
+    Column("check_interval", sa.Float, nullable=False, server_default="5"),
+    Column("check_timeout", sa.Float, nullable=False, server_default="2"),
+    Column("check_failures", Integer, nullable=False, server_default="3"),
+    Column("check_successes", Integer, nullable=False, server_default="2"),
+    Column("drained", Boolean, nullable=False, server_default=sa.false()),
 )
 
 zones = Table(
@@ -193,4 +199,32 @@ trunk_state = Table(
     Column("checked_at", DateTime(timezone=True), nullable=False),
     Column("changed_at", DateTime(timezone=True), nullable=False),
     Column("unavailable_until", DateTime(timezone=True), nullable=True),
+)
+
+# What each node saw of each site when it last wrote (migration 0005): status, not
+# configuration, so writing it bumps no revision.  ``seen_at`` is the node's last refresh,
+# ``changed_at`` its view's last transition; ``detail`` says why (the last failure).
+site_views = Table(
+    "site_views",
+    metadata,
+    Column("node", String(100), primary_key=True),
+    Column("site", String(100), primary_key=True),
+    Column("up", Boolean, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("detail", String(300), nullable=True),
+)
+
+# One row per node, refreshed by its heartbeat (migration 0005): what it serves and how it
+# fares with the store.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("site", String(100), nullable=True),
+    Column("addresses", JSON, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("store_down_since", DateTime(timezone=True), nullable=True),
 )
