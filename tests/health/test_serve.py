@@ -70,8 +70,11 @@ def wait_for(predicate: Callable[[], object], within: float) -> float:
 
 
 def metric(port: int, name: str, labels: str = "") -> float | None:
+    """The first sample of ``name`` with exactly ``labels`` (or, without, with any labels:
+    the runtime's own gauges say which worker and process they are)."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    found = re.search(rf"^{re.escape(name + labels)} (\S+)$", body, re.M)
+    written = re.escape(name + labels) if labels else re.escape(name) + r"(?:\{[^}]*\})?"
+    found = re.search(rf"^{written} (\S+)$", body, re.M)
     return float(found.group(1)) if found else None
 
 

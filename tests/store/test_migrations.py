@@ -1,11 +1,14 @@
 """Alembic's migrations and the Core schema describe the same database."""
 
+import sqlite3
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from sipzone.store.repository import Store
 from sipzone.store.schema import metadata
+from sipzone.store.url import sqlite_path
 
 
 def test_migrated_database_matches_the_schema(any_url: str) -> None:
@@ -28,6 +31,9 @@ def test_sites_from_before_health_checks_get_the_defaults(any_url: str) -> None:
     from sipzone.model.health import DEFAULT_CHECK
     from sipzone.store import repository
 
+    path = sqlite_path(any_url)
+    if path is not None:
+        sqlite3.connect(path).close()  # a store file, empty (only `init` creates one)
     store = Store(any_url)
     cfg = Config()
     cfg.set_main_option(

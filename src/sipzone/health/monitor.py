@@ -60,11 +60,6 @@ FAIL_OPEN = Gauge(
     "1 while every site that is not drained is down, so the DNS serves them all anyway",
     multiprocess_mode="livemax",
 )
-STORE_UP = Gauge(
-    "sipzone_store_up",
-    "1 when this node's last heartbeat reached the store, else 0",
-    multiprocess_mode="livemin",
-)
 
 
 def targets(site: Site) -> tuple[Target, ...]:
@@ -323,7 +318,6 @@ class HealthMonitor:
         except Exception as exc:  # the store's trouble, whatever the driver calls it
             if self._store_down_since is None:
                 self._store_down_since = datetime.now(UTC)
-            STORE_UP.set(0)
             # The feed says the store is away in its own line; this one is for debugging.
             self.events.event(
                 logging.DEBUG,
@@ -337,7 +331,6 @@ class HealthMonitor:
             self.events.forget("store")
             log.debug("health: heartbeat written again")
             self._beat_now.set()  # the next one, at once, clears the outage from the row
-        STORE_UP.set(1)
         self._others = [v for v in others if v.node != self.node]
 
     def _exchange(self, views: list[SiteView], beat: NodeBeat) -> list[SiteView]:
