@@ -16,4 +16,4 @@ def test_migrated_database_matches_the_schema(any_url: str) -> None:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     store.close()
     assert diff == []
-    assert version == "0003"
+    assert version == "0006"

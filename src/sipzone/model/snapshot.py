@@ -189,6 +189,8 @@ class Snapshot:
     delta: Delta | None = None
     # TLS certificates, the default one first, then in the order they were added.
     certificates: tuple[Certificate, ...] = field(default=(), repr=False)
+    # ACME DNS-01 values being published: (``_acme-challenge.NAME``, its TXT values), by name.
+    challenges: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def build(
@@ -201,6 +203,7 @@ class Snapshot:
         email_domain: str | None = None,
         settings: Mapping[str, str] | None = None,
         certificates: tuple[Certificate, ...] = (),
+        challenges: tuple[tuple[str, tuple[str, ...]], ...] = (),
     ) -> Snapshot:
         """``rules`` are ``(rule text, owner tenant name)`` pairs as stored."""
         views = tenants.views
@@ -214,6 +217,7 @@ class Snapshot:
             email_domain,
             MappingProxyType(dict(settings or {})),
             certificates=certificates,
+            challenges=challenges,
         )
 
     @classmethod
