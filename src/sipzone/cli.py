@@ -475,6 +475,78 @@ def cert_add(
     )
 
 
+@cert_app.command("acme")
+@guarded
+def cert_acme(
+    name: str,
+    domain: Annotated[
+        list[str], typer.Option(help="A name to cover (exact or *.BASE); repeat for more.")
+    ],
+    directory: Annotated[str, typer.Option(help="The ACME CA's directory URL.")],
+    email: Annotated[str, typer.Option(help="Contact address of the ACME account.")],
+    eab_kid: Annotated[
+        str | None, typer.Option(help="External account binding: key id from the CA.")
+    ] = None,
+    eab_hmac: Annotated[
+        str | None, typer.Option(help="External account binding: HMAC key (base64url).")
+    ] = None,
+    key_type: Annotated[str, typer.Option(help="The certificate's key: ec256 or rsa2048.")] = (
+        "ec256"
+    ),
+    dns: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A node's DNS listener (HOST:PORT) that must answer the challenge before the "
+            "CA is told to look; repeat once per node.  Default 127.0.0.1:53."
+        ),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the DNS to answer the challenge.")
+    ] = 60.0,
+    db: Db = DEFAULT_URL,
+) -> None:
+    """Order a certificate for NAME from an ACME CA, answering DNS-01 with sipzone's own DNS.
+
+    Registers an account the first time (its key stays in the store), publishes each
+    _acme-challenge TXT value through the store (every node's DNS answers it), waits until
+    every --dns server answers them, lets the CA validate, stores the certificate like
+    `cert add` and withdraws the challenge records.  `serve` renews it at two thirds of its
+    lifetime.  On any failure nothing is stored and the certificate in service stays.
+    """
+    from sipzone.acme import Issuer
+    from sipzone.model.acme import (
+        AcmePlan,
+        parse_account_email,
+        parse_acme_domains,
+        parse_directory,
+        parse_key_type,
+    )
+    from sipzone.model.certificates import parse_cert_name
+    from sipzone.net import split_hostport
+
+    parse_cert_name(name)
+    plan = AcmePlan(
+        parse_directory(directory),
+        parse_account_email(email),
+        parse_acme_domains(domain),
+        parse_key_type(key_type),
+    )
+    if (eab_kid is None) != (eab_hmac is None):
+        fail("give --eab-kid and --eab-hmac together, or neither")
+    servers = dns or ["127.0.0.1:53"]
+    for server in servers:
+        try:
+            split_hostport(server)
+        except ValueError as exc:
+            fail(f"--dns {server!r}: {exc}")
+    eab = (eab_kid, eab_hmac) if eab_kid is not None and eab_hmac is not None else None
+    cert, rev = Issuer(store(db), servers, wait).issue(name, plan, eab)
+    typer.echo(
+        f"certificate {cert.name} issued: {', '.join(cert.names)}, valid until "
+        f"{cert.not_after:%Y-%m-%d %H:%M} UTC; renews itself (revision {rev})"
+    )
+
+
 @cert_app.command("remove")
 @guarded
 def cert_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:

@@ -14,8 +14,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
-from sipzone.model.errors import BadChallenge, BadKeyType, InvalidValue
+from sipzone.model.errors import BadChallenge, BadEmail, BadKeyType, BadURL, InvalidValue
 from sipzone.model.names import parse_domain, parse_rule
 
 CHALLENGE_LABEL = "_acme-challenge"
@@ -100,3 +101,20 @@ class AcmeState:
     failures: int
     next_attempt: datetime | None  # after a failure: not before then
     last_error: str | None
+
+
+def parse_directory(text: str) -> str:
+    """An ACME directory URL: ``https://`` (``http://`` only for a CA on this machine)."""
+    url = urlsplit(text)
+    local = url.hostname in ("localhost", "127.0.0.1", "::1")
+    if (url.scheme != "https" and not (url.scheme == "http" and local)) or not url.hostname:
+        raise BadURL(f"ACME directory {text!r} is not an https URL such as https://ca.example/dir")
+    return text
+
+
+def parse_account_email(text: str) -> str:
+    """The contact address of an ACME account."""
+    local, at, domain = text.partition("@")
+    if not (local and at) or any(c.isspace() or c in "<>,;:" for c in text):
+        raise BadEmail(f"ACME account email {text!r} is not an address such as ops@example.com")
+    return f"{local}@{parse_domain(domain).text}"
