@@ -170,7 +170,17 @@ class Issuer:
             net.account = messages.RegistrationResource(
                 body=messages.Registration(), uri=account.url
             )
-            return acme, jwk
+            try:
+                acme.query_registration(net.account)
+                return acme, jwk
+            except messages.Error as exc:
+                if exc.code != "accountDoesNotExist":
+                    raise
+            # The CA forgot the account (a reset test CA): register the same key anew.
+            log.warning(
+                "acme: account of %s unknown at %s; registering anew", plan.email, plan.directory
+            )
+            net.account = None
         binding = None
         if eab is not None:
             binding = messages.ExternalAccountBinding.from_data(
@@ -221,30 +231,32 @@ class Issuer:
     def _wait_seen(self, records: Sequence[tuple[str, str]]) -> None:
         """Return once every DNS server answers every record's value; raise
         :class:`ChallengeNotSeen` after ``seen_timeout`` seconds."""
-        from sipzone.api.proof import txt_strings
-
         deadline = time.monotonic() + self.seen_timeout
         waiting = [(server, name, value) for server in self.dns_servers for name, value in records]
-        while waiting:
-            still = []
-            for server, name, value in waiting:
-                try:
-                    seen = value in txt_strings(name, server)
-                except ProofFailed:
-                    seen = False
-                if not seen:
-                    still.append((server, name, value))
-            waiting = still
+        while True:
+            # One whole pass after the deadline: a lookup may itself take seconds.
+            expired = time.monotonic() > deadline
+            waiting = [(s, n, v) for s, n, v in waiting if not _answers(s, n, v)]
             if not waiting:
                 return
-            if time.monotonic() > deadline:
-                server, name, _ = waiting[0]
+            if expired:
+                servers = ", ".join(dict.fromkeys(server for server, _, _ in waiting))
                 raise ChallengeNotSeen(
-                    f"the DNS at {server} did not answer the challenge at {name} within "
-                    f"{self.seen_timeout:.0f} s; is `sipzone serve --dns {server}` running on "
+                    f"the DNS at {servers} did not answer the challenge at {waiting[0][1]} "
+                    f"within {self.seen_timeout:g} s; is `sipzone serve --dns` running there on "
                     "this store?"
                 )
             time.sleep(SEEN_POLL)
+
+
+def _answers(server: str, name: str, value: str) -> bool:
+    """Whether the DNS at ``server`` answers ``value`` among the TXT values at ``name``."""
+    from sipzone.api.proof import txt_strings
+
+    try:
+        return value in txt_strings(name, server)
+    except ProofFailed:  # not reachable (yet): not answering
+        return False
 
 
 # ------------------------------------------------------------------------ renewal in serve

@@ -568,17 +568,26 @@ def cert_default(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
 def cert_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """List certificates, the default first: names covered, issuer, not-after, days left
     (--json: also subject, serial, not-before, SHA-256 fingerprint; never the key)."""
-    from sipzone.api.views import certificate_json
+    from sipzone.api.views import certificate_json, renewal_json
 
-    rows = [certificate_json(c, i == 0) for i, c in enumerate(store(db).list_certificates())]
+    stored = store(db)
+    acme = {state.name: state for state in stored.acme_certificates()}
+    rows = [
+        certificate_json(c, i == 0) | renewal_json(acme.get(c.name))
+        for i, c in enumerate(stored.list_certificates())
+    ]
     if as_json:
         emit(rows)
         return
     for r in rows:
         mark = " (default)" if r["default"] else ""
+        renewal = r["renewal"]
+        how = r["managed"]
+        if renewal and renewal["failures"]:
+            how += f" ({renewal['failures']} renewals failed, next try {renewal['next_attempt']})"
         typer.echo(
             f"{r['name']}{mark}\t{','.join(r['names'])}\t{r['issuer']}\t"
-            f"{r['not_after'][:10]}\t{r['days_left']} days left"
+            f"{r['not_after'][:10]}\t{r['days_left']} days left\t{how}"
         )
 
 
@@ -944,9 +953,22 @@ def serve(
         str | None,
         typer.Option(help="Resolver HOST:PORT that checks claim proofs (default: the system's)."),
     ] = None,
+    acme_check: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds between checks for ACME certificates due (with --dns)."
+        ),
+    ] = 60.0,
+    acme_retry: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds before retrying a failed ACME renewal (doubling)."),
+    ] = 300.0,
     db: Db = DEFAULT_URL,
 ) -> None:
-    """Run the SIP edge, the DNS authority and/or the API on the store, following it live."""
+    """Run the SIP edge, the DNS authority and/or the API on the store, following it live.
+
+    With --dns, ACME certificates (`cert acme`) renew themselves at two thirds of their lifetime,
+    one node at a time, the challenge checked against this node's DNS."""
     import ipaddress
 
     from sipzone.api import ApiConfig
@@ -1018,6 +1040,8 @@ def serve(
         poll_interval=poll,
         share_ports=share_ports,
         api=ApiConfig(listen=api, proof_resolver=proof_resolver) if api else None,
+        acme_check=acme_check,
+        acme_retry=acme_retry,
     )
     run(config)
 

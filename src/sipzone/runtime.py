@@ -89,6 +89,8 @@ class ServeConfig:
     poll_interval: float = 0.05  # seconds between change-feed checks (SQLite)
     share_ports: bool = False  # True: join ports another process holds (SO_REUSEPORT)
     api: ApiConfig | None = None  # the REST API and web console (sipzone.api)
+    acme_check: float = 60.0  # seconds between checks for ACME certificates due (with DNS)
+    acme_retry: float = 300.0  # seconds before the first retry of a failed renewal (doubling)
 
 
 # ------------------------------------------------------------------------ ports
@@ -269,6 +271,8 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(follower.follow(holder))]
+    if config.dns is not None:
+        tasks.append(asyncio.create_task(_renew_acme(config, dns_service.address)))
     if parent is not None:
         tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
     log.info("serving revision %d (pid %d)", holder.current.revision, os.getpid())
@@ -281,6 +285,30 @@ async def run_worker(
     for service in services:
         await service.close()
     store.close()
+
+
+async def _renew_acme(config: ServeConfig, address: tuple[Any, ...]) -> None:
+    """Renew ACME certificates from this worker (the store's lease lets one node at a time),
+    checking the challenges against this worker's own DNS listener at ``address``."""
+    from datetime import timedelta
+
+    from sipzone.acme import Issuer, renew_forever
+
+    host, port = str(address[0]), int(address[1])
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    store = Store(config.db, via="serve:acme")
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        await renew_forever(
+            store,
+            Issuer(store, [server]),
+            holder,
+            config.acme_check,
+            timedelta(seconds=config.acme_retry),
+        )
+    finally:
+        store.close()
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
