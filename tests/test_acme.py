@@ -38,7 +38,9 @@ class Pebble:
     """One Pebble process; :meth:`restart` keeps its ports (so its directory URL), as a CA
     that comes back with a new root and no memory of accounts."""
 
-    def __init__(self, where: Path, dns_port: int, validity: int) -> None:
+    def __init__(
+        self, where: Path, dns_port: int, validity: int, eab: dict[str, str] | None = None
+    ) -> None:
         self.where = where
         self.ca = trustme.CA()
         self.ca_file = where / "pebble-https-ca.pem"
@@ -49,6 +51,7 @@ class Pebble:
         self.port, self.management = free_port(), free_port()
         self.directory = f"https://127.0.0.1:{self.port}/dir"
         self.validity = validity
+        self.eab = eab or {}
         self.proc: subprocess.Popen[str] | None = None
         self.start(dns_port)
 
@@ -62,7 +65,8 @@ class Pebble:
                 "httpPort": free_port(),
                 "tlsPort": free_port(),
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
+                "externalAccountBindingRequired": bool(self.eab),
+                "externalAccountMACKeys": self.eab,
                 "certificateValidityPeriod": self.validity,
             }
         }
@@ -117,15 +121,16 @@ class Pebble:
 
 @pytest.fixture
 def pebble(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
-    """Factory: ``pebble(dns_port, validity=SECONDS)``; stopped after the test."""
+    """Factory: ``pebble(dns_port, validity=SECONDS, eab={KID: HMAC})``; stopped after the
+    test."""
     if shutil.which("pebble") is None:
         missing("pebble is not installed (apt-get install pebble)")
     started: list[Pebble] = []
 
-    def start(dns_port: int, validity: int = 3600) -> Pebble:
+    def start(dns_port: int, validity: int = 3600, eab: dict[str, str] | None = None) -> Pebble:
         where = tmp_path / f"pebble{len(started)}"
         where.mkdir()
-        started.append(Pebble(where, dns_port, validity))
+        started.append(Pebble(where, dns_port, validity, eab))
         return started[-1]
 
     yield start
@@ -361,3 +366,28 @@ def test_metrics_report_renewals(
         r'sipzone_acme_last_renewal_timestamp_seconds\{certificate="teams"\} 1\.\d+e', body
     )
     assert re.search(r'sipzone_acme_days_left\{certificate="teams"\} 0\.0[0-9]', body)
+
+
+def test_a_ca_requiring_external_account_binding(
+    cli: Callable[..., Any],
+    serve: Callable[..., Any],
+    pebble: Callable[..., Pebble],
+    acme_env: Callable[[Pebble], None],
+    tmp_path: Path,
+) -> None:
+    setup_store(cli, tmp_path)
+    dns_port = free_port()
+    hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    ca = pebble(dns_port, eab={"kid-1": hmac})
+    acme_env(ca)
+    serve("--dns", f"127.0.0.1:{dns_port}")
+    refused = order(cli, ca, dns_port)
+    assert refused.returncode == 2
+    assert "requires an external account binding" in refused.stderr
+    assert stored(cli, "teams")["managed"] == "manual"
+    wrong = order(cli, ca, dns_port, "--eab-kid", "kid-2", "--eab-hmac", hmac)
+    assert wrong.returncode == 2 and "no certificate was stored" in wrong.stderr
+    done = order(cli, ca, dns_port, "--eab-kid", "kid-1", "--eab-hmac", hmac)
+    assert done.returncode == 0, done.stderr
+    assert stored(cli, "teams")["managed"] == "acme"
+    assert hmac not in done.stdout + done.stderr + cli("cert", "list", "--json").stdout

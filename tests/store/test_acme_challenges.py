@@ -105,3 +105,16 @@ def test_challenges_survive_a_rule_only_change(store: Store) -> None:
     store.add_domain("voip.example.com")
     later = store.advance(snap)
     assert later.delta is not None and later.challenges == snap.challenges
+
+
+def test_zone_transfers_carry_the_challenge_values(store: Store) -> None:
+    """Secondaries (AXFR after NOTIFY) get the values like any record of the zone."""
+    from sipzone.dns.export import export_zone
+
+    store.add_zone("example.com")
+    store.publish_challenges("teams", [("_acme-challenge.teams.example.com", V1)])
+    store.publish_challenges("teams", [("_acme-challenge.teams.example.com", V2)])
+    text = export_zone(store.load_snapshot(), "example.com")
+    lines = [line for line in text.splitlines() if "_acme-challenge" in line]
+    assert len(lines) == 2 and all("TXT" in line for line in lines), text
+    assert {V1, V2} == {line.split('"')[1] for line in lines}
