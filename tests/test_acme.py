@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +139,6 @@ def pebble(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
         p.stop()
 
 
-@pytest.fixture
-def acme_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[Pebble], None]:
-    """Make `sipzone` processes started from now on trust ``pebble``'s HTTPS certificate."""
-
-    def trust(pebble: Pebble) -> None:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pebble.ca_file))
-
-    return trust
-
-
 def txt(port: int, name: str) -> list[str]:
     """The TXT values at ``name`` (the wildcard covers it too, so no NXDOMAIN once empty)."""
     reply = dns.query.udp(dns.message.make_query(name, "TXT"), "127.0.0.1", port=port, timeout=3)
@@ -175,30 +166,50 @@ def wait_for(seconds: float, condition: Callable[[], bool]) -> None:
         time.sleep(0.2)
 
 
-def setup_store(cli: Callable[..., Any], tmp_path: Path) -> int:
-    """A store with the zone and the wildcard, and a hand-made certificate for the base and
-    wildcard in service; the old certificate's serial."""
-    cli("init", check=True)
-    cli("zone", "add", "example.com", check=True)
-    cli("domain", "add", "*.teams.example.com", check=True)
-    old = issue(trustme.CA(), tmp_path / "old", *DOMAINS)
-    cli("cert", "add", "teams", "--cert", str(old.chain), "--key", str(old.key), check=True)
-    return old.serial
+@dataclass
+class Installation:
+    """A store with the zone, the wildcard and a hand-made certificate ``teams`` for the base
+    and wildcard in service (serial ``old_serial``); a ``serve --dns`` on it and a Pebble
+    validating through that DNS."""
+
+    ca: Pebble
+    dns_port: int
+    server: Any
+    old_serial: int
 
 
-def test_wildcard_and_base_in_one_order_served_live(
+@pytest.fixture
+def installation(
     cli: Callable[..., Any],
     serve: Callable[..., Any],
     pebble: Callable[..., Pebble],
-    acme_env: Callable[[Pebble], None],
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+) -> Callable[..., Installation]:
+    """Factory: ``installation(*SERVE_ARGS, validity=S, eab={KID: HMAC})``."""
+
+    def start(*args: str, validity: int = 3600, eab: dict[str, str] | None = None) -> Installation:
+        cli("init", check=True)
+        cli("zone", "add", "example.com", check=True)
+        cli("domain", "add", "*.teams.example.com", check=True)
+        old = issue(trustme.CA(), tmp_path / "old", *DOMAINS)
+        cli("cert", "add", "teams", "--cert", str(old.chain), "--key", str(old.key), check=True)
+        dns_port = free_port()
+        ca = pebble(dns_port, validity, eab)
+        # Every `sipzone` started from now on trusts Pebble's HTTPS certificate.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.ca_file))
+        server = serve("--dns", f"127.0.0.1:{dns_port}", *args)
+        return Installation(ca, dns_port, server, old.serial)
+
+    return start
+
+
+def test_wildcard_and_base_in_one_order_served_live(
+    cli: Callable[..., Any], installation: Callable[..., Installation], tmp_path: Path
 ) -> None:
-    old_serial = setup_store(cli, tmp_path)
-    dns_port, tls_port = free_port(), free_port()
-    ca = pebble(dns_port)
-    acme_env(ca)
-    serve("--dns", f"127.0.0.1:{dns_port}", "--sip", f"tls:127.0.0.1:{tls_port}",
-          "--tls-verify-client", "none")  # fmt: skip
+    tls_port = free_port()
+    setup = installation("--sip", f"tls:127.0.0.1:{tls_port}", "--tls-verify-client", "none")
+    ca, dns_port, old_serial = setup.ca, setup.dns_port, setup.old_serial
     insecure = ssl.create_default_context()
     insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
     with connect(tls_port, "cust42.teams.example.com", insecure) as held:
@@ -231,24 +242,17 @@ def served(port: int, context: ssl.SSLContext) -> int | None:
 
 
 def test_a_node_that_does_not_answer_delays_then_fails_the_order_storing_nothing(
-    cli: Callable[..., Any],
-    serve: Callable[..., Any],
-    pebble: Callable[..., Pebble],
-    acme_env: Callable[[Pebble], None],
-    tmp_path: Path,
+    cli: Callable[..., Any], serve: Callable[..., Any], installation: Callable[..., Installation]
 ) -> None:
-    old_serial = setup_store(cli, tmp_path)
-    dns_port, other = free_port(), free_port()
-    ca = pebble(dns_port)
-    acme_env(ca)
-    serve("--dns", f"127.0.0.1:{dns_port}")
+    setup = installation()
+    ca, dns_port, other = setup.ca, setup.dns_port, free_port()
     started = time.monotonic()
     result = order(cli, ca, dns_port, "--dns", f"127.0.0.1:{other}", "--wait", "2")
     assert result.returncode == 2
     assert time.monotonic() - started >= 2  # it waited for the second node
     assert f"DNS at 127.0.0.1:{other} did not answer the challenge" in result.stderr
     row = stored(cli, "teams")
-    assert int(row["serial"], 16) == old_serial and row["managed"] == "manual"
+    assert int(row["serial"], 16) == setup.old_serial and row["managed"] == "manual"
     wait_for(5, lambda: txt(dns_port, CHALLENGE) == [])
 
     # With the second node up in time, the same order goes through.
@@ -311,18 +315,11 @@ def test_bad_input_is_refused_before_anything_is_ordered(cli: Callable[..., Any]
 
 
 def test_renewal_by_short_validity_survives_a_refusing_ca(
-    cli: Callable[..., Any],
-    serve: Callable[..., Any],
-    pebble: Callable[..., Pebble],
-    acme_env: Callable[[Pebble], None],
-    tmp_path: Path,
+    cli: Callable[..., Any], installation: Callable[..., Installation]
 ) -> None:
-    setup_store(cli, tmp_path)
-    dns_port, nowhere = free_port(), free_port()
-    ca = pebble(dns_port, validity=15)  # due for renewal after 10 s
-    acme_env(ca)
-    server = serve("--dns", f"127.0.0.1:{dns_port}", "--acme-check", "0.5",
-                   "--acme-retry", "1")  # fmt: skip
+    # Due for renewal after 10 s.
+    setup = installation("--acme-check", "0.5", "--acme-retry", "1", validity=15)
+    ca, dns_port, server, nowhere = setup.ca, setup.dns_port, setup.server, free_port()
     assert order(cli, ca, dns_port).returncode == 0
     first = stored(cli, "teams")["serial"]
     # The CA comes back unable to see our DNS: every validation fails.
@@ -341,18 +338,11 @@ def test_renewal_by_short_validity_survives_a_refusing_ca(
 
 
 def test_metrics_report_renewals(
-    cli: Callable[..., Any],
-    serve: Callable[..., Any],
-    pebble: Callable[..., Pebble],
-    acme_env: Callable[[Pebble], None],
-    tmp_path: Path,
+    cli: Callable[..., Any], installation: Callable[..., Installation]
 ) -> None:
-    setup_store(cli, tmp_path)
-    dns_port, metrics = free_port(), free_port()
-    ca = pebble(dns_port)
-    acme_env(ca)
-    serve("--dns", f"127.0.0.1:{dns_port}", "--metrics", f"127.0.0.1:{metrics}",
-          "--acme-check", "0.2")  # fmt: skip
+    metrics = free_port()
+    setup = installation("--metrics", f"127.0.0.1:{metrics}", "--acme-check", "0.2")
+    ca, dns_port = setup.ca, setup.dns_port
     assert order(cli, ca, dns_port).returncode == 0
 
     def text() -> str:
@@ -369,18 +359,11 @@ def test_metrics_report_renewals(
 
 
 def test_a_ca_requiring_external_account_binding(
-    cli: Callable[..., Any],
-    serve: Callable[..., Any],
-    pebble: Callable[..., Pebble],
-    acme_env: Callable[[Pebble], None],
-    tmp_path: Path,
+    cli: Callable[..., Any], installation: Callable[..., Installation]
 ) -> None:
-    setup_store(cli, tmp_path)
-    dns_port = free_port()
     hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
-    ca = pebble(dns_port, eab={"kid-1": hmac})
-    acme_env(ca)
-    serve("--dns", f"127.0.0.1:{dns_port}")
+    setup = installation(eab={"kid-1": hmac})
+    ca, dns_port = setup.ca, setup.dns_port
     refused = order(cli, ca, dns_port)
     assert refused.returncode == 2
     assert "requires an external account binding" in refused.stderr
