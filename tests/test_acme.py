@@ -307,6 +307,11 @@ def test_bad_input_is_refused_before_anything_is_ordered(cli: Callable[..., Any]
             "address",
         ),
     ]
+    # No zone holds the name: refused before any CA is asked (this directory does not exist).
+    cases.append(
+        ([*base, "--domain", "a.example.org", "--directory", "https://127.0.0.1:1/dir"],
+         "none of sipzone's zones"),
+    )  # fmt: skip
     for args, words in cases:
         result = cli(*args)
         assert result.returncode == 2, (args, result.stderr)

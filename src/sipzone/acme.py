@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge
 
-from sipzone.model.acme import AcmeAccount, AcmePlan, AcmeState, backoff, renewal_due
+from sipzone.model.acme import (
+    AcmeAccount,
+    AcmePlan,
+    AcmeState,
+    backoff,
+    challenge_name,
+    check_answerable,
+    renewal_due,
+)
 from sipzone.model.certificates import Certificate
 from sipzone.model.errors import AcmeFailed, ChallengeNotSeen, ProofFailed, SipzoneError
 
@@ -126,6 +134,9 @@ class Issuer:
         import requests
         from acme import crypto_util, errors, messages
 
+        zones = self.store.list_zones()
+        for domain in plan.domains:  # before asking the CA for anything
+            check_answerable(challenge_name(domain), zones)
         try:
             acme, account = self._client(plan, eab)
             key_pem = new_key(plan.key_type)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from sipzone.model.errors import BadChallenge, BadEmail, BadKeyType, BadURL, InvalidValue
 from sipzone.model.names import parse_domain, parse_rule
+from sipzone.model.tenancy import zone_of
 
 CHALLENGE_LABEL = "_acme-challenge"
 KEY_TYPES = ("ec256", "rsa2048")
@@ -58,6 +59,16 @@ def parse_challenge(name: str, value: str) -> tuple[str, str]:
     if not _VALUE.match(value):
         raise BadChallenge(f"challenge value {value!r} is not base64url text")
     return f"{CHALLENGE_LABEL}.{parse_domain(rest).text}", value
+
+
+def check_answerable(name: str, zones: Iterable[str]) -> None:
+    """Raise :class:`BadChallenge` unless challenge ``name`` is in one of ``zones`` (sipzone's),
+    so its DNS can answer it."""
+    if zone_of(name, zones) is None:
+        raise BadChallenge(
+            f"{name} is in none of sipzone's zones, so its DNS cannot answer the challenge; "
+            "add the zone first (`sipzone zone add`)"
+        )
 
 
 def renewal_due(not_before: datetime, not_after: datetime) -> datetime:

@@ -28,11 +28,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sipzone.eventlog import EventLog
-from sipzone.model.acme import AcmeAccount, AcmePlan, AcmeState, parse_challenge
+from sipzone.model.acme import (
+    AcmeAccount,
+    AcmePlan,
+    AcmeState,
+    check_answerable,
+    parse_challenge,
+)
 from sipzone.model.certificates import Certificate, parse_cert_name, parse_certificate
 from sipzone.model.errors import (
     BadAddress,
-    BadChallenge,
     Conflict,
     ImportRefused,
     InvalidName,
@@ -84,7 +89,6 @@ from sipzone.model.tenancy import (
     parse_tenant_field,
     parse_tenant_name,
     parse_token_label,
-    zone_of,
 )
 from sipzone.store.feed import notify_sql
 from sipzone.store.schema import (
@@ -1057,11 +1061,7 @@ class Store:
             self._provider_only("manages TLS certificates")
             zone_names = self._zones(conn)
             for name, value in parsed:
-                if zone_of(name, zone_names) is None:
-                    raise BadChallenge(
-                        f"{name} is in none of sipzone's zones, so its DNS cannot answer the "
-                        "challenge; add the zone first (`sipzone zone add`)"
-                    )
+                check_answerable(name, zone_names)
                 conn.execute(
                     acme_challenges.insert().values(certificate=certificate, name=name, value=value)
                 )
