@@ -3,6 +3,9 @@ refused outside our zones, withdrawn after the order; and the renewal lease."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -10,8 +13,14 @@ import pytest
 
 from sipzone.dns import DnsConfig
 from sipzone.dns.answers import Authority
-from sipzone.model.acme import backoff, challenge_name, parse_acme_domains, renewal_due
-from sipzone.model.errors import BadChallenge, BadKeyType, InvalidValue, NotPermitted
+from sipzone.model.acme import (
+    backoff,
+    challenge_name,
+    parse_acme_domains,
+    parse_key_type,
+    renewal_due,
+)
+from sipzone.model.errors import BadChallenge, BadKeyType, InvalidValue, NotFound, NotPermitted
 from sipzone.store.repository import Store
 
 V1 = "a" * 43
@@ -85,15 +94,11 @@ def test_order_values() -> None:
     )
     with pytest.raises(InvalidValue):
         parse_acme_domains([])
-    from datetime import UTC, datetime, timedelta
-
     start = datetime(2026, 1, 1, tzinfo=UTC)
     assert renewal_due(start, start + timedelta(days=90)) == start + timedelta(days=60)
     base = timedelta(seconds=10)
     assert [backoff(n, base).total_seconds() for n in (1, 2, 3)] == [10, 20, 40]
     assert backoff(40, base) == timedelta(hours=6)
-    from sipzone.model.acme import parse_key_type
-
     with pytest.raises(BadKeyType):
         parse_key_type("dsa")
 
@@ -118,3 +123,29 @@ def test_zone_transfers_carry_the_challenge_values(store: Store) -> None:
     lines = [line for line in text.splitlines() if "_acme-challenge" in line]
     assert len(lines) == 2 and all("TXT" in line for line in lines), text
     assert {V1, V2} == {line.split('"')[1] for line in lines}
+
+
+def test_a_certificate_added_by_hand_stops_renewing(store: Store, tmp_path: Path) -> None:
+    import trustme
+
+    from sipzone.model.acme import AcmeAccount, AcmePlan
+    from tests.tlscerts import issue
+
+    plan = AcmePlan("https://ca.test/dir", "ops@example.com", ("a.example.com",), "ec256")
+    leaf = issue(trustme.CA(), tmp_path, "a.example.com")
+    chain, key = leaf.chain.read_bytes(), leaf.key.read_bytes()
+    with pytest.raises(NotFound, match="no ACME account"):
+        store.add_certificate("a", chain, key, acme=plan)
+    assert store.list_certificates() == []  # nothing half-stored
+    store.save_acme_account(AcmeAccount(plan.directory, plan.email, "KEY", "https://ca.test/1"))
+    store.add_certificate("a", chain, key, acme=plan)
+    [state] = store.acme_certificates()
+    assert (state.name, state.plan, state.failures) == ("a", plan, 0)
+    store.record_renewal("a", "refused", datetime.now(UTC) + timedelta(minutes=5))
+    store.record_renewal("a", "refused again", datetime.now(UTC) + timedelta(minutes=10))
+    [state] = store.acme_certificates()
+    assert (state.failures, state.last_error) == (2, "refused again")
+    assert state.next_attempt is not None and state.next_attempt > datetime.now(UTC)
+    assert "KEY" not in repr(store.acme_account(plan.directory, plan.email))
+    store.add_certificate("a", chain, key)
+    assert store.acme_certificates() == []
