@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge
 
+from sipzone.eventlog import EventLog
 from sipzone.model.acme import (
     AcmeAccount,
     AcmePlan,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from sipzone.store.repository import Store
 
 log = logging.getLogger("sipzone.acme")
+events = EventLog(log)  # a lost store: one line a minute, not one a check
 
 HTTP_TIMEOUT = 30  # seconds per request to the CA
 ORDER_TIMEOUT = 120.0  # seconds for the CA to validate and issue
@@ -343,11 +345,17 @@ async def renew_forever(
     store: Store, issuer: Issuer, holder: str, check: float, retry: timedelta
 ) -> None:
     """Run :func:`renew_due` every ``check`` seconds on a thread (it blocks on the CA and the
-    store), until cancelled; a failure of the loop itself is logged and tried again."""
+    store), until cancelled; a lost store is logged (rate-limited, one line) and tried again."""
+    import sqlalchemy.exc
+
+    from sipzone.store.feed import first_line
+
     loop = asyncio.get_running_loop()
     while True:
         try:
             await loop.run_in_executor(None, renew_due, store, issuer, holder, retry)
-        except Exception:  # the store away, a bug: never the server
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # the store away: the feed says so too
+            events.warning("store", "acme: renewal check skipped (%s)", first_line(exc))
+        except Exception:  # a bug: never the server
             log.exception("acme: renewal check failed")
         await asyncio.sleep(check)
