@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge
+from sqlalchemy.exc import SQLAlchemyError
 
 from sipzone.eventlog import EventLog
 from sipzone.model.acme import (
@@ -41,7 +42,7 @@ from sipzone.model.acme import (
     renewal_due,
 )
 from sipzone.model.certificates import Certificate
-from sipzone.model.errors import AcmeFailed, ChallengeNotSeen, ProofFailed, SipzoneError
+from sipzone.model.errors import AcmeFailed, ChallengeNotSeen, ProofFailed
 
 if TYPE_CHECKING:
     from acme import challenges, client, messages
@@ -300,7 +301,9 @@ def renew_due(
         for state in due:
             try:
                 cert, rev = issuer.issue(state.name, state.plan)
-            except SipzoneError as exc:
+            except SQLAlchemyError:
+                raise  # the store is away: the loop says so, the lease times out
+            except Exception as exc:  # refused, or a bug: back off either way, never spin
                 failures = state.failures + 1
                 wait = backoff(failures, retry)
                 store.record_renewal(state.name, str(exc), now + wait)
@@ -346,15 +349,13 @@ async def renew_forever(
 ) -> None:
     """Run :func:`renew_due` every ``check`` seconds on a thread (it blocks on the CA and the
     store), until cancelled; a lost store is logged (rate-limited, one line) and tried again."""
-    import sqlalchemy.exc
-
     from sipzone.store.feed import first_line
 
     loop = asyncio.get_running_loop()
     while True:
         try:
             await loop.run_in_executor(None, renew_due, store, issuer, holder, retry)
-        except sqlalchemy.exc.SQLAlchemyError as exc:  # the store away: the feed says so too
+        except SQLAlchemyError as exc:  # the store away: the feed says so too
             events.warning("store", "acme: renewal check skipped (%s)", first_line(exc))
         except Exception:  # a bug: never the server
             log.exception("acme: renewal check failed")
