@@ -820,6 +820,78 @@ def cert_add(
     )
 
 
+@cert_app.command("acme")
+@guarded
+def cert_acme(
+    name: str,
+    domain: Annotated[
+        list[str], typer.Option(help="A name to cover (exact or *.BASE); repeat for more.")
+    ],
+    directory: Annotated[str, typer.Option(help="The ACME CA's directory URL.")],
+    email: Annotated[str, typer.Option(help="Contact address of the ACME account.")],
+    eab_kid: Annotated[
+        str | None, typer.Option(help="External account binding: key id from the CA.")
+    ] = None,
+    eab_hmac: Annotated[
+        str | None, typer.Option(help="External account binding: HMAC key (base64url).")
+    ] = None,
+    key_type: Annotated[str, typer.Option(help="The certificate's key: ec256 or rsa2048.")] = (
+        "ec256"
+    ),
+    dns: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A node's DNS listener (HOST:PORT) that must answer the challenge before the "
+            "CA is told to look; repeat once per node.  Default 127.0.0.1:53."
+        ),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the DNS to answer the challenge.")
+    ] = 60.0,
+    db: Db = DEFAULT_URL,
+) -> None:
+    """Order a certificate for NAME from an ACME CA, answering DNS-01 with sipzone's own DNS.
+
+    Registers an account the first time (its key stays in the store), publishes each
+    _acme-challenge TXT value through the store (every node's DNS answers it), waits until
+    every --dns server answers them, lets the CA validate, stores the certificate like
+    `cert add` and withdraws the challenge records.  `serve` renews it at two thirds of its
+    lifetime.  On any failure nothing is stored and the certificate in service stays.
+    """
+    from sipzone.acme import Issuer
+    from sipzone.model.acme import (
+        AcmePlan,
+        parse_account_email,
+        parse_acme_domains,
+        parse_directory,
+        parse_key_type,
+    )
+    from sipzone.model.certificates import parse_cert_name
+    from sipzone.net import split_hostport
+
+    parse_cert_name(name)
+    plan = AcmePlan(
+        parse_directory(directory),
+        parse_account_email(email),
+        parse_acme_domains(domain),
+        parse_key_type(key_type),
+    )
+    if (eab_kid is None) != (eab_hmac is None):
+        fail("give --eab-kid and --eab-hmac together, or neither")
+    servers = dns or ["127.0.0.1:53"]
+    for server in servers:
+        try:
+            split_hostport(server)
+        except ValueError as exc:
+            fail(f"--dns {server!r}: {exc}")
+    eab = (eab_kid, eab_hmac) if eab_kid is not None and eab_hmac is not None else None
+    cert, rev = Issuer(store(db), servers, wait).issue(name, plan, eab)
+    typer.echo(
+        f"certificate {cert.name} issued: {', '.join(cert.names)}, valid until "
+        f"{cert.not_after:%Y-%m-%d %H:%M} UTC; renews itself (revision {rev})"
+    )
+
+
 @cert_app.command("remove")
 @guarded
 def cert_remove(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
@@ -841,17 +913,26 @@ def cert_default(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER) -> None:
 def cert_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """List certificates, the default first: names covered, issuer, not-after, days left
     (--json: also subject, serial, not-before, SHA-256 fingerprint; never the key)."""
-    from sipzone.api.views import certificate_json
+    from sipzone.api.views import certificate_json, renewal_json
 
-    rows = [certificate_json(c, i == 0) for i, c in enumerate(store(db).list_certificates())]
+    stored = store(db)
+    acme = {state.name: state for state in stored.acme_certificates()}
+    rows = [
+        certificate_json(c, i == 0) | renewal_json(acme.get(c.name))
+        for i, c in enumerate(stored.list_certificates())
+    ]
     if as_json:
         emit(rows)
         return
     for r in rows:
         mark = " (default)" if r["default"] else ""
+        renewal = r["renewal"]
+        how = r["managed"]
+        if renewal and renewal["failures"]:
+            how += f" ({renewal['failures']} renewals failed, next try {renewal['next_attempt']})"
         typer.echo(
             f"{r['name']}{mark}\t{','.join(r['names'])}\t{r['issuer']}\t"
-            f"{r['not_after'][:10]}\t{r['days_left']} days left"
+            f"{r['not_after'][:10]}\t{r['days_left']} days left\t{how}"
         )
 
 
@@ -1397,6 +1478,16 @@ def serve(
             min=0, max=2**31 - 1, help="TTL of answers health changed, while a site is out."
         ),
     ] = 30,
+    acme_check: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds between checks for ACME certificates due (with --dns)."
+        ),
+    ] = 60.0,
+    acme_retry: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds before retrying a failed ACME renewal (doubling)."),
+    ] = 300.0,
     db: Db = DEFAULT_URL,
 ) -> None:
     """Run the SIP edge, the DNS authority and/or the API on the store, following it live.
@@ -1405,7 +1496,8 @@ def serve(
     SIPZONE_TCP_IDLE_TIMEOUT=60) or from a --config file (tcp-idle-timeout = 60); the command
     line overrides the environment, which overrides the file.  SIGHUP reopens the log file and
     re-reads the file: the log level and format change at once, other changes are logged as
-    needing a restart.
+    needing a restart.  With --dns, ACME certificates (`cert acme`) renew themselves at two
+    thirds of their lifetime, one node at a time, the challenge checked against this node's DNS.
     """
     import ipaddress
 
@@ -1493,6 +1585,8 @@ def serve(
         config_known=tuple(_multiple_options(ctx).items()),
         node_name=_node_name(node_name),
         health_checks=health_checks,
+        acme_check=acme_check,
+        acme_retry=acme_retry,
     )
     if print_config:
         _print_settings(settings)

@@ -114,6 +114,8 @@ class ServeConfig:
     node_name: str | None = None  # this node in the store's heartbeat and views (default: host)
     health_checks: bool = True  # probe every site (sipzone.health); False: others' views only
     health_voice: bool = True  # False: this worker neither logs nor counts health transitions
+    acme_check: float = 60.0  # seconds between checks for ACME certificates due (with DNS)
+    acme_retry: float = 300.0  # seconds before the first retry of a failed renewal (doubling)
 
 
 # ------------------------------------------------------------------------ ports
@@ -443,6 +445,8 @@ async def run_worker(
         asyncio.create_task(follower.follow(raw)),
         asyncio.create_task(_every_second(follower, dns_service, watchdog=main)),
     ]
+    if config.dns is not None:
+        tasks.append(asyncio.create_task(_renew_acme(config, dns_service.address)))
     if parent is not None:
         tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
     log.info("serving revision %d (pid %d)", holder.current.revision, os.getpid())
@@ -515,6 +519,30 @@ def _health_monitor(
     return HealthMonitor(
         name, store, raw, holder, beat, probing=config.health_checks, voice=config.health_voice
     )
+
+
+async def _renew_acme(config: ServeConfig, address: tuple[Any, ...]) -> None:
+    """Renew ACME certificates from this worker (the store's lease lets one node at a time),
+    checking the challenges against this worker's own DNS listener at ``address``."""
+    from datetime import timedelta
+
+    from sipzone.acme import Issuer, renew_forever
+
+    host, port = str(address[0]), int(address[1])
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    store = Store(config.db, via="serve:acme")
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        await renew_forever(
+            store,
+            Issuer(store, [server]),
+            holder,
+            config.acme_check,
+            timedelta(seconds=config.acme_retry),
+        )
+    finally:
+        store.close()
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:

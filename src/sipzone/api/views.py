@@ -11,6 +11,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sipzone.model.acme import AcmeState
 from sipzone.model.certificates import Certificate
 from sipzone.model.errors import BadCursor, InvalidValue
 from sipzone.model.matcher import Match
@@ -98,6 +99,29 @@ def certificate_json(cert: Certificate, default: bool) -> dict[str, Any]:
         "not_after": cert.not_after.isoformat(),
         "days_left": int(cert.days_left() // 1),
         "fingerprint_sha256": cert.fingerprint,
+    }
+
+
+def renewal_json(state: AcmeState | None) -> dict[str, Any]:
+    """How a certificate is managed (``cert list --json``): ``managed`` is ``acme`` or
+    ``manual``; ``renewal`` (ACME only) what it is ordered with and how renewals went."""
+    if state is None:
+        return {"managed": "manual", "renewal": None}
+    when = {
+        key: at.isoformat() if at else None
+        for key, at in (("last", state.last_renewal), ("next_attempt", state.next_attempt))
+    }
+    return {
+        "managed": "acme",
+        "renewal": {
+            "directory": state.plan.directory,
+            "email": state.plan.email,
+            "domains": list(state.plan.domains),
+            "key_type": state.plan.key_type,
+            "failures": state.failures,
+            "last_error": state.last_error,
+            **when,
+        },
     }
 
 

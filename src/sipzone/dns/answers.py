@@ -354,6 +354,7 @@ def follows(old: Snapshot, new: Snapshot) -> bool:
         and new.zones == old.zones
         and new.email_domain == old.email_domain
         and dict(new.settings) == dict(old.settings)
+        and new.challenges == old.challenges
     )
 
 

@@ -1,7 +1,8 @@
 """The records one snapshot publishes: which names exist in our zones and their record sets.
 
 Theory of operation: a name in one of our zones plays one or more *roles* (zone apex, site host,
-email domain, SIP domain, SIP service name ``_sip._udp.D``); each role contributes record sets,
+email domain, SIP domain, SIP service name ``_sip._udp.D``, ACME challenge
+``_acme-challenge.D`` with its TXT values while an order runs); each role contributes record sets,
 and the record sets of a role depend only on the sites, the zone and the client's *region view*,
 never on the name itself (NAPTR is the one exception: its replacement names the domain).  So the
 live server compiles each (zone, roles, region) once and shares it between a million domains,
@@ -68,7 +69,10 @@ APEX = Role("apex")
 EMAIL = Role("email")
 DOMAIN = Role("domain")
 # When two roles share a name and give the same type, the first in this order wins.
-ROLE_ORDER = {"apex": 0, "host": 1, "email": 2, "service": 3, "domain": 4}
+ROLE_ORDER = {"apex": 0, "host": 1, "email": 2, "service": 3, "domain": 4, "acme": 5}
+# ACME DNS-01 values (``_acme-challenge.D`` TXT) live seconds to minutes: a short TTL, so a
+# resolver never holds a value past its order.
+ACME_TTL = 60
 # The roles of every SIP domain and every service name: shared objects, so the walk of a
 # million names allocates no tuples and its consumers can cache renderings per roles.
 DOMAIN_ROLES: tuple[Role, ...] = (DOMAIN,)
@@ -160,6 +164,9 @@ class Records:
         email = snapshot.email_domain
         if email and snapshot.zone_of(email) is not None:
             self._add_static(email, EMAIL)
+        for i, (name, _) in enumerate(snapshot.challenges):
+            if snapshot.zone_of(name) is not None:
+                self._add_static(name, Role("acme", i))
 
     def _add_static(self, name: str, role: Role) -> None:
         roles = (*self.static.get(name, ()), role)
@@ -289,6 +296,10 @@ class Records:
             return self._addresses([site for _, site in self._views[view]], self.serving_ttl)
         if kind == "service":
             return {RdType.SRV: self._srv(zone, role.index, view)}
+        if kind == "acme":
+            name, values = self.snapshot.challenges[role.index]
+            txt = _rdatas(RdType.TXT, [(f'"{value}"', name) for value in values])
+            return {RdType.TXT: _rdataset(RdType.TXT, min(self.ttl, ACME_TTL), txt)}
         raise ValueError(f"unknown role {kind!r}")
 
     def is_regional(self, roles: Sequence[Role]) -> bool:

@@ -169,3 +169,19 @@ class ChainOrder(InvalidValue):
 
 class CertificateExpired(InvalidValue):
     """A certificate past its not-after (or before its not-before) time."""
+
+
+class BadKeyType(InvalidValue):
+    """A certificate key type sipzone cannot order (``ec256`` or ``rsa2048``)."""
+
+
+class BadChallenge(InvalidValue):
+    """A DNS-01 challenge name or value that cannot be published."""
+
+
+class AcmeFailed(SipzoneError):
+    """The ACME CA could not be reached, refused, or did not issue the certificate."""
+
+
+class ChallengeNotSeen(AcmeFailed):
+    """A DNS server did not answer a published challenge value in time."""

@@ -195,6 +195,8 @@ class Snapshot:
     # TLS certificates, the default one first, then in the order they were added.
     certificates: tuple[Certificate, ...] = field(default=(), repr=False)
     trunks: tuple[Trunk, ...] = ()  # by name
+    # ACME DNS-01 values being published: (``_acme-challenge.NAME``, its TXT values), by name.
+    challenges: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def build(
@@ -208,6 +210,7 @@ class Snapshot:
         settings: Mapping[str, str] | None = None,
         certificates: tuple[Certificate, ...] = (),
         trunks: tuple[Trunk, ...] = (),
+        challenges: tuple[tuple[str, tuple[str, ...]], ...] = (),
     ) -> Snapshot:
         """``rules`` are ``(rule text, owner tenant name)`` pairs as stored."""
         views = tenants.views
@@ -222,6 +225,7 @@ class Snapshot:
             MappingProxyType(dict(settings or {})),
             certificates=certificates,
             trunks=trunks,
+            challenges=challenges,
         )
 
     @classmethod

@@ -31,6 +31,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sipzone.eventlog import EventLog
+from sipzone.model.acme import (
+    AcmeAccount,
+    AcmePlan,
+    AcmeState,
+    check_answerable,
+    parse_challenge,
+)
 from sipzone.model.certificates import Certificate, parse_cert_name, parse_certificate
 from sipzone.model.errors import (
     BadAddress,
@@ -90,6 +97,10 @@ from sipzone.model.tenancy import (
 from sipzone.model.trunks import Trunk, TrunkState, parse_trunk, parse_trunk_name
 from sipzone.store.feed import notify_sql
 from sipzone.store.schema import (
+    acme_accounts,
+    acme_certificates,
+    acme_challenges,
+    acme_lease,
     certificates,
     changelog,
     domains,
@@ -114,6 +125,7 @@ SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postg
 RULE_OPS = frozenset({"domain.add", "domain.remove"})
 # Ops that change nothing a snapshot holds (a pending claim is not served): the feed skips them.
 INERT_OPS = frozenset({"domain.claim", "token.create", "token.revoke", "tenant.grant"})
+INERT_OPS |= {"acme.account"}  # an ACME account key is in no snapshot
 TOKEN_PREFIX = "sz_"  # API tokens read "sz_" + 43 characters of base64url (32 random octets)
 
 
@@ -1112,11 +1124,12 @@ class Store:
     # never enters the change log, and nothing here prints or logs it.
 
     def add_certificate(
-        self, name: str, chain: str | bytes, key: str | bytes
+        self, name: str, chain: str | bytes, key: str | bytes, acme: AcmePlan | None = None
     ) -> tuple[Certificate, int, bool]:
         """Store certificate ``name`` (validated now: see ``model/certificates.py``); an
         existing ``name`` is replaced in place, keeping its default mark.  Returns the
-        certificate, the revision and whether it replaced one."""
+        certificate, the revision and whether it replaced one.  ``acme`` (what the certificate
+        was ordered with) makes it renew itself; None makes it one managed by hand."""
         cert = parse_certificate(name, chain, key, now=datetime.now(UTC))
         detail: dict[str, Any] = {
             "names": list(cert.names),
@@ -1133,6 +1146,7 @@ class Store:
                     certificates.insert().values(name=cert.name, is_default=False, **values)
                 )
             detail["replaced"] = bool(replaced)
+            self._set_acme_plan(conn, cert.name, acme)
             return cert, rev, bool(replaced)
 
     def remove_certificate(self, name: str) -> int:
@@ -1142,6 +1156,7 @@ class Store:
             self._provider_only("manages TLS certificates")
             if conn.execute(certificates.delete().where(certificates.c.name == name)).rowcount == 0:
                 raise NotFound(f"certificate {name!r} does not exist")
+            self._set_acme_plan(conn, name, None)
             return rev
 
     def set_default_certificate(self, name: str) -> int:
@@ -1304,6 +1319,85 @@ class Store:
                         _aware(r["changed_at"]),
                         _aware(r["unavailable_until"]) if r["unavailable_until"] else None,
                     ),
+                )
+                for r in rows
+            ]
+
+    # ------------------------------------------------------------------ ACME
+    # An account's key is kept like a certificate's: never in the change log, never printed.
+    # Challenge values go into snapshots (every node's DNS answers them, secondaries get
+    # NOTIFY); renewal state and the lease are in no snapshot and bump no revision.
+
+    def acme_account(self, directory: str, email: str) -> AcmeAccount | None:
+        """The account registered at ``directory`` for ``email``, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(acme_accounts.c.key_pem, acme_accounts.c.url).where(
+                    acme_accounts.c.directory == directory, acme_accounts.c.email == email
+                )
+            ).first()
+        return None if row is None else AcmeAccount(directory, email, str(row[0]), str(row[1]))
+
+    def save_acme_account(self, account: AcmeAccount) -> int:
+        """Keep ``account`` (registered at its CA), replacing one for the same directory and
+        email."""
+        with self._write("acme.account", account.email, {"directory": account.directory}) as (
+            conn,
+            rev,
+        ):
+            self._provider_only("manages TLS certificates")
+            where = sa.and_(
+                acme_accounts.c.directory == account.directory,
+                acme_accounts.c.email == account.email,
+            )
+            values = {"key_pem": account.key_pem, "url": account.url}
+            if not conn.execute(acme_accounts.update().where(where).values(**values)).rowcount:
+                conn.execute(
+                    acme_accounts.insert().values(
+                        directory=account.directory, email=account.email, **values
+                    )
+                )
+            return rev
+
+    def _set_acme_plan(self, conn: Connection, name: str, plan: AcmePlan | None) -> None:
+        """Make certificate ``name`` renew itself with ``plan``, or (None) be managed by hand."""
+        conn.execute(acme_certificates.delete().where(acme_certificates.c.name == name))
+        if plan is None:
+            return
+        account = conn.execute(
+            sa.select(acme_accounts.c.id).where(
+                acme_accounts.c.directory == plan.directory, acme_accounts.c.email == plan.email
+            )
+        ).scalar()
+        if account is None:
+            raise NotFound(f"no ACME account for {plan.email} at {plan.directory}")
+        conn.execute(
+            acme_certificates.insert().values(
+                name=name,
+                account_id=account,
+                domains=list(plan.domains),
+                key_type=plan.key_type,
+                last_renewal=datetime.now(UTC),
+                failures=0,
+            )
+        )
+
+    def acme_certificates(self) -> list[AcmeState]:
+        """The certificates that renew themselves: what they are ordered with, how renewals
+        went."""
+        a, c = acme_accounts, acme_certificates
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c, a.c.directory, a.c.email).join(a, a.c.id == c.c.account_id)
+            ).mappings()
+            return [
+                AcmeState(
+                    AcmePlan(r["directory"], r["email"], tuple(r["domains"]), r["key_type"]),
+                    name=r["name"],
+                    last_renewal=_aware(r["last_renewal"]) if r["last_renewal"] else None,
+                    failures=int(r["failures"]),
+                    next_attempt=_aware(r["next_attempt"]) if r["next_attempt"] else None,
+                    last_error=r["last_error"],
                 )
                 for r in rows
             ]
@@ -1523,6 +1617,84 @@ class Store:
                 },
             }
 
+    def record_renewal(
+        self, name: str, error: str | None = None, next_attempt: datetime | None = None
+    ) -> None:
+        """Note a renewal of ``name``: done (``error`` None), or failed and retried at
+        ``next_attempt``."""
+        c = acme_certificates
+        values: dict[str, Any] = (
+            {"last_renewal": datetime.now(UTC), "failures": 0, "next_attempt": None}
+            if error is None
+            else {"failures": c.c.failures + 1, "next_attempt": next_attempt}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(c.update().where(c.c.name == name).values(last_error=error, **values))
+
+    def publish_challenges(self, certificate: str, records: Sequence[tuple[str, str]]) -> int:
+        """Publish DNS-01 ``(name, value)`` records for the order of ``certificate``; each name
+        must be in one of sipzone's zones (else its DNS cannot answer it)."""
+        parsed = [parse_challenge(name, value) for name, value in records]
+        detail = {"names": sorted({name for name, _ in parsed})}
+        with self._write("acme.challenge", certificate, detail) as (conn, rev):
+            self._provider_only("manages TLS certificates")
+            zone_names = self._zones(conn)
+            for name, value in parsed:
+                check_answerable(name, zone_names)
+                conn.execute(
+                    acme_challenges.insert().values(certificate=certificate, name=name, value=value)
+                )
+            return rev
+
+    def clear_challenges(self, certificate: str) -> int | None:
+        """Withdraw the DNS-01 records of ``certificate``'s order; the revision, or None when
+        there were none (nothing written)."""
+        where = acme_challenges.c.certificate == certificate
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(acme_challenges.c.id).where(where)).first() is None:
+                return None
+        with self._write("acme.clear", certificate) as (conn, rev):
+            conn.execute(acme_challenges.delete().where(where))
+            return rev
+
+    def _challenges(self, conn: Connection) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        found: dict[str, dict[str, None]] = {}
+        rows = conn.execute(
+            sa.select(acme_challenges.c.name, acme_challenges.c.value).order_by(
+                acme_challenges.c.id
+            )
+        )
+        for name, value in rows:
+            found.setdefault(str(name), {})[str(value)] = None
+        return tuple((name, tuple(values)) for name, values in found.items())
+
+    def take_lease(self, holder: str, seconds: float) -> bool:
+        """Hold the renewal lease for ``seconds`` (taken when free, expired or ours already);
+        True when ``holder`` has it."""
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=seconds)
+        lease = acme_lease
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                lease.update()
+                .where(lease.c.id == 1, sa.or_(lease.c.holder == holder, lease.c.until < now))
+                .values(holder=holder, until=until)
+            ).rowcount
+            if taken:
+                return True
+            if conn.execute(sa.select(lease.c.id)).first() is not None:
+                return False
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(lease.insert().values(id=1, holder=holder, until=until))
+        except sa.exc.IntegrityError:  # another node took it meanwhile
+            return False
+        return True
+
+    def release_lease(self, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(acme_lease.delete().where(acme_lease.c.holder == holder))
+
     # ------------------------------------------------------------------ snapshots and feed
 
     def changes_since(self, revision: int, limit: int = 10_000) -> list[Change]:
@@ -1577,6 +1749,7 @@ class Store:
                 settings=settings_map,
                 certificates=tuple(self._certificates(conn)),
                 trunks=tuple(self._trunks(conn)),
+                challenges=self._challenges(conn),
             )
 
     def _valid_rules(self, rules: list[tuple[str, str]]) -> list[tuple[str, str]]:

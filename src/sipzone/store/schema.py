@@ -228,3 +228,51 @@ nodes = Table(
     Column("seen_at", DateTime(timezone=True), nullable=False),
     Column("store_down_since", DateTime(timezone=True), nullable=True),
 )
+
+# ACME (migration 0006).  An account per (directory, email): its key (PEM, never printed) and
+# its URL at the CA.
+acme_accounts = Table(
+    "acme_accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("directory", String(500), nullable=False),
+    Column("email", String(254), nullable=False),
+    Column("key_pem", Text, nullable=False),
+    Column("url", String(500), nullable=False),
+    UniqueConstraint("directory", "email", name="uq_acme_accounts_directory"),
+)
+
+# The certificates (by name, as in ``certificates``) that renew themselves: what to order and
+# how the last renewals went.  Renewal state changes no snapshot and bumps no revision.
+acme_certificates = Table(
+    "acme_certificates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("account_id", Integer, ForeignKey("acme_accounts.id"), nullable=False),
+    Column("domains", JSON, nullable=False),
+    Column("key_type", String(10), nullable=False),
+    Column("last_renewal", DateTime(timezone=True), nullable=True),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("next_attempt", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+)
+
+# DNS-01 values published while an order runs: every node's DNS answers TXT at ``name``.
+acme_challenges = Table(
+    "acme_challenges",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("certificate", String(100), nullable=False, index=True),
+    Column("name", String(255), nullable=False),
+    Column("value", String(255), nullable=False),
+)
+
+# One row (id = 1) at most: the node renewing now, until when.
+acme_lease = Table(
+    "acme_lease",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False),
+)
