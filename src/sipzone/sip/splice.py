@@ -268,15 +268,10 @@ class Splicer:
         target, admission, via_head, transport, tail = plan
 
         via = lines[vi][va:]
-        before, has_branch, after = via.partition(b";branch=")
-        if not has_branch:
+        parsed = self._via_of(via)
+        if parsed is None:
             return DECLINED
-        branch, semi, after = after.partition(b";")
-        via_key = (before, semi + after)
-        vias = self._vias
-        info = vias[via_key] if via_key in vias else self._learn_via(via_key)
-        if info is None or _token(branch) is None:
-            return DECLINED
+        info = parsed[0]
         loop = loop_hash_of(uri, from_tag, call_id, number, route)
         if OUR_BRANCH + loop in via:
             return DECLINED  # perhaps a loop: the general path looks closer
@@ -373,17 +368,18 @@ class Splicer:
                 below = below.partition(b",")[0]
         if ours[-1:] == b" " or below[-1:] == b" ":
             return DECLINED  # space before a comma: the parser's via ends elsewhere
-        top = self._via_of(ours)
-        if top is None:
+        parsed = self._via_of(ours)
+        if parsed is None:
             return DECLINED
-        branch = ours.partition(b";branch=")[2].partition(b";")[0]
+        top, branch = parsed
         if not branch.startswith(OUR_BRANCH):
             return DECLINED
         if (top.address, top.port or default_port(top.transport)) not in self._ours:
             return DECLINED  # not ours: the general path counts it as stray
-        nxt = self._via_of(below)
-        if nxt is None or not nxt.routable:
+        parsed = self._via_of(below)
+        if parsed is None or not parsed[0].routable:
             return DECLINED
+        nxt = parsed[0]
         params = below[nxt.params_at :]
         identity = nxt.identity + (_SWS.sub(b"", params) if nxt.spaced else params)
         if not memo.keys.vouch(branch, top.conn or b"", top.transport_name, identity):
@@ -396,9 +392,9 @@ class Splicer:
         conn = int(top.conn) if top.conn and top.conn.isdigit() else None
         return (new_tuple(Send, (out, nxt.transport, host, port, conn)),)
 
-    def _via_of(self, via: bytes) -> ViaInfo | None:
-        """What a Via value of one via-parm means, when it has a token branch (learnt once per
-        Via up to its branch); None when the path leaves it to the parser."""
+    def _via_of(self, via: bytes) -> tuple[ViaInfo, bytes] | None:
+        """What a Via value of one via-parm means (learnt once per Via up to its branch), and
+        its branch, when that is a token; None when the path leaves it to the parser."""
         before, has_branch, after = via.partition(b";branch=")
         if not has_branch:
             return None
@@ -408,7 +404,7 @@ class Splicer:
         info = vias[key] if key in vias else self._learn_via(key)
         if info is None or _token(branch) is None:
             return None
-        return info
+        return info, branch
 
     # -- what is learnt once --------------------------------------------------------------------
 
