@@ -17,6 +17,7 @@ from types import CodeType, FunctionType
 from typing import NoReturn
 
 import pytest
+import sqlalchemy as sa
 
 from sipzone.store.repository import Store
 
@@ -277,3 +278,27 @@ def serve(sqlite_url: str) -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.stop()
+
+
+class Connections:
+    """New connections to one PostgreSQL database, switched off and on from the side (the
+    shared server itself untouched): ``allow(False)`` refuses them and ends the open ones (a
+    lost store), ``allow(True)`` lets them in again; ``close()`` does that and lets go."""
+
+    def __init__(self, pg_url: str) -> None:
+        self._name = pg_url.rsplit("/", 1)[1]
+        self._admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+
+    def allow(self, yes: bool) -> None:
+        with self._admin.connect() as conn:
+            switch = f'ALTER DATABASE "{self._name}" ALLOW_CONNECTIONS {str(yes).lower()}'
+            conn.execute(sa.text(switch))
+            if not yes:
+                conn.execute(
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = :name"), {"name": self._name},
+                )  # fmt: skip
+
+    def close(self) -> None:
+        self.allow(True)
+        self._admin.dispose()

@@ -24,10 +24,9 @@ import dns.opcode
 import dns.query
 import dns.rcode
 import pytest
-import sqlalchemy as sa
 
 from sipzone.store.repository import Store
-from tests.conftest import PG_ADMIN, SIPZONE, Cli, Server, free_port
+from tests.conftest import SIPZONE, Cli, Connections, Server, free_port
 
 Serve = Callable[..., Server]
 
@@ -424,17 +423,8 @@ def test_a_lost_postgresql_is_logged_once_and_followed_again_when_back(
     dns_port, sip_port = free_port(), free_port()
     server = serve("--dns", f"127.0.0.1:{dns_port}", "--sip", f"udp:127.0.0.1:{sip_port}",
                    db=pg_url)  # fmt: skip
-    name = pg_url.rsplit("/", 1)[1]
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-
-    def allow(yes: bool) -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(yes).lower()}'))
-            if not yes:
-                conn.execute(
-                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = :name"), {"name": name},
-                )  # fmt: skip
+    connections = Connections(pg_url)
+    allow = connections.allow
 
     try:
         since = len(server.lines)
@@ -449,8 +439,7 @@ def test_a_lost_postgresql_is_logged_once_and_followed_again_when_back(
         assert len(logged(server, "store connection lost", since)) == 1
         assert not logged(server, "Traceback", since)
     finally:
-        allow(True)
-        admin.dispose()
+        connections.close()
     cli("domain", "add", "back.example.com", db=pg_url, check=True)
     wait_for(lambda: options(sip_port, "back.example.com") == 200, timeout=15.0)
     assert len(logged(server, "store connection is back", since)) == 1

@@ -14,11 +14,10 @@ from datetime import UTC, datetime
 import dns.message
 import dns.query
 import dns.rdatatype
-import sqlalchemy as sa
 
 from sipzone.model.health import HealthCheck
 from sipzone.store.repository import NodeBeat, SiteView, Store
-from tests.conftest import PG_ADMIN, Cli, Server, free_port
+from tests.conftest import Cli, Connections, Server, free_port
 from tests.health.conftest import Sites, SiteSim
 
 Serve = Callable[..., Server]
@@ -190,17 +189,8 @@ def test_with_the_store_away_probing_goes_on_and_the_store_catches_up(
     a, b = sipp("127.0.0.2"), sipp("127.0.0.3")
     make_store(pg_url, a, b)
     server, port, metrics_port = start(serve, pg_url)
-    name = pg_url.rsplit("/", 1)[1]
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-
-    def allow(yes: bool) -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(yes).lower()}'))
-            if not yes:
-                conn.execute(
-                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = :name"), {"name": name},
-                )  # fmt: skip
+    connections = Connections(pg_url)
+    allow = connections.allow
 
     try:
         wait_for(lambda: metric(metrics_port, "sipzone_store_up") == 1, 8.0)
@@ -209,8 +199,7 @@ def test_with_the_store_away_probing_goes_on_and_the_store_catches_up(
         a.stop()
         wait_for(lambda: addresses(port) == {"127.0.0.3"}, DOWN_WITHIN)
     finally:
-        allow(True)
-        admin.dispose()
+        connections.close()
     wait_for(lambda: metric(metrics_port, "sipzone_store_up") == 1, 10.0)
     listed = json.loads(cli("site", "list", "--json", db=pg_url, check=True).stdout)
     assert [(s["name"], s["state"]) for s in listed] == [("a", "down"), ("b", "up")]

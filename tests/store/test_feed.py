@@ -12,11 +12,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from sipzone.store.feed import ChangeFeed, Wake
 from sipzone.store.repository import Store
-from tests.conftest import PG_ADMIN
+from tests.conftest import Connections
 
 
 async def wakes_after_write(store: Store) -> tuple[bool, bool]:
@@ -181,17 +180,8 @@ def test_a_lost_postgresql_is_said_once_and_its_return_once(
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     Store(pg_url).init()
-    name = pg_url.rsplit("/", 1)[1]
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-
-    def allow(yes: bool) -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(yes).lower()}'))
-            if not yes:
-                conn.execute(
-                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = :name"), {"name": name},
-                )  # fmt: skip
+    connections = Connections(pg_url)
+    allow = connections.allow
 
     async def run() -> tuple[Wake | None, Wake]:
         feed = ChangeFeed(pg_url, fallback=0.2)
@@ -214,7 +204,7 @@ def test_a_lost_postgresql_is_said_once_and_its_return_once(
         with caplog.at_level(logging.INFO, "sipzone.feed"):
             during, after = asyncio.run(run())
     finally:
-        admin.dispose()
+        connections.close()
     assert during is None
     assert after is Wake.RECONNECTED
     lost = [m for m in caplog.messages if "store connection lost" in m]
