@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import pytest
 
@@ -55,6 +56,16 @@ class Core:
 
     def send(self, data: str, port: int) -> None:
         self.sock.sendto(data.encode(), ("127.0.0.1", port))
+
+
+class EdgePorts(Protocol):
+    """Where the edge listens: what the call helpers need of it, in a thread or a process."""
+
+    @property
+    def udp(self) -> int: ...
+
+    @property
+    def tls(self) -> int: ...
 
 
 @dataclasses.dataclass
@@ -276,7 +287,7 @@ def test_an_answer_toward_teams_offers_no_replaces_and_no_sips(call: Call) -> No
 
 
 def ms_invite(
-    call: Call, customer: str, n: int, proxy: MicrosoftProxy, record_route: str | None = None
+    call: EdgePorts, customer: str, n: int, proxy: MicrosoftProxy, record_route: str | None = None
 ) -> str:
     """Microsoft's INVITE; its Record-Route names ``record_route`` (host:port), by default a
     proxy of Microsoft's that is no trunk target (as its real ones are)."""
@@ -314,7 +325,7 @@ class Inbound:
     routes: list[bytes]
 
 
-def inbound_call(call: Call, core: Core, conn: Sender, customer: str, n: int,
+def inbound_call(call: EdgePorts, core: Core, conn: Sender, customer: str, n: int,
                  proxy: MicrosoftProxy, record_route: str | None = None) -> Inbound:  # fmt: skip
     """Microsoft calls +4930123 at ``customer`` over ``conn``: INVITE, the core's 200, ACK."""
     conn.sendall(ms_invite(call, customer, n, proxy, record_route).encode())
@@ -339,7 +350,7 @@ def inbound_call(call: Call, core: Core, conn: Sender, customer: str, n: int,
     return Inbound(invite, ok, routes)
 
 
-def core_request(call: Call, core: Core, call_in: Inbound, method: str, cseq: int) -> None:
+def core_request(call: EdgePorts, core: Core, call_in: Inbound, method: str, cseq: int) -> None:
     """The core (the UAS of ``call_in``) sends ``method`` in the dialog, by the route set it
     learnt from the INVITE's Record-Routes, to Microsoft's Contact."""
     invite, ok = call_in.invite, call_in.ok
@@ -360,7 +371,7 @@ def teams_request(conn: Sender, call_in: Inbound, method: str, cseq: int, port: 
                            cseq).encode())  # fmt: skip
 
 
-def core_answers(call: Call, core: Core, method: str) -> Request:
+def core_answers(call: EdgePorts, core: Core, method: str) -> Request:
     """The core receives ``method`` and answers it 200."""
     request = core.recv()
     assert isinstance(request, Request) and request.method == method
@@ -501,3 +512,44 @@ def test_a_worker_that_does_not_probe_fails_over_by_the_stored_view(call: Call) 
     assert ("teams", sip2.uri) not in edge.teams.health
     outbound_call(call, sip2)
     assert sip.received == []  # neither OPTIONS nor the call from a worker that only reads
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """The ports of a `sipzone serve` process."""
+
+    udp: int
+    tls: int
+
+
+def test_a_dialog_teams_started_outlives_a_restart_of_the_serve_process(
+    teams: Teams, cli: Callable[..., Any], serve: Callable[..., Any]
+) -> None:
+    core = Core()
+    try:
+        cli("init", check=True)
+        cert = teams.teams
+        cli("cert", "add", "teams", "--cert", str(cert.chain), "--key", str(cert.key), check=True)
+        cli("zone", "add", "example.com", check=True)
+        cli("tenant", "add", "acme", "--upstream", f"sip:127.0.0.1:{core.port}", check=True)
+        cli("domain", "add", "*.teams.example.com", "--owner", "acme", check=True)
+        targets = [a for p in teams.proxies for a in ("--target", p.uri)]
+        cli("trunk", "add", "teams", *targets, "--base", "teams.example.com",
+            "--profile", "teams", check=True)  # fmt: skip
+        edge = Served(free_port(), free_port(socket.SOCK_STREAM))
+        pins = [a for p in teams.proxies for a in ("--sip-host", f"{p.name}={p.host}")]
+        args = ("--sip", f"udp:127.0.0.1:{edge.udp},tls:127.0.0.1:{edge.tls}",
+                "--tls-upstream-ca", teams.ca_file, *pins)  # fmt: skip
+        process = serve(*args)
+        sip = teams.proxies[0]
+        call_in = inbound_call(edge, core, sip.dial(edge.tls, CUSTOMER, sip.cert), CUSTOMER, 1, sip)
+        process.stop()  # SIGTERM: its connections, Microsoft's among them, close
+        serve(*args)
+        core_request(edge, core, call_in, "BYE", 2)
+        core_gets_200(core, "BYE")
+        [bye] = [r for r in sip.received if r.request.method == "BYE"]
+        assert bye.request.fields[b"Call-ID"] == b"in-1"
+        assert "*.teams.example.com" in bye.client_names
+        assert sip.violations == []
+    finally:
+        core.sock.close()
