@@ -187,7 +187,10 @@ class MicrosoftProxy:
                     self.check(message, names)
                     answer = self.answer(message)
                     if answer:
-                        sender.sendall(answer)
+                        try:
+                            sender.sendall(answer)
+                        except (ssl.SSLError, OSError):
+                            return  # the SBC closed it meanwhile (an edge restart)
 
     def answer(self, request: Request) -> bytes:
         if request.method == "INVITE":
