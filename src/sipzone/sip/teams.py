@@ -271,7 +271,7 @@ class TeamsPolicy:
         hop = fields.get(_RECORD_ROUTE) or fields.get(b"Contact") or b""
         host = b""
         with contextlib.suppress(MalformedMessage, IndexError):
-            host = parse_uri(parse_address(split_addresses(hop)[0]).uri).host.lower()
+            host = parse_uri(parse_address(split_addresses(hop)[0]).uri).host.strip(b"[]").lower()
         named = self._by_host.get(host)
         chosen = named[1] if named is not None and named[0] is trunk else None
         if chosen is None:
