@@ -333,7 +333,7 @@ def restore_command(
     done(
         as_json, f"restored {len(document['tenants'])} tenants, {n} domains (revision {rev})",
         tenants=len(document["tenants"]), domains=n, sites=len(document["sites"]),
-        zones=len(document["zones"]), revision=rev,
+        zones=len(document["zones"]), trunks=len(document["trunks"]), revision=rev,
     )  # fmt: skip
 
 

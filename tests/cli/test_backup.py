@@ -4,11 +4,13 @@ a dump comes back byte for byte; a restore is all or nothing, into an empty stor
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trustme
 
+from sipzone.model.trunks import TrunkState
 from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS
 from sipzone.store.repository import Store
 from tests.cli.conftest import Run
@@ -17,7 +19,8 @@ from tests.tlscerts import issue
 
 def fill(url: str, where: Path) -> None:
     """A store with a bit of everything a dump must carry: a pending claim, a namespace
-    grant, a TLS certificate (made here by a throwaway CA) and an API token among them."""
+    grant, a TLS certificate (made here by a throwaway CA), an API token and trunks among
+    them (and what an edge saw of one, which is not carried)."""
     store = Store(url)
     store.init()
     store.ensure_secret(BRANCH_SECRET)
@@ -44,6 +47,11 @@ def fill(url: str, where: Path) -> None:
     issued = issue(trustme.CA(), where, "*.teams.example.com", "teams.example.com")
     store.add_certificate("teams", issued.chain.read_text(), issued.key.read_text())
     store.create_token("acme", "billing")
+    ms = [f"sip:{h}.pstnhub.microsoft.com:5061;transport=tls" for h in ("sip", "sip2", "sip3")]
+    store.add_trunk("teams", ms, "teams.example.com", 30, "teams", "Acme/SBC/1.0")
+    store.add_trunk("carrier-1", ["sip:192.0.2.50:5060;transport=tcp"], "voip.example.com")
+    now = datetime.now(UTC)
+    store.record_trunk_states("node1", [TrunkState("teams", ms[0], True, "200 OK", 9.0, now, now)])
     store.close()
 
 
@@ -89,6 +97,9 @@ def test_dump_restore_into_postgresql_dump_is_byte_identical(
         ]
         assert ("key_pem" in document["certificates"][0]) is secrets
         assert len(copy.list_tokens("acme")) == (1 if secrets else 0)
+        assert [t["name"] for t in document["trunks"]] == ["carrier-1", "teams"]
+        assert copy.list_trunks() == source.list_trunks()  # every field, the order of targets
+        assert copy.trunk_states() == [] and len(source.trunk_states()) == 1  # observations
     finally:
         source.close()
         copy.close()
@@ -120,6 +131,15 @@ def test_restore_is_all_or_nothing_and_only_into_an_empty_store(
     cases["site"] = (json.dumps(bad_site), "192.0.2.300")
     orphan = {**document, "tenants": [t for t in document["tenants"] if t["name"] != "acme"]}
     cases["orphan"] = (json.dumps(orphan), "parent 'acme'")
+    teams = next(t for t in document["trunks"] if t["name"] == "teams")
+    plain = {**teams, "targets": ["sip:sip.pstnhub.microsoft.com:5061"]}
+    for name, trunks, reason in (
+        ("trunk-target", [plain], "the teams profile needs ;transport=tls"),
+        ("trunk-shape", [{**teams, "targets": "sip:x"}], "targets must be URIs"),
+        ("trunk-interval", [{**teams, "options_interval": 1}], "give 2 to 3600 seconds"),
+        ("trunk-twice", [*document["trunks"], teams], "the dump holds trunk 'teams' twice"),
+    ):
+        cases[name] = (json.dumps({**document, "trunks": trunks}), reason)
     for name, (text, reason) in cases.items():
         path = tmp_path / f"{name}.json"
         path.write_text(text)

@@ -12,13 +12,15 @@ Session Border Controller for multiple tenants"):
 * no Record-Route names an address; when Record-Route and Contact are both present, the top
   Record-Route and the Contact carry the same FQDN;
 * an OPTIONS has ``Contact: <sip:FQDN:PORT;transport=tls>`` and ``X-MS-SBC``;
-* no ``sips:`` URI and no ``Replaces``.
+* no ``sips:`` URI and no ``Replaces``: neither the header nor ``replaces`` in Supported or
+  Require.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import re
 import socket
 import ssl
@@ -42,11 +44,13 @@ _CONTACT_OPTIONS = re.compile(rb"<sip:([a-z0-9.-]+):(\d+);transport=tls>\Z", re.
 
 @dataclass
 class Received:
-    """A request the proxy received: when, the message, the SBC's certificate names."""
+    """A request the proxy received: when, the message, the SBC's certificate names, and the
+    connection it came on (its number in the proxy's order, the ones it dialled included)."""
 
     at: float
     request: Request
     client_names: tuple[str, ...]
+    conn: int = 0
 
 
 @dataclass
@@ -80,6 +84,7 @@ class MicrosoftProxy:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._conns: list[Sender] = []
+        self._numbers = itertools.count()  # connections, in the order they came
         self._threads[0].start()
         return self
 
@@ -103,7 +108,7 @@ class MicrosoftProxy:
         context.load_cert_chain(str(cert.chain), str(cert.key))
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
         conn = context.wrap_socket(raw, server_hostname=server_name)
-        sender = Sender(conn)
+        sender = Sender(conn, next(self._numbers))
         self._conns.append(sender)
         server = conn.getpeercert() or {}
         names = tuple(v for k, v in server.get("subjectAltName", ()) if k == "DNS")
@@ -152,7 +157,7 @@ class MicrosoftProxy:
         except (ssl.SSLError, OSError):
             raw.close()  # no or a bad client certificate: refused, as Microsoft does
             return
-        sender = Sender(conn)
+        sender = Sender(conn, next(self._numbers))
         self._conns.append(sender)
         cert = conn.getpeercert() or {}
         names = tuple(v for k, v in cert.get("subjectAltName", ()) if k == "DNS")
@@ -178,11 +183,14 @@ class MicrosoftProxy:
                     self.check(message, names)
                     self.responses.append(message)
                 elif isinstance(message, Request):
-                    self.received.append(Received(time.monotonic(), message, names))
+                    self.received.append(Received(time.monotonic(), message, names, sender.number))
                     self.check(message, names)
                     answer = self.answer(message)
                     if answer:
-                        sender.sendall(answer)
+                        try:
+                            sender.sendall(answer)
+                        except (ssl.SSLError, OSError):
+                            return  # the SBC closed it meanwhile (an edge restart)
 
     def answer(self, request: Request) -> bytes:
         if request.method == "INVITE":
@@ -214,6 +222,9 @@ class MicrosoftProxy:
             problems.append("a sips: URI")
         if b"Replaces" in fields:
             problems.append("Replaces")
+        for key in (b"Supported", b"Require"):
+            if b"replaces" in fields.get(key, b"").lower():
+                problems.append(f"replaces in {key.decode()}")
         contact_host = None
         contact = fields.get(b"Contact")
         if contact is not None:
@@ -247,8 +258,9 @@ class MicrosoftProxy:
 class Sender:
     """A TLS connection and the lock its reads and writes take turns by."""
 
-    def __init__(self, conn: ssl.SSLSocket) -> None:
+    def __init__(self, conn: ssl.SSLSocket, number: int) -> None:
         self.conn = conn
+        self.number = number
         self.lock = threading.Lock()
 
     def sendall(self, data: bytes) -> None:

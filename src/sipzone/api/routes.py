@@ -17,6 +17,7 @@ from sipzone.api.proof import challenge_name, txt_strings
 from sipzone.model.errors import BadCursor, InvalidValue, NotFound, NotPermitted, UnknownTenant
 from sipzone.model.names import parse_domain, parse_rule
 from sipzone.model.tenancy import PROVIDER
+from sipzone.model.trunks import DEFAULT_INTERVAL, trunk_json
 from sipzone.store.repository import DomainRow, Store
 
 router = APIRouter()
@@ -80,6 +81,18 @@ class SiteIn(Input):
     order: int | None = None
     ports: Ports = Field(default_factory=Ports)
     upstream: str | None = Field(None, max_length=1000)
+
+
+class TrunkIn(Input):
+    """A trunk as ``sipzone trunk add`` takes it; checked by the same rules."""
+
+    targets: list[Annotated[str, Field(max_length=1000)]] = Field(
+        max_length=64, examples=[["sip:sip.pstnhub.microsoft.com:5061;transport=tls"]]
+    )
+    base: str = Field(max_length=300, examples=["teams.example.com"])
+    options_interval: int = DEFAULT_INTERVAL
+    profile: str = Field("sip", max_length=20, examples=["teams"])
+    sbc_header: str | None = Field(None, max_length=1000, description="X-MS-SBC value.")
 
 
 class HealthIn(Input):
@@ -367,15 +380,63 @@ def site_health(request: Request, caller: CallerDep, name: TenantPath, body: Hea
     return Written(revision=acting_store(request, caller).set_site_health(name, body.healthy))
 
 
+def _provider_reads(caller: Caller, what: str) -> None:
+    """Only the provider reads ``what`` (installation objects naming its nodes and peers)."""
+    if caller.tenant != PROVIDER:
+        raise NotPermitted(f"only the provider reads {what}; tenant {caller.tenant!r} may not")
+
+
 @router.get("/certificates", tags=["installation"])
 def list_certificates(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
     """TLS certificates' metadata, the default first (provider only; never a key)."""
-    if caller.tenant != PROVIDER:
-        raise NotPermitted(
-            f"only the provider reads certificates; tenant {caller.tenant!r} may not"
-        )
+    _provider_reads(caller, "certificates")
     certs = _store(request).list_certificates()
     return [views.certificate_json(c, i == 0) for i, c in enumerate(certs)]
+
+
+@router.get("/trunks", tags=["installation"])
+def list_trunks(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
+    """Trunks with each target's state as the edges last saw it, per node (up/down, last
+    response, round-trip time): ``trunk list --json``.  Provider only."""
+    _provider_reads(caller, "trunks")
+    store = _store(request)
+    seen = store.trunk_states()
+    return [trunk_json(t, seen) for t in store.list_trunks()]
+
+
+@router.get("/trunks/{name}", tags=["installation"])
+def get_trunk(request: Request, caller: CallerDep, name: TenantPath) -> dict[str, Any]:
+    _provider_reads(caller, "trunks")
+    store = _store(request)
+    for trunk in store.list_trunks():
+        if trunk.name == name:
+            return trunk_json(trunk, store.trunk_states())
+    raise NotFound(f"trunk {name!r} does not exist")
+
+
+@router.put(
+    "/trunks/{name}",
+    status_code=201,
+    responses={200: {"description": "Replaced a trunk of that name."}},
+    tags=["installation"],
+)
+def put_trunk(
+    request: Request, response: Response, caller: CallerDep, name: TenantPath, body: TrunkIn
+) -> Written:
+    """Store trunk ``name``, or replace it (provider only): running edges keep its targets
+    alive with OPTIONS within one store poll."""
+    _trunk, rev, replaced = acting_store(request, caller).add_trunk(
+        name, body.targets, body.base, body.options_interval, body.profile, body.sbc_header
+    )
+    if replaced:
+        response.status_code = 200
+    return Written(revision=rev)
+
+
+@router.delete("/trunks/{name}", tags=["installation"])
+def remove_trunk(request: Request, caller: CallerDep, name: TenantPath) -> Written:
+    """Remove a trunk (provider only); edges stop sending it OPTIONS and calls."""
+    return Written(revision=acting_store(request, caller).remove_trunk(name))
 
 
 @router.get("/zones", tags=["installation"])

@@ -46,7 +46,7 @@ import logging
 import re
 import secrets
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from sipzone.eventlog import EventLog
@@ -118,8 +118,9 @@ class Onward(NamedTuple):
     routes: list[bytes]
     head: bytes = b""
     tail: bytes = b""
-    # The Teams profile's (teams.py): header values replaced (None: dropped), our Via's mark.
-    replace: Mapping[bytes, bytes | None] | None = None
+    # The Teams profile's (teams.py): each other header's value rewritten (None: dropped), our
+    # Via's mark.
+    rewrite: Callable[[bytes, bytes], bytes | None] | None = None
     mark: bytes = b""
 
 
@@ -343,15 +344,15 @@ class Edge:
                 reason = self._no_upstream(admission.tenant.name, upstream, memo)
                 return self._refuse(incoming, "no_upstream", 503, reason)
             target = found
-        mark = b""
+        mark, back = b"", None
         if upstream_hop is None:
             try:
-                teams = self.teams.toward_core(uri, target, admission, memo)
+                teams = self.teams.toward_core(request, uri, target, admission, memo)
             except ValueError:
                 return self._refuse(incoming, "bad_flow_token", 403, b"Invalid Alias")
             if teams is not None:
-                uri, target, mark = teams
-        head = self._toward_core(incoming, admission, self.listener_toward(target), memo)
+                uri, target, mark, back = teams
+        head = self._toward_core(incoming, admission, self.listener_toward(target), memo, back)
         tail = self.tenant_lines(fields[b"From"], admission, memo)
         onward = Onward(target, uri, routes, head, tail, mark=mark)
         return self._forward(incoming, onward, memo)
@@ -364,12 +365,18 @@ class Edge:
         return upstreams.address_of(upstreams.target(upstream)) if upstream else None
 
     def _toward_core(
-        self, incoming: Incoming, admission: Admission | None, out: Listener, memo: SnapshotMemo
+        self,
+        incoming: Incoming,
+        admission: Admission | None,
+        out: Listener,
+        memo: SnapshotMemo,
+        back: Target | None = None,
     ) -> bytes:
         """What we add to a phone's request for the core: on a REGISTER our Path (RFC 3327)
         with the phone's flow; on a request that may start a dialog, two Record-Routes
-        (RFC 5658), the top one facing the core (``out``, an address, the phone's flow), the
-        other facing the phone (the name it asked for, the listener it came in on)."""
+        (RFC 5658), the top one facing the core (``out``, an address, the phone's flow or
+        ``back``, the way back the Teams profile chose), the other facing the phone (the name
+        it asked for, the listener it came in on)."""
         request, _, arrival, _ = incoming
         method = request.method
         if method != "REGISTER" and (method in NO_RECORD_ROUTE or _has_tag(request.fields[b"To"])):
@@ -381,17 +388,23 @@ class Edge:
             wants = b"path" in (tag.strip() for tag in supported.split(b","))
             core_facing = our_uri(out, user=self._flow_token(arrival, memo))
             return b"Path: %s\r\n%s" % (core_facing, b"Require: path\r\n" if wants else b"")
-        return self.record_routes(arrival, admission, out, memo)
+        return self.record_routes(arrival, admission, out, memo, back)
 
     def record_routes(
-        self, arrival: Arrival, admission: Admission | None, out: Listener, memo: SnapshotMemo
+        self,
+        arrival: Arrival,
+        admission: Admission | None,
+        out: Listener,
+        memo: SnapshotMemo,
+        back: Target | None = None,
     ) -> bytes:
         """The two Record-Routes on a phone's dialog-creating request (RFC 5658): the top one
-        facing the core (``out``, an address, with the phone's flow), the other facing the
-        phone (the name it asked for, the listener it came in on)."""
+        facing the core (``out``, an address, with the phone's flow, or ``back``), the other
+        facing the phone (the name it asked for, the listener it came in on)."""
         name = admission.name.encode() if admission is not None else None
+        token = self._flow_token(arrival, memo) if back is None else memo.keys.flow_token(back)
         return b"Record-Route: %s\r\nRecord-Route: %s\r\n" % (
-            our_uri(out, user=self._flow_token(arrival, memo)),
+            our_uri(out, user=token),
             our_uri(arrival.listener, host=name),
         )
 
@@ -522,7 +535,7 @@ class Edge:
             via += b";%s=%s" % (CONN_PARAM, conn_value)
         if onward.mark:
             via += b";%s=%s" % (TEAMS_MARK, onward.mark)
-        replace = onward.replace or {}
+        rewrite = onward.rewrite
         lines = [b"Via: " + via + b"\r\n", onward.head]
         tenant_keys = self._tenant_keys
         seen_via = seen_route = False
@@ -539,8 +552,8 @@ class Edge:
                 continue
             elif key in tenant_keys:
                 continue  # a peer's claim (toward the core) or ours (toward a phone)
-            elif key in replace:
-                new = replace[key]
+            elif rewrite is not None:
+                new = rewrite(key, value)
                 if new is None:
                     continue
                 value = new
@@ -595,14 +608,17 @@ class Edge:
         for key, name, value in response.headers():
             if key in tenant_keys:
                 continue  # ours never reach a phone; a phone's never reach the core
-            if teams is not None and key in (b"Record-Route", b"Contact"):
-                value = self.teams.response_lines(key, value, direction, memo, customer)
             if key == b"Via" and not popped:
                 popped = True
                 first = parse_via(value)
                 if first.end >= len(value):
                     continue  # our Via had the line to itself
                 value = value[LIST_COMMA.match(value, first.end).end() :]  # type: ignore[union-attr]
+            elif teams is not None:
+                new = self.teams.response_lines(key, value, direction, memo, customer)
+                if new is None:
+                    continue
+                value = new
             lines.append(name + b": " + value + b"\r\n")
         data = response.start_line + b"\r\n" + b"".join(lines) + b"\r\n" + response.body
         conn_param = top.params.get(CONN_PARAM)
@@ -627,6 +643,15 @@ class Edge:
 
     def refuse(self, incoming: Incoming, verdict: str, status: int, reason: bytes) -> Sends:
         return self._refuse(incoming, verdict, status, reason)
+
+    def unsupported(self, incoming: Incoming, tags: bytes) -> Sends:
+        """``420 Bad Extension`` naming ``tags`` (an ACK is only dropped)."""
+        method = incoming.request.method
+        if method == "ACK":
+            self._count(method, "dropped")
+            return NOTHING
+        self._count(method, "unsupported")
+        return (self._unsupported(incoming, tags),)
 
     @staticmethod
     def starts_dialog(request: Request) -> bool:

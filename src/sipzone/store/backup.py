@@ -40,6 +40,7 @@ from sipzone.store.schema import (
     state,
     tenants,
     tokens,
+    trunks,
     zones,
 )
 
@@ -125,6 +126,17 @@ def dump(store: Store, with_secrets: bool = False) -> dict[str, Any]:
             }
             for r in site_rows.mappings()
         ]
+        trunk_list = [
+            {
+                "name": r["name"],
+                "targets": list(r["targets"]),
+                "base": r["base"],
+                "options_interval": int(r["options_interval"]),
+                "profile": r["profile"],
+                "sbc_header": r["sbc_header"],
+            }
+            for r in conn.execute(sa.select(trunks).order_by(trunks.c.name)).mappings()
+        ]
         zone_list = list(conn.execute(sa.select(zones.c.name).order_by(zones.c.name)).scalars())
         setting_map = {
             str(k): str(v)
@@ -146,6 +158,7 @@ def dump(store: Store, with_secrets: bool = False) -> dict[str, Any]:
         "settings": setting_map,
         "certificates": certificate_list,
         "tokens": token_list,
+        "trunks": trunk_list,
     }  # fmt: skip
 
 
@@ -218,7 +231,7 @@ def parse(text: str) -> dict[str, Any]:
     for key, kind in shapes.items():
         if not isinstance(document.get(key), kind):
             raise BadDump(f"not a sipzone dump: {key!r} should be a {kind.__name__}")
-    for key in ("grants", "certificates", "tokens"):  # not in dumps from before they existed
+    for key in ("grants", "certificates", "tokens", "trunks"):  # not in older dumps
         if not isinstance(document.setdefault(key, []), list):
             raise BadDump(f"not a sipzone dump: {key!r} should be a list")
     return document

@@ -1444,6 +1444,8 @@ class Store:
                 conn.execute(zones.insert(), [{"name": z} for z in zone_names])
             for site in document["sites"]:
                 self._restore_site(conn, site, zone_names)
+            for trunk in document.get("trunks", []):
+                self._restore_trunk(conn, trunk)
             for key, value in document["settings"].items():
                 if not isinstance(value, str) or not isinstance(key, str):
                     raise InvalidValue(f"setting {key!r}: not a string")
@@ -1514,6 +1516,7 @@ class Store:
                 sa.select(sa.func.count()).select_from(certificates)
             ).scalar_one(),
             "API tokens": conn.execute(sa.select(sa.func.count()).select_from(tokens)).scalar_one(),
+            "trunks": conn.execute(sa.select(sa.func.count()).select_from(trunks)).scalar_one(),
         }
         found = [f"{n} {what}" for what, n in held.items() if n]
         if found:
@@ -1566,6 +1569,31 @@ class Store:
                 networks=values["networks"], weight=values["weight"], position=values["order"],
                 upstream=values["upstream"], healthy=bool(site["healthy"]),
                 **{f"port_{t}": p for t, p in ports.items()},
+            )
+        )  # fmt: skip
+
+    def _restore_trunk(self, conn: Connection, entry: Any) -> None:
+        """One trunk of a dump, checked as ``trunk add`` checks it."""
+        fields = ("name", "targets", "base", "options_interval", "profile")
+        if not isinstance(entry, Mapping) or any(f not in entry for f in fields):
+            raise InvalidValue(f"trunk: an entry needs {', '.join(fields)}")
+        targets, interval = entry["targets"], entry["options_interval"]
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise InvalidValue(f"trunk {str(entry['name'])[:100]!r}: targets must be URIs")
+        if not isinstance(interval, int) or isinstance(interval, bool):
+            raise InvalidValue(f"trunk {str(entry['name'])[:100]!r}: options_interval: a number")
+        sbc = entry.get("sbc_header")
+        trunk = parse_trunk(
+            str(entry["name"]), targets, str(entry["base"]), interval, str(entry["profile"]),
+            None if sbc is None else str(sbc),
+        )  # fmt: skip
+        if conn.execute(sa.select(trunks.c.id).where(trunks.c.name == trunk.name)).first():
+            raise Conflict(f"the dump holds trunk {trunk.name!r} twice")
+        conn.execute(
+            trunks.insert().values(
+                name=trunk.name, targets=list(trunk.targets), base=trunk.base,
+                options_interval=trunk.options_interval, profile=trunk.profile,
+                sbc_header=trunk.sbc_header,
             )
         )  # fmt: skip
 
