@@ -38,13 +38,10 @@ import threading
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
-
 ROOT = Path(__file__).resolve().parents[2]
 SIPZONE = str(ROOT / ".venv/bin/sipzone")
 sys.path.insert(0, str(ROOT))
-from bench.health.failover import Sipp, free_port, wait  # noqa: E402
+from bench.health.failover import Sipp, free_port, listed, wait  # noqa: E402
 from tests.health.conftest import OPTIONS_UAS  # noqa: E402
 
 from sipzone.model.health import HealthCheck  # noqa: E402
@@ -82,15 +79,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def listed(port: int) -> set[str] | None:
-    try:
-        query = dns.message.make_query("voip.example.com", "A")
-        reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5)
-    except Exception:
-        return None
-    return {rd.to_text() for rrset in reply.answer for rd in rrset}
 
 
 class Changes(threading.Thread):

@@ -251,8 +251,8 @@ def read_copy(path: str) -> DiskCopy | None:
             data = fh.read()
     except FileNotFoundError:
         return None
-    cut = data.rfind(b"sha256 ", 0, max(0, len(data) - 1))
-    if cut < 0 or not data.endswith(b"\n"):
+    cut = data.rfind(b"\n", 0, len(data) - 1) + 1  # the start of the last line
+    if not data.endswith(b"\n") or not data.startswith(b"sha256 ", cut):
         raise BadCopy("no checksum line at its end (cut short?)")
     if data[cut + 7 : -1].decode("ascii", "replace") != hashlib.sha256(data[:cut]).hexdigest():
         raise BadCopy("its checksum does not match its content (damaged or cut short)")
