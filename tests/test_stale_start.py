@@ -94,11 +94,22 @@ def test_a_node_started_without_postgresql_serves_its_disk_copy_then_catches_up(
     assert not logged(server, "Traceback")
 
 
-def test_a_node_without_store_or_copy_waits_says_why_and_starts_when_the_store_comes(
-    pg_url: str, serve: Serve, tmp_path: Path
+@pytest.mark.parametrize("copy", ["none", "damaged"])
+def test_a_node_without_store_or_usable_copy_waits_says_why_and_starts_when_the_store_comes(
+    pg_url: str, serve: Serve, tmp_path: Path, copy: str
 ) -> None:
     one_site_store(pg_url, "voip.example.com")
-    node = Node(serve, pg_url, "--state-dir", str(tmp_path / "empty"))
+    state = tmp_path / "state"
+    node = Node(serve, pg_url, "--state-dir", str(state))
+    path = copy_path(str(state), pg_url)
+    why = f"no disk copy at {path}"
+    if copy == "damaged":  # a copy cut short: its checksum line is missing
+        first = node.start()
+        wait_for(lambda: os.path.exists(path), timeout=5.0)
+        first.stop()
+        with open(path, "r+b") as fh:
+            fh.truncate(os.path.getsize(path) // 2)
+        why = f"the disk copy at {path} is unusable"
     connections = Connections(pg_url)
     try:
         connections.allow(False)
@@ -106,7 +117,9 @@ def test_a_node_without_store_or_copy_waits_says_why_and_starts_when_the_store_c
         wait_for(lambda: logged(server, "nothing to serve yet"), timeout=15.0)
         code, body = readyz(node.metrics)
         assert code == 503
-        assert "waiting for the store" in body and "no disk copy at" in body, body
+        assert "waiting for the store" in body and why in body, body
+        if copy == "damaged":
+            assert logged(server, "ignored: no checksum line at its end")
         assert options(node.sip, "voip.example.com") is None  # nothing bound yet
     finally:
         connections.close()

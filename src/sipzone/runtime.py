@@ -245,7 +245,7 @@ class StoreFollower:
 
         loop = asyncio.get_running_loop()
         retry = RETRY_FIRST
-        copy_tried = False
+        where: str | None = None  # why the disk copy cannot serve, once it has been read
         while True:
             try:
                 snapshot = await loop.run_in_executor(None, self._load_first)
@@ -259,15 +259,13 @@ class StoreFollower:
                 if self.copy is not None:
                     self.copy.offer(snapshot, self.mark)
                 return snapshot
-            if not copy_tried:
-                copy_tried = True
-                stale = await loop.run_in_executor(None, self._read_copy, copy_path, trouble)
+            if where is None:
+                stale, where = await loop.run_in_executor(None, self._read_copy, copy_path, trouble)
                 if stale is not None:
                     self.stale = self._failing = True
                     self.readiness.store_reached(False)
                     metrics.SNAPSHOT_STALE.labels(self.worker).set(1)
                     return stale
-            where = f"no disk copy at {copy_path}" if copy_path else "no disk copy kept"
             self.readiness.waiting = f"waiting for the store ({trouble}); {where}"
             self.events.warning(
                 "start", "%s; nothing to serve yet, retrying with back-off",
@@ -276,24 +274,25 @@ class StoreFollower:
             await asyncio.sleep(retry)
             retry = min(retry * 2, RETRY_MAX)
 
-    def _read_copy(self, path: str | None, trouble: str) -> Snapshot | None:
-        """The disk copy at ``path`` for a start without the store (runs in a thread)."""
+    def _read_copy(self, path: str | None, trouble: str) -> tuple[Snapshot | None, str]:
+        """The disk copy at ``path`` for a start without the store, or why there is none
+        (runs in a thread)."""
         if path is None:
-            return None
+            return None, "no disk copy kept"
         try:
             copy = read_copy(path)
         except (BadCopy, OSError) as exc:
             log.warning("disk copy %s ignored: %s", path, exc)
-            return None
+            return None, f"the disk copy at {path} is unusable"
         if copy is None:
-            return None
+            return None, f"no disk copy at {path}"
         self.mark = copy.mark
         log.warning(
             "store out of reach at start (%s); serving the disk copy of revision %d written "
             "%s (%s), stale until the store answers",
             trouble, copy.snapshot.revision, copy.written_at.isoformat(timespec="seconds"), path,
         )  # fmt: skip
-        return copy.snapshot
+        return copy.snapshot, ""
 
     def next_snapshot(self, current: Snapshot, whole: bool) -> Snapshot:
         """``current`` advanced along the change log, or the store read whole (in a thread)."""
