@@ -1618,7 +1618,10 @@ def serve(
         sites = [s.name for s in repo.list_sites()]
     except (StoreUnreachable, StoreBusy, sa.exc.DBAPIError) as exc:
         # The workers serve the disk copy meanwhile, or wait for the store (sipzone.runtime).
-        print(f"sipzone: the store is out of reach ({exc}); starting without it", file=sys.stderr)
+        from sipzone.store.feed import first_line
+
+        print(f"sipzone: the store is out of reach ({first_line(exc)}); starting without it",
+              file=sys.stderr)  # fmt: skip
     else:
         if sip:
             _check_site(site, sites)
