@@ -487,7 +487,6 @@ async def run_worker(
     follower = StoreFollower(store, config.poll_interval, readiness, config.worker)
     if config.copy_path is not None and config.worker == 0:
         follower.copy = CopyWriter(config.copy_path, config.db)
-    copying = asyncio.create_task(follower.copy.run()) if follower.copy is not None else None
     metrics.SNAPSHOT_STALE.labels(worker).set(0)
     # The store's snapshots go to ``raw``; the services answer from ``holder``, the same with
     # every site's health decided by the monitor (sipzone.health).
@@ -531,6 +530,8 @@ async def run_worker(
     loop.add_signal_handler(signal.SIGHUP, Hangup(config, announce=parent is None))
     if config.user is not None:
         drop_privileges(config.user)
+    # Written as the user the worker runs as (offered snapshots wait for it).
+    copying = asyncio.create_task(follower.copy.run()) if follower.copy is not None else None
     readiness.listening = True
     main = parent is None  # the only process: it speaks to systemd itself
     tasks = [
