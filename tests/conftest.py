@@ -218,10 +218,16 @@ def cli(sqlite_url: str) -> Cli:
 
 
 class Server:
-    """A `sipzone serve` process in its own process group."""
+    """A `sipzone serve` process in its own process group; ``ready=False``: return once it
+    runs, without waiting for its "ready" line (a server that waits for its store)."""
 
-    def __init__(self, args: list[str], db: str) -> None:
+    def __init__(
+        self, args: list[str], db: str, ready: bool = True, state_dir: str | None = None
+    ) -> None:
         env = {**os.environ, "SIPZONE_DB": db, "PYTHONUNBUFFERED": "1"}
+        if state_dir is not None and not db.startswith("sqlite"):
+            # The disk copy of a PostgreSQL store would go to /var/lib/sipzone: keep it here.
+            env["SIPZONE_STATE_DIR"] = state_dir
         # Sites in tests mostly have documentation addresses nobody answers at: probes are off
         # unless a test (tests/test_health.py) asks for them with --health-checks.
         if not {"--health-checks", "--no-health-checks"} & set(args):
@@ -237,6 +243,9 @@ class Server:
         self.lines: list[str] = []
         deadline = time.monotonic() + 30
         assert self.proc.stdout is not None
+        if not ready:
+            threading.Thread(target=self._drain, daemon=True).start()
+            return
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
@@ -270,8 +279,13 @@ def serve(sqlite_url: str) -> Iterator[Callable[..., Server]]:
     """Start `sipzone serve ARGS...` on this test's store; stopped after the test."""
     started: list[Server] = []
 
-    def start(*args: str, db: str | None = None) -> Server:
-        server = Server(list(args), db or sqlite_url)
+    def start(*args: str, db: str | None = None, ready: bool = True) -> Server:
+        server = Server(
+            list(args),
+            db or sqlite_url,
+            ready,
+            os.path.dirname(sqlite_url.removeprefix("sqlite:///")),
+        )
         started.append(server)
         return server
 

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import dns.message
 import dns.query
@@ -58,7 +59,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 10) -> None:
 
 
 @pytest.fixture
-def popen() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+def popen(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """`sipzone serve ARGS` started without waiting for it to be ready; stopped after."""
     started: list[subprocess.Popen[str]] = []
 
@@ -68,7 +69,7 @@ def popen() -> Iterator[Callable[..., subprocess.Popen[str]]]:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "SIPZONE_DB": db},
+            env={**os.environ, "SIPZONE_DB": db, "SIPZONE_STATE_DIR": str(tmp_path)},
             start_new_session=True,
         )
         started.append(proc)

@@ -63,11 +63,12 @@ class Proc:
 
 
 @pytest.fixture
-def start() -> Iterator[Start]:
+def start(tmp_path: Path) -> Iterator[Start]:
     started: list[Proc] = []
 
     def run(*args: str, db: str, **env: str) -> Proc:
-        proc = Proc(list(args), {"SIPZONE_DB": db, **env})
+        # The disk copy of a PostgreSQL store would go to /var/lib/sipzone: keep it here.
+        proc = Proc(list(args), {"SIPZONE_DB": db, "SIPZONE_STATE_DIR": str(tmp_path), **env})
         started.append(proc)
         return proc
 

@@ -1469,6 +1469,15 @@ def serve(
         str | None,
         typer.Option(help="This node's name in `sipzone status` and site views (default: host)."),
     ] = None,
+    state_dir: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR",
+            help="Where the node keeps its disk copy of the last snapshot, served when it "
+            "starts without the store (default: $STATE_DIRECTORY, else beside a SQLite store, "
+            "else /var/lib/sipzone).",
+        ),
+    ] = None,
     health_checks: Annotated[
         bool, typer.Option(help="Probe every site; off: only drain and `site health` decide.")
     ] = True,
@@ -1508,6 +1517,7 @@ def serve(
     from sipzone.runtime import ServeConfig
     from sipzone.runtime import serve as run
     from sipzone.sip import SipConfig, check_tenant_headers, parse_host_pin, parse_listen
+    from sipzone.store.diskcopy import copy_path, default_state_dir
 
     if not sip and not dns and not api:
         fail("nothing to serve: give --sip, --dns and/or --api")
@@ -1529,8 +1539,9 @@ def serve(
         hosts = tuple(parse_host_pin(pin) for pin in sip_host or ())
     except ValueError as exc:
         fail(str(exc))
+    url = resolve_db(db)
     settings = ServeConfig(
-        db=resolve_db(db),
+        db=url,
         sip=SipConfig(
             listen=_listen_list(sip),
             site=site,
@@ -1587,21 +1598,35 @@ def serve(
         health_checks=health_checks,
         acme_check=acme_check,
         acme_retry=acme_retry,
+        copy_path=copy_path(state_dir or default_state_dir(url), url),
     )
     if print_config:
         _print_settings(settings)
         return
+    import sqlalchemy as sa
+
     from sipzone.runtime import check_user
     from sipzone.sip import BRANCH_SECRET
+    from sipzone.store.repository import StoreBusy, StoreUnreachable
 
     if user is not None:
         check_user(user)
     repo = store(settings.db)
-    repo.revision()
-    repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
-    if sip:
-        _check_site(site, [s.name for s in repo.list_sites()])
-    repo.close()  # the workers open their own connections
+    try:
+        repo.revision()
+        repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
+        sites = [s.name for s in repo.list_sites()]
+    except (StoreUnreachable, StoreBusy, sa.exc.DBAPIError) as exc:
+        # The workers serve the disk copy meanwhile, or wait for the store (sipzone.runtime).
+        from sipzone.store.feed import first_line
+
+        print(f"sipzone: the store is out of reach ({first_line(exc)}); starting without it",
+              file=sys.stderr)  # fmt: skip
+    else:
+        if sip:
+            _check_site(site, sites)
+    finally:
+        repo.close()  # the workers open their own connections
     run(settings)
 
 

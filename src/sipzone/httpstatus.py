@@ -5,7 +5,9 @@
 - ``/readyz`` answers 200 when the server should get traffic, else 503 with the reasons, one
   per line: every worker has loaded its first snapshot and bound its listeners, and none has
   been unable to reach the store for ``--ready-stale-after`` seconds (a short outage is
-  ridden out on the last snapshot; a long one means this node's answers may be stale).
+  ridden out on the last snapshot; a long one means this node's answers may be stale).  A
+  snapshot read from the node's disk copy at a start without the store counts as loaded: the
+  node answers from it, and the outage is counted from that start.
 
 One process serves the port: the only one, or the supervisor of ``--workers N``, which asks
 its workers through the ``sipzone_ready`` gauge they each keep (sipzone.metrics).  It runs on
@@ -33,12 +35,13 @@ class Readiness:
     loaded: bool = False  # the first snapshot is in
     listening: bool = False  # every listener is bound
     store_down_since: float | None = None  # time.monotonic() of the first failure in a row
+    waiting: str | None = None  # why the first snapshot is not loaded (no store, no disk copy)
 
     def reasons(self) -> list[str]:
         """Why this worker is not ready; empty when it is."""
         out = []
         if not self.loaded:
-            out.append("the first snapshot is not loaded yet")
+            out.append(self.waiting or "the first snapshot is not loaded yet")
         elif not self.listening:
             out.append("the listeners are not bound yet")
         since = self.store_down_since

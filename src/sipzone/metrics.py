@@ -29,6 +29,12 @@ STORE_UP = Gauge(
     ["worker"],
     multiprocess_mode="liveall",
 )
+SNAPSHOT_STALE = Gauge(
+    "sipzone_snapshot_stale",
+    "1 while this worker serves the disk copy it started on, not yet confirmed by the store.",
+    ["worker"],
+    multiprocess_mode="liveall",
+)
 READY = Gauge(
     "sipzone_ready",
     "1 when this worker is ready: snapshot loaded, listeners bound, store fresh enough.",

@@ -24,6 +24,11 @@ Theory of operation:
 - Each worker probes the sites (sipzone.health) before it binds anything, and answers from the
   store's snapshot with the sites' health applied; the probes and their verdicts go on while
   the store is away.
+- Worker 0 keeps a copy of every snapshot it applies on local disk (sipzone.store.diskcopy).
+  A worker that starts while the store is out of reach serves that copy, marked stale (the
+  ``sipzone_snapshot_stale`` gauge, one log line) until the store answers and it has caught up
+  along the change log; with no copy either, it binds nothing and waits for the store, saying
+  why in one log line (then one a minute) and in /readyz.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from sipzone.net import split_hostport
 from sipzone.net.limits import raise_open_files
 from sipzone.net.sockets import held_elsewhere
 from sipzone.sip import SipConfig
+from sipzone.store.diskcopy import BadCopy, CopyWriter, Mark, read_copy
 from sipzone.store.feed import ChangeFeed, Wake, first_line
 from sipzone.store.repository import Store
 
@@ -116,6 +122,8 @@ class ServeConfig:
     health_voice: bool = True  # False: this worker neither logs nor counts health transitions
     acme_check: float = 60.0  # seconds between checks for ACME certificates due (with DNS)
     acme_retry: float = 300.0  # seconds before the first retry of a failed renewal (doubling)
+    # The disk copy of the last snapshot (sipzone.store.diskcopy); None: no copy kept or read.
+    copy_path: str | None = None
 
 
 # ------------------------------------------------------------------------ ports
@@ -165,8 +173,6 @@ def check_ports(config: ServeConfig) -> None:
 
 # ------------------------------------------------------------------------ following the store
 
-Mark = tuple[int, datetime] | None
-
 
 def history_mark(store: Store, revision: int) -> Mark:
     """What the change log says about ``revision``: its row's revision and time (None for an
@@ -192,6 +198,8 @@ class StoreFollower:
         self.readiness = readiness or Readiness()
         self.worker = str(worker)  # the label of this worker's metrics
         self.feed: ChangeFeed | None = None
+        self.stale = False  # serving the disk copy; the store has not answered since the start
+        self.copy: CopyWriter | None = None  # keeps the disk copy (one worker per node)
 
     @property
     def reaching_store(self) -> bool:
@@ -217,6 +225,75 @@ class StoreFollower:
         self.mark = history_mark(self.store, snapshot.revision)
         return snapshot
 
+    def _load_first(self) -> Snapshot:
+        """:meth:`load`, after making the SIP branch key when `serve` could not (it started
+        without the store; runs in a thread)."""
+        from sipzone.sip import BRANCH_SECRET
+
+        snapshot = self.load()
+        if BRANCH_SECRET in snapshot.settings:
+            return snapshot
+        with contextlib.suppress(sa.exc.IntegrityError):  # another worker or node made it
+            self.store.ensure_secret(BRANCH_SECRET)
+        return self.load()
+
+    async def start(self, copy_path: str | None) -> Snapshot:
+        """The snapshot to start on: the store's; while the store is out of reach, the disk
+        copy at ``copy_path``, stale until the store answers; with neither, wait for the
+        store, retrying with back-off, and say why (log, /readyz)."""
+        from sipzone import metrics
+
+        loop = asyncio.get_running_loop()
+        retry = RETRY_FIRST
+        where: str | None = None  # why the disk copy cannot serve, once it has been read
+        while True:
+            try:
+                snapshot = await loop.run_in_executor(None, self._load_first)
+            except STORE_TROUBLE as exc:
+                trouble = first_line(exc)
+                await loop.run_in_executor(None, self.store.close)
+            else:
+                if self.readiness.waiting is not None:
+                    self.readiness.waiting = None
+                    log.info("store reached at revision %d; starting", snapshot.revision)
+                if self.copy is not None:
+                    self.copy.offer(snapshot, self.mark)
+                return snapshot
+            if where is None:
+                stale, where = await loop.run_in_executor(None, self._read_copy, copy_path, trouble)
+                if stale is not None:
+                    self.stale = self._failing = True
+                    self.readiness.store_reached(False)
+                    metrics.SNAPSHOT_STALE.labels(self.worker).set(1)
+                    return stale
+            self.readiness.waiting = f"waiting for the store ({trouble}); {where}"
+            self.events.warning(
+                "start", "%s; nothing to serve yet, retrying with back-off",
+                self.readiness.waiting,
+            )  # fmt: skip
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, RETRY_MAX)
+
+    def _read_copy(self, path: str | None, trouble: str) -> tuple[Snapshot | None, str]:
+        """The disk copy at ``path`` for a start without the store, or why there is none
+        (runs in a thread)."""
+        if path is None:
+            return None, "no disk copy kept"
+        try:
+            copy = read_copy(path)
+        except (BadCopy, OSError) as exc:
+            log.warning("disk copy %s ignored: %s", path, exc)
+            return None, f"the disk copy at {path} is unusable"
+        if copy is None:
+            return None, f"no disk copy at {path}"
+        self.mark = copy.mark
+        log.warning(
+            "store out of reach at start (%s); serving the disk copy of revision %d written "
+            "%s (%s), stale until the store answers",
+            trouble, copy.snapshot.revision, copy.written_at.isoformat(timespec="seconds"), path,
+        )  # fmt: skip
+        return copy.snapshot, ""
+
     def next_snapshot(self, current: Snapshot, whole: bool) -> Snapshot:
         """``current`` advanced along the change log, or the store read whole (in a thread)."""
         if not whole and history_mark(self.store, current.revision) != self.mark:
@@ -239,7 +316,8 @@ class StoreFollower:
 
         loop = asyncio.get_running_loop()
         feed = self.feed = ChangeFeed(self.store.url, interval=self.interval)
-        retry: float | None = None  # seconds until a failed read is tried again
+        # Seconds until a failed read is tried again (a stale start: soon).
+        retry: float | None = RETRY_FIRST if self._failing else None
         whole = False
         try:
             while True:
@@ -257,13 +335,23 @@ class StoreFollower:
                     retry = RETRY_FIRST if retry is None else min(retry * 2, RETRY_MAX)
                     continue
                 retry, whole = None, False
+                if self.stale:
+                    self.stale = False
+                    metrics.SNAPSHOT_STALE.labels(self.worker).set(0)
+                    log.info(
+                        "store reached: caught up from the disk copy's revision %d to %d",
+                        current.revision, snapshot.revision,
+                    )  # fmt: skip
+                elif self._failing:
+                    log.info("store readable again at revision %d", snapshot.revision)
                 if self._failing:
                     self._failing = False
                     self.events.forget("read")
-                    log.info("store readable again at revision %d", snapshot.revision)
                 self.readiness.store_reached(True)
                 if snapshot is not current:
                     holder.publish(snapshot)
+                    if self.copy is not None:
+                        self.copy.offer(snapshot, self.mark)
                     metrics.REVISION.labels(self.worker).set(snapshot.revision)
                     lag = self.feed_lag()
                     if lag is not None:
@@ -397,15 +485,18 @@ async def run_worker(
     worker = str(config.worker)
     metrics.READY.labels(worker).set(0)
     follower = StoreFollower(store, config.poll_interval, readiness, config.worker)
+    if config.copy_path is not None and config.worker == 0:
+        follower.copy = CopyWriter(config.copy_path, config.db)
+    metrics.SNAPSHOT_STALE.labels(worker).set(0)
     # The store's snapshots go to ``raw``; the services answer from ``holder``, the same with
     # every site's health decided by the monitor (sipzone.health).
-    raw = SnapshotHolder(await loop.run_in_executor(None, follower.load))
+    raw = SnapshotHolder(await follower.start(config.copy_path))
     holder = SnapshotHolder(raw.current)
     monitor = _health_monitor(config, store, raw, holder)
     await monitor.start()
     readiness.loaded = True
     metrics.REVISION.labels(worker).set(holder.current.revision)
-    metrics.STORE_UP.labels(worker).set(1)
+    metrics.STORE_UP.labels(worker).set(0 if follower.stale else 1)
     services: list[Service] = [monitor]
     drains: list[tuple[str, Callable[[float], Awaitable[tuple[int, int]]]]] = []
     dns_service: Any = None
@@ -439,6 +530,8 @@ async def run_worker(
     loop.add_signal_handler(signal.SIGHUP, Hangup(config, announce=parent is None))
     if config.user is not None:
         drop_privileges(config.user)
+    # Written as the user the worker runs as (offered snapshots wait for it).
+    copying = asyncio.create_task(follower.copy.run()) if follower.copy is not None else None
     readiness.listening = True
     main = parent is None  # the only process: it speaks to systemd itself
     tasks = [
@@ -447,6 +540,8 @@ async def run_worker(
     ]
     if config.dns is not None:
         tasks.append(asyncio.create_task(_renew_acme(config, dns_service.address)))
+    if copying is not None:
+        tasks.append(copying)
     if parent is not None:
         tasks.append(asyncio.create_task(_stop_when_orphaned(parent, stop)))
     log.info("serving revision %d (pid %d)", holder.current.revision, os.getpid())

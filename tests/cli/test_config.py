@@ -136,3 +136,22 @@ def test_sighup_applies_a_changed_log_level_and_keeps_serving(
     os.kill(server.proc.pid, signal.SIGHUP)
     wait_for(server, "not valid TOML", said)
     assert server.proc.poll() is None
+
+
+def test_the_disk_copy_goes_where_the_file_the_environment_or_the_command_line_say(
+    sipzone: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "sipzone.toml"
+    conf.write_text('dns = "127.0.0.1:5353"\nstate-dir = "/srv/file"\n')
+    monkeypatch.setenv("SIPZONE_DB", f"sqlite:///{tmp_path}/sz.db")
+
+    def copy(*args: str) -> str:
+        out = sipzone("serve", "--dns", "127.0.0.1:5353", *args, "--print-config", check=True)
+        return str(json.loads(out.stdout)["copy_path"])
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert copy() == f"{tmp_path}/sz.db.snapshot"  # beside a SQLite store
+    assert copy("--config", str(conf)) == "/srv/file/sz.db.snapshot"
+    monkeypatch.setenv("SIPZONE_STATE_DIR", "/srv/env")
+    assert copy("--config", str(conf)) == "/srv/env/sz.db.snapshot"
+    assert copy("--state-dir", "/srv/cli") == "/srv/cli/sz.db.snapshot"
