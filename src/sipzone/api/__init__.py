@@ -36,3 +36,6 @@ class ApiConfig:
     proof_resolver: str | None = None
     auth_failures: int = 10  # failed authentications one client address may make ...
     auth_window: float = 60.0  # ... within this many seconds; then 429 until they age out
+    site: str | None = None  # the site this node runs at: its voicemail store comes first
+    # PEM file of the CAs the voicemail store's IMAP certificate chains to; None: the system's.
+    mail_ca: str | None = None
