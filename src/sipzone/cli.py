@@ -1465,6 +1465,13 @@ def serve(
         str | None,
         typer.Option(help="Resolver HOST:PORT that checks claim proofs (default: the system's)."),
     ] = None,
+    api_tls: Annotated[
+        bool,
+        typer.Option(
+            help="HTTPS on --api, the stored certificate chosen by SNI (the email domain's for "
+            "its voicemail pages)."
+        ),
+    ] = False,
     mail_ca: Annotated[
         Path | None,
         typer.Option(
@@ -1600,6 +1607,7 @@ def serve(
             listen=api,
             proof_resolver=proof_resolver,
             site=site,
+            tls=api_tls,
             mail_ca=str(mail_ca) if mail_ca else None,
         )
         if api

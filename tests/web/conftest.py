@@ -8,16 +8,20 @@ mail.example.com; tenant ``acme`` (brand "Acme Voice") owns the SIP domain voip.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import trustme
 
 from sipzone.store.repository import Store
 from tests.browser import browser  # noqa: F401 (a fixture of the voicemail page's tests)
 from tests.conftest import Server, free_port
+from tests.tlscerts import issue
 from tests.web.dovecot import Dovecot, Voice, speak, voice_email
 
 EMAIL = "mail.example.com"
@@ -57,12 +61,20 @@ def dovecot(ca: trustme.CA, voice: Voice) -> Iterator[Dovecot]:
 class Voicemail:
     """The running installation: its web service's URL, its DNS address, the pieces."""
 
-    web: str  # http://127.0.0.1:PORT
+    web: str  # https://127.0.0.1:PORT
     dns: tuple[str, int]
     store: Store
     dovecot: Dovecot
     voice: Voice
     server: Server
+    trust: ssl.SSLContext  # trusts the test's CA
+
+    def client(self, host: str = EMAIL, **options: Any) -> httpx.Client:
+        """An HTTPS client of the web service asking for ``host`` (the certificate also names
+        127.0.0.1, where the client connects)."""
+        return httpx.Client(
+            base_url=self.web, headers={"Host": host}, verify=self.trust, timeout=30, **options
+        )
 
 
 @pytest.fixture
@@ -81,12 +93,18 @@ def voicemail(
     store.set_email_domain(EMAIL, imap=[str(dovecot.port)], submission=[SUBMISSION])
     store.add_tenant("acme", "provider", brand_name="Acme Voice")
     store.add_domain("voip.acme.example", "acme")
+    names = (EMAIL, f"autoconfig.{EMAIL}", f"autodiscover.{EMAIL}", "127.0.0.1")
+    cert = issue(ca, tmp_path / "tls", *names)
+    store.add_certificate("mail", cert.chain.read_text(), cert.key.read_text())
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     web, dns = free_port(), free_port()
     server = serve(
-        "--api", f"127.0.0.1:{web}", "--dns", f"127.0.0.1:{dns}",
+        "--api", f"127.0.0.1:{web}", "--api-tls", "--dns", f"127.0.0.1:{dns}",
         "--site", "eu", "--mail-ca", str(ca_file),
     )  # fmt: skip
-    yield Voicemail(f"http://127.0.0.1:{web}", ("127.0.0.1", dns), store, dovecot, voice, server)
+    trust = ssl.create_default_context(cafile=str(ca_file))
+    yield Voicemail(
+        f"https://127.0.0.1:{web}", ("127.0.0.1", dns), store, dovecot, voice, server, trust
+    )
     store.close()

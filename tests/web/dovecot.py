@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trustme
 
+from sipzone.web.mailbox import Endpoint, StoreUnavailable, connect
 from tests.conftest import free_port, missing
 from tests.tlscerts import Issued, issue
 
@@ -162,7 +163,7 @@ service anvil {{
             try:
                 self.client("", "").shutdown()
                 return
-            except OSError:
+            except StoreUnavailable:  # not listening yet
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"dovecot stopped: {self.log()}") from None
                 time.sleep(0.1)
@@ -177,8 +178,6 @@ service anvil {{
     def client(self, user: str, password: str) -> imaplib.IMAP4_SSL:
         """An imaplib connection (logged in unless ``user`` is empty); the certificate is
         checked against :attr:`host` while the socket goes to loopback."""
-        from sipzone.web.mailbox import Endpoint, connect
-
         imap = connect(Endpoint(self.host, self.port, ("127.0.0.1",)), self.context)
         if user:
             imap.login(user, password)

@@ -13,7 +13,6 @@ from xml.etree import ElementTree
 import dns.message
 import dns.query
 import dns.rdatatype
-import httpx
 
 from sipzone.web.mailbox import Endpoint, connect
 from tests.web.conftest import EMAIL, MAILBOX, PASSWORD, SITE_HOST, Voicemail
@@ -74,7 +73,8 @@ def test_thunderbird_autoconfig_names_the_endpoints(voicemail: Voicemail) -> Non
         (f"autoconfig.{EMAIL}", f"/mail/config-v1.1.xml?emailaddress={MAILBOX}"),
         (EMAIL, "/.well-known/autoconfig/mail/config-v1.1.xml"),
     ):
-        reply = httpx.get(voicemail.web + path, headers={"Host": host}, timeout=10)
+        with voicemail.client(host) as client:
+            reply = client.get(path)
         assert reply.status_code == 200, reply.text
         assert reply.headers["content-type"].startswith("application/xml")
         root = ElementTree.fromstring(reply.content)
@@ -112,12 +112,12 @@ OUTLOOK = "{http://schemas.microsoft.com/exchange/autodiscover/outlook/responses
 
 
 def test_outlook_autodiscover_names_the_endpoints(voicemail: Voicemail) -> None:
-    reply = httpx.post(
-        voicemail.web + "/autodiscover/autodiscover.xml",
-        content=AUTODISCOVER.format(address=MAILBOX),
-        headers={"Host": f"autodiscover.{EMAIL}", "Content-Type": "text/xml"},
-        timeout=10,
-    )
+    with voicemail.client(f"autodiscover.{EMAIL}") as client:
+        reply = client.post(
+            "/autodiscover/autodiscover.xml",
+            content=AUTODISCOVER.format(address=MAILBOX),
+            headers={"Content-Type": "text/xml"},
+        )
     assert reply.status_code == 200, reply.text
     root = ElementTree.fromstring(reply.content)
     assert root.tag == f"{RESPONSE}Autodiscover"
@@ -135,12 +135,12 @@ def test_outlook_autodiscover_names_the_endpoints(voicemail: Voicemail) -> None:
 
 
 def test_autodiscover_refuses_entities_and_bad_addresses(voicemail: Voicemail) -> None:
-    url = voicemail.web + "/autodiscover/autodiscover.xml"
     entity = (
         '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
         + AUTODISCOVER.split("?>", 1)[1].format(address="&x;")
     )
-    for body in (entity, AUTODISCOVER.format(address="a b@example.com"), "<not xml"):
-        reply = httpx.post(url, content=body, headers={"Host": EMAIL}, timeout=10)
-        assert reply.status_code == 400
-        assert "root:" not in reply.text
+    with voicemail.client() as client:
+        for body in (entity, AUTODISCOVER.format(address="a b@example.com"), "<not xml"):
+            reply = client.post("/autodiscover/autodiscover.xml", content=body)
+            assert reply.status_code == 400
+            assert "root:" not in reply.text

@@ -6,6 +6,7 @@ the failed sign-in limiter)."""
 from __future__ import annotations
 
 import contextlib
+import socket
 from typing import Any
 
 import httpx
@@ -24,9 +25,11 @@ ARTIFACTS = artifacts("voicemail")
 
 
 def open_page(browser: Any, voicemail: Voicemail) -> Any:
-    page = new_page(browser)
+    # Chromium cannot be told the test's CA: it takes any certificate, and
+    # test_https_serves_the_email_domains_certificate checks which one is served
+    page = new_page(browser, ignore_https_errors=True)
     page.sipzone_port = httpx.URL(voicemail.web).port
-    page.goto(f"http://{EMAIL}:{page.sipzone_port}/")
+    page.goto(f"https://{EMAIL}:{page.sipzone_port}/")
     return page
 
 
@@ -56,7 +59,7 @@ def test_sign_in_play_mark_heard_delete(voicemail: Voicemail, browser: Any) -> N
     seconds = voicemail.voice.seconds
     assert row.locator(".duration").text_content() == f"0:{round(seconds):02d}"
     cookie = next(c for c in page.context.cookies() if c["name"] == "sipzone_voicemail")
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
     assert PASSWORD not in cookie["value"]  # sealed, not merely encoded
     page.screenshot(path=str(ARTIFACTS / "messages.png"), full_page=True)
 
@@ -103,7 +106,7 @@ def test_sign_in_play_mark_heard_delete(voicemail: Voicemail, browser: Any) -> N
 
     page.click("text=Sign out")
     assert page.url.endswith("/signin")
-    page.goto(f"http://{EMAIL}:{page.sipzone_port}/")
+    page.goto(f"https://{EMAIL}:{page.sipzone_port}/")
     assert page.url.endswith("/signin")
 
 
@@ -117,7 +120,7 @@ def test_the_brand_of_the_mailboxs_sip_domain(voicemail: Voicemail, browser: Any
 
 
 def signed_in(voicemail: Voicemail) -> httpx.Client:
-    client = httpx.Client(base_url=voicemail.web, headers={"Host": EMAIL}, timeout=30)
+    client = voicemail.client()
     client.get("/signin")
     csrf = client.cookies["sipzone_csrf"]
     reply = client.post("/signin", data={"mailbox": "1001", "password": PASSWORD, "csrf": csrf})
@@ -157,10 +160,8 @@ def test_changes_need_the_form_and_a_uid(voicemail: Voicemail) -> None:
 
 def test_failed_sign_ins_are_limited_before_they_reach_imap(voicemail: Voicemail) -> None:
     # the browser at 127.0.0.2: sipzone tells Dovecot (ID x-originating-ip), which logs it
-    transport = httpx.HTTPTransport(local_address="127.0.0.2")
-    with httpx.Client(
-        base_url=voicemail.web, headers={"Host": EMAIL}, timeout=30, transport=transport
-    ) as client:
+    transport = httpx.HTTPTransport(local_address="127.0.0.2", verify=voicemail.trust)
+    with voicemail.client(transport=transport) as client:
         client.get("/signin")
         csrf = client.cookies["sipzone_csrf"]
         guesses = [
@@ -176,3 +177,18 @@ def test_failed_sign_ins_are_limited_before_they_reach_imap(voicemail: Voicemail
     failed = [line for line in log.splitlines() if "auth failed" in line]
     assert len(failed) == 10
     assert all("rip=127.0.0.2" in line for line in failed)
+
+
+def test_https_serves_the_email_domains_certificate(voicemail: Voicemail) -> None:
+    port = httpx.URL(voicemail.web).port
+    assert port is not None
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        voicemail.trust.wrap_socket(raw, server_hostname=EMAIL) as tls,  # checks the name
+    ):
+        tls.sendall(f"GET /signin HTTP/1.1\r\nHost: {EMAIL}\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := tls.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert b"<h1>Voice messages</h1>" in reply
