@@ -169,14 +169,12 @@ def done(as_json: bool, message: str, **data: Any) -> None:
 @guarded
 def init(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """Create the store or migrate it to the current schema."""
-    from sipzone.model.mail import SESSION_SECRET
     from sipzone.sip import BRANCH_SECRET
     from sipzone.store.url import redacted
 
     repo = store(db)
     repo.init()
     repo.ensure_secret(BRANCH_SECRET)
-    repo.ensure_secret(SESSION_SECRET)
     rev, where = repo.revision(), redacted(repo.url)
     done(as_json, f"store ready at {where} (revision {rev})", store=where, revision=rev)
 
@@ -1630,7 +1628,6 @@ def serve(
     if print_config:
         _print_settings(settings)
         return
-    from sipzone.model.mail import SESSION_SECRET
     from sipzone.runtime import check_user
     from sipzone.sip import BRANCH_SECRET
 
@@ -1639,7 +1636,6 @@ def serve(
     repo = store(settings.db)
     repo.revision()
     repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
-    repo.ensure_secret(SESSION_SECRET)  # ... and seals voicemail sessions with the store's
     if sip:
         _check_site(site, [s.name for s in repo.list_sites()])
     repo.close()  # the workers open their own connections

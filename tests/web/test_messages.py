@@ -13,7 +13,7 @@ from email.message import EmailMessage
 import pytest
 
 from sipzone.model.errors import InvalidValue
-from sipzone.model.mail import SESSION_SECRET
+from sipzone.sip import BRANCH_SECRET
 from sipzone.web.mailbox import byte_range, describe, parse_mailbox, wav_duration
 from sipzone.web.voicemail import IDLE, LONGEST, Session, seal, unseal
 from tests.dns.conftest import snapshot
@@ -120,7 +120,7 @@ def test_byte_ranges() -> None:
 
 
 def test_sessions_open_only_where_and_while_they_were_sealed() -> None:
-    keyed = snapshot(settings={SESSION_SECRET: "11" * 32})
+    keyed = snapshot(settings={BRANCH_SECRET: "11" * 32})
     session = Session("1001@mail.example.com", "secret pass", 1000.0)
     cookie = seal(keyed, session, 1000.0)
     assert "secret pass" not in cookie and "1001" not in cookie
@@ -130,7 +130,7 @@ def test_sessions_open_only_where_and_while_they_were_sealed() -> None:
     assert unseal(keyed, late, 1000.0 + LONGEST + 1) is None  # signed in too long ago
     # another installation's email domain, another key, a flipped bit, no key: nothing
     assert unseal(replace(keyed, email_domain="other.example.com"), cookie, 1000.0) is None
-    rekeyed = snapshot(settings={SESSION_SECRET: "22" * 32})
+    rekeyed = snapshot(settings={BRANCH_SECRET: "22" * 32})
     assert unseal(rekeyed, cookie, 1000.0) is None
     flipped = cookie[:20] + ("A" if cookie[20] != "A" else "B") + cookie[21:]
     assert unseal(keyed, flipped, 1000.0) is None

@@ -32,9 +32,6 @@ SRV_NAMES: tuple[tuple[str, str | None], ...] = (
     ("_submission", None),
 )
 DEFAULT_PORT = {"imap": 993, "submission": 465}
-# The secret setting (32 random octets, hex; made by ``init`` and ``serve``) that seals the
-# voicemail pages' sessions (sipzone.web.voicemail).
-SESSION_SECRET = "voicemail_session_secret"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ Theory of operation:
 - sipzone stores no subscriber password and keeps no session on the server.  The IMAP server
   of the site this node runs at checks mailbox and password at sign-in and again on every
   request (:mod:`sipzone.web.mailbox`).  What the browser holds between requests is the
-  credential sealed with AES-GCM under the store's ``voicemail_session_secret`` (made by
-  ``init`` and ``serve``; the email domain is authenticated with it), in an HttpOnly,
-  SameSite=Strict cookie (Secure over https).  Why not a server-side session: with
+  credential sealed with AES-GCM under a key derived from the store's SIP branch secret (the
+  email domain is authenticated with it; ``sip rotate-secret`` signs everyone out), in an
+  HttpOnly, SameSite=Strict cookie (Secure over https).  Why not a server-side session: with
   ``--workers N`` and several nodes behind one name, the next request of a browser may reach
   any worker of any node, and a session in one worker's memory would sign it out at random,
   while a shared one would put credentials in the store.  What this costs: a copy of the
@@ -43,7 +43,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fastapi import FastAPI, Form, Request
 from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, Response
@@ -51,8 +53,9 @@ from fastapi.responses import RedirectResponse, Response
 from sipzone.api.app import client_address
 from sipzone.api.auth import limit_key
 from sipzone.model.errors import SipzoneError, TooManyAttempts
-from sipzone.model.mail import SESSION_SECRET, SETTING, endpoint_for, stored_endpoints
+from sipzone.model.mail import SETTING, endpoint_for, stored_endpoints
 from sipzone.model.snapshot import Snapshot
+from sipzone.sip import BRANCH_SECRET
 from sipzone.web import Portal, _check_form, _Refused, _render, portal_for
 from sipzone.web.mailbox import (
     Endpoint,
@@ -66,6 +69,7 @@ from sipzone.web.mailbox import (
 from sipzone.web.mailconfig import router as mailconfig_router
 
 COOKIE = "sipzone_voicemail"
+SESSION_LABEL = b"sipzone voicemail session"
 IDLE = 30 * 60  # seconds a session lives without a page view ...
 LONGEST = 8 * 3600  # ... and at most after sign-in
 REFUSED = "wrong mailbox or password"
@@ -80,10 +84,13 @@ class Session:
 
 
 def _key(snapshot: Snapshot) -> bytes:
-    secret = snapshot.settings.get(SESSION_SECRET)
+    """The sealing key: derived (HKDF) from the store's SIP branch secret, which every node
+    shares already, under a label of its own, so neither key tells anything of the other."""
+    secret = snapshot.settings.get(BRANCH_SECRET)
     if not secret:
-        raise StoreUnavailable("the store has no voicemail session key yet (sipzone init)")
-    return bytes.fromhex(secret)
+        raise StoreUnavailable("the store has no installation secret yet (sipzone init)")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SESSION_LABEL)
+    return hkdf.derive(bytes.fromhex(secret))
 
 
 def seal(snapshot: Snapshot, session: Session, now: float) -> str:
