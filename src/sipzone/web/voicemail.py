@@ -38,7 +38,7 @@ import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -78,9 +78,11 @@ UID = PathParam(ge=1, le=2**32 - 1)
 
 @dataclass(frozen=True)
 class Session:
+    """Who is signed in: what the cookie seals (never logged: the password is not in repr)."""
+
     mailbox: str
-    password: str
-    signed_in: float
+    password: str = field(repr=False)
+    signed_in: float = 0.0
 
 
 def _key(snapshot: Snapshot) -> bytes:
