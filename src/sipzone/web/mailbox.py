@@ -28,7 +28,7 @@ import re
 import socket
 import ssl
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -170,14 +170,18 @@ class Mailbox:
     def __exit__(self, *_exc: object) -> None:
         _close(self.imap)
 
-    def _uid(self, command: str, *args: str) -> list[Any]:
+    def _ok(self, command: str, call: Callable[[], tuple[str, list[Any]]]) -> list[Any]:
+        """What ``call`` (an imaplib command) answered; StoreUnavailable unless OK."""
         try:
-            status, data = self.imap.uid(command, *args)
+            status, data = call()
         except (OSError, imaplib.IMAP4.error) as exc:
             raise StoreUnavailable(f"the voicemail store failed {command}: {exc}") from None
         if status != "OK":
             raise StoreUnavailable(f"the voicemail store refused {command}")
         return list(data)
+
+    def _uid(self, command: str, *args: str) -> list[Any]:
+        return self._ok(command, lambda: self.imap.uid(command, *args))
 
     def messages(self) -> list[VoiceMessage]:
         """The newest :data:`LISTED` messages, newest first."""
@@ -222,7 +226,7 @@ class Mailbox:
         if "UIDPLUS" in self.imap.capabilities:
             self._uid("EXPUNGE", str(uid))
         else:
-            self.imap.expunge()
+            self._ok("EXPUNGE", self.imap.expunge)
 
 
 def _address(text: str | None) -> str | None:
