@@ -14,8 +14,9 @@ import pytest
 
 from sipzone.model.errors import InvalidValue
 from sipzone.sip import BRANCH_SECRET
-from sipzone.web.mailbox import byte_range, describe, parse_mailbox, wav_duration
-from sipzone.web.voicemail import IDLE, LONGEST, Session, seal, unseal
+from sipzone.web.mailbox import Endpoint, byte_range, describe, parse_mailbox, wav_duration
+from sipzone.web.mailconfig import targets
+from sipzone.web.voicemail import IDLE, LONGEST, Session, imap_endpoint, seal, unseal
 from tests.dns.conftest import snapshot
 
 
@@ -136,3 +137,19 @@ def test_sessions_open_only_where_and_while_they_were_sealed() -> None:
     assert unseal(keyed, flipped, 1000.0) is None
     assert unseal(snapshot(), cookie, 1000.0) is None
     assert unseal(keyed, "not base64 at all!", 1000.0) is None
+
+
+def test_this_nodes_site_comes_first_for_sign_in_and_autoconfig() -> None:
+    snap = snapshot(settings={"email_imap": "993 site-b=vm-us.example.org:10993"})
+    # site-a's own host on its virtual IPs; site-b's own endpoint, resolved by name
+    assert imap_endpoint(snap, "site-a") == Endpoint(
+        "site-a.example.com", 993, ("192.0.2.10", "2001:db8::10")
+    )
+    assert imap_endpoint(snap, "site-b") == Endpoint("vm-us.example.org", 10993)
+    assert targets(snap, "imap", "site-b") == [
+        ("vm-us.example.org", 10993),
+        ("site-a.example.com", 993),
+    ]
+    assert targets(snap, "submission", "site-b") == []
+    down = replace(snap, sites=tuple(replace(s, healthy=s.name != "site-b") for s in snap.sites))
+    assert targets(down, "imap", "site-b") == [("site-a.example.com", 993)]
