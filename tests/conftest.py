@@ -41,7 +41,9 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 #                `pytest -m "not integration"` is the fast loop (model, store, sans-IO DNS and SIP).
 # A marked test whose peer is missing is skipped with the reason, and FAILS when CI=true: CI
 # runs everything or says why not.
-INTEGRATION_FIXTURES = frozenset({"cli", "serve", "live_dns", "edge_factory", "sipp", "named"})
+INTEGRATION_FIXTURES = frozenset(
+    {"cli", "serve", "live_dns", "edge_factory", "sipp", "named", "dovecot"}
+)
 BIND_PROGRAMS = ("named", "named-checkzone", "dig")
 
 

@@ -1039,12 +1039,23 @@ def zone_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
 def email_set(
     name: str,
     mx: Annotated[str | None, typer.Option(help="MX target (default: the domain itself).")] = None,
+    imap: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The voicemail store's IMAP over TLS, [SITE=][HOST:]PORT (a bare PORT: each "
+            "site's own host); once for every site, again per site where it differs."
+        ),
+    ] = None,
+    submission: Annotated[
+        list[str] | None,
+        typer.Option(help="Its mail submission over TLS, [SITE=][HOST:]PORT, as --imap."),
+    ] = None,
     db: Db = DEFAULT_URL,
     actor: As = PROVIDER,
     as_json: Json = False,
 ) -> None:
-    """Set the installation's email domain; a second set replaces the first."""
-    domain, rev = store(db, actor).set_email_domain(name, mx)
+    """Set the installation's email domain; a second set replaces the first (endpoints too)."""
+    domain, rev = store(db, actor).set_email_domain(name, mx, imap or (), submission or ())
     done(
         as_json, f"email domain is {domain.text} (revision {rev})",
         email_domain=domain.text, mx=mx, revision=rev,
@@ -1054,13 +1065,17 @@ def email_set(
 @email_app.command("show")
 @guarded
 def email_show(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
-    """Show the installation's email domain and its MX target."""
-    values = store(db).settings()
-    data = {"email_domain": values.get("email_domain"), "mx": values.get("email_mx")}
+    """Show the installation's email domain, its MX target and its voicemail endpoints."""
+    from sipzone.api.views import email_json
+
+    data = email_json(store(db).settings())
     if as_json:
         emit(data)
     else:
         typer.echo(data["email_domain"] or "(none)")
+        for service in ("imap", "submission"):
+            if data[service]:
+                typer.echo(f"  {service}: {' '.join(data[service])}")
 
 
 @zone_app.command("export")
@@ -1448,6 +1463,20 @@ def serve(
         str | None,
         typer.Option(help="Resolver HOST:PORT that checks claim proofs (default: the system's)."),
     ] = None,
+    api_tls: Annotated[
+        bool,
+        typer.Option(
+            help="HTTPS on --api, the stored certificate chosen by SNI (the email domain's for "
+            "its voicemail pages)."
+        ),
+    ] = False,
+    mail_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM file of the CAs the voicemail store's IMAP certificate chains to "
+            "(default: the system's)."
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error (SIGHUP re-reads it from --config).")
     ] = "info",
@@ -1583,7 +1612,15 @@ def serve(
         workers=workers,
         poll_interval=poll,
         share_ports=share_ports,
-        api=ApiConfig(listen=api, proof_resolver=proof_resolver) if api else None,
+        api=ApiConfig(
+            listen=api,
+            proof_resolver=proof_resolver,
+            site=site,
+            tls=api_tls,
+            mail_ca=str(mail_ca) if mail_ca else None,
+        )
+        if api
+        else None,
         log_level=log_level,
         log_format=log_format,
         log_file=log_file,

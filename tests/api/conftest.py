@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from sipzone.store.repository import Store
+from tests.browser import browser  # noqa: F401 (a fixture of the console's tests)
 from tests.conftest import Server, free_port
 
 

@@ -4,55 +4,14 @@ screen.  Screenshots go to build/test-artifacts/console/ (not committed)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.api.conftest import Api
-from tests.conftest import missing
+from tests.browser import artifacts, new_page
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("SIPZONE_ARTIFACTS", "build/test-artifacts")) / "console"
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK) or shutil.which("chromium") is None:
-        missing("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            # every host name goes to loopback: the portals' names reach the test's server
-            args=["--no-sandbox", "--host-resolver-rules=MAP * 127.0.0.1"],
-        )
-        yield browser
-        browser.close()
-
-
-def new_page(browser: Any, **options: Any) -> Any:
-    page = browser.new_page(**options)
-    # nothing leaves loopback (a brand's logo URL included)
-    page.route(
-        "**/*",
-        lambda route: (
-            route.continue_()
-            if httpx.URL(route.request.url).port == page_port(page)
-            else route.abort()
-        ),
-    )
-    return page
-
-
-def page_port(page: Any) -> int | None:
-    return getattr(page, "sipzone_port", None)
+ARTIFACTS = artifacts("console")
 
 
 def open_page(browser: Any, api: Api, host: str = "127.0.0.1", **options: Any) -> Any:

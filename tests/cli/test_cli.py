@@ -106,6 +106,37 @@ def test_sites_zones_and_email_domain(cli: Cli) -> None:
     assert json.loads(cli("site", "list", "--json").stdout)[1]["healthy"] is False
 
 
+def test_email_domain_endpoints_per_site_where_they_differ(cli: Cli) -> None:
+    cli("init", check=True)
+    cli("site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu", check=True)
+    cli("site", "add", "us1", "--vip", "198.51.100.10", "--region", "us", check=True)
+    cli(
+        "email-domain", "set", "mail.example.com", "--imap", "993",
+        "--imap", "us1=vm-us.example.com:993", "--submission", "smtp.example.com:465",
+        check=True,
+    )  # fmt: skip
+    shown = json.loads(cli("email-domain", "show", "--json").stdout)
+    assert shown == {
+        "email_domain": "mail.example.com",
+        "mx": None,
+        "imap": ["993", "us1=vm-us.example.com:993"],
+        "submission": ["smtp.example.com:465"],
+    }
+    assert "imap: 993 us1=vm-us.example.com:993" in cli("email-domain", "show").stdout
+    # refused whole, nothing changed: an unknown site, a bad endpoint, a site given twice
+    for bad, words in (
+        (["--imap", "mars=993"], "site 'mars' does not exist"),
+        (["--imap", "127.0.0.1:993"], "not an address"),
+        (["--submission", "eu1=465", "--submission", "eu1=587"], "twice for site 'eu1'"),
+    ):
+        refused = cli("email-domain", "set", "mail.example.com", *bad)
+        assert refused.returncode != 0 and words in refused.stderr, refused.stderr
+    assert json.loads(cli("email-domain", "show", "--json").stdout) == shown
+    cli("email-domain", "set", "mail.example.com", check=True)  # a second set replaces all
+    cleared = json.loads(cli("email-domain", "show", "--json").stdout)
+    assert (cleared["imap"], cleared["submission"]) == ([], [])
+
+
 def test_import_file_with_owner_column(cli: Cli, tmp_path: Path) -> None:
     setup(cli)
     good = tmp_path / "names.txt"

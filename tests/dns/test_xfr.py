@@ -27,6 +27,7 @@ from sipzone.dns.export import export_zone, zone_file
 from sipzone.dns.records import Records
 from sipzone.dns.xfr import MESSAGE_TARGET, Omissions, transfer
 from sipzone.model.errors import NotFound
+from sipzone.model.mail import SRV_NAMES
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
 from sipzone.sip.transport import start_sip
@@ -249,13 +250,21 @@ def test_export_passes_named_checkzone(tmp_path: Path) -> None:
         export_zone(snap, "example.org")
 
 
+# What the email domain brings (RFC 6186 service names, autoconfig hosts).
+MAIL_NAMES = {
+    *(f"{label}._tcp.mail.example.com." for label, _ in SRV_NAMES),
+    "autoconfig.mail.example.com.",
+    "autodiscover.mail.example.com.",
+}
+
+
 def test_transfer_lists_every_record_once_as_the_server_answers_it() -> None:
     authority = Authority(NESTED, ALLOW)
     for zone, owners in {
         "example.com": with_services(
             "example.com.", "voip.example.com.", "geo.example.com.", "a.b.example.com.",
             "teams.example.com.", "site-a.example.com.", "mail.example.com.",
-        ) | {"*.example.com.", "*.teams.example.com.", "site-b.example.com."},
+        ) | {"*.example.com.", "*.teams.example.com.", "site-b.example.com."} | MAIL_NAMES,
         "sub.example.com": with_services("x.sub.example.com.", "sub.example.com.")
         | {"*.sub.example.com.", "site-a.sub.example.com.", "site-b.sub.example.com."}
         - {"sub.example.com."},

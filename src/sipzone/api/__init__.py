@@ -36,3 +36,9 @@ class ApiConfig:
     proof_resolver: str | None = None
     auth_failures: int = 10  # failed authentications one client address may make ...
     auth_window: float = 60.0  # ... within this many seconds; then 429 until they age out
+    site: str | None = None  # the site this node runs at: its voicemail store comes first
+    # True: HTTPS with the store's certificates, chosen by the name the client asks for (SNI);
+    # the email domain's certificate serves its voicemail pages.
+    tls: bool = False
+    # PEM file of the CAs the voicemail store's IMAP certificate chains to; None: the system's.
+    mail_ca: str | None = None

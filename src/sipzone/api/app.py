@@ -116,6 +116,12 @@ def create_app(
     app.state.limiter = FailureLimiter(config.auth_failures, config.auth_window)
     app.state.node = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     problems.install(app)
+    if holder is not None:  # the email domain's host gets the voicemail pages (sipzone.web)
+        from sipzone.web.voicemail import MailHost, create_voicemail_app
+
+        app.add_middleware(
+            MailHost, voicemail=create_voicemail_app(app), snapshot=lambda: holder.current
+        )
     app.add_middleware(BodyLimit)
     app.include_router(router, prefix=API_PREFIX)
 
@@ -148,6 +154,8 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     from sipzone.web import install as install_console
+    from sipzone.web.mailconfig import router as mailconfig_router
 
     install_console(app)
+    app.include_router(mailconfig_router)
     return app

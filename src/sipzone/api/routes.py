@@ -106,6 +106,8 @@ class ZoneIn(Input):
 class EmailIn(Input):
     name: str = Field(max_length=300)
     mx: str | None = Field(None, max_length=300)
+    imap: list[str] = Field([], max_length=100)  # [SITE=][HOST:]PORT, as `email-domain set`
+    submission: list[str] = Field([], max_length=100)
 
 
 class Written(BaseModel):
@@ -456,14 +458,15 @@ def remove_zone(request: Request, caller: CallerDep, name: NamePath) -> Written:
 
 
 @router.get("/email-domain", tags=["installation"])
-def email_domain(request: Request, _caller: CallerDep) -> dict[str, str | None]:
-    values = _store(request).settings()
-    return {"email_domain": values.get("email_domain"), "mx": values.get("email_mx")}
+def email_domain(request: Request, _caller: CallerDep) -> dict[str, Any]:
+    return views.email_json(_store(request).settings())
 
 
 @router.put("/email-domain", tags=["installation"])
 def set_email_domain(request: Request, caller: CallerDep, body: EmailIn) -> Written:
-    _name, rev = acting_store(request, caller).set_email_domain(body.name, body.mx)
+    _name, rev = acting_store(request, caller).set_email_domain(
+        body.name, body.mx, body.imap, body.submission
+    )
     return Written(revision=rev)
 
 

@@ -5,7 +5,8 @@ snapshot (``/api/v1/status``) and must stop with the worker; uvicorn is asyncio 
 and every endpoint that touches the database runs in FastAPI's thread pool, so the loop that
 answers SIP and DNS never waits on the store.  uvicorn's own signal handling is switched off
 (the worker owns SIGTERM/SIGINT); the listening socket is bound by us, with SO_REUSEPORT, so
-``--workers N`` share the port as they share SIP's.
+``--workers N`` share the port as they share SIP's.  With ``--api-tls`` it speaks HTTPS, the
+certificate chosen by SNI as the SIP edge chooses it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 
 import uvicorn
 
 from sipzone.api import ApiConfig
 from sipzone.api.app import create_app
-from sipzone.model.snapshot import SnapshotHolder
+from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import split_hostport
 from sipzone.net.sockets import bound_socket
 from sipzone.store.repository import Store
@@ -57,6 +59,22 @@ class ApiService:
         self.store.close()
 
 
+def https_context(holder: SnapshotHolder) -> ssl.SSLContext:
+    """The HTTPS server context: the SIP edge's certificate choice by SNI
+    (:class:`~sipzone.sip.tls.TlsContexts`: exact name, then one-label wildcard, else the
+    default), over the store's certificates as each new snapshot carries them."""
+    from sipzone.sip.tls import TlsContexts, TlsPolicy
+
+    contexts = TlsContexts(TlsPolicy())
+    contexts.update(holder.current.certificates)
+
+    def follow(_old: Snapshot, new: Snapshot) -> None:
+        contexts.update(new.certificates)
+
+    holder.subscribe(follow)
+    return contexts.dispatcher
+
+
 async def start_api(
     config: ApiConfig, db: str, holder: SnapshotHolder, wrote: Callable[[], None] | None = None
 ) -> ApiService:
@@ -76,6 +94,7 @@ async def start_api(
             access_log=False,
             proxy_headers=False,  # the client address is the peer's: no X-Forwarded-For trust
             server_header=False,
+            ssl_context_factory=(lambda _c, _d: https_context(holder)) if config.tls else None,
         )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))

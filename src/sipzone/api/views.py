@@ -8,12 +8,14 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sipzone.model.acme import AcmeState
 from sipzone.model.certificates import Certificate
 from sipzone.model.errors import BadCursor, InvalidValue
+from sipzone.model.mail import SETTING
 from sipzone.model.matcher import Match
 from sipzone.model.names import to_unicode
 from sipzone.model.snapshot import Site
@@ -83,6 +85,15 @@ def site_json(site: Site) -> dict[str, Any]:
         "order": site.order,
         "upstream": site.upstream,
         "healthy": site.healthy,
+    }
+
+
+def email_json(settings: Mapping[str, str]) -> dict[str, Any]:
+    """The email domain, its MX and its voicemail endpoints (``email-domain show --json``)."""
+    return {
+        "email_domain": settings.get("email_domain"),
+        "mx": settings.get("email_mx"),
+        **{s: (settings.get(key) or "").split() for s, key in SETTING.items()},
     }
 
 

@@ -13,6 +13,11 @@ names ``_sip._udp.D`` and friends exist only for transports some site offers, an
 NAPTR sets list only the serving sites that offer them.  A value that cannot be rendered (a
 scoped IPv6 address such as ``fe80::1%eth0``, a name that is not a DNS name) is left out of its
 record set and logged, rate-limited: one bad row never takes a zone down.
+
+The email domain ``E`` brings the names mail clients configure themselves from: the RFC 6186 /
+RFC 8314 service names ``_imaps._tcp.E`` and friends (each serving site's endpoint in the
+region's order, like SIP SRV, or the target "." for a service not offered) and the hosts
+``autoconfig.E`` and ``autodiscover.E`` (the email domain's addresses).
 """
 
 from __future__ import annotations
@@ -30,6 +35,15 @@ import dns.rdatatype
 
 from sipzone.dns import DnsConfig
 from sipzone.eventlog import EventLog
+from sipzone.model.errors import SipzoneError
+from sipzone.model.mail import (
+    MAIL_SERVICES,
+    SETTING,
+    SRV_NAMES,
+    MailEndpoint,
+    mail_targets,
+    stored_endpoints,
+)
 from sipzone.model.names import MAX_NAME
 from sipzone.model.snapshot import Site, Snapshot
 
@@ -69,7 +83,17 @@ APEX = Role("apex")
 EMAIL = Role("email")
 DOMAIN = Role("domain")
 # When two roles share a name and give the same type, the first in this order wins.
-ROLE_ORDER = {"apex": 0, "host": 1, "email": 2, "service": 3, "domain": 4, "acme": 5}
+ROLE_ORDER = {
+    "apex": 0, "host": 1, "email": 2, "service": 3, "domain": 4, "acme": 5,
+    "mail": 6, "mailweb": 7,
+}  # fmt: skip
+# Names under the email domain that mail clients configure themselves from: the RFC 6186 /
+# RFC 8314 service names (Role("mail", i) for MAIL SRV_NAMES[i]) and the hosts of Thunderbird's
+# autoconfig and Outlook's autodiscover (Role("mailweb"): the email domain's addresses, no MX).
+MAILWEB_LABELS = ("autoconfig", "autodiscover")
+MAILWEB = Role("mailweb")
+# RFC 2782: "A Target of '.' means that the service is decidedly not available at this domain."
+NOT_OFFERED = "0 0 0 ."
 # ACME DNS-01 values (``_acme-challenge.D`` TXT) live seconds to minutes: a short TTL, so a
 # resolver never holds a value past its order.
 ACME_TTL = 60
@@ -132,13 +156,8 @@ class Records:
         self.serial = snapshot.revision % 2**32  # RFC 1982 arithmetic copes with the wrap
         sites = snapshot.sites
         self.regions: tuple[str | None, ...] = (None, *sorted({s.region for s in sites}))
-        # Unhealthy sites leave the SIP answers; if every site is down, list them all anyway
-        # (those not drained, if any): a wrong guess about health must never empty the domain.
-        self.serving: tuple[Site, ...] = (
-            tuple(s for s in sites if s.healthy and not s.drained)
-            or tuple(s for s in sites if not s.drained)
-            or sites
-        )
+        # Unhealthy sites leave the SIP answers (never all of them: Snapshot.serving).
+        self.serving: tuple[Site, ...] = snapshot.serving()
         # What health changes is cached briefly while a site is out (DnsConfig.health_ttl).
         self.serving_ttl = (
             min(self.ttl, config.health_ttl) if len(self.serving) < len(sites) else self.ttl
@@ -164,6 +183,11 @@ class Records:
         email = snapshot.email_domain
         if email and snapshot.zone_of(email) is not None:
             self._add_static(email, EMAIL)
+            for i, (label, _service) in enumerate(SRV_NAMES):
+                self._add_static(f"{label}._tcp.{email}", Role("mail", i))
+            for label in MAILWEB_LABELS:
+                self._add_static(f"{label}.{email}", MAILWEB)
+        self._mail = {s: self._mail_endpoints(s) for s in MAIL_SERVICES}
         for i, (name, _) in enumerate(snapshot.challenges):
             if snapshot.zone_of(name) is not None:
                 self._add_static(name, Role("acme", i))
@@ -185,9 +209,8 @@ class Records:
 
     @staticmethod
     def site_host(site: Site, zone: str) -> str:
-        """The SIP host of ``site`` as seen from ``zone``: its configured host, else
-        ``<site name>.<zone>`` so every zone is self-contained."""
-        return site.host or f"{site.name}.{zone}"
+        """The SIP host of ``site`` as seen from ``zone`` (:meth:`Site.host_in`)."""
+        return site.host_in(zone)
 
     def _site_order(self, region: str | None) -> tuple[tuple[int, Site], ...]:
         """(SRV priority, site): the region's sites first, the others in configured order;
@@ -256,6 +279,26 @@ class Records:
         ]
         return _rdataset(RdType.SRV, self.serving_ttl, _rdatas(RdType.SRV, texts))
 
+    def _mail_endpoints(self, service: str) -> tuple[MailEndpoint, ...]:
+        try:
+            return stored_endpoints(service, self.snapshot.settings.get(SETTING[service]))
+        except SipzoneError as exc:  # the store's read drops these; a hand-made snapshot may not
+            events.warning(f"mail {service}", "email %s endpoints left out: %s", service, exc)
+            return ()
+
+    def _mail_srv(self, zone: str, name: int, view: int) -> dns.rdataset.Rdataset:
+        """SRV of an RFC 6186 name: the serving sites' endpoints of its service in the region
+        view's order (a site's own, else the installation-wide one; sites sharing one listed
+        once, at the first one's priority), or the target "." when none is offered."""
+        service = SRV_NAMES[name][1]
+        endpoints = self._mail[service] if service else ()
+        texts = [
+            (f"{priority} {site.weight} {port} {host}.", f"site {site.name}")
+            for priority, site, host, port in mail_targets(endpoints, self._views[view], zone)
+        ]
+        rdatas = _rdatas(RdType.SRV, texts) or [_rdata(RdType.SRV, NOT_OFFERED)]
+        return _rdataset(RdType.SRV, self.serving_ttl, rdatas)
+
     def naptr(self, base: str) -> dns.rdataset.Rdataset:
         """NAPTR at a SIP domain (RFC 3263 §4.1): each transport some serving site offers, to its
         SRV name under ``base`` (the empty string gives replacements ending at the root, a
@@ -296,6 +339,10 @@ class Records:
             return self._addresses([site for _, site in self._views[view]], self.serving_ttl)
         if kind == "service":
             return {RdType.SRV: self._srv(zone, role.index, view)}
+        if kind == "mail":
+            return {RdType.SRV: self._mail_srv(zone, role.index, view)}
+        if kind == "mailweb":
+            return self._addresses(self.serving, self.serving_ttl)
         if kind == "acme":
             name, values = self.snapshot.challenges[role.index]
             txt = _rdatas(RdType.TXT, [(f'"{value}"', name) for value in values])
@@ -304,7 +351,7 @@ class Records:
 
     def is_regional(self, roles: Sequence[Role]) -> bool:
         """Whether answers for these roles differ between region views (ECS scope > 0)."""
-        return self.regional and any(r.kind in ("domain", "service") for r in roles)
+        return self.regional and any(r.kind in ("domain", "service", "mail") for r in roles)
 
     def glue(self, zone: str, rds: dns.rdataset.Rdataset) -> Iterator[tuple[str, Rdatasets]]:
         """Addresses of the in-zone SRV/NS/MX targets in ``rds``, for the additional section."""

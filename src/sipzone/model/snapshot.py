@@ -160,6 +160,11 @@ class Site:
     check: HealthCheck = DEFAULT_CHECK
     drained: bool = False
 
+    def host_in(self, zone: str) -> str:
+        """The site's SIP host as seen from ``zone``: its configured host, else
+        ``<site name>.<zone>`` so every zone is self-contained."""
+        return self.host or f"{self.name}.{zone}"
+
     @property
     def vips4(self) -> tuple[ipaddress.IPv4Address, ...]:
         return tuple(a for a in self.vips if isinstance(a, ipaddress.IPv4Address))
@@ -235,6 +240,17 @@ class Snapshot:
     def check(self, host: str) -> Match[TenantView] | None:
         """Is ``host`` (as written anywhere: any case, trailing dot, U-labels) admitted?"""
         return self.matcher.match(lookup_key(host))
+
+    def serving(self) -> tuple[Site, ...]:
+        """The sites answers send clients to: the healthy ones not drained; if every site is
+        down, all of them anyway (those not drained, if any): a wrong guess about health
+        must never leave clients with nowhere to go."""
+        sites = self.sites
+        return (
+            tuple(s for s in sites if s.healthy and not s.drained)
+            or tuple(s for s in sites if not s.drained)
+            or sites
+        )
 
     def zone_of(self, name: str) -> str | None:
         """The longest zone we are authoritative for that holds ``name``, or None."""

@@ -24,6 +24,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from sipzone.model.errors import (
     UnsupportedDatabase,
 )
 from sipzone.model.health import VIEW_STALE, HealthCheck
+from sipzone.model.mail import SETTING, parse_endpoints, stored_endpoints
 from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import (
     MAX_ZONE,
@@ -1073,13 +1075,37 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(zones.c.name).order_by(zones.c.name)).scalars())
 
-    def set_email_domain(self, text: str, mx: str | None = None) -> tuple[DomainName, int]:
-        """The installation's one email domain: a second call replaces the first."""
+    def set_email_domain(
+        self,
+        text: str,
+        mx: str | None = None,
+        imap: Sequence[str] = (),
+        submission: Sequence[str] = (),
+    ) -> tuple[DomainName, int]:
+        """The installation's one email domain, its MX and its voicemail store's IMAP and
+        submission endpoints (``[SITE=][HOST:]PORT``, see :mod:`sipzone.model.mail`): a second
+        call replaces the first whole."""
         name = parse_domain(text)
         mx_name = parse_domain(mx).text if mx else None
-        with self._write("email.set", name.text, {"mx": mx_name}) as (conn, rev):
+        endpoints = {
+            "imap": parse_endpoints("imap", imap),
+            "submission": parse_endpoints("submission", submission),
+        }
+        detail = {"mx": mx_name, **{s: [e.text for e in eps] for s, eps in endpoints.items()}}
+        with self._write("email.set", name.text, detail) as (conn, rev):
             self._provider_only("sets the email domain")
-            for key, value in (("email_domain", name.text), ("email_mx", mx_name)):
+            known = set(conn.execute(sa.select(sites.c.name)).scalars())
+            for service, eps in endpoints.items():
+                for endpoint in eps:
+                    if endpoint.site is not None and endpoint.site not in known:
+                        raise NotFound(
+                            f"--{service} {endpoint.text!r}: site {endpoint.site!r} does not exist"
+                        )
+            values = [("email_domain", name.text), ("email_mx", mx_name)]
+            values += [
+                (SETTING[s], " ".join(e.text for e in eps) or None) for s, eps in endpoints.items()
+            ]
+            for key, value in values:
                 conn.execute(settings.delete().where(settings.c.key == key))
                 if value is not None:
                     conn.execute(settings.insert().values(key=key, value=value))
@@ -1758,12 +1784,17 @@ class Store:
             rev = self._revision(conn)
             tree = self._tree(conn)
             settings_map = dict(conn.execute(sa.select(settings.c.key, settings.c.value)).all())
-            for key in ("email_domain", "email_mx"):
+            checks: list[tuple[str, Callable[[str], object]]] = [
+                ("email_domain", check_stored_name),
+                ("email_mx", check_stored_name),
+            ]
+            checks += [(key, partial(stored_endpoints, s)) for s, key in SETTING.items()]
+            for key, check in checks:
                 value = settings_map.get(key)
                 try:
                     if value is not None:
-                        check_stored_name(value)
-                except InvalidName as exc:
+                        check(value)
+                except (InvalidName, InvalidValue, Conflict) as exc:
                     self.read_log.warning(f"setting {key}", "store: %s ignored: %s", key, exc)
                     del settings_map[key]
             zone_names = self._zones(conn)
