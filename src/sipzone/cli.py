@@ -1652,7 +1652,7 @@ def serve(
     try:
         repo.revision()
         repo.ensure_secret(BRANCH_SECRET)  # every worker and node signs with the store's key
-        sites = [s.name for s in repo.list_sites()]
+        sites = [s.name for s in repo.list_sites()] if sip else []
     except (StoreUnreachable, StoreBusy, sa.exc.DBAPIError) as exc:
         # The workers serve the disk copy meanwhile, or wait for the store (sipzone.runtime).
         from sipzone.store.feed import first_line
