@@ -32,6 +32,7 @@ from sipzone.model.tenancy import PROVIDER
 from sipzone.store.url import DEFAULT_URL, ENV_URL_FILE, read_url_file
 
 if TYPE_CHECKING:
+    from sipzone.model.debug import DebugSwitch
     from sipzone.model.names import RuleName
     from sipzone.store.repository import Store
 
@@ -71,6 +72,10 @@ trunk_app = typer.Typer(
 app.add_typer(trunk_app, name="trunk", no_args_is_help=True)
 db_app = typer.Typer(help="The store's schema: its version, and upgrades to this sipzone's.")
 app.add_typer(db_app, name="db", no_args_is_help=True)
+debug_app = typer.Typer(
+    help="Log every SIP message or DNS query of one peer or name, on every node, for a while."
+)
+app.add_typer(debug_app, name="debug", no_args_is_help=True)
 
 Db = Annotated[
     str,
@@ -201,6 +206,121 @@ def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json 
         f"SIP branch secret rotated; the previous one is still accepted (revision {rev})",
         revision=rev,
     )
+
+
+# ---------------------------------------------------------------------------- debug
+
+Peer = Annotated[str | None, typer.Option(help="Only messages from or to this IP address.")]
+Named = Annotated[str | None, typer.Option("--name", help="Only messages naming this domain.")]
+For = Annotated[str, typer.Option("--for", help="How long: 90s, 10m, 2h (at most 24h).")]
+Full = Annotated[bool, typer.Option(help="Log whole messages, not only a summary line.")]
+
+
+def _debug_on(
+    kind: str, peer: str | None, name: str | None, duration: str, full: bool, db: str, actor: str
+) -> dict[str, Any]:
+    import time
+
+    from sipzone.model.debug import new_switch, parse_duration
+
+    switch = new_switch(
+        kind, time.time(), parse_duration(duration), peer=peer, name=name, full=full
+    )
+    rev = store(db, actor).set_debug(switch)
+    return _switch_json(switch) | {"revision": rev}
+
+
+def _switch_json(switch: DebugSwitch) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    until = datetime.fromtimestamp(switch.until, UTC).isoformat(timespec="seconds")
+    return {
+        "kind": switch.kind,
+        "peer": switch.peer,
+        "name": switch.name,
+        "full": switch.full,
+        "until": until,
+    }
+
+
+@debug_app.command("sip")
+@guarded
+def debug_sip(
+    peer: Peer = None,
+    name: Named = None,
+    duration: For = "10m",
+    full: Full = False,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+    as_json: Json = False,
+) -> None:
+    """Log each SIP message from or to one peer, or naming one domain (in its URIs), and what
+    the edge sent for it: at DEBUG whatever the log level, on every node, until it ends."""
+    data = _debug_on("sip", peer, name, duration, full, db, actor)
+    done(
+        as_json, f"SIP debug logging on until {data['until']} (revision {data['revision']})", **data
+    )
+
+
+@debug_app.command("dns")
+@guarded
+def debug_dns(
+    peer: Peer = None,
+    name: Named = None,
+    duration: For = "10m",
+    full: Full = False,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+    as_json: Json = False,
+) -> None:
+    """Log each DNS query from one client, or for one name and the names under it, with its
+    answer: at DEBUG whatever the log level, on every node, until it ends."""
+    data = _debug_on("dns", peer, name, duration, full, db, actor)
+    done(
+        as_json, f"DNS debug logging on until {data['until']} (revision {data['revision']})", **data
+    )
+
+
+@debug_app.command("off")
+@guarded
+def debug_off(
+    kind: Annotated[str | None, typer.Argument(help="sip or dns (default: both).")] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+    as_json: Json = False,
+) -> None:
+    """Turn debug logging off before its time."""
+    from sipzone.model.debug import KINDS, setting_key
+
+    kinds = KINDS if kind is None else (kind,)
+    for each in kinds:
+        setting_key(each)  # an unknown kind says so before anything is written
+    rev = store(db, actor).debug_off(kinds)
+    done(
+        as_json,
+        f"debug logging off: {', '.join(kinds)} (revision {rev})",
+        off=list(kinds),
+        revision=rev,
+    )
+
+
+@debug_app.command("show")
+@guarded
+def debug_show(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """The debug switches that are on."""
+    import time
+
+    from sipzone.model.debug import KINDS, switch_of
+
+    settings = store(db).settings()
+    on = [s for s in (switch_of(settings, kind) for kind in KINDS) if s and s.until > time.time()]
+    if as_json:
+        emit([_switch_json(switch) for switch in on])
+        return
+    for switch in on:
+        typer.echo(f"{switch.describe()} until {_switch_json(switch)['until']}")
+    if not on:
+        typer.echo("no debug switch is on")
 
 
 @app.command()
