@@ -28,8 +28,11 @@ import pytest
 import trustme
 
 from tests.conftest import free_port, missing
+from tests.dns import test_xfr
 from tests.sip.test_tls import connect, served_serial
 from tests.tlscerts import issue
+
+named = test_xfr.named  # the fixture: BIND as a secondary of our zone
 
 DOMAINS = ("*.teams.example.com", "teams.example.com")
 CHALLENGE = "_acme-challenge.teams.example.com"
@@ -340,6 +343,31 @@ def test_renewal_by_short_validity_survives_a_refusing_ca(
     row = stored(cli, "teams")
     assert row["renewal"]["failures"] == 0 and row["renewal"]["last_error"] is None
     assert any("certificate teams renewed" in line for line in server.lines)
+
+
+def test_renewal_waits_until_the_secondary_serves_the_challenge(
+    cli: Callable[..., Any], installation: Callable[..., Installation], named: type[test_xfr.Named]
+) -> None:
+    """`serve` tells the CA to look only once every server publishing the zone answers the
+    TXT: its own DNS and each secondary it sends NOTIFY to (BIND here)."""
+    bind_port = free_port()
+    setup = installation(
+        "--allow-transfer", "127.0.0.0/8", "--notify", f"127.0.0.1:{bind_port}",
+        "--acme-check", "0.5", "--acme-retry", "1", "--acme-wait", "3", validity=15,
+    )  # fmt: skip
+    ca, dns_port = setup.ca, setup.dns_port
+    assert order(cli, ca, dns_port).returncode == 0  # due for renewal after 10 s
+    first = stored(cli, "teams")["serial"]
+    # The secondary is down: the renewal waits for it, then gives up without asking the CA.
+    wait_for(40, lambda: stored(cli, "teams")["renewal"]["failures"] >= 1)
+    row = stored(cli, "teams")
+    assert row["serial"] == first
+    assert f"DNS at 127.0.0.1:{bind_port} did not answer" in row["renewal"]["last_error"]
+    # BIND comes up, transfers the zone and, on NOTIFY, each new challenge: the retry renews.
+    bind = named(bind_port, dns_port)
+    wait_for(60, lambda: stored(cli, "teams")["serial"] != first)
+    assert "transfer of 'example.com/IN'" in bind.log.read_text()
+    assert stored(cli, "teams")["renewal"]["failures"] == 0
 
 
 def test_metrics_report_renewals(

@@ -7,11 +7,12 @@ and a CSR for the domains, and for each authorisation still pending takes the ``
 challenge: its TXT value at ``_acme-challenge.D`` is written to the store, so every node's DNS
 answers it (a base name and its wildcard put two values at one name, answered together) and
 secondaries get NOTIFY like for any change.  The CA is told to look only once every DNS server
-given (``--dns``, one per node; ``serve`` gives its own listener) answers every value: a node
-that does not see the record yet delays the answer instead of failing the order.  Then the
-order is finalised, the certificate stored through ``Store.add_certificate`` (the same
-validation as ``cert add``, and every node's TLS picks it up live), and the challenge records
-withdrawn, also when anything failed.  A failure raises :class:`AcmeFailed` and stores no
+given (``--dns``, one per node; ``serve`` gives its own listener and the secondaries it sends
+NOTIFY to, :func:`challenge_servers`) answers every value: a server that does not see the
+record yet (a secondary still transferring) delays the answer instead of failing the order.
+Then the order is finalised, the certificate stored through ``Store.add_certificate`` (the
+same validation as ``cert add``, and every node's TLS picks it up live), and the challenge
+records withdrawn, also when anything failed.  A failure raises :class:`AcmeFailed` and stores no
 certificate: the one in service stays.
 
 Renewal (:func:`renew_due`) runs in ``serve`` every ``check`` seconds: a certificate is due at
@@ -258,9 +259,19 @@ class Issuer:
                 raise ChallengeNotSeen(
                     f"the DNS at {servers} did not answer the challenge at {waiting[0][1]} "
                     f"within {self.seen_timeout:g} s; is `sipzone serve --dns` running there on "
-                    "this store?"
+                    "this store, or, for a secondary, does it take our NOTIFY and transfers?"
                 )
             time.sleep(SEEN_POLL)
+
+
+def challenge_servers(own: tuple[str, int], secondaries: Sequence[str]) -> list[str]:
+    """The DNS servers a renewal in ``serve`` waits for: this node's listener ``own`` (a
+    wildcard address asked on loopback) and each secondary it sends NOTIFY to (HOST:PORT),
+    which publish the zone too and may lag behind by a transfer."""
+    host, port = own
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    mine = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return list(dict.fromkeys((mine, *secondaries)))
 
 
 def _answers(server: str, name: str, value: str) -> bool:

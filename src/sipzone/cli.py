@@ -1614,6 +1614,14 @@ def serve(
         float,
         typer.Option(min=0.1, help="Seconds before retrying a failed ACME renewal (doubling)."),
     ] = 300.0,
+    acme_wait: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds a renewal waits for this DNS and every --notify secondary to answer "
+            "the challenge before the CA is told to look.",
+        ),
+    ] = 60.0,
     db: Db = DEFAULT_URL,
 ) -> None:
     """Run the SIP edge, the DNS authority and/or the API on the store, following it live.
@@ -1713,6 +1721,7 @@ def serve(
         health_checks=health_checks,
         acme_check=acme_check,
         acme_retry=acme_retry,
+        acme_wait=acme_wait,
     )
     if print_config:
         _print_settings(settings)

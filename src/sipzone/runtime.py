@@ -116,6 +116,7 @@ class ServeConfig:
     health_voice: bool = True  # False: this worker neither logs nor counts health transitions
     acme_check: float = 60.0  # seconds between checks for ACME certificates due (with DNS)
     acme_retry: float = 300.0  # seconds before the first retry of a failed renewal (doubling)
+    acme_wait: float = 60.0  # seconds a renewal waits for the DNS servers to answer the challenge
 
 
 # ------------------------------------------------------------------------ ports
@@ -523,20 +524,20 @@ def _health_monitor(
 
 async def _renew_acme(config: ServeConfig, address: tuple[Any, ...]) -> None:
     """Renew ACME certificates from this worker (the store's lease lets one node at a time),
-    checking the challenges against this worker's own DNS listener at ``address``."""
+    checking the challenges against this worker's own DNS listener at ``address`` and every
+    secondary it sends NOTIFY to (:func:`sipzone.acme.challenge_servers`)."""
     from datetime import timedelta
 
-    from sipzone.acme import Issuer, renew_forever
+    from sipzone.acme import Issuer, challenge_servers, renew_forever
 
-    host, port = str(address[0]), int(address[1])
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    assert config.dns is not None
+    servers = challenge_servers((str(address[0]), int(address[1])), config.dns.notify)
     store = Store(config.db, via="serve:acme")
     holder = f"{socket.gethostname()}:{os.getpid()}"
     try:
         await renew_forever(
             store,
-            Issuer(store, [server]),
+            Issuer(store, servers, config.acme_wait),
             holder,
             config.acme_check,
             timedelta(seconds=config.acme_retry),
