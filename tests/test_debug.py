@@ -19,27 +19,31 @@ pytestmark = pytest.mark.integration
 Serve = Callable[..., Server]
 
 
-def send(port: int, source: str, call_id: str, method: str = "OPTIONS") -> int | None:
-    """Send one request for voip.example.com from ``source`` (a loopback address); the status
-    of its first answer (None: none came)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ua:
+def send(
+    port: int, source: str, call_id: str, method: str = "OPTIONS", tcp: bool = False
+) -> int | None:
+    """Send one request for voip.example.com from ``source`` (a loopback address), over UDP
+    or TCP; the status of its first answer (None: none came)."""
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as ua:
         ua.bind((source, 0))
         ua.settimeout(2)
+        ua.connect(("127.0.0.1", port))
         me = ua.getsockname()[1]
         body = "v=0\r\n" if method == "INVITE" else ""
-        ua.sendto(
+        transport = "TCP" if tcp else "UDP"
+        ua.sendall(
             (
                 f"{method} sip:alice@voip.example.com SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {source}:{me};branch=z9hG4bK-{call_id}\r\n"
+                f"Via: SIP/2.0/{transport} {source}:{me};branch=z9hG4bK-{call_id}\r\n"
                 "Max-Forwards: 70\r\n"
                 "To: <sip:alice@voip.example.com>\r\n"
-                f"From: <sip:bob@voip.example.com>;tag=1\r\n"
+                "From: <sip:bob@voip.example.com>;tag=1\r\n"
                 f"Call-ID: {call_id}\r\n"
                 f"CSeq: 1 {method}\r\n"
                 f"Contact: <sip:bob@{source}:{me}>\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n{body}"
-            ).encode(),
-            ("127.0.0.1", port),
+            ).encode()
         )
         try:
             return int(ua.recv(4096).split(b" ", 2)[1])
@@ -60,7 +64,8 @@ def traced(server: Server, text: str) -> list[str]:
 def node(serve: Serve, sqlite_url: str) -> tuple[Server, int, int]:
     one_site_store(sqlite_url, "voip.example.com", "cust42.example.com", "other.example.com")
     sip, dns_port = free_port(), free_port()
-    server = serve("--sip", f"udp:127.0.0.1:{sip}", "--dns", f"127.0.0.1:{dns_port}")
+    listen = f"udp:127.0.0.1:{sip},tcp:127.0.0.1:{sip}"
+    server = serve("--sip", listen, "--dns", f"127.0.0.1:{dns_port}")
     return server, sip, dns_port
 
 
@@ -78,6 +83,9 @@ def test_sip_switch_logs_one_peer_only_until_switched_off(
     assert "in udp from 127.0.0.2:" in traced(server, "INVITE sip:alice")[0]
     out = [line for line in traced(server, "peer-invite") if "out udp to 127.0.0.2:" in line]
     assert out and "SIP/2.0 503 " in out[0], "the answer to the peer is logged too"
+    assert send(sip, "127.0.0.2", "over-tcp", tcp=True) is not None  # the stream reader's hook
+    wait_for(lambda: traced(server, "(Call-ID over-tcp)"))
+    assert "in tcp from 127.0.0.2:" in traced(server, "over-tcp")[0]
     assert not [line for line in server.lines if "other-peer" in line]
 
     # Off, then a DNS switch as a marker: once the DNS line shows, the node runs the
