@@ -216,20 +216,6 @@ For = Annotated[str, typer.Option("--for", help="How long: 90s, 10m, 2h (at most
 Full = Annotated[bool, typer.Option(help="Log whole messages, not only a summary line.")]
 
 
-def _debug_on(
-    kind: str, peer: str | None, name: str | None, duration: str, full: bool, db: str, actor: str
-) -> dict[str, Any]:
-    import time
-
-    from sipzone.model.debug import new_switch, parse_duration
-
-    switch = new_switch(
-        kind, time.time(), parse_duration(duration), peer=peer, name=name, full=full
-    )
-    rev = store(db, actor).set_debug(switch)
-    return _switch_json(switch) | {"revision": rev}
-
-
 def _switch_json(switch: DebugSwitch) -> dict[str, Any]:
     from datetime import UTC, datetime
 
@@ -243,42 +229,43 @@ def _switch_json(switch: DebugSwitch) -> dict[str, Any]:
     }
 
 
-@debug_app.command("sip")
-@guarded
-def debug_sip(
-    peer: Peer = None,
-    name: Named = None,
-    duration: For = "10m",
-    full: Full = False,
-    db: Db = DEFAULT_URL,
-    actor: As = PROVIDER,
-    as_json: Json = False,
-) -> None:
+def _debug_command(kind: str, doc: str) -> None:
+    """Register `debug KIND`: the same options for SIP and DNS."""
+
+    def switch_on(
+        peer: Peer = None,
+        name: Named = None,
+        duration: For = "10m",
+        full: Full = False,
+        db: Db = DEFAULT_URL,
+        actor: As = PROVIDER,
+        as_json: Json = False,
+    ) -> None:
+        import time
+
+        from sipzone.model.debug import new_switch, parse_duration
+
+        seconds = parse_duration(duration)
+        switch = new_switch(kind, time.time(), seconds, peer=peer, name=name, full=full)
+        rev = store(db, actor).set_debug(switch)
+        data = _switch_json(switch)
+        line = f"{kind.upper()} debug logging on until {data['until']} (revision {rev})"
+        done(as_json, line, **data, revision=rev)
+
+    switch_on.__doc__ = doc
+    debug_app.command(kind)(guarded(switch_on))
+
+
+_debug_command(
+    "sip",
     """Log each SIP message from or to one peer, or naming one domain (in its URIs), and what
-    the edge sent for it: at DEBUG whatever the log level, on every node, until it ends."""
-    data = _debug_on("sip", peer, name, duration, full, db, actor)
-    done(
-        as_json, f"SIP debug logging on until {data['until']} (revision {data['revision']})", **data
-    )
-
-
-@debug_app.command("dns")
-@guarded
-def debug_dns(
-    peer: Peer = None,
-    name: Named = None,
-    duration: For = "10m",
-    full: Full = False,
-    db: Db = DEFAULT_URL,
-    actor: As = PROVIDER,
-    as_json: Json = False,
-) -> None:
+    the edge sent for it: at DEBUG whatever the log level, on every node, until it ends.""",
+)
+_debug_command(
+    "dns",
     """Log each DNS query from one client, or for one name and the names under it, with its
-    answer: at DEBUG whatever the log level, on every node, until it ends."""
-    data = _debug_on("dns", peer, name, duration, full, db, actor)
-    done(
-        as_json, f"DNS debug logging on until {data['until']} (revision {data['revision']})", **data
-    )
+    answer: at DEBUG whatever the log level, on every node, until it ends.""",
+)
 
 
 @debug_app.command("off")
