@@ -8,16 +8,19 @@ and what Pebble issues is verified against the root its management port serves.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import re
 import shutil
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,11 @@ import pytest
 import trustme
 
 from tests.conftest import free_port, missing
+from tests.dns import test_xfr
 from tests.sip.test_tls import connect, served_serial
 from tests.tlscerts import issue
+
+named = test_xfr.named  # the fixture: BIND as a secondary of our zone
 
 DOMAINS = ("*.teams.example.com", "teams.example.com")
 CHALLENGE = "_acme-challenge.teams.example.com"
@@ -120,6 +126,57 @@ class Pebble:
         self.log.close()
 
 
+class AriFront:
+    """Pebble's directory with renewal information (RFC 9773) added, over HTTPS on loopback:
+    Debian's Pebble (2.4) predates ARI (Pebble 2.5), so this front adds ``renewalInfo``,
+    pointing at itself, and answers it: the first certificate asked about is due now, any
+    other in a year.  Everything else goes to Pebble itself (its directory's other URLs)."""
+
+    def __init__(self, pebble: Pebble) -> None:
+        self.pebble = pebble
+        self.asked: list[str] = []
+        front = self
+        leaf = pebble.ca.issue_cert("127.0.0.1")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/dir":
+                    body = json.loads(pebble.get(pebble.directory))
+                    body["renewalInfo"] = f"{front.base}/renewal-info"
+                elif self.path.startswith("/renewal-info/"):
+                    front.asked.append(self.path.rsplit("/", 1)[1])
+                    now = datetime.now(UTC)
+                    start = now - timedelta(minutes=2)
+                    if front.asked[-1] != front.asked[0]:
+                        start = now + timedelta(days=365)
+                    window = {"start": start, "end": start + timedelta(minutes=1)}
+                    body = {"suggestedWindow": {k: v.isoformat() for k, v in window.items()}}
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        leaf.configure_cert(context)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.base = f"https://127.0.0.1:{self.server.server_address[1]}"
+        self.directory = f"{self.base}/dir"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture
 def pebble(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
     """Factory: ``pebble(dns_port, validity=SECONDS, eab={KID: HMAC})``; stopped after the
@@ -151,7 +208,7 @@ def stored(cli: Callable[..., Any], name: str) -> dict[str, Any]:
     return next(r for r in rows if r["name"] == name)
 
 
-def order(cli: Callable[..., Any], pebble: Pebble, dns_port: int, *extra: str) -> Any:
+def order(cli: Callable[..., Any], pebble: Pebble | AriFront, dns_port: int, *extra: str) -> Any:
     domains = [arg for d in DOMAINS for arg in ("--domain", d)]
     return cli(
         "cert", "acme", "teams", *domains, "--directory", pebble.directory,
@@ -340,6 +397,52 @@ def test_renewal_by_short_validity_survives_a_refusing_ca(
     row = stored(cli, "teams")
     assert row["renewal"]["failures"] == 0 and row["renewal"]["last_error"] is None
     assert any("certificate teams renewed" in line for line in server.lines)
+
+
+def test_renewal_waits_until_the_secondary_serves_the_challenge(
+    cli: Callable[..., Any], installation: Callable[..., Installation], named: type[test_xfr.Named]
+) -> None:
+    """`serve` tells the CA to look only once every server publishing the zone answers the
+    TXT: its own DNS and each secondary it sends NOTIFY to (BIND here)."""
+    bind_port = free_port()
+    setup = installation(
+        "--allow-transfer", "127.0.0.0/8", "--notify", f"127.0.0.1:{bind_port}",
+        "--acme-check", "0.5", "--acme-retry", "1", "--acme-wait", "3", validity=15,
+    )  # fmt: skip
+    ca, dns_port = setup.ca, setup.dns_port
+    assert order(cli, ca, dns_port).returncode == 0  # due for renewal after 10 s
+    first = stored(cli, "teams")["serial"]
+    # The secondary is down: the renewal waits for it, then gives up without asking the CA.
+    wait_for(40, lambda: stored(cli, "teams")["renewal"]["failures"] >= 1)
+    row = stored(cli, "teams")
+    assert row["serial"] == first
+    assert f"DNS at 127.0.0.1:{bind_port} did not answer" in row["renewal"]["last_error"]
+    # BIND comes up, transfers the zone and, on NOTIFY, each new challenge: the retry renews.
+    bind = named(bind_port, dns_port)
+    wait_for(60, lambda: stored(cli, "teams")["serial"] != first)
+    assert "transfer of 'example.com/IN'" in bind.log.read_text()
+    assert stored(cli, "teams")["renewal"]["failures"] == 0
+
+
+def test_renewal_information_from_the_ca_says_when(
+    cli: Callable[..., Any], installation: Callable[..., Installation]
+) -> None:
+    """With ARI the CA decides: a certificate of an hour, two thirds of which are 40 minutes
+    away, renews at once when the CA's window has begun; its successor's window is a year
+    away, so it stays."""
+    setup = installation("--acme-check", "0.5")
+    front = AriFront(setup.ca)
+    try:
+        assert order(cli, front, setup.dns_port).returncode == 0
+        first = stored(cli, "teams")["serial"]
+        wait_for(40, lambda: stored(cli, "teams")["serial"] != first)
+        wait_for(10, lambda: len(front.asked) >= 2)  # then about the new one, not due
+        second = stored(cli, "teams")
+        assert second["renewal"]["failures"] == 0
+        assert front.asked[0] != front.asked[1]  # certificate ids: two serials
+        assert any("certificate teams renewed" in line for line in setup.server.lines)
+    finally:
+        front.close()
 
 
 def test_metrics_report_renewals(

@@ -35,6 +35,25 @@ def test_one_line_per_interval_with_count(caplog: pytest.LogCaptureFixture) -> N
     assert events.total == 1002
 
 
+def test_a_burst_of_lines_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """A debug trace writes many lines a second, then counts the rest (sipzone.logs.Trace)."""
+    clock = Clock()
+    events = EventLog(logging.getLogger("t.eventlog"), interval=1.0, clock=clock, burst=3)
+    with caplog.at_level(logging.WARNING, "t.eventlog"):
+        for i in range(10):
+            events.warning("sip", "message %d", i)
+        clock.now = 1.0
+        events.warning("sip", "message %d", 10)
+        events.warning("sip", "message %d", 11)
+    assert [r.getMessage() for r in caplog.records] == [
+        "message 0",
+        "message 1",
+        "message 2",
+        "message 10 (7 more since the last line)",
+        "message 11",
+    ]
+
+
 def test_forget_makes_the_next_occurrence_new(caplog: pytest.LogCaptureFixture) -> None:
     events = EventLog(logging.getLogger("t.eventlog"), interval=60.0, clock=Clock())
     with caplog.at_level(logging.WARNING, "t.eventlog"):

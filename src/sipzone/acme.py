@@ -7,16 +7,19 @@ and a CSR for the domains, and for each authorisation still pending takes the ``
 challenge: its TXT value at ``_acme-challenge.D`` is written to the store, so every node's DNS
 answers it (a base name and its wildcard put two values at one name, answered together) and
 secondaries get NOTIFY like for any change.  The CA is told to look only once every DNS server
-given (``--dns``, one per node; ``serve`` gives its own listener) answers every value: a node
-that does not see the record yet delays the answer instead of failing the order.  Then the
-order is finalised, the certificate stored through ``Store.add_certificate`` (the same
-validation as ``cert add``, and every node's TLS picks it up live), and the challenge records
-withdrawn, also when anything failed.  A failure raises :class:`AcmeFailed` and stores no
+given (``--dns``, one per node; ``serve`` gives its own listener and the secondaries it sends
+NOTIFY to, :func:`challenge_servers`) answers every value: a server that does not see the
+record yet (a secondary still transferring) delays the answer instead of failing the order.
+Then the order is finalised, the certificate stored through ``Store.add_certificate`` (the
+same validation as ``cert add``, and every node's TLS picks it up live), and the challenge
+records withdrawn, also when anything failed.  A failure raises :class:`AcmeFailed` and stores no
 certificate: the one in service stays.
 
-Renewal (:func:`renew_due`) runs in ``serve`` every ``check`` seconds: a certificate is due at
-two thirds of its lifetime, one node at a time renews (a lease row in the store), and a failure
-is retried after a doubling, capped back-off kept in the store, with a log line and metrics.
+Renewal (:func:`renew_due`) runs in ``serve`` every ``check`` seconds: a certificate is due
+when the CA's renewal information (ARI, RFC 9773) says, if its directory offers
+``renewalInfo`` (asked again only after the CA's Retry-After), else at two thirds of its
+lifetime; one node at a time renews (a lease row in the store), and a failure is retried after a
+doubling, capped back-off kept in the store, with a log line and metrics.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -58,6 +61,7 @@ ORDER_TIMEOUT = 120.0  # seconds for the CA to validate and issue
 SEEN_TIMEOUT = 60.0  # seconds for every DNS server to answer the published values
 SEEN_POLL = 0.2
 LEASE = 600.0  # seconds a renewing node holds the lease (released when done)
+ARI_RETRY = timedelta(hours=6)  # renewal information asked again after this without Retry-After
 
 LAST_RENEWAL = Gauge(
     "sipzone_acme_last_renewal_timestamp_seconds",
@@ -118,6 +122,26 @@ def _failure(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _connect(directory_url: str, key_pem: str) -> tuple[client.ClientV2, JWK]:
+    """A client of the CA at ``directory_url`` signing with the EC key ``key_pem``."""
+    from acme import client
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from josepy.jwa import ES256
+    from josepy.jwk import JWKEC
+
+    private = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    jwk = JWKEC(key=private)
+    net = client.ClientNetwork(jwk, alg=ES256, user_agent="sipzone", timeout=HTTP_TIMEOUT)
+    return client.ClientV2(client.ClientV2.get_directory(directory_url, net), net), jwk
+
+
+def _utc(when: datetime) -> datetime:
+    """``when`` in UTC; the acme library gives some times naive, in local time."""
+    return when.astimezone(UTC)
+
+
 class Issuer:
     """Orders certificates for ``store`` and waits for ``dns_servers`` (HOST:PORT each) to
     answer the challenges before the CA is told to look."""
@@ -128,6 +152,8 @@ class Issuer:
         self.store = store
         self.dns_servers = tuple(dns_servers)
         self.seen_timeout = seen_timeout
+        # (certificate name, serial) -> (when the CA says to renew or None, when to ask again)
+        self._ari: dict[tuple[str, int], tuple[datetime | None, datetime]] = {}
 
     def issue(
         self, name: str, plan: AcmePlan, eab: tuple[str, str] | None = None
@@ -166,20 +192,12 @@ class Issuer:
 
     def _client(self, plan: AcmePlan, eab: tuple[str, str] | None) -> tuple[client.ClientV2, JWK]:
         """A client at ``plan``'s CA with its account (registered now if there is none)."""
-        from acme import client, messages
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from josepy.jwa import ES256
-        from josepy.jwk import JWKEC
+        from acme import messages
 
         account = self.store.acme_account(plan.directory, plan.email)
         key_pem = account.key_pem if account else new_key("ec256")
-        private = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
-        assert isinstance(private, ec.EllipticCurvePrivateKey)
-        jwk = JWKEC(key=private)
-        net = client.ClientNetwork(jwk, alg=ES256, user_agent="sipzone", timeout=HTTP_TIMEOUT)
-        directory = client.ClientV2.get_directory(plan.directory, net)
-        acme = client.ClientV2(directory, net)
+        acme, jwk = _connect(plan.directory, key_pem)
+        net, directory = acme.net, acme.directory
         if account is not None:
             net.account = messages.RegistrationResource(
                 body=messages.Registration(), uri=account.url
@@ -215,6 +233,44 @@ class Issuer:
         )
         self.store.save_acme_account(AcmeAccount(plan.directory, plan.email, key_pem, regr.uri))
         return acme, jwk
+
+    def suggested_renewal(
+        self, plan: AcmePlan, cert: Certificate, now: datetime
+    ) -> datetime | None:
+        """When the CA's renewal information (RFC 9773) says to renew ``cert``; None when its
+        directory offers none, or it could not be had (then two thirds of the lifetime stand).
+        The answer is kept until the CA's Retry-After, so a check a minute asks it rarely."""
+        key = (cert.name, cert.serial)
+        known = self._ari.get(key)
+        if known is None or now >= known[1]:
+            known = self._ask_ari(plan, cert, now)
+            self._ari = {k: v for k, v in self._ari.items() if k[0] != cert.name}  # replaced
+            self._ari[key] = known
+        return known[0]
+
+    @staticmethod
+    def _ask_ari(
+        plan: AcmePlan, cert: Certificate, now: datetime
+    ) -> tuple[datetime | None, datetime]:
+        import requests
+        from acme import errors, messages
+
+        try:
+            # Renewal information is public (a plain GET): any key opens the client.
+            acme, _ = _connect(plan.directory, new_key("ec256"))
+            when, again = acme.renewal_time(cert.chain_pem.encode("ascii"))
+        except (errors.Error, messages.Error, requests.RequestException, ValueError) as exc:
+            events.warning(
+                f"ari {cert.name}",
+                "acme: no renewal information for certificate %s from %s (%s); it renews at "
+                "two thirds of its lifetime",
+                cert.name,
+                plan.directory,
+                _failure(exc),
+            )
+            retry = getattr(exc, "retry_after", None)
+            return None, _utc(retry) if isinstance(retry, datetime) else now + ARI_RETRY
+        return (None if when is None else _utc(when)), _utc(again)
 
     @staticmethod
     def _challenges(
@@ -258,9 +314,19 @@ class Issuer:
                 raise ChallengeNotSeen(
                     f"the DNS at {servers} did not answer the challenge at {waiting[0][1]} "
                     f"within {self.seen_timeout:g} s; is `sipzone serve --dns` running there on "
-                    "this store?"
+                    "this store, or, for a secondary, does it take our NOTIFY and transfers?"
                 )
             time.sleep(SEEN_POLL)
+
+
+def challenge_servers(own: tuple[str, int], secondaries: Sequence[str]) -> list[str]:
+    """The DNS servers a renewal in ``serve`` waits for: this node's listener ``own`` (a
+    wildcard address asked on loopback) and each secondary it sends NOTIFY to (HOST:PORT),
+    which publish the zone too and may lag behind by a transfer."""
+    host, port = own
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    mine = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return list(dict.fromkeys((mine, *secondaries)))
 
 
 def _answers(server: str, name: str, value: str) -> bool:
@@ -276,11 +342,21 @@ def _answers(server: str, name: str, value: str) -> bool:
 # ------------------------------------------------------------------------ renewal in serve
 
 
-def is_due(state: AcmeState, cert: Certificate | None, now: datetime) -> bool:
-    """Whether ``state``'s certificate (``cert``: as stored, None if gone) is renewed now."""
+Suggested = Callable[[AcmePlan, Certificate, datetime], datetime | None]
+
+
+def is_due(
+    state: AcmeState, cert: Certificate | None, now: datetime, suggested: Suggested | None = None
+) -> bool:
+    """Whether ``state``'s certificate (``cert``: as stored, None if gone) is renewed now: at
+    the time ``suggested`` gives (the CA's renewal information), else at two thirds of its
+    lifetime; never while a failure's back-off lasts."""
     if state.next_attempt is not None and now < state.next_attempt:
         return False
-    return cert is None or now >= renewal_due(cert.not_before, cert.not_after)
+    if cert is None:
+        return True
+    when = suggested(state.plan, cert, now) if suggested else None
+    return now >= (when or renewal_due(cert.not_before, cert.not_after))
 
 
 def renew_due(
@@ -293,7 +369,7 @@ def renew_due(
     certs = {c.name: c for c in store.list_certificates()}
     for state in states:
         _measure(state, certs.get(state.name), now)
-    due = [s for s in states if is_due(s, certs.get(s.name), now)]
+    due = [s for s in states if is_due(s, certs.get(s.name), now, issuer.suggested_renewal)]
     if not due or not store.take_lease(holder, LEASE):
         return []
     renewed = []

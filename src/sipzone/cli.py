@@ -32,6 +32,7 @@ from sipzone.model.tenancy import PROVIDER
 from sipzone.store.url import DEFAULT_URL, ENV_URL_FILE, read_url_file
 
 if TYPE_CHECKING:
+    from sipzone.model.debug import DebugSwitch
     from sipzone.model.names import RuleName
     from sipzone.store.repository import Store
 
@@ -71,6 +72,10 @@ trunk_app = typer.Typer(
 app.add_typer(trunk_app, name="trunk", no_args_is_help=True)
 db_app = typer.Typer(help="The store's schema: its version, and upgrades to this sipzone's.")
 app.add_typer(db_app, name="db", no_args_is_help=True)
+debug_app = typer.Typer(
+    help="Log every SIP message or DNS query of one peer or name, on every node, for a while."
+)
+app.add_typer(debug_app, name="debug", no_args_is_help=True)
 
 Db = Annotated[
     str,
@@ -130,16 +135,22 @@ def resolve_db(db: str) -> str:
 
 
 def store(db: str, actor: str = PROVIDER) -> Store:
+    """The store at ``db`` acting as ``actor``; its connections close when the command ends
+    (see :func:`_leave`)."""
+    import atexit
+
     from sipzone.store.repository import Store
 
     user = os.environ.get("USER", "unknown")
-    return Store(
+    repo = Store(
         resolve_db(db),
         actor=actor,
         via=f"cli:{user}",
         principal=f"shell user {user}",
         origin="shell",
     )
+    atexit.register(repo.close)
+    return repo
 
 
 def emit(data: Any) -> None:
@@ -195,6 +206,108 @@ def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json 
         f"SIP branch secret rotated; the previous one is still accepted (revision {rev})",
         revision=rev,
     )
+
+
+# ---------------------------------------------------------------------------- debug
+
+Peer = Annotated[str | None, typer.Option(help="Only messages from or to this IP address.")]
+Named = Annotated[str | None, typer.Option("--name", help="Only messages naming this domain.")]
+For = Annotated[str, typer.Option("--for", help="How long: 90s, 10m, 2h (at most 24h).")]
+Full = Annotated[bool, typer.Option(help="Log whole messages, not only a summary line.")]
+
+
+def _switch_json(switch: DebugSwitch) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    until = datetime.fromtimestamp(switch.until, UTC).isoformat(timespec="seconds")
+    return {
+        "kind": switch.kind,
+        "peer": switch.peer,
+        "name": switch.name,
+        "full": switch.full,
+        "until": until,
+    }
+
+
+def _debug_command(kind: str, doc: str) -> None:
+    """Register `debug KIND`: the same options for SIP and DNS."""
+
+    def switch_on(
+        peer: Peer = None,
+        name: Named = None,
+        duration: For = "10m",
+        full: Full = False,
+        db: Db = DEFAULT_URL,
+        actor: As = PROVIDER,
+        as_json: Json = False,
+    ) -> None:
+        import time
+
+        from sipzone.model.debug import new_switch, parse_duration
+
+        seconds = parse_duration(duration)
+        switch = new_switch(kind, time.time(), seconds, peer=peer, name=name, full=full)
+        rev = store(db, actor).set_debug(switch)
+        data = _switch_json(switch)
+        line = f"{kind.upper()} debug logging on until {data['until']} (revision {rev})"
+        done(as_json, line, **data, revision=rev)
+
+    switch_on.__doc__ = doc
+    debug_app.command(kind)(guarded(switch_on))
+
+
+_debug_command(
+    "sip",
+    """Log each SIP message from or to one peer, or naming one domain (in its URIs), and what
+    the edge sent for it: at DEBUG whatever the log level, on every node, until it ends.""",
+)
+_debug_command(
+    "dns",
+    """Log each DNS query from one client, or for one name and the names under it, with its
+    answer: at DEBUG whatever the log level, on every node, until it ends.""",
+)
+
+
+@debug_app.command("off")
+@guarded
+def debug_off(
+    kind: Annotated[str | None, typer.Argument(help="sip or dns (default: both).")] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+    as_json: Json = False,
+) -> None:
+    """Turn debug logging off before its time."""
+    from sipzone.model.debug import KINDS, setting_key
+
+    kinds = KINDS if kind is None else (kind,)
+    for each in kinds:
+        setting_key(each)  # an unknown kind says so before anything is written
+    rev = store(db, actor).debug_off(kinds)
+    done(
+        as_json,
+        f"debug logging off: {', '.join(kinds)} (revision {rev})",
+        off=list(kinds),
+        revision=rev,
+    )
+
+
+@debug_app.command("show")
+@guarded
+def debug_show(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """The debug switches that are on."""
+    import time
+
+    from sipzone.model.debug import KINDS, switch_of
+
+    settings = store(db).settings()
+    on = [s for s in (switch_of(settings, kind) for kind in KINDS) if s and s.until > time.time()]
+    if as_json:
+        emit([_switch_json(switch) for switch in on])
+        return
+    for switch in on:
+        typer.echo(f"{switch.describe()} until {_switch_json(switch)['until']}")
+    if not on:
+        typer.echo("no debug switch is on")
 
 
 @app.command()
@@ -1526,6 +1639,14 @@ def serve(
         float,
         typer.Option(min=0.1, help="Seconds before retrying a failed ACME renewal (doubling)."),
     ] = 300.0,
+    acme_wait: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds a renewal waits for this DNS and every --notify secondary to answer "
+            "the challenge before the CA is told to look.",
+        ),
+    ] = 60.0,
     db: Db = DEFAULT_URL,
 ) -> None:
     """Run the SIP edge, the DNS authority and/or the API on the store, following it live.
@@ -1636,6 +1757,7 @@ def serve(
         acme_check=acme_check,
         acme_retry=acme_retry,
         copy_path=copy_path(state_dir or default_state_dir(url), url),
+        acme_wait=acme_wait,
     )
     if print_config:
         _print_settings(settings)
@@ -1722,7 +1844,10 @@ def _node_name(text: str | None) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """The console script: runs the command, and says any failure as one line (exit 2)."""
+    """The console script: runs the command, and says any failure as one line (exit 2).
+
+    Called with ``argv`` (tests, embedding) it ends with SystemExit as usual; as the console
+    script (no ``argv``) it ends the process at once (:func:`_leave`)."""
     import typer._click.exceptions as click_errors  # Typer bundles its own Click
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -1756,7 +1881,31 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click_errors.ClickException as exc:
         say(exc.format_message())
         code = 2
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if argv is None:
+        _leave(code)
+    sys.exit(code)
+
+
+def _leave(code: int) -> NoReturn:
+    """End the console script without tearing the interpreter down.
+
+    Freeing every module and object one by one at exit (SQLAlchemy's alone are tens of
+    thousands) costs a simple command a fifth of its time (bench/cli/RESULTS.md).  What an
+    exit must still do is done first: the atexit handlers (they close the store's connections
+    and flush the logs) and the output streams.  A command that left a thread running (none
+    does; serve stops its own) exits the ordinary way, which waits for it.
+    """
+    import atexit
+    import threading
+
+    if threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

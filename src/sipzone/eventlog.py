@@ -2,7 +2,8 @@
 
 A server meets the same trouble many times a second: a peer's malformed datagrams, a database
 that stays away.  :class:`EventLog` writes the first occurrence of each distinct event at once,
-then at most one line per ``interval`` for it, saying how many occurrences the silence hid.  A
+then at most one line per ``interval`` for it (or ``burst`` lines), saying how many occurrences
+the silence hid.  A
 traceback belongs to bugs only: callers pass ``exc_info`` only where the failure is ours.
 
 It imports nothing of sipzone, so every layer may use it.
@@ -22,21 +23,25 @@ MAX_EVENTS = 1024  # distinct events remembered; the least recently seen is forg
 
 @dataclass(slots=True)
 class _Seen:
-    logged_at: float
+    logged_at: float  # when the current interval began (with its first line)
     hidden: int = 0  # occurrences since the last line
+    lines: int = 1  # lines written in the current interval
 
 
 class EventLog:
-    """Rate-limited logging per event key (one line per key and interval, with a count)."""
+    """Rate-limited logging per event key (``burst`` lines per key and interval, default one,
+    then a count)."""
 
     def __init__(
         self,
         logger: logging.Logger,
         interval: float = DEFAULT_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        burst: int = 1,
     ) -> None:
         self.logger = logger
         self.interval = interval
+        self.burst = burst
         self._clock = clock
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self.total = 0  # every occurrence, logged or not
@@ -51,11 +56,14 @@ class EventLog:
         seen = self._seen.get(key)
         if seen is not None:
             self._seen.move_to_end(key)
-            if now - seen.logged_at < self.interval:
+            if now - seen.logged_at >= self.interval:
+                seen.logged_at, seen.lines = now, 1
+            elif seen.lines < self.burst:
+                seen.lines += 1
+            else:
                 seen.hidden += 1
                 return False
-            hidden = seen.hidden
-            seen.logged_at, seen.hidden = now, 0
+            hidden, seen.hidden = seen.hidden, 0
             if hidden:
                 msg += " (%d more since the last line)"
                 args = (*args, hidden)

@@ -6,6 +6,9 @@ writes one JSON object per line instead (``ts`` in UTC ISO 8601, ``level``, ``lo
 ``pid``, ``msg``, and ``exc`` with a traceback when there is one), for a collector that
 should not parse text.  The log goes to stderr (the journal, under systemd) or, with
 ``--log-file``, is appended to a file that :func:`reopen` opens again after logrotate moved it.
+
+A debug switch (``sipzone debug``, :mod:`sipzone.model.debug`) adds lines of the
+``sipzone.debug`` logger at DEBUG whatever the level: :class:`Trace`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import ClassVar, Self
+
+from sipzone.eventlog import EventLog
+from sipzone.model.debug import DebugSwitch, switch_of
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -92,3 +101,54 @@ def reopen() -> None:
             _handler.stream = _handler._open()
         finally:
             _handler.release()
+
+
+TRACE_LOG = logging.getLogger("sipzone.debug")
+TRACE_LINES_PER_SECOND = 200  # beyond: counted in the next line, so a flood costs no disk
+
+
+class Trace:
+    """The log lines of one debug switch, for the protocol of ``kind`` (a subclass says which
+    messages match and how to sum one up in a line).
+
+    Lines go out at DEBUG whatever the log level (the ``sipzone.debug`` logger's own level),
+    at most :data:`TRACE_LINES_PER_SECOND`, until the switch ends.  A server holds ``None``
+    while no switch is on: then the cost per message is that one check.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, switch: DebugSwitch, clock: Callable[[], float] = time.time) -> None:
+        self.switch = switch
+        self._clock = clock
+        self._lines = EventLog(TRACE_LOG, interval=1.0, burst=TRACE_LINES_PER_SECOND)
+        self._ended = False
+        TRACE_LOG.setLevel(logging.DEBUG)
+
+    @classmethod
+    def follow(cls, current: Self | None, settings: Mapping[str, str]) -> Self | None:
+        """The trace of the switch ``settings`` hold for this kind (None: none is on):
+        ``current`` itself while it is the same switch, so its rate limit carries on."""
+        switch = switch_of(settings, cls.kind)
+        if switch is None or switch.until <= time.time():
+            return None
+        if current is not None and current.switch == switch:
+            return current
+        logging.getLogger("sipzone").info("debug switch on: %s", switch.describe())
+        return cls(switch)
+
+    def live(self) -> bool:
+        """Whether the switch is still on (its end is said once)."""
+        if self._clock() < self.switch.until:
+            return True
+        if not self._ended:
+            self._ended = True
+            logging.getLogger("sipzone").info("debug switch ended: %s", self.switch.describe())
+        return False
+
+    def line(self, summary: str, whole: str | None = None) -> None:
+        """One line: ``summary``, and with a switch for whole messages ``whole`` after it,
+        its line breaks written as ``\\n`` (one message, one log line)."""
+        if self.switch.full and whole:
+            summary += " | " + whole.replace("\r\n", "\\n").replace("\n", "\\n")
+        self._lines.event(logging.DEBUG, self.kind, "debug %s: %s", self.kind, summary)

@@ -124,6 +124,7 @@ class ServeConfig:
     acme_retry: float = 300.0  # seconds before the first retry of a failed renewal (doubling)
     # The disk copy of the last snapshot (sipzone.store.diskcopy); None: no copy kept or read.
     copy_path: str | None = None
+    acme_wait: float = 60.0  # seconds a renewal waits for the DNS servers to answer the challenge
 
 
 # ------------------------------------------------------------------------ ports
@@ -618,20 +619,20 @@ def _health_monitor(
 
 async def _renew_acme(config: ServeConfig, address: tuple[Any, ...]) -> None:
     """Renew ACME certificates from this worker (the store's lease lets one node at a time),
-    checking the challenges against this worker's own DNS listener at ``address``."""
+    checking the challenges against this worker's own DNS listener at ``address`` and every
+    secondary it sends NOTIFY to (:func:`sipzone.acme.challenge_servers`)."""
     from datetime import timedelta
 
-    from sipzone.acme import Issuer, renew_forever
+    from sipzone.acme import Issuer, challenge_servers, renew_forever
 
-    host, port = str(address[0]), int(address[1])
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    assert config.dns is not None
+    servers = challenge_servers((str(address[0]), int(address[1])), config.dns.notify)
     store = Store(config.db, via="serve:acme")
     holder = f"{socket.gethostname()}:{os.getpid()}"
     try:
         await renew_forever(
             store,
-            Issuer(store, [server]),
+            Issuer(store, servers, config.acme_wait),
             holder,
             config.acme_check,
             timedelta(seconds=config.acme_retry),

@@ -15,6 +15,8 @@ import pytest
 from sipzone.config import BadConfig, load, reload
 from tests.cli.conftest import Run
 from tests.conftest import Cli, Server, free_port
+from tests.test_observability import wait_until
+from tests.test_runtime import per_worker
 
 KNOWN = {"dns": False, "workers": False, "ttl": False, "notify": True, "log_level": False}
 
@@ -115,11 +117,15 @@ def test_sighup_applies_a_changed_log_level_and_keeps_serving(
 ) -> None:
     cli("init", check=True)
     conf = tmp_path / "sipzone.toml"
+    metrics = free_port()
     conf.write_text(
         f'dns = "127.0.0.1:{free_port()}"\nworkers = {workers}\nlog-level = "warning"\n'
+        f'metrics = "127.0.0.1:{metrics}"\n'
     )
     server = serve("--config", str(conf))
     cli("domain", "add", "quiet.example.com", check=True)  # revision 2: not logged at warning
+    # Every worker serves it before the level changes (the command returns before they poll).
+    wait_until(lambda: set(per_worker(metrics, "sipzone_revision").values()) == {2.0})
     conf.write_text(conf.read_text().replace('"warning"', '"info"').replace(
         f"workers = {workers}", f"workers = {workers + 1}"
     ))  # fmt: skip

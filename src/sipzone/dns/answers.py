@@ -44,6 +44,7 @@ import dns.rdataset
 import dns.rdatatype
 
 from sipzone.dns import DnsConfig
+from sipzone.dns.debug import DnsTrace
 from sipzone.dns.protocol import (
     AA,
     BADVERS,
@@ -96,6 +97,7 @@ from sipzone.dns.records import (
     Role,
 )
 from sipzone.eventlog import EventLog
+from sipzone.model.debug import without_switches
 from sipzone.model.names import lookup_key
 from sipzone.model.snapshot import IPNetwork, Snapshot
 
@@ -353,7 +355,7 @@ def follows(old: Snapshot, new: Snapshot) -> bool:
         and new.sites == old.sites
         and new.zones == old.zones
         and new.email_domain == old.email_domain
-        and dict(new.settings) == dict(old.settings)
+        and without_switches(new.settings) == without_switches(old.settings)
         and new.challenges == old.challenges
     )
 
@@ -415,6 +417,8 @@ class Authority:
         self._notimp = Answer(NOTIMP, authoritative=False)
         self._servfail = Answer(SERVFAIL, authoritative=False)
         self._opt_plain = (self._opt(0, b""), self._opt(DO, b""))
+        # The DNS debug switch's lines while one is on (`sipzone debug dns`): checked first.
+        self.trace: DnsTrace | None = None
         self.rebuild(snapshot)
 
     # -- building -----------------------------------------------------------------------------
@@ -426,6 +430,7 @@ class Authority:
     def install(self, tables: Tables) -> None:
         """Switch to tables built (maybe on another thread) by :meth:`Tables.build`."""
         self.snapshot = tables.snapshot
+        self.trace = DnsTrace.follow(self.trace, tables.snapshot.settings)
         self.records = tables.records
         self.regions = tables.regions
         self._client_views = tables.regions.clients
@@ -453,6 +458,7 @@ class Authority:
             return
         self.records = Records(snapshot, self.config)
         self.snapshot = snapshot
+        self.trace = DnsTrace.follow(self.trace, snapshot.settings)
         for responses in self._responses:
             responses.clear()
         for answer in self._soa_answers:
@@ -625,6 +631,8 @@ class Authority:
 
         Never raises on any input: whatever it cannot parse gets FORMERR (or silence when
         even the header is short, or the packet is itself a response)."""
+        if self.trace is not None:
+            return self._traced(data, client, tcp)
         # The hot path.  Over UDP a response is a function of the client's view and the
         # query's bytes after the ID (flags, question, EDNS options and ECS included), so a
         # query seen before is answered by patching in its ID.
@@ -642,6 +650,15 @@ class Authority:
         except Exception as exc:  # a bug costs one answer, never the server
             log_bug("answering a query", exc)
             return error(data, SERVFAIL) if len(data) >= HEADER and not data[2] & QR else None
+
+    def _traced(self, data: bytes, client: str | bytes, tcp: bool) -> bytes | None:
+        """:meth:`respond` with the debug switch's lines: the switch is set aside while the
+        query is answered the usual way, then back unless it has ended."""
+        trace, self.trace = self.trace, None
+        out = self.respond(data, client, tcp)
+        if trace is not None and trace.exchange(data, client, out):
+            self.trace = trace
+        return out
 
     def _response(self, data: bytes, query: Query, client: str | bytes, tcp: bool) -> bytes:
         """The response to a well-formed query whose response is not cached (first sight of

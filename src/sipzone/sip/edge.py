@@ -52,6 +52,7 @@ from typing import NamedTuple
 from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
+from sipzone.sip.debug import SipTrace
 from sipzone.sip.keepalive import DECLINED, Declined, KeepAlives
 from sipzone.sip.memo import Admission, SnapshotMemo, Upstreams, requested_host
 from sipzone.sip.message import (
@@ -153,6 +154,9 @@ class Edge:
         self._splice_request = self.splicer.request
         self._splice_response = self.splicer.response
         self.teams = TeamsPolicy(self)
+        # The SIP debug switch's lines, while one is on (`sipzone debug sip`): the transports
+        # check this one attribute per message and call traced().
+        self.trace: SipTrace | None = None
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -246,7 +250,13 @@ class Edge:
             )
             keys = self._own_keys
         self._memo = SnapshotMemo(snapshot, self.config, self._upstreams, keys)
+        self.trace = SipTrace.follow(self.trace, snapshot.settings)
         return self._memo
+
+    def traced(self, message: bytes | Request | Response, arrival: Arrival, sends: Sends) -> None:
+        """Log one message and what it caused, if the debug switch on covers it."""
+        if self.trace is not None and not self.trace.exchange(message, arrival, sends):
+            self.trace = None  # it ended
 
     # -- dispatch -----------------------------------------------------------------------------
 

@@ -530,6 +530,7 @@ class UdpEndpoint:
         self.listener = listener
         assert service.edge is not None
         self.receive = service.edge.receive
+        self.edge = service.edge
         self.holder = service.holder
         self._arrivals: dict[tuple[str, int], Arrival] = {}
         self._senders = service.udp_senders  # filled as the service binds (shared, not copied)
@@ -542,6 +543,8 @@ class UdpEndpoint:
             if arrival is None:
                 arrival = self._arrival(addr)
             sends = self.receive(data, arrival, self.holder.current)
+            if self.edge.trace is not None:
+                self.edge.traced(data, arrival, sends)
         except Exception as exc:  # a bug must cost one message, never the socket
             self.service.events.error(
                 f"edge-bug:{type(exc).__name__}",
@@ -684,6 +687,8 @@ class StreamConnection(asyncio.Protocol):
                         sends = edge.handle(message, self.arrival, snapshot)
                 else:
                     sends = edge.handle(message, self.arrival, snapshot)
+                if edge.trace is not None:
+                    edge.traced(message, self.arrival, sends)
             except Exception as exc:
                 self.service.events.error(
                     f"edge-bug:{type(exc).__name__}",

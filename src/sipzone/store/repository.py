@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +41,8 @@ from sipzone.model.acme import (
     parse_challenge,
 )
 from sipzone.model.certificates import Certificate, parse_cert_name, parse_certificate
+from sipzone.model.debug import KINDS as DEBUG_KINDS
+from sipzone.model.debug import DebugSwitch, is_switch_setting, setting_key, without_switches
 from sipzone.model.errors import (
     BadAddress,
     Conflict,
@@ -128,6 +131,8 @@ RULE_OPS = frozenset({"domain.add", "domain.remove"})
 # Ops that change nothing a snapshot holds (a pending claim is not served): the feed skips them.
 INERT_OPS = frozenset({"domain.claim", "token.create", "token.revoke", "tenant.grant"})
 INERT_OPS |= {"acme.account"}  # an ACME account key is in no snapshot
+# Settings that change no answer (debug switches): a snapshot takes them over without a reload.
+SWITCH_OPS = frozenset({"debug.set", "debug.off"})
 TOKEN_PREFIX = "sz_"  # API tokens read "sz_" + 43 characters of base64url (32 random octets)
 
 
@@ -1115,6 +1120,26 @@ class Store:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(settings.c.key, settings.c.value)).all())
 
+    # Debug switches (sipzone.model.debug): settings, so every node follows them through the
+    # change feed; provider only, as they log any tenant's traffic.
+
+    def set_debug(self, switch: DebugSwitch) -> int:
+        """Turn ``switch`` on (replacing the one of its kind); returns the revision."""
+        key, value = switch.setting()
+        with self._write("debug.set", switch.kind, {"switch": switch.describe()}) as (conn, rev):
+            self._provider_only("switches debug logging")
+            conn.execute(settings.delete().where(settings.c.key == key))
+            conn.execute(settings.insert().values(key=key, value=value))
+            return rev
+
+    def debug_off(self, kinds: Sequence[str] = DEBUG_KINDS) -> int:
+        """Turn the debug switches of ``kinds`` off; returns the revision."""
+        keys = [setting_key(kind) for kind in kinds]
+        with self._write("debug.off", ",".join(kinds)) as (conn, rev):
+            self._provider_only("switches debug logging")
+            conn.execute(settings.delete().where(settings.c.key.in_(keys)))
+            return rev
+
     # A secret setting (the SIP branch key) is 32 random octets in hex.  Its value never enters
     # the change log, and no command prints it.
 
@@ -1832,13 +1857,19 @@ class Store:
         changes = self.changes_since(snapshot.revision)
         if not changes:
             return snapshot
-        if any(c.op not in RULE_OPS | INERT_OPS for c in changes) or len(changes) >= 10_000:
+        if any(c.op not in RULE_OPS | INERT_OPS | SWITCH_OPS for c in changes) or (
+            len(changes) >= 10_000
+        ):
             return self.load_snapshot()
         views = snapshot.tenants.views
         added: dict[str, str] = {}
         removed: set[str] = set()
+        switched = snapshot.settings  # with the debug switches as they are now, if one moved
         for change in changes:
-            if change.op in INERT_OPS:
+            if change.op in SWITCH_OPS and switched is snapshot.settings:
+                now = {k: v for k, v in self.settings().items() if is_switch_setting(k)}
+                switched = MappingProxyType({**without_switches(snapshot.settings), **now})
+            if change.op in INERT_OPS | SWITCH_OPS:
                 continue
             if change.op == "domain.add":
                 owner = (change.detail or {}).get("owner")
@@ -1870,6 +1901,7 @@ class Store:
             snapshot,
             revision=changes[-1].revision,
             matcher=matcher,
+            settings=switched,
             delta=Delta(tuple(added), tuple(sorted(removed))),
         )
 
