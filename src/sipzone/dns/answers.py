@@ -370,12 +370,12 @@ class Tables:
     zones_wire: dict[bytes, str]
     zones: dict[str, ZoneAnswers]
     ents: dict[str, int]
-    soa_answers: list[Answer]  # every body carrying the SOA serial, patched on each revision
+    soa_answers: dict[str, list[Answer]]  # per zone, bodies carrying its SOA serial (patched)
 
     @classmethod
     def build(cls, snapshot: Snapshot, config: DnsConfig) -> Tables:
         records = Records(snapshot, config)
-        soa_answers: list[Answer] = []
+        soa_answers: dict[str, list[Answer]] = {}
         zones = {}
         negative_ttl = min(config.ttl, config.negative_ttl)  # RFC 2308 §3 and §5
         for zone in snapshot.zones:
@@ -388,7 +388,7 @@ class Tables:
                 continue
             nodata = render(NOERROR, Section(()), soa)
             nxdomain = render(NXDOMAIN, Section(()), soa)
-            soa_answers += (nodata, nxdomain)
+            soa_answers[zone] = [nodata, nxdomain]
             zones[zone] = ZoneAnswers(zone, nodata, nxdomain)
         ents: dict[str, int] = {}
         for name in records.static:
@@ -455,8 +455,10 @@ class Authority:
         self.snapshot = snapshot
         for responses in self._responses:
             responses.clear()
-        for answer in self._soa_answers:
-            answer.set_serial(self.records.serial)
+        for zone, answers in self._soa_answers.items():
+            serial = self.records.serial(zone)
+            for answer in answers:
+                answer.set_serial(serial)
         # A bulk import changes thousands of names at once: dropping the per-question cache is
         # then cheaper than forgetting name by name, and it refills in microseconds a question.
         bulk = len(delta.added) + len(delta.removed) > FORGET_ONE_BY_ONE
@@ -516,7 +518,7 @@ class Authority:
                 regional=regional and rdtype in (RdType.A, RdType.AAAA, RdType.SRV),
             )
             if answer.serial_at:
-                self._soa_answers.append(answer)
+                self._soa_answers.setdefault(zone, []).append(answer)
             node[int(rdtype)] = answer
         self._nodes[key] = node
         return node
@@ -702,8 +704,9 @@ class Authority:
 
     # -- helpers for the server ---------------------------------------------------------------
 
-    def serial(self) -> int:
-        return self.records.serial
+    def serials(self) -> dict[str, int]:
+        """Every zone's SOA serial."""
+        return {zone: self.records.serial(zone) for zone in self.snapshot.zones}
 
 
 # -- taking a query apart -------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from sipzone.dns.answers import (
     log_bug,
     question,
 )
+from sipzone.dns.ixfr import Journal
 from sipzone.dns.protocol import FORMERR, OPCODE, QR, QTYPE_AXFR, QTYPE_IXFR
 from sipzone.dns.rrl import RateLimiter, client_block
 from sipzone.dns.xfr import notify_message, transfer
@@ -103,6 +104,8 @@ class DnsService:
         self.config = config
         self.holder = holder
         self.authority = Authority(holder.current, config)
+        # What transfers publish (the zones as configured) and their recent changes (IXFR).
+        self.journal = Journal(holder.current, config)
         self._udp: asyncio.DatagramTransport | None = None
         self._batched: batched_udp.BatchedUdp | None = None
         self._tcp: asyncio.Server | None = None
@@ -173,17 +176,22 @@ class DnsService:
         self.holder.subscribe(self._on_snapshot)
         if self.holder.current is not self.authority.snapshot:
             self._on_snapshot(self.authority.snapshot, self.holder.current)
-        log.info("DNS on %s:%d (UDP, TCP), serial %d", host, port, self.authority.serial())
+        log.info("DNS on %s:%d (UDP, TCP), serials %s", host, port, self.authority.serials())
 
     def _on_snapshot(self, old: Snapshot, new: Snapshot) -> None:
         """Follow a swap: at once when that is cheap (a delta, or a small store), else on a
         thread while the current tables keep answering; snapshots apply in order either way."""
         if self._closed:
             return
+        try:
+            self.journal.follow(new)
+        except Exception as exc:  # ours; IXFR restarts from here, AXFR still works
+            log_bug(f"recording revision {new.revision} for IXFR", exc)
+            self.journal = Journal(new, self.config)
         if self._follower is None and (
             follows(self.authority.snapshot, new) or len(new.matcher) < REBUILD_ON_THREAD
         ):
-            before = self.authority.serial()
+            before = self.authority.serials()
             try:
                 self.authority.update(new)
             except Exception as exc:  # ours; a rebuild may still succeed
@@ -204,7 +212,7 @@ class DnsService:
         try:
             while self._pending and not self._closed:
                 batch, self._pending = self._pending, []
-                before = self.authority.serial()
+                before = self.authority.serials()
                 # Everything from the last snapshot that does not follow its predecessor on
                 # needs full tables; the ones after it apply as deltas.
                 cut, prev = -1, self.authority.snapshot
@@ -231,18 +239,21 @@ class DnsService:
         while self._follower is not None:
             await asyncio.shield(self._follower)
 
-    def _changed(self, serial_before: int) -> None:
+    def _changed(self, serials_before: dict[str, int]) -> None:
         if self.rrl is not None:
             self.rrl.forget_answers()
-        if self.authority.serial() != serial_before:
-            self.notify_secondaries()
+        serials = self.authority.serials()
+        changed = [z for z, serial in serials.items() if serials_before.get(z) != serial]
+        if changed:
+            self.notify_secondaries(changed)
 
-    def notify_secondaries(self) -> None:
-        """NOTIFY every zone to every secondary, if this process holds the NOTIFY role: after
-        a change, and when the runtime starts a worker that takes the role over."""
+    def notify_secondaries(self, zones: list[str] | None = None) -> None:
+        """NOTIFY ``zones`` (default: every zone) to every secondary, if this process holds
+        the NOTIFY role: after a change to those zones, and when the runtime starts a worker
+        that takes the role over."""
         if self.config.send_notify:
             for target in self.config.notify:
-                for zone in self.authority.snapshot.zones:
+                for zone in self.authority.snapshot.zones if zones is None else zones:
                     self._spawn(self._notify(target, zone))
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
@@ -264,7 +275,7 @@ class DnsService:
                 log.info(
                     "NOTIFY %s serial %s acknowledged by %s (%s)",
                     zone,
-                    self.authority.serial(),
+                    msg.answer[0][0].serial,
                     target,
                     dns.rcode.to_text(reply.rcode()),
                 )
@@ -362,11 +373,11 @@ class DnsService:
                 query = dns.message.from_wire(data)
             except dns.exception.DNSException:
                 return [error(data, FORMERR)]
-            records = self.authority.records
+            journal = self.journal
             # A generator: each message is rendered just before it is written, so a big zone
             # streams with the writer's flow control instead of piling up in memory.
             return dns_metrics.counted_transfer(
-                transfer(records, query, client, self.config.allow_transfer)
+                transfer(journal.records, query, client, self.config.allow_transfer, journal)
             )
         out = self.authority.respond(data, client, tcp=True)
         if out is None:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,6 +79,7 @@ from sipzone.model.snapshot import (
     parse_region,
     parse_site_name,
     parse_vip,
+    rule_zone,
 )
 from sipzone.model.tenancy import (
     FIELD_PARSERS,
@@ -126,6 +128,15 @@ RULE_OPS = frozenset({"domain.add", "domain.remove"})
 # Ops that change nothing a snapshot holds (a pending claim is not served): the feed skips them.
 INERT_OPS = frozenset({"domain.claim", "token.create", "token.revoke", "tenant.grant"})
 INERT_OPS |= {"acme.account"}  # an ACME account key is in no snapshot
+# Ops that change nothing a zone publishes, so no zone's serial moves.  Health is one of them:
+# zone transfers publish the sites as configured (drain counts, probes and `site health` do
+# not; see sipzone.dns.xfr).  A rule op moves its own zone's serial (model.snapshot.rule_zone),
+# an import those of the zones it added to; any other op moves every zone's.
+ZONELESS_OPS = INERT_OPS | {
+    "tenant.add", "tenant.update", "tenant.remove", "site.health", "site.check",
+    "secret.create", "secret.rotate", "cert.add", "cert.remove", "cert.default",
+    "trunk.add", "trunk.remove",
+}  # fmt: skip
 TOKEN_PREFIX = "sz_"  # API tokens read "sz_" + 43 characters of base64url (32 random octets)
 
 
@@ -504,6 +515,7 @@ class Store:
                 conn.execute(notify_sql(), {"revision": rev})
             yield conn, int(rev)
             op = info.pop(AUDIT_OP, op)
+            self._move_serials(conn, rev, op, subject, info)
             about = info.pop(AUDIT_TENANT, None)
             before = info.pop(AUDIT_BEFORE, None)
             after = info.pop(AUDIT_AFTER, None)
@@ -523,6 +535,25 @@ class Store:
                     after=after,
                 )
             )
+
+    def _move_serials(
+        self, conn: Connection, rev: int, op: str, subject: str, info: Mapping[str, Any]
+    ) -> None:
+        """Set the revision (the SOA serial) of the zones whose records ``op`` changes."""
+        if op in ZONELESS_OPS:
+            return
+        query = zones.update().values(revision=rev)
+        if op in RULE_OPS:
+            zone = rule_zone(subject, self._zones(conn))
+            if zone is None:
+                return
+            query = query.where(zones.c.name == zone)
+        elif op == "domain.import":
+            query = query.where(zones.c.name.in_(info.get("zones", ())))
+        conn.execute(query)
+
+    def _zone_revisions(self, conn: Connection) -> dict[str, int]:
+        return {str(n): int(r) for n, r in conn.execute(sa.select(zones.c.name, zones.c.revision))}
 
     def _provider_only(self, does: str) -> None:
         """Raise :class:`NotPermitted` unless the provider acts: only it ``does`` this
@@ -866,7 +897,8 @@ class Store:
                     )
                     if progress is not None:
                         progress(len(chunk))
-                detail.update(added=len(items), last=items[-1][0])
+                touched = {z for n, _ in items if (z := rule_zone(n, zones)) is not None}
+                detail.update(added=len(items), last=items[-1][0], zones=sorted(touched))
         except _Unchanged:
             pass
         return ImportReport(read=len(entries), added=len(pending), unchanged=unchanged)
@@ -1750,6 +1782,7 @@ class Store:
                 certificates=tuple(self._certificates(conn)),
                 trunks=tuple(self._trunks(conn)),
                 challenges=self._challenges(conn),
+                zone_revisions=self._zone_revisions(conn),
             )
 
     def _valid_rules(self, rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -1778,9 +1811,13 @@ class Store:
         views = snapshot.tenants.views
         added: dict[str, str] = {}
         removed: set[str] = set()
+        serials = dict(snapshot.zone_revisions)  # as _move_serials set them
         for change in changes:
             if change.op in INERT_OPS:
                 continue
+            zone = rule_zone(change.subject, snapshot.zones)
+            if zone is not None:
+                serials[zone] = change.revision
             if change.op == "domain.add":
                 owner = (change.detail or {}).get("owner")
                 try:
@@ -1812,6 +1849,7 @@ class Store:
             revision=changes[-1].revision,
             matcher=matcher,
             delta=Delta(tuple(added), tuple(sorted(removed))),
+            zone_revisions=MappingProxyType(serials),
         )
 
     # ------------------------------------------------------------------ API: grants, claims
