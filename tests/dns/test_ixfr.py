@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import dns.message
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-import pytest
 
 from sipzone.dns import DnsConfig
 from sipzone.dns.answers import Authority
@@ -20,7 +21,8 @@ from sipzone.dns.ixfr import Journal
 from sipzone.dns.records import Records
 from sipzone.dns.xfr import transfer
 from sipzone.model.snapshot import Snapshot
-from tests.dns.conftest import SITE_A, SITE_B, LiveDns, dig, snapshot, with_rules
+from tests.conftest import free_port
+from tests.dns.conftest import RULES, SITE_A, SITE_B, LiveDns, Named, dig, snapshot, with_rules
 from tests.dns.test_xfr import NESTED, Record, rrs
 
 ALLOW = DnsConfig(allow_transfer=("127.0.0.0/8",))
@@ -220,7 +222,6 @@ class Secondary(threading.Thread):
             return list(self.zones)
 
 
-@pytest.mark.integration
 def test_notify_goes_for_the_changed_zone_only(live_dns: type[LiveDns]) -> None:
     secondary = Secondary()
     secondary.start()
@@ -241,3 +242,48 @@ def test_notify_goes_for_the_changed_zone_only(live_dns: type[LiveDns]) -> None:
     finally:
         secondary.stopped = True
         secondary.join(5)
+
+
+def transfers(bind: Named) -> list[tuple[int, int]]:
+    """(messages, records) of every transfer BIND completed, from its log."""
+    found = re.findall(r"Transfer completed: (\d+) messages, (\d+) records", bind.log.read_text())
+    return [(int(m), int(r)) for m, r in found]
+
+
+def test_bind_follows_a_10000_domain_zone_by_ixfr(
+    live_dns: type[LiveDns], named: type[Named], tmp_path: Path
+) -> None:
+    many = [(f"d{i}.example.com", "provider") for i in range(10_000)]
+    first = snapshot(revision=50, rules=[*RULES, *many])
+    bind_port = free_port()
+    live = live_dns(first, replace(ALLOW, notify=(f"127.0.0.1:{bind_port}",)))
+    bind = named(bind_port, live.port)
+    bind.wait_serial(50, within=60)
+    [(_, whole)] = transfers(bind)
+    assert whole > 110_000  # the zone: 11 records a domain
+    # A domain added: NOTIFY, and BIND asks for and gets the change alone (its 11 records,
+    # the SOA of both versions, the current SOA around them) and writes it to its journal.
+    one = with_rules(first, added=["fresh.example.com"])
+    live.publish(one)
+    bind.wait_serial(51)
+    assert transfers(bind)[1:] == [(1, 15)]
+    assert sorted(dig(bind.port, "fresh.example.com", "A").rdata("A")) == [
+        "192.0.2.10",
+        "198.51.100.10",
+    ]
+    assert (tmp_path / "example.com.db.jnl").exists()
+    # A domain removed: gone from BIND, by IXFR again.
+    assert dig(bind.port, "_sip._udp.d77.example.com", "SRV").status == "NOERROR"
+    live.publish(with_rules(one, removed=["d77.example.com"]))
+    bind.wait_serial(52)
+    assert transfers(bind)[2:] == [(1, 15)]
+    assert dig(bind.port, "d77.example.com", "A").status == "NXDOMAIN"
+    assert dig(bind.port, "_sip._udp.d77.example.com", "SRV").status == "NXDOMAIN"
+    # What a secondary at serial 50 gets now: both changes, nothing else.
+    got = dig(live.port, "example.com", "IXFR=50").text_records()
+    owners = {row[0] for row in got if row[3] != "SOA"}
+    assert owners == {
+        p + d for d in ("fresh.example.com.", "d77.example.com.")
+        for p in ("", "_sips._tcp.", "_sip._tcp.", "_sip._udp.")
+    }  # fmt: skip
+    assert len(got) == 1 + 2 * (2 + 11) + 1

@@ -61,3 +61,32 @@ def test_sites_from_before_health_checks_get_the_defaults(any_url: str) -> None:
     )
     assert store.site_views() == [] and store.list_nodes() == []
     store.close()
+
+
+def test_zones_from_before_serials_per_zone_keep_the_store_revision(any_url: str) -> None:
+    """Migration 0008 on a store at 0006: each zone's serial starts at the store's revision,
+    the serial every zone had until then, so no secondary sees its serial go back."""
+    from alembic import command
+    from alembic.config import Config
+
+    from sipzone.store import repository
+
+    path = sqlite_path(any_url)
+    if path is not None:
+        sqlite3.connect(path).close()
+    store = Store(any_url)
+    cfg = Config()
+    cfg.set_main_option(
+        "script_location", str(repository.Path(repository.__file__).parent / "migrations")
+    )
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO state (id, revision) VALUES (1, 77)"))
+        conn.execute(sa.text("INSERT INTO zones (name) VALUES ('example.com'), ('example.org')"))
+    store.init()
+    assert dict(store.load_snapshot().zone_revisions) == {"example.com": 77, "example.org": 77}
+    store.add_domain("a.example.com")
+    assert dict(store.load_snapshot().zone_revisions) == {"example.com": 78, "example.org": 77}
+    store.close()
