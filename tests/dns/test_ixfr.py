@@ -10,6 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import dns.message
+import dns.name
+import dns.query
+import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
@@ -18,7 +21,7 @@ import dns.rrset
 from sipzone.dns import DnsConfig
 from sipzone.dns.answers import Authority
 from sipzone.dns.ixfr import Journal
-from sipzone.dns.records import Records
+from sipzone.dns.records import IN, Records
 from sipzone.dns.xfr import transfer
 from sipzone.model.snapshot import Snapshot
 from tests.conftest import free_port
@@ -287,3 +290,36 @@ def test_bind_follows_a_10000_domain_zone_by_ixfr(
         for p in ("", "_sips._tcp.", "_sip._tcp.", "_sip._udp.")
     }  # fmt: skip
     assert len(got) == 1 + 2 * (2 + 11) + 1
+
+
+def test_ixfr_over_udp_carries_the_question_and_what_fits(live_dns: type[LiveDns]) -> None:
+    first = snapshot(revision=20)
+    live = live_dns(first, ALLOW)
+    many = with_rules(first, added=[f"bulk{i}.example.com" for i in range(30)])
+    live.publish(many)
+    live.publish(with_rules(many, added=["fresh.example.com"]))
+    question = dns.rrset.RRset(dns.name.from_text("example.com."), IN, dns.rdatatype.IXFR)
+
+    def ask(serial: int, payload: int | None = None, port: int = live.port) -> dns.message.Message:
+        query = ixfr_query("example.com", serial)
+        if payload is not None:
+            query.use_edns(0, payload=payload)
+        return dns.query.udp(query, "127.0.0.1", port=port, timeout=5, one_rr_per_rrset=True)
+
+    # Up to date, or a serial we hold no changes from: the SOA alone, with the question.
+    for serial in (22, 5):
+        reply = ask(serial)
+        assert reply.question == [question]
+        assert [(r.rdtype, r[0].serial) for r in reply.answer] == [(dns.rdatatype.SOA, 22)]
+    # From 20 the changes do not fit a datagram (31 domains): the SOA alone says "ask over
+    # TCP"; from 21 the one domain fits in what the client takes (and we offer, 1232 octets).
+    assert [r[0].serial for r in ask(20, 4096).answer] == [22]
+    small = ask(21, 4096)
+    assert small.question == [question] and small.edns == 0
+    assert sum(len(r) for r in small.answer) == 1 + 2 + 11 + 1
+    tcp = dig(live.port, "example.com", "IXFR=20").text_records()
+    assert len(tcp) == 1 + 2 + 30 * 11 + 2 + 11 + 1
+    # Not allowed to transfer: refused, question included.
+    closed = live_dns(first, DnsConfig(allow_transfer=("192.0.2.0/24",)))
+    refused = ask(20, port=closed.port)
+    assert refused.rcode() == dns.rcode.REFUSED and refused.question == [question]

@@ -36,7 +36,7 @@ import logging
 import re
 import struct
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dns.name
@@ -132,6 +132,10 @@ def log_bug(what: str, exc: BaseException) -> None:
     events.error(
         f"bug {what} {type(exc).__name__} {where}", "%s failed:\n%s", what, _Traceback(exc)
     )
+
+
+# A responder: query bytes and the client's address (text or packed) in, response out or None.
+Respond = Callable[[bytes, str | bytes], bytes | None]
 
 
 class Answer:
@@ -415,6 +419,9 @@ class Authority:
         self._notimp = Answer(NOTIMP, authoritative=False)
         self._servfail = Answer(SERVFAIL, authoritative=False)
         self._opt_plain = (self._opt(0, b""), self._opt(DO, b""))
+        # Set by the server: the answer to a query that is not a plain question (parse_query
+        # refuses it) but may be an IXFR over UDP, which carries the secondary's SOA.
+        self.udp_ixfr: Respond | None = None
         self.rebuild(snapshot)
 
     # -- building -----------------------------------------------------------------------------
@@ -639,6 +646,8 @@ class Authority:
         try:
             query = parse_query(data, self.config.udp_payload)
             if not isinstance(query, tuple):
+                if query is not None and not tcp and self.udp_ixfr is not None:
+                    return self.udp_ixfr(data, client) or query
                 return query  # an error response, or None for silence
             return self._response(data, query, client, tcp)
         except Exception as exc:  # a bug costs one answer, never the server

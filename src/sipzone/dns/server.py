@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -34,6 +35,7 @@ from sipzone.dns import DnsConfig
 from sipzone.dns import metrics as dns_metrics
 from sipzone.dns.answers import (
     Authority,
+    Respond,
     Tables,
     error,
     follows,
@@ -43,7 +45,7 @@ from sipzone.dns.answers import (
 from sipzone.dns.ixfr import Journal
 from sipzone.dns.protocol import FORMERR, OPCODE, QR, QTYPE_AXFR, QTYPE_IXFR
 from sipzone.dns.rrl import RateLimiter, client_block
-from sipzone.dns.xfr import notify_message, transfer
+from sipzone.dns.xfr import notify_message, transfer, udp_ixfr
 from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import batched_udp, split_hostport
@@ -58,9 +60,6 @@ events = EventLog(log)
 REBUILD_ON_THREAD = 50_000
 NOTIFY_TRIES = 5
 NOTIFY_TIMEOUT = 2.0
-
-
-Respond = Callable[[bytes, str | bytes], bytes | None]
 
 
 @dataclass(slots=True)
@@ -106,6 +105,7 @@ class DnsService:
         self.authority = Authority(holder.current, config)
         # What transfers publish (the zones as configured) and their recent changes (IXFR).
         self.journal = Journal(holder.current, config)
+        self.authority.udp_ixfr = self._udp_ixfr
         self._udp: asyncio.DatagramTransport | None = None
         self._batched: batched_udp.BatchedUdp | None = None
         self._tcp: asyncio.Server | None = None
@@ -132,6 +132,13 @@ class DnsService:
             self._stats.rrl_dropped = self.rrl.dropped
             self._stats.rrl_slipped = self.rrl.slipped
         return self._stats
+
+    def _udp_ixfr(self, data: bytes, client: str | bytes) -> bytes | None:
+        journal = self.journal
+        # Batched UDP hands over the packed address (4 or 16 octets).
+        client = client if isinstance(client, str) else str(ipaddress.ip_address(client))
+        return udp_ixfr(journal.records, data, client, self.config.allow_transfer, journal,
+                        self.config.udp_payload)  # fmt: skip
 
     def _udp_responder(self) -> Respond:
         """The UDP responder: the authority's own (the hot path), or behind the rate limiter."""

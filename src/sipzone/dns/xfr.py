@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.opcode
@@ -38,7 +39,7 @@ import dns.rrset
 import dns.serial
 from prometheus_client import Counter
 
-from sipzone.dns.protocol import AA, HEADER, QR
+from sipzone.dns.protocol import AA, HEADER, OPT_PREFIX, QR, UDP_MIN
 from sipzone.dns.records import IN, SERVICES, RdType, Records, Role
 from sipzone.eventlog import EventLog
 from sipzone.model.names import MAX_NAME
@@ -110,11 +111,14 @@ def transfer(
     client: str,
     cidrs: tuple[str, ...],
     journal: Journal | None = None,
+    udp: int | None = None,
 ) -> Iterator[bytes]:
     """The response messages to an AXFR/IXFR ``query``: the zone framed by its SOA
     (RFC 5936), or one error message.  An IXFR from a secondary already at our serial gets
     just the SOA (RFC 1995 §4); one whose serial ``journal`` holds the changes since gets those
-    (RFC 1995 §4); any other the whole zone, which RFC 1995 allows."""
+    (RFC 1995 §4); any other the whole zone, which RFC 1995 allows.  Over UDP (``udp``: the
+    size the client takes) the whole zone is never sent: the SOA alone tells the secondary to
+    ask over TCP (RFC 1995 §2), as it does for changes that surely do not fit."""
     q = query.question[0]
     zone = q.name.to_text(omit_final_dot=True).lower()
     if zone not in records.snapshot.zones or not allowed(client, cidrs):
@@ -135,6 +139,11 @@ def transfer(
             yield out.finish()
             return
         steps = journal.steps(zone, theirs) if journal is not None and theirs is not None else None
+        # Each RR costs 12 octets at least (an owner pointer, type, class, TTL, length).
+        if udp is not None and (steps is None or 12 * sum(s.size for s in steps) > udp):
+            out.add(zone, soa)
+            yield out.finish()
+            return
         if steps is not None:
             kind, messages = f"IXFR from serial {theirs}", _incremental(zone, soa, steps, out)
     started = time.monotonic()
@@ -152,6 +161,42 @@ def transfer(
         sent,
         time.monotonic() - started,
     )
+
+
+def udp_ixfr(
+    records: Records,
+    data: bytes,
+    client: str,
+    cidrs: tuple[str, ...],
+    journal: Journal,
+    payload: int,
+) -> bytes | None:
+    """The response to an IXFR query over UDP (RFC 1995 §2), question included: the changes
+    when they fit in one datagram the client takes, else the SOA alone.  None when ``data``
+    is not an IXFR query (the caller's error answer stands)."""
+    try:
+        query = dns.message.from_wire(data)
+    except dns.exception.DNSException:
+        return None
+    if (
+        query.opcode() != dns.opcode.QUERY
+        or len(query.question) != 1
+        or query.question[0].rdtype != dns.rdatatype.IXFR
+    ):
+        return None
+    opt = b""
+    limit = UDP_MIN
+    if query.edns >= 0:
+        opt = OPT_PREFIX + struct.pack("!HHHH", payload, 0, 0, 0)
+        limit = max(UDP_MIN, min(query.payload, payload))
+    messages = list(transfer(records, query, client, cidrs, journal, udp=limit - len(opt)))
+    if len(messages) > 1 or len(messages[0]) + len(opt) > limit:
+        messages = list(transfer(records, query, client, cidrs, None, udp=0))  # the SOA alone
+    message = messages[0]
+    if not opt or _HEADER.unpack_from(message)[5]:  # a refusal from dnspython has its OPT
+        return message
+    counts = _HEADER.unpack_from(message)
+    return _HEADER.pack(*counts[:5], 1) + message[12:] + opt
 
 
 def ixfr_serial(query: dns.message.Message) -> int | None:
