@@ -134,6 +134,11 @@ class DnsService:
         return self._stats
 
     def _udp_ixfr(self, data: bytes, client: str | bytes) -> bytes | None:
+        """IXFR over UDP (see :func:`~sipzone.dns.xfr.udp_ixfr`), for a query the responder
+        refused as malformed: only one whose question asks IXFR is parsed again."""
+        q = question(data)
+        if q is None or q[1] != QTYPE_IXFR:
+            return None
         journal = self.journal
         # Batched UDP hands over the packed address (4 or 16 octets).
         client = client if isinstance(client, str) else str(ipaddress.ip_address(client))
