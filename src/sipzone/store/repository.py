@@ -314,6 +314,7 @@ def import_refusal(errors: list[str]) -> str:
 # Keys of a write's detail that go to the audit columns of its change-log row (see _write).
 AUDIT_TENANT, AUDIT_BEFORE, AUDIT_AFTER = "audit:tenant", "audit:before", "audit:after"
 AUDIT_OP = "audit:op"  # the op the change log records, when the write turned out another
+ZONES_MOVED = "zones:moved"  # the zones an import added to (their serials move), not logged
 
 
 # A site's fields as add_site and update_site take them, and the column each is stored in
@@ -515,7 +516,7 @@ class Store:
                 conn.execute(notify_sql(), {"revision": rev})
             yield conn, int(rev)
             op = info.pop(AUDIT_OP, op)
-            self._move_serials(conn, rev, op, subject, info)
+            self._move_serials(conn, rev, op, subject, info.pop(ZONES_MOVED, ()))
             about = info.pop(AUDIT_TENANT, None)
             before = info.pop(AUDIT_BEFORE, None)
             after = info.pop(AUDIT_AFTER, None)
@@ -537,9 +538,10 @@ class Store:
             )
 
     def _move_serials(
-        self, conn: Connection, rev: int, op: str, subject: str, info: Mapping[str, Any]
+        self, conn: Connection, rev: int, op: str, subject: str, imported: Iterable[str]
     ) -> None:
-        """Set the revision (the SOA serial) of the zones whose records ``op`` changes."""
+        """Set the revision (the SOA serial) of the zones whose records ``op`` changes
+        (``imported``: the zones an import added to)."""
         if op in ZONELESS_OPS:
             return
         query = zones.update().values(revision=rev)
@@ -549,7 +551,7 @@ class Store:
                 return
             query = query.where(zones.c.name == zone)
         elif op == "domain.import":
-            query = query.where(zones.c.name.in_(info.get("zones", ())))
+            query = query.where(zones.c.name.in_(list(imported)))
         conn.execute(query)
 
     def _zone_revisions(self, conn: Connection) -> dict[str, int]:
@@ -898,7 +900,7 @@ class Store:
                     if progress is not None:
                         progress(len(chunk))
                 touched = {z for n, _ in items if (z := rule_zone(n, zones)) is not None}
-                detail.update(added=len(items), last=items[-1][0], zones=sorted(touched))
+                detail.update({"added": len(items), "last": items[-1][0], ZONES_MOVED: touched})
         except _Unchanged:
             pass
         return ImportReport(read=len(entries), added=len(pending), unchanged=unchanged)
