@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from sipzone.model.snapshot import Snapshot
 from tests.conftest import free_port
 from tests.dns.conftest import RULES, SITE_A, SITE_B, LiveDns, Named, dig, snapshot, with_rules
 from tests.dns.test_xfr import NESTED, Record, rrs
+from tests.test_runtime import Secondary
 
 ALLOW = DnsConfig(allow_transfer=("127.0.0.0/8",))
 
@@ -193,58 +192,22 @@ def test_each_zone_has_its_own_serial_in_answers_and_transfers() -> None:
     assert [serial_of(r) for r in sub if r[1] == "SOA"] == [4]
 
 
-class Secondary(threading.Thread):
-    """A UDP socket that acknowledges NOTIFY messages and keeps the zones they name."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.zones: list[tuple[str, int]] = []
-        self.seen = threading.Condition()
-        self.stopped = False
-
-    def run(self) -> None:
-        while not self.stopped:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            msg = dns.message.from_wire(data)
-            self.sock.sendto(dns.message.make_response(msg).to_wire(), peer)
-            with self.seen:
-                serial = int(msg.answer[0][0].serial)
-                self.zones.append((msg.question[0].name.to_text(omit_final_dot=True), serial))
-                self.seen.notify_all()
-
-    def wait_for(self, count: int) -> list[tuple[str, int]]:
-        with self.seen:
-            assert self.seen.wait_for(lambda: len(self.zones) >= count, timeout=10), self.zones
-            return list(self.zones)
-
-
 def test_notify_goes_for_the_changed_zone_only(live_dns: type[LiveDns]) -> None:
     secondary = Secondary()
-    secondary.start()
     try:
         first = snapshot(revision=5, zones=("example.com", "example.org"))
         first = replace(first, zone_revisions={"example.com": 5, "example.org": 3})
-        config = replace(ALLOW, notify=(f"127.0.0.1:{secondary.port}",))
-        live = live_dns(first, config)
+        live = live_dns(first, replace(ALLOW, notify=(secondary.address,)))
         one = with_rules(first, added=["fresh.example.com"])
         live.publish(replace(one, zone_revisions={"example.com": 6, "example.org": 3}))
-        assert secondary.wait_for(1) == [("example.com", 6)]
+        # A NOTIFY for example.org would carry its serial, 3.
+        assert secondary.serials(until=6) == [6]
         two = with_rules(one, added=["fresh.example.org"])
         live.publish(replace(two, zone_revisions={"example.com": 6, "example.org": 7}))
-        # Had the first change notified example.org too, it would be second here.
-        assert secondary.wait_for(2) == [("example.com", 6), ("example.org", 7)]
-        soa = dig(live.port, "example.org", "SOA").rdata("SOA")
-        assert soa[0].split()[2] == "7"
+        assert secondary.serials(until=7) == [7]
+        assert dig(live.port, "example.org", "SOA").rdata("SOA")[0].split()[2] == "7"
     finally:
-        secondary.stopped = True
-        secondary.join(5)
+        secondary.sock.close()
 
 
 def transfers(bind: Named) -> list[tuple[int, int]]:
