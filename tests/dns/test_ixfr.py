@@ -15,6 +15,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from prometheus_client import REGISTRY
 
 from sipzone.dns import DnsConfig
 from sipzone.dns.answers import Authority
@@ -135,13 +136,25 @@ def test_ixfr_from_every_serial_held_gives_the_zone_of_today() -> None:
     assert [r[1] for r in ixfr(journal, "example.com", snaps[-1].revision)] == ["SOA"]
 
 
+def answered(answer: str) -> float:
+    """IXFR queries answered so (sipzone_dns_ixfr_total) in this process so far."""
+    return REGISTRY.get_sample_value("sipzone_dns_ixfr_total", {"answer": answer}) or 0.0
+
+
 def test_a_serial_the_journal_does_not_hold_gets_the_whole_zone() -> None:
     snaps = [NESTED]
     journal = Journal(NESTED, replace(ALLOW, ixfr_history=60))
     follow(journal, snaps, [(["a1.example.com"], []), (["a2.example.com"], [])])
     now = axfr(snaps[-1], "example.com")
+    before = {a: answered(a) for a in ("zone", "incremental", "current")}
     assert apply(set(), ixfr(journal, "example.com", 3))[0] == now  # before our first
     assert apply(axfr(snaps[0], "example.com"), ixfr(journal, "example.com", 9))[1] == 2
+    assert len(ixfr(journal, "example.com", 11)) == 1
+    assert {a: answered(a) - n for a, n in before.items()} == {
+        "zone": 1,
+        "incremental": 1,
+        "current": 1,
+    }
     # Steps beyond the history (60 records per zone, about 4 steps of 13) are forgotten.
     follow(journal, snaps, [([f"b{i}.example.com"], []) for i in range(6)])
     assert apply(set(), ixfr(journal, "example.com", 9))[1] == 0  # too old now: AXFR

@@ -39,6 +39,7 @@ import dns.rrset
 import dns.serial
 from prometheus_client import Counter
 
+from sipzone.dns.metrics import IXFRS
 from sipzone.dns.protocol import AA, HEADER, OPT_PREFIX, QR, UDP_MIN
 from sipzone.dns.records import IN, SERVICES, RdType, Records, Role
 from sipzone.eventlog import EventLog
@@ -134,16 +135,24 @@ def transfer(
     kind, messages = "AXFR", None
     if q.rdtype == dns.rdatatype.IXFR:
         theirs = ixfr_serial(query)
-        if theirs is not None and dns.serial.Serial(theirs) >= dns.serial.Serial(serial):
+        current = theirs is not None and dns.serial.Serial(theirs) >= dns.serial.Serial(serial)
+        steps = None
+        if journal is not None and theirs is not None and not current:
+            steps = journal.steps(zone, theirs)
+        # Over UDP: one datagram or none; each RR costs 12 octets at least (an owner pointer,
+        # type, class, TTL, length), so changes that surely do not fit are not rendered.
+        if udp is not None and steps is not None and 12 * sum(s.size for s in steps) <= udp:
+            [*incremental] = _incremental(zone, soa, steps, out)
+            if len(incremental) == 1 and len(incremental[0]) <= udp:
+                IXFRS.labels("incremental").inc()
+                yield incremental[0]
+                return
+        if current or udp is not None:
+            IXFRS.labels("current").inc()
             out.add(zone, soa)
             yield out.finish()
             return
-        steps = journal.steps(zone, theirs) if journal is not None and theirs is not None else None
-        # Each RR costs 12 octets at least (an owner pointer, type, class, TTL, length).
-        if udp is not None and (steps is None or 12 * sum(s.size for s in steps) > udp):
-            out.add(zone, soa)
-            yield out.finish()
-            return
+        IXFRS.labels("zone" if steps is None else "incremental").inc()
         if steps is not None:
             kind, messages = f"IXFR from serial {theirs}", _incremental(zone, soa, steps, out)
     started = time.monotonic()
@@ -189,14 +198,11 @@ def udp_ixfr(
     if query.edns >= 0:
         opt = OPT_PREFIX + struct.pack("!HHHH", payload, 0, 0, 0)
         limit = max(UDP_MIN, min(query.payload, payload))
-    messages = list(transfer(records, query, client, cidrs, journal, udp=limit - len(opt)))
-    if len(messages) > 1 or len(messages[0]) + len(opt) > limit:
-        messages = list(transfer(records, query, client, cidrs, None, udp=0))  # the SOA alone
-    message = messages[0]
-    if not opt or _HEADER.unpack_from(message)[5]:  # a refusal from dnspython has its OPT
-        return message
+    [message] = transfer(records, query, client, cidrs, journal, udp=limit - len(opt))
     counts = _HEADER.unpack_from(message)
-    return _HEADER.pack(*counts[:5], 1) + message[12:] + opt
+    if not opt or counts[5]:  # a refusal made by dnspython carries its OPT already
+        return message
+    return _HEADER.pack(*counts[:5], 1) + message[HEADER:] + opt
 
 
 def ixfr_serial(query: dns.message.Message) -> int | None:
