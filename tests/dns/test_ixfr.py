@@ -242,10 +242,12 @@ def test_bind_follows_a_10000_domain_zone_by_ixfr(
     assert whole > 110_000  # the zone: 11 records a domain
     # A domain added: NOTIFY, and BIND asks for and gets the change alone (its 11 records,
     # the SOA of both versions, the current SOA around them) and writes it to its journal.
+    incremental = answered("incremental")
     one = with_rules(first, added=["fresh.example.com"])
     live.publish(one)
     bind.wait_serial(51)
     assert transfers(bind)[1:] == [(1, 15)]
+    assert answered("incremental") == incremental + 1  # an IXFR, answered with the change
     assert sorted(dig(bind.port, "fresh.example.com", "A").rdata("A")) == [
         "192.0.2.10",
         "198.51.100.10",
