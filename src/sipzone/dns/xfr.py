@@ -15,8 +15,9 @@ message, so ``_sip._udp.D`` is two labels and a pointer to ``D``; a message is c
 passes 16 KB so that every owner stays within reach of a 14-bit pointer.  NAPTR, which names
 its domain, is spliced from the template the live answers use; names inside RDATA are never
 compressed (RFC 3597 §4).  The zone comes from the default region view: a secondary cannot tell
-clients apart.  IXFR (RFC 1995) sends what :class:`sipzone.dns.ixfr.Journal` kept of the changes
-since the secondary's serial, framed the same way.
+clients apart; and from the sites as configured, whatever their health (the server hands over
+the journal's records, see :mod:`sipzone.dns.ixfr`).  IXFR (RFC 1995) sends what the journal kept
+of the changes since the secondary's serial, framed the same way.
 """
 
 from __future__ import annotations
