@@ -1528,6 +1528,12 @@ def serve(
         int,
         typer.Option(min=0, help="UDP responses/s per client /24 or /56 and answer; 0: off."),
     ] = 0,
+    dns_ixfr_history: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Records of recent changes kept per zone for IXFR; 0: AXFR always."
+        ),
+    ] = 100_000,
     dns_rrl_slip: Annotated[
         int,
         typer.Option(min=0, max=10, help="Send every Nth rate-limited response truncated."),
@@ -1722,6 +1728,7 @@ def serve(
             tcp_max_per_source=dns_tcp_max_per_source,
             rrl=dns_rrl,
             rrl_slip=dns_rrl_slip,
+            ixfr_history=dns_ixfr_history,
             nameservers=tuple(parse_domain(ns).text for ns in nameserver or ()),
             batched_udp=batched_udp,
             metrics=bool(metrics),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +166,74 @@ def dig(port: int, *args: str, server: str = "127.0.0.1") -> Dig:
         question,
         out,
     )
+
+
+class Named:
+    """BIND as a secondary of our zone, on loopback, in a temporary directory."""
+
+    def __init__(self, tmp: Path, port: int, primary_port: int) -> None:
+        self.port = port
+        conf = tmp / "named.conf"
+        conf.write_text(
+            f"""
+options {{
+    directory "{tmp}";
+    pid-file "{tmp}/named.pid";
+    session-keyfile "{tmp}/session.key";
+    managed-keys-directory "{tmp}";
+    listen-on port {self.port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    notify no;
+    dnssec-validation no;
+}};
+controls {{ }};
+zone "example.com" {{
+    type secondary;
+    primaries {{ 127.0.0.1 port {primary_port}; }};
+    file "{tmp}/example.com.db";
+    allow-transfer {{ 127.0.0.1; }};
+}};
+"""
+        )
+        self.log = tmp / "named.log"
+        self.proc = subprocess.Popen(
+            [need("named"), "-g", "-n", "1", "-c", str(conf)],
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def serial(self) -> int | None:
+        soa = dig(self.port, "example.com", "SOA", "+norec").rdata("SOA")
+        return int(soa[0].split()[2]) if soa else None
+
+    def wait_serial(self, serial: int, within: float = 20.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.serial() == serial:
+                return
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.2)
+        pytest.fail(f"named never served serial {serial}:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def named(tmp_path: Path) -> Iterator[type[Named]]:
+    started: list[Named] = []
+
+    def start(port: int, primary_port: int) -> Named:
+        server = Named(tmp_path, port, primary_port)
+        started.append(server)
+        return server
+
+    yield start  # type: ignore[misc]
+    for server in started:
+        server.stop()

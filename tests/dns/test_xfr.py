@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import dns.message
@@ -32,7 +32,7 @@ from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
 from sipzone.sip.transport import start_sip
 from tests.conftest import Cli, free_port
-from tests.dns.conftest import RULES, LiveDns, dig, need, snapshot, with_rules
+from tests.dns.conftest import RULES, LiveDns, Named, dig, need, snapshot, with_rules
 
 ALLOW = DnsConfig(allow_transfer=("127.0.0.0/8",))
 Record = tuple[str, str, str]  # owner, type, rdata: one RR as text, lower case
@@ -115,77 +115,6 @@ def test_axfr_to_allowed_clients_only(live_dns: type[LiveDns]) -> None:
     refused = dig(closed.port, "example.com", "AXFR")
     assert "Transfer failed" in refused.text
     assert refused.text_records() == []
-
-
-class Named:
-    """BIND as a secondary of our zone, on loopback, in a temporary directory."""
-
-    def __init__(self, tmp: Path, port: int, primary_port: int) -> None:
-        self.port = port
-        conf = tmp / "named.conf"
-        conf.write_text(
-            f"""
-options {{
-    directory "{tmp}";
-    pid-file "{tmp}/named.pid";
-    session-keyfile "{tmp}/session.key";
-    managed-keys-directory "{tmp}";
-    listen-on port {self.port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    notify no;
-    dnssec-validation no;
-}};
-controls {{ }};
-zone "example.com" {{
-    type secondary;
-    primaries {{ 127.0.0.1 port {primary_port}; }};
-    file "{tmp}/example.com.db";
-    allow-transfer {{ 127.0.0.1; }};
-}};
-"""
-        )
-        self.log = tmp / "named.log"
-        self.proc = subprocess.Popen(
-            [need("named"), "-g", "-n", "1", "-c", str(conf)],
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def serial(self) -> int | None:
-        soa = dig(self.port, "example.com", "SOA", "+norec").rdata("SOA")
-        return int(soa[0].split()[2]) if soa else None
-
-    def wait_serial(self, serial: int, within: float = 20.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.serial() == serial:
-                return
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.2)
-        pytest.fail(f"named never served serial {serial}:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def named(tmp_path: Path) -> Iterator[type[Named]]:
-    started: list[Named] = []
-
-    def start(port: int, primary_port: int) -> Named:
-        server = Named(tmp_path, port, primary_port)
-        started.append(server)
-        return server
-
-    yield start  # type: ignore[misc]
-    for server in started:
-        server.stop()
 
 
 COMPARED = [

@@ -19,29 +19,36 @@ def test_migrated_database_matches_the_schema(any_url: str) -> None:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     store.close()
     assert diff == []
-    assert version == "0006"
+    assert version == "0008"
 
 
-def test_sites_from_before_health_checks_get_the_defaults(any_url: str) -> None:
-    """Migration 0005 on a store at 0003 with a site: the site keeps serving, probed with the
-    default settings, not drained; the new tables start empty."""
+def store_at(url: str, version: str) -> Store:
+    """A store migrated to ``version`` only, empty: the state an older sipzone left."""
     from alembic import command
     from alembic.config import Config
 
-    from sipzone.model.health import DEFAULT_CHECK
     from sipzone.store import repository
 
-    path = sqlite_path(any_url)
+    path = sqlite_path(url)
     if path is not None:
         sqlite3.connect(path).close()  # a store file, empty (only `init` creates one)
-    store = Store(any_url)
+    store = Store(url)
     cfg = Config()
     cfg.set_main_option(
         "script_location", str(repository.Path(repository.__file__).parent / "migrations")
     )
     with store.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0003")
+        command.upgrade(cfg, version)
+    return store
+
+
+def test_sites_from_before_health_checks_get_the_defaults(any_url: str) -> None:
+    """Migration 0005 on a store at 0003 with a site: the site keeps serving, probed with the
+    default settings, not drained; the new tables start empty."""
+    from sipzone.model.health import DEFAULT_CHECK
+
+    store = store_at(any_url, "0003")
     with store.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO state (id, revision) VALUES (1, 1)"))
         conn.execute(
@@ -60,4 +67,18 @@ def test_sites_from_before_health_checks_get_the_defaults(any_url: str) -> None:
         True,
     )
     assert store.site_views() == [] and store.list_nodes() == []
+    store.close()
+
+
+def test_zones_from_before_serials_per_zone_keep_the_store_revision(any_url: str) -> None:
+    """Migration 0008 on a store at 0006: each zone's serial starts at the store's revision,
+    the serial every zone had until then, so no secondary sees its serial go back."""
+    store = store_at(any_url, "0006")
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO state (id, revision) VALUES (1, 77)"))
+        conn.execute(sa.text("INSERT INTO zones (name) VALUES ('example.com'), ('example.org')"))
+    store.init()
+    assert dict(store.load_snapshot().zone_revisions) == {"example.com": 77, "example.org": 77}
+    store.add_domain("a.example.com")
+    assert dict(store.load_snapshot().zone_revisions) == {"example.com": 78, "example.org": 77}
     store.close()

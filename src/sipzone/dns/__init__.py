@@ -45,3 +45,7 @@ class DnsConfig:
     # and NAPTR, the email domain's addresses) carry min(ttl, health_ttl): resolvers come back
     # soon for the site's return.
     health_ttl: int = 30
+    # IXFR (sipzone.dns.ixfr): per zone, the records (deleted and added) of recent changes kept
+    # in memory to send a secondary what changed since its serial; one older than that, or a
+    # change bigger, gets the whole zone.  0: IXFR is always answered with the whole zone.
+    ixfr_history: int = 100_000

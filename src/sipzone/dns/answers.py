@@ -36,7 +36,7 @@ import logging
 import re
 import struct
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dns.name
@@ -134,6 +134,10 @@ def log_bug(what: str, exc: BaseException) -> None:
     events.error(
         f"bug {what} {type(exc).__name__} {where}", "%s failed:\n%s", what, _Traceback(exc)
     )
+
+
+# A responder: query bytes and the client's address (text or packed) in, response out or None.
+Respond = Callable[[bytes, str | bytes], bytes | None]
 
 
 class Answer:
@@ -372,12 +376,12 @@ class Tables:
     zones_wire: dict[bytes, str]
     zones: dict[str, ZoneAnswers]
     ents: dict[str, int]
-    soa_answers: list[Answer]  # every body carrying the SOA serial, patched on each revision
+    soa_answers: dict[str, list[Answer]]  # per zone, bodies carrying its SOA serial (patched)
 
     @classmethod
     def build(cls, snapshot: Snapshot, config: DnsConfig) -> Tables:
         records = Records(snapshot, config)
-        soa_answers: list[Answer] = []
+        soa_answers: dict[str, list[Answer]] = {}
         zones = {}
         negative_ttl = min(config.ttl, config.negative_ttl)  # RFC 2308 §3 and §5
         for zone in snapshot.zones:
@@ -390,7 +394,7 @@ class Tables:
                 continue
             nodata = render(NOERROR, Section(()), soa)
             nxdomain = render(NXDOMAIN, Section(()), soa)
-            soa_answers += (nodata, nxdomain)
+            soa_answers[zone] = [nodata, nxdomain]
             zones[zone] = ZoneAnswers(zone, nodata, nxdomain)
         ents: dict[str, int] = {}
         for name in records.static:
@@ -419,6 +423,9 @@ class Authority:
         self._opt_plain = (self._opt(0, b""), self._opt(DO, b""))
         # The DNS debug switch's lines while one is on (`sipzone debug dns`): checked first.
         self.trace: DnsTrace | None = None
+        # Set by the server: the answer to a query that is not a plain question (parse_query
+        # refuses it) but may be an IXFR over UDP, which carries the secondary's SOA.
+        self.udp_ixfr: Respond | None = None
         self.rebuild(snapshot)
 
     # -- building -----------------------------------------------------------------------------
@@ -461,8 +468,10 @@ class Authority:
         self.trace = DnsTrace.follow(self.trace, snapshot.settings)
         for responses in self._responses:
             responses.clear()
-        for answer in self._soa_answers:
-            answer.set_serial(self.records.serial)
+        for zone, answers in self._soa_answers.items():
+            serial = self.records.serial(zone)
+            for answer in answers:
+                answer.set_serial(serial)
         # A bulk import changes thousands of names at once: dropping the per-question cache is
         # then cheaper than forgetting name by name, and it refills in microseconds a question.
         bulk = len(delta.added) + len(delta.removed) > FORGET_ONE_BY_ONE
@@ -522,7 +531,7 @@ class Authority:
                 regional=regional and rdtype in (RdType.A, RdType.AAAA, RdType.SRV),
             )
             if answer.serial_at:
-                self._soa_answers.append(answer)
+                self._soa_answers.setdefault(zone, []).append(answer)
             node[int(rdtype)] = answer
         self._nodes[key] = node
         return node
@@ -645,6 +654,8 @@ class Authority:
         try:
             query = parse_query(data, self.config.udp_payload)
             if not isinstance(query, tuple):
+                if query is not None and not tcp and self.udp_ixfr is not None:
+                    return self.udp_ixfr(data, client) or query
                 return query  # an error response, or None for silence
             return self._response(data, query, client, tcp)
         except Exception as exc:  # a bug costs one answer, never the server
@@ -719,8 +730,9 @@ class Authority:
 
     # -- helpers for the server ---------------------------------------------------------------
 
-    def serial(self) -> int:
-        return self.records.serial
+    def serials(self) -> dict[str, int]:
+        """Every zone's SOA serial."""
+        return {zone: self.records.serial(zone) for zone in self.snapshot.zones}
 
 
 # -- taking a query apart -------------------------------------------------------------------------

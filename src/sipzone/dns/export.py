@@ -14,6 +14,7 @@ import dns.name
 import dns.rdatatype
 
 from sipzone.dns import DnsConfig
+from sipzone.dns.ixfr import configured
 from sipzone.dns.records import RdType, Records, Role
 from sipzone.dns.xfr import Omissions
 from sipzone.model.errors import NotFound
@@ -41,7 +42,7 @@ def zone_file(
     zone = zone.lower().rstrip(".")
     if zone not in snapshot.zones:
         raise NotFound(f"zone {zone!r} is not one of ours ({', '.join(snapshot.zones) or 'none'})")
-    records = Records(snapshot, config or DnsConfig())
+    records = Records(configured(snapshot), config or DnsConfig())  # as transfers publish it
     try:
         view = records.region_index(region)
     except ValueError:

@@ -38,6 +38,13 @@ TRANSFERS = Counter(
     "or stalled), failed (our error)",
     ["outcome"],
 )
+IXFRS = Counter(
+    "sipzone_dns_ixfr",
+    "IXFR queries allowed, by answer: incremental (the changes since the secondary's serial), "
+    "zone (the whole zone: no history reaches back that far), current (the SOA alone: up to "
+    "date, or over UDP when the changes do not fit)",
+    ["answer"],
+)
 NOTIFIES = Counter(
     "sipzone_dns_notifies",
     "NOTIFY messages to secondaries by outcome: acknowledged, unanswered (after every retry)",

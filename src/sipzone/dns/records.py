@@ -153,7 +153,6 @@ class Records:
         self.snapshot = snapshot
         self.config = config
         self.ttl = config.ttl
-        self.serial = snapshot.revision % 2**32  # RFC 1982 arithmetic copes with the wrap
         sites = snapshot.sites
         self.regions: tuple[str | None, ...] = (None, *sorted({s.region for s in sites}))
         # Unhealthy sites leave the SIP answers (never all of them: Snapshot.serving).
@@ -191,6 +190,11 @@ class Records:
         for i, (name, _) in enumerate(snapshot.challenges):
             if snapshot.zone_of(name) is not None:
                 self._add_static(name, Role("acme", i))
+
+    def serial(self, zone: str) -> int:
+        """The SOA serial of ``zone``: the revision that last changed it, modulo 2**32 (RFC 1982
+        arithmetic copes with the wrap)."""
+        return self.snapshot.zone_revision(zone) % 2**32
 
     def _add_static(self, name: str, role: Role) -> None:
         roles = (*self.static.get(name, ()), role)
@@ -253,7 +257,7 @@ class Records:
         is ``ttl``, default the record TTL (negative answers pass the lower of the two, §3)."""
         mname = self.nameservers(zone)[0].target  # type: ignore[attr-defined]
         timers = " ".join(map(str, SOA_TIMERS))
-        text = f"{mname} hostmaster.{zone}. {self.serial} {timers} {self.config.negative_ttl}"
+        text = f"{mname} hostmaster.{zone}. {self.serial(zone)} {timers} {self.config.negative_ttl}"
         return _rdataset(RdType.SOA, self.ttl if ttl is None else ttl, [_rdata(RdType.SOA, text)])
 
     def _addresses(self, sites: Sequence[Site], ttl: int | None = None) -> Rdatasets:
@@ -391,21 +395,12 @@ class Records:
                 nested and any(("." + name).endswith(n) for n in nested)
             )
 
-        def is_domain(name: str) -> bool:
-            return matcher.exact_owner(name) is not None or matcher.wildcard_owner(name) is not None
-
         # Site hosts, the apex and the email domain first, with whatever SIP roles they also have.
         static = {n: r for n, r in self.static.items() if mine(n)}
-        for name, roles in static.items():
-            naptr_base = None
-            if matcher.exact_owner(name) is not None:
-                roles, naptr_base = (*roles, DOMAIN), name
-            parts = name.split(".", 2)
-            service = SERVICE_PREFIXES.get((parts[0], parts[1])) if len(parts) == 3 else None
-            if service is not None and service in self.offered and is_domain(parts[2]):
-                roles = (*roles, Role("service", service))
-            roles = tuple(sorted(roles, key=lambda r: (ROLE_ORDER[r.kind], r.index)))
-            yield name, roles, naptr_base
+        for name in static:
+            found = self.zone_owner(name)
+            assert found is not None  # a static name always has its own roles
+            yield name, *found
         # Then every SIP domain (``*.B`` for a wildcard) and its service names.  An exact rule
         # for a wildcard's base B has already listed B's service names.
         services = [
@@ -435,6 +430,38 @@ class Records:
                         yield owner, roles, None
                     else:
                         too_long(owner)
+
+    def zone_owner(self, name: str) -> tuple[tuple[Role, ...], str | None] | None:
+        """The roles of ``name`` as :meth:`zone_walk` lists it (and the name its NAPTR points
+        under), or None when the walk has no records there; one name at a time, so what a
+        change to a few rules does to a zone (IXFR) costs those names only.  The caller checks
+        that ``name`` lies in the zone (not in a nested one) and fits in 255 octets."""
+        matcher = self.snapshot.matcher
+        roles = self.static.get(name, ())
+        naptr_base = None
+        if name.startswith("*."):
+            if matcher.wildcard_owner(name[2:]) is not None:
+                roles, naptr_base = (*roles, DOMAIN), name[2:]
+        elif matcher.exact_owner(name) is not None:
+            roles, naptr_base = (*roles, DOMAIN), name
+        parts = name.split(".", 2)
+        service = SERVICE_PREFIXES.get((parts[0], parts[1])) if len(parts) == 3 else None
+        if (
+            service is not None
+            and service in self.offered
+            and (
+                matcher.exact_owner(parts[2]) is not None
+                or matcher.wildcard_owner(parts[2]) is not None
+            )
+        ):
+            roles = (*roles, SERVICE_ROLES[service][0])
+        if not roles:
+            return None
+        if roles == DOMAIN_ROLES:  # the shared tuples (see DOMAIN_ROLES)
+            return DOMAIN_ROLES, naptr_base
+        if len(roles) == 1 and roles[0].kind == "service":
+            return SERVICE_ROLES[roles[0].index], naptr_base
+        return tuple(sorted(roles, key=lambda r: (ROLE_ORDER[r.kind], r.index))), naptr_base
 
 
 def _offering(sites: Sequence[Site], service: int) -> bool:

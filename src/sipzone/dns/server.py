@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -34,15 +35,17 @@ from sipzone.dns import DnsConfig
 from sipzone.dns import metrics as dns_metrics
 from sipzone.dns.answers import (
     Authority,
+    Respond,
     Tables,
     error,
     follows,
     log_bug,
     question,
 )
+from sipzone.dns.ixfr import Journal
 from sipzone.dns.protocol import FORMERR, OPCODE, QR, QTYPE_AXFR, QTYPE_IXFR
 from sipzone.dns.rrl import RateLimiter, client_block
-from sipzone.dns.xfr import notify_message, transfer
+from sipzone.dns.xfr import notify_message, transfer, udp_ixfr
 from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import batched_udp, split_hostport
@@ -57,9 +60,6 @@ events = EventLog(log)
 REBUILD_ON_THREAD = 50_000
 NOTIFY_TRIES = 5
 NOTIFY_TIMEOUT = 2.0
-
-
-Respond = Callable[[bytes, str | bytes], bytes | None]
 
 
 @dataclass(slots=True)
@@ -103,6 +103,9 @@ class DnsService:
         self.config = config
         self.holder = holder
         self.authority = Authority(holder.current, config)
+        # What transfers publish (the zones as configured) and their recent changes (IXFR).
+        self.journal = Journal(holder.current, config)
+        self.authority.udp_ixfr = self._udp_ixfr
         self._udp: asyncio.DatagramTransport | None = None
         self._batched: batched_udp.BatchedUdp | None = None
         self._tcp: asyncio.Server | None = None
@@ -129,6 +132,18 @@ class DnsService:
             self._stats.rrl_dropped = self.rrl.dropped
             self._stats.rrl_slipped = self.rrl.slipped
         return self._stats
+
+    def _udp_ixfr(self, data: bytes, client: str | bytes) -> bytes | None:
+        """IXFR over UDP (see :func:`~sipzone.dns.xfr.udp_ixfr`), for a query the responder
+        refused as malformed: only one whose question asks IXFR is parsed again."""
+        q = question(data)
+        if q is None or q[1] != QTYPE_IXFR:
+            return None
+        journal = self.journal
+        # Batched UDP hands over the packed address (4 or 16 octets).
+        client = client if isinstance(client, str) else str(ipaddress.ip_address(client))
+        return udp_ixfr(journal.records, data, client, self.config.allow_transfer, journal,
+                        self.config.udp_payload)  # fmt: skip
 
     def _udp_responder(self) -> Respond:
         """The UDP responder: the authority's own (the hot path), or behind the rate limiter."""
@@ -173,17 +188,22 @@ class DnsService:
         self.holder.subscribe(self._on_snapshot)
         if self.holder.current is not self.authority.snapshot:
             self._on_snapshot(self.authority.snapshot, self.holder.current)
-        log.info("DNS on %s:%d (UDP, TCP), serial %d", host, port, self.authority.serial())
+        log.info("DNS on %s:%d (UDP, TCP), serials %s", host, port, self.authority.serials())
 
     def _on_snapshot(self, old: Snapshot, new: Snapshot) -> None:
         """Follow a swap: at once when that is cheap (a delta, or a small store), else on a
         thread while the current tables keep answering; snapshots apply in order either way."""
         if self._closed:
             return
+        try:
+            self.journal.follow(new)
+        except Exception as exc:  # ours; IXFR restarts from here, AXFR still works
+            log_bug(f"recording revision {new.revision} for IXFR", exc)
+            self.journal = Journal(new, self.config)
         if self._follower is None and (
             follows(self.authority.snapshot, new) or len(new.matcher) < REBUILD_ON_THREAD
         ):
-            before = self.authority.serial()
+            before = self.authority.serials()
             try:
                 self.authority.update(new)
             except Exception as exc:  # ours; a rebuild may still succeed
@@ -204,7 +224,7 @@ class DnsService:
         try:
             while self._pending and not self._closed:
                 batch, self._pending = self._pending, []
-                before = self.authority.serial()
+                before = self.authority.serials()
                 # Everything from the last snapshot that does not follow its predecessor on
                 # needs full tables; the ones after it apply as deltas.
                 cut, prev = -1, self.authority.snapshot
@@ -231,18 +251,21 @@ class DnsService:
         while self._follower is not None:
             await asyncio.shield(self._follower)
 
-    def _changed(self, serial_before: int) -> None:
+    def _changed(self, serials_before: dict[str, int]) -> None:
         if self.rrl is not None:
             self.rrl.forget_answers()
-        if self.authority.serial() != serial_before:
-            self.notify_secondaries()
+        serials = self.authority.serials()
+        changed = [z for z, serial in serials.items() if serials_before.get(z) != serial]
+        if changed:
+            self.notify_secondaries(changed)
 
-    def notify_secondaries(self) -> None:
-        """NOTIFY every zone to every secondary, if this process holds the NOTIFY role: after
-        a change, and when the runtime starts a worker that takes the role over."""
+    def notify_secondaries(self, zones: list[str] | None = None) -> None:
+        """NOTIFY ``zones`` (default: every zone) to every secondary, if this process holds
+        the NOTIFY role: after a change to those zones, and when the runtime starts a worker
+        that takes the role over."""
         if self.config.send_notify:
             for target in self.config.notify:
-                for zone in self.authority.snapshot.zones:
+                for zone in self.authority.snapshot.zones if zones is None else zones:
                     self._spawn(self._notify(target, zone))
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
@@ -264,7 +287,7 @@ class DnsService:
                 log.info(
                     "NOTIFY %s serial %s acknowledged by %s (%s)",
                     zone,
-                    self.authority.serial(),
+                    msg.answer[0][0].serial,
                     target,
                     dns.rcode.to_text(reply.rcode()),
                 )
@@ -362,11 +385,11 @@ class DnsService:
                 query = dns.message.from_wire(data)
             except dns.exception.DNSException:
                 return [error(data, FORMERR)]
-            records = self.authority.records
+            journal = self.journal
             # A generator: each message is rendered just before it is written, so a big zone
             # streams with the writer's flow control instead of piling up in memory.
             return dns_metrics.counted_transfer(
-                transfer(records, query, client, self.config.allow_transfer)
+                transfer(journal.records, query, client, self.config.allow_transfer, journal)
             )
         out = self.authority.respond(data, client, tcp=True)
         if out is None:

@@ -1,4 +1,4 @@
-"""Feeding secondaries: AXFR (and IXFR answered as AXFR) responses, and NOTIFY messages.
+"""Feeding secondaries: AXFR and IXFR responses, and NOTIFY messages.
 
 Theory of operation.  A zone of a million SIP domains is four million owner names and hundreds
 of megabytes on the wire, so a transfer is a stream: :meth:`Records.zone_walk` lists the names
@@ -15,7 +15,9 @@ message, so ``_sip._udp.D`` is two labels and a pointer to ``D``; a message is c
 passes 16 KB so that every owner stays within reach of a 14-bit pointer.  NAPTR, which names
 its domain, is spliced from the template the live answers use; names inside RDATA are never
 compressed (RFC 3597 §4).  The zone comes from the default region view: a secondary cannot tell
-clients apart.
+clients apart; and from the sites as configured, whatever their health (the server hands over
+the journal's records, see :mod:`sipzone.dns.ixfr`).  IXFR (RFC 1995) sends what the journal kept
+of the changes since the secondary's serial, framed the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import logging
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.opcode
@@ -36,10 +40,14 @@ import dns.rrset
 import dns.serial
 from prometheus_client import Counter
 
-from sipzone.dns.protocol import AA, HEADER, QR
+from sipzone.dns.metrics import IXFRS
+from sipzone.dns.protocol import AA, HEADER, OPT_PREFIX, QR, UDP_MIN
 from sipzone.dns.records import IN, SERVICES, RdType, Records, Role
 from sipzone.eventlog import EventLog
 from sipzone.model.names import MAX_NAME
+
+if TYPE_CHECKING:
+    from sipzone.dns.ixfr import Journal, Step
 
 log = logging.getLogger("sipzone.dns")
 _events = EventLog(log)
@@ -100,11 +108,19 @@ class Omissions:
 
 
 def transfer(
-    records: Records, query: dns.message.Message, client: str, cidrs: tuple[str, ...]
+    records: Records,
+    query: dns.message.Message,
+    client: str,
+    cidrs: tuple[str, ...],
+    journal: Journal | None = None,
+    udp: int | None = None,
 ) -> Iterator[bytes]:
     """The response messages to an AXFR/IXFR ``query``: the zone framed by its SOA
     (RFC 5936), or one error message.  An IXFR from a secondary already at our serial gets
-    just the SOA (RFC 1995 §4); any other IXFR gets the whole zone, which RFC 1995 allows."""
+    just the SOA (RFC 1995 §4); one whose serial ``journal`` holds the changes since gets those
+    (RFC 1995 §4); any other the whole zone, which RFC 1995 allows.  Over UDP (``udp``: the
+    size the client takes) the whole zone is never sent: the SOA alone tells the secondary to
+    ask over TCP (RFC 1995 §2), as it does for changes that surely do not fit."""
     q = query.question[0]
     zone = q.name.to_text(omit_final_dot=True).lower()
     if zone not in records.snapshot.zones or not allowed(client, cidrs):
@@ -112,27 +128,44 @@ def transfer(
         response.set_rcode(dns.rcode.REFUSED)
         yield response.to_wire()
         return
-    soa = _rrs([records.soa(zone)])
+    serial = records.serial(zone)
+    soa = rrs_of([records.soa(zone)])
     qname = q.name.to_wire()
     assert qname is not None  # to_wire() without a file returns the bytes
     out = _Messages(query.id, qname + struct.pack("!HH", q.rdtype, q.rdclass), zone)
+    kind, messages = "AXFR", None
     if q.rdtype == dns.rdatatype.IXFR:
-        theirs = [
-            rd.serial for rrset in query.authority for rd in rrset if rrset.rdtype == RdType.SOA
-        ]
-        if theirs and dns.serial.Serial(theirs[0]) >= dns.serial.Serial(records.serial):
+        theirs = ixfr_serial(query)
+        current = theirs is not None and dns.serial.Serial(theirs) >= dns.serial.Serial(serial)
+        steps = None
+        if journal is not None and theirs is not None and not current:
+            steps = journal.steps(zone, theirs)
+        # Over UDP: one datagram or none; each RR costs 12 octets at least (an owner pointer,
+        # type, class, TTL, length), so changes that surely do not fit are not rendered.
+        if udp is not None and steps is not None and 12 * sum(s.size for s in steps) <= udp:
+            [*incremental] = _incremental(zone, soa, steps, out)
+            if len(incremental) == 1 and len(incremental[0]) <= udp:
+                IXFRS.labels("incremental").inc()
+                yield incremental[0]
+                return
+        if current or udp is not None:
+            IXFRS.labels("current").inc()
             out.add(zone, soa)
             yield out.finish()
             return
+        IXFRS.labels("zone" if steps is None else "incremental").inc()
+        if steps is not None:
+            kind, messages = f"IXFR from serial {theirs}", _incremental(zone, soa, steps, out)
     started = time.monotonic()
     sent = 0
-    for message in _zone(records, zone, soa, out):
+    for message in messages or _zone(records, zone, soa, out):
         sent += len(message)
         yield message
     log.info(
-        "transfer of %s serial %d to %s: %d messages, %d bytes, %.1f s",
+        "%s of %s serial %d to %s: %d messages, %d bytes, %.1f s",
+        kind,
         zone,
-        records.serial,
+        serial,
         client,
         out.messages,
         sent,
@@ -140,38 +173,104 @@ def transfer(
     )
 
 
+def udp_ixfr(
+    records: Records,
+    data: bytes,
+    client: str,
+    cidrs: tuple[str, ...],
+    journal: Journal,
+    payload: int,
+) -> bytes | None:
+    """The response to an IXFR query over UDP (RFC 1995 §2), question included: the changes
+    when they fit in one datagram the client takes, else the SOA alone.  None when ``data``
+    is not an IXFR query (the caller's error answer stands)."""
+    try:
+        query = dns.message.from_wire(data)
+    except dns.exception.DNSException:
+        return None
+    if (
+        query.opcode() != dns.opcode.QUERY
+        or len(query.question) != 1
+        or query.question[0].rdtype != dns.rdatatype.IXFR
+    ):
+        return None
+    opt = b""
+    limit = UDP_MIN
+    if query.edns >= 0:
+        opt = OPT_PREFIX + struct.pack("!HHHH", payload, 0, 0, 0)
+        limit = max(UDP_MIN, min(query.payload, payload))
+    [message] = transfer(records, query, client, cidrs, journal, udp=limit - len(opt))
+    counts = _HEADER.unpack_from(message)
+    if not opt or counts[5]:  # a refusal made by dnspython carries its OPT already
+        return message
+    return _HEADER.pack(*counts[:5], 1) + message[HEADER:] + opt
+
+
+def ixfr_serial(query: dns.message.Message) -> int | None:
+    """The serial of the SOA an IXFR query carries (the secondary's version), if any."""
+    for rrset in query.authority:
+        if rrset.rdtype == RdType.SOA:
+            for rd in rrset:
+                return int(rd.serial)
+    return None
+
+
+class Tails:
+    """The RR tails (type, class, TTL, RDATA) under the names of one zone, each set of roles
+    rendered once: the walk shares one roles tuple between all names with the same roles, so
+    they are keyed by id(); the tuple kept in the value keeps its id from being reused."""
+
+    def __init__(self, records: Records, zone: str, omitted: Omissions) -> None:
+        self.records = records
+        self.zone = zone
+        self.omitted = omitted
+        self._by_roles: dict[int, tuple[tuple[Role, ...], list[bytes]]] = {}
+        # NAPTR rendered for the root: drop the root's zero byte, append the domain's name.
+        self._naptr: list[tuple[bytes, bytes, str]] = []
+        if records.config.naptr:
+            rds = records.naptr("")
+            head = _RR.pack(RdType.NAPTR, IN, rds.ttl, 0)[:-2]
+            self._naptr = [(head, rd.to_wire()[:-1], rd.replacement.to_text()) for rd in rds]
+        # Any NAPTR base this long or shorter fits under every replacement.
+        self._room = MAX_NAME - max((len(r) for _, _, r in self._naptr), default=0)
+        self._apex = _labels(zone) + b"\x00"
+        self._cut = len(zone) + 1
+
+    def of(self, name: str, roles: tuple[Role, ...], naptr_base: str | None) -> list[bytes]:
+        """The RRs of owner ``name`` with ``roles`` (SOA excepted: it frames a transfer)."""
+        hit = self._by_roles.get(id(roles))
+        if hit is None:
+            rdatasets = self.records.rdatasets(self.zone, roles, 0)
+            hit = self._by_roles[id(roles)] = (
+                roles,
+                rrs_of(r for t, r in rdatasets.items() if t != RdType.SOA),
+            )
+        rrs = hit[1]
+        if naptr_base is not None and self._naptr:
+            zone = self.zone
+            base = (
+                _labels(naptr_base[: -self._cut]) + self._apex if naptr_base != zone else self._apex
+            )
+            rrs = rrs + [
+                head + _POINTER.pack(len(rdata) + len(base)) + rdata + base
+                for head, rdata, replacement in self._naptr
+                if len(naptr_base) <= self._room or self.omitted.fits(replacement + naptr_base)
+            ]
+        return rrs
+
+    def owner(self, name: str) -> list[bytes]:
+        """The RRs a transfer lists under ``name`` (none when it has no records there)."""
+        found = self.records.zone_owner(name) if len(name) <= MAX_NAME else None
+        return [] if found is None else self.of(name, *found)
+
+
 def _zone(records: Records, zone: str, soa: list[bytes], out: _Messages) -> Iterator[bytes]:
     """The whole zone through ``out``: SOA, every other record once, SOA again."""
     omitted = Omissions(zone)
-    # RR tails per set of roles (the walk shares one tuple object between all names with the
-    # same roles), keyed by id(): the tuple kept in the value keeps its id from being reused.
-    tails: dict[int, tuple[tuple[Role, ...], list[bytes]]] = {}
-    # NAPTR rendered for the root: drop the root's zero byte, append the domain's wire name.
-    naptr: list[tuple[bytes, bytes, str]] = []
-    if records.config.naptr:
-        rds = records.naptr("")
-        head = _RR.pack(RdType.NAPTR, IN, rds.ttl, 0)[:-2]
-        naptr = [(head, rd.to_wire()[:-1], rd.replacement.to_text()) for rd in rds]
-    room = MAX_NAME - max((len(r) for _, _, r in naptr), default=0)  # any base this long fits
-    apex = _labels(zone) + b"\x00"
-    cut = len(zone) + 1
+    tails = Tails(records, zone, omitted)
     out.add(zone, soa)
     for name, roles, naptr_base in records.zone_walk(zone, omitted):
-        hit = tails.get(id(roles))
-        if hit is None:
-            rdatasets = records.rdatasets(zone, roles, 0)
-            hit = tails[id(roles)] = (
-                roles,
-                _rrs(r for t, r in rdatasets.items() if t != RdType.SOA),
-            )
-        rrs = hit[1]
-        if naptr_base is not None and naptr:
-            base = _labels(naptr_base[:-cut]) + apex if naptr_base != zone else apex
-            rrs = rrs + [
-                head + _POINTER.pack(len(rdata) + len(base)) + rdata + base
-                for head, rdata, replacement in naptr
-                if len(naptr_base) <= room or omitted.fits(replacement + naptr_base)
-            ]
+        rrs = tails.of(name, roles, naptr_base)
         if rrs:
             done = out.add(name, rrs)
             if done is not None:
@@ -182,7 +281,23 @@ def _zone(records: Records, zone: str, soa: list[bytes], out: _Messages) -> Iter
     yield out.finish()
 
 
-def _rrs(rdatasets: Iterable[dns.rdataset.Rdataset]) -> list[bytes]:
+def _incremental(
+    zone: str, soa: list[bytes], steps: Sequence[Step], out: _Messages
+) -> Iterator[bytes]:
+    """An IXFR response through ``out`` (RFC 1995 §4): the current SOA, then per step the old
+    SOA and the records deleted, the new SOA and the records added, then the current SOA."""
+    blocks: list[tuple[str, Sequence[bytes]]] = [(zone, soa)]
+    for step in steps:
+        blocks += [(zone, [step.soa_before]), *step.deleted, (zone, [step.soa_after]), *step.added]
+    blocks.append((zone, soa))
+    for name, rrs in blocks:
+        done = out.add(name, rrs)
+        if done is not None:
+            yield done
+    yield out.finish()
+
+
+def rrs_of(rdatasets: Iterable[dns.rdataset.Rdataset]) -> list[bytes]:
     """Wire RRs without their owner (type, class, TTL, RDATA)."""
     return [
         _RR.pack(rds.rdtype, IN, rds.ttl, len(rdata)) + rdata

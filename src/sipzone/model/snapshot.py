@@ -202,6 +202,10 @@ class Snapshot:
     trunks: tuple[Trunk, ...] = ()  # by name
     # ACME DNS-01 values being published: (``_acme-challenge.NAME``, its TXT values), by name.
     challenges: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Per zone, the revision that last changed what the zone publishes: its SOA serial, so a
+    # change touches only its own zone's serial and NOTIFY.  A zone missing here (snapshots
+    # built in memory) takes the snapshot's revision.
+    zone_revisions: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -216,6 +220,7 @@ class Snapshot:
         certificates: tuple[Certificate, ...] = (),
         trunks: tuple[Trunk, ...] = (),
         challenges: tuple[tuple[str, tuple[str, ...]], ...] = (),
+        zone_revisions: Mapping[str, int] | None = None,
     ) -> Snapshot:
         """``rules`` are ``(rule text, owner tenant name)`` pairs as stored."""
         views = tenants.views
@@ -231,6 +236,7 @@ class Snapshot:
             certificates=certificates,
             trunks=trunks,
             challenges=challenges,
+            zone_revisions=MappingProxyType(dict(zone_revisions or {})),
         )
 
     @classmethod
@@ -254,13 +260,26 @@ class Snapshot:
 
     def zone_of(self, name: str) -> str | None:
         """The longest zone we are authoritative for that holds ``name``, or None."""
-        best = None
-        for zone in self.zones:
-            if (name == zone or name.endswith("." + zone)) and (
-                best is None or len(zone) > len(best)
-            ):
-                best = zone
-        return best
+        return zone_holding(name, self.zones)
+
+    def zone_revision(self, zone: str) -> int:
+        """The revision that last changed what ``zone`` publishes (see ``zone_revisions``)."""
+        return self.zone_revisions.get(zone, self.revision)
+
+
+def zone_holding(name: str, zones: Iterable[str]) -> str | None:
+    """The longest of ``zones`` that holds ``name`` (a nested zone holds its own names)."""
+    best = None
+    for zone in zones:
+        if (name == zone or name.endswith("." + zone)) and (best is None or len(zone) > len(best)):
+            best = zone
+    return best
+
+
+def rule_zone(rule: str, zones: Iterable[str]) -> str | None:
+    """The zone whose records a SIP domain rule (``D`` or ``*.B``) changes: the one holding
+    ``D``, or ``B`` (``*.B`` and the service names ``_sip._udp.B`` lie there too)."""
+    return zone_holding(rule[2:] if rule.startswith("*.") else rule, zones)
 
 
 Listener = Callable[[Snapshot, Snapshot], None]

@@ -125,6 +125,7 @@ def _body(snapshot: Snapshot) -> dict[str, Any]:
         ],
         "trunks": [asdict(t) for t in snapshot.trunks],
         "challenges": [[name, list(values)] for name, values in snapshot.challenges],
+        "zone_revisions": dict(snapshot.zone_revisions),
     }
 
 
@@ -289,6 +290,7 @@ def _copy(header: dict[str, Any], body: dict[str, Any], lines: list[str]) -> Dis
         ),
         trunks=tuple(parse_trunk(**t) for t in body["trunks"]),
         challenges=tuple((name, tuple(values)) for name, values in body["challenges"]),
+        zone_revisions=body.get("zone_revisions"),
     )
     return DiskCopy(snapshot, mark, datetime.fromisoformat(header["written_at"]))
 

@@ -83,6 +83,7 @@ from sipzone.model.snapshot import (
     parse_region,
     parse_site_name,
     parse_vip,
+    rule_zone,
 )
 from sipzone.model.tenancy import (
     FIELD_PARSERS,
@@ -133,6 +134,15 @@ INERT_OPS = frozenset({"domain.claim", "token.create", "token.revoke", "tenant.g
 INERT_OPS |= {"acme.account"}  # an ACME account key is in no snapshot
 # Settings that change no answer (debug switches): a snapshot takes them over without a reload.
 SWITCH_OPS = frozenset({"debug.set", "debug.off"})
+# Ops that change nothing a zone publishes, so no zone's serial moves.  Health is one of them:
+# zone transfers publish the sites as configured (drain counts, probes and `site health` do
+# not; see sipzone.dns.xfr).  A rule op moves its own zone's serial (model.snapshot.rule_zone),
+# an import those of the zones it added to; any other op moves every zone's.
+ZONELESS_OPS = INERT_OPS | {
+    "tenant.add", "tenant.update", "tenant.remove", "site.health", "site.check",
+    "secret.create", "secret.rotate", "cert.add", "cert.remove", "cert.default",
+    "trunk.add", "trunk.remove",
+} | SWITCH_OPS  # fmt: skip
 TOKEN_PREFIX = "sz_"  # API tokens read "sz_" + 43 characters of base64url (32 random octets)
 
 
@@ -310,6 +320,7 @@ def import_refusal(errors: list[str]) -> str:
 # Keys of a write's detail that go to the audit columns of its change-log row (see _write).
 AUDIT_TENANT, AUDIT_BEFORE, AUDIT_AFTER = "audit:tenant", "audit:before", "audit:after"
 AUDIT_OP = "audit:op"  # the op the change log records, when the write turned out another
+ZONES_MOVED = "zones:moved"  # the zones an import added to (their serials move), not logged
 
 
 # A site's fields as add_site and update_site take them, and the column each is stored in
@@ -511,6 +522,7 @@ class Store:
                 conn.execute(notify_sql(), {"revision": rev})
             yield conn, int(rev)
             op = info.pop(AUDIT_OP, op)
+            self._move_serials(conn, rev, op, subject, info.pop(ZONES_MOVED, ()))
             about = info.pop(AUDIT_TENANT, None)
             before = info.pop(AUDIT_BEFORE, None)
             after = info.pop(AUDIT_AFTER, None)
@@ -530,6 +542,26 @@ class Store:
                     after=after,
                 )
             )
+
+    def _move_serials(
+        self, conn: Connection, rev: int, op: str, subject: str, imported: Iterable[str]
+    ) -> None:
+        """Set the revision (the SOA serial) of the zones whose records ``op`` changes
+        (``imported``: the zones an import added to)."""
+        if op in ZONELESS_OPS:
+            return
+        query = zones.update().values(revision=rev)
+        if op in RULE_OPS:
+            zone = rule_zone(subject, self._zones(conn))
+            if zone is None:
+                return
+            query = query.where(zones.c.name == zone)
+        elif op == "domain.import":
+            query = query.where(zones.c.name.in_(list(imported)))
+        conn.execute(query)
+
+    def _zone_revisions(self, conn: Connection) -> dict[str, int]:
+        return {str(n): int(r) for n, r in conn.execute(sa.select(zones.c.name, zones.c.revision))}
 
     def _provider_only(self, does: str) -> None:
         """Raise :class:`NotPermitted` unless the provider acts: only it ``does`` this
@@ -873,7 +905,8 @@ class Store:
                     )
                     if progress is not None:
                         progress(len(chunk))
-                detail.update(added=len(items), last=items[-1][0])
+                touched = {z for n, _ in items if (z := rule_zone(n, zones)) is not None}
+                detail.update({"added": len(items), "last": items[-1][0], ZONES_MOVED: touched})
         except _Unchanged:
             pass
         return ImportReport(read=len(entries), added=len(pending), unchanged=unchanged)
@@ -1834,6 +1867,7 @@ class Store:
                 certificates=tuple(self._certificates(conn)),
                 trunks=tuple(self._trunks(conn)),
                 challenges=self._challenges(conn),
+                zone_revisions=self._zone_revisions(conn),
             )
 
     def _valid_rules(self, rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -1865,12 +1899,16 @@ class Store:
         added: dict[str, str] = {}
         removed: set[str] = set()
         switched = snapshot.settings  # with the debug switches as they are now, if one moved
+        serials = dict(snapshot.zone_revisions)  # as _move_serials set them
         for change in changes:
             if change.op in SWITCH_OPS and switched is snapshot.settings:
                 now = {k: v for k, v in self.settings().items() if is_switch_setting(k)}
                 switched = MappingProxyType({**without_switches(snapshot.settings), **now})
             if change.op in INERT_OPS | SWITCH_OPS:
                 continue
+            zone = rule_zone(change.subject, snapshot.zones)
+            if zone is not None:
+                serials[zone] = change.revision
             if change.op == "domain.add":
                 owner = (change.detail or {}).get("owner")
                 try:
@@ -1903,6 +1941,7 @@ class Store:
             matcher=matcher,
             settings=switched,
             delta=Delta(tuple(added), tuple(sorted(removed))),
+            zone_revisions=MappingProxyType(serials),
         )
 
     # ------------------------------------------------------------------ API: grants, claims

@@ -123,6 +123,8 @@ zones = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(255), nullable=False, unique=True),
+    # The revision that last changed what the zone publishes: its SOA serial (migration 0008).
+    Column("revision", BigInteger, nullable=False, server_default="0"),
 )
 
 # Installation-wide values: the email domain (never per site), its MX, and the like.
