@@ -1433,6 +1433,13 @@ def serve(
             "ahead of the resolver; repeatable."
         ),
     ] = None,
+    upstream_dns: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name server HOST:PORT the upstreams are located with (NAPTR, SRV, A/AAAA); "
+            "repeatable (default: the system's)."
+        ),
+    ] = None,
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
     ] = 0.05,
@@ -1527,6 +1534,7 @@ def serve(
             ipaddress.ip_network(cidr, strict=False)
         tls = _tls_policy(tls_ciphers, tls_verify_client, tls_client_ca, tls_upstream_ca)
         hosts = tuple(parse_host_pin(pin) for pin in sip_host or ())
+        upstream_servers = tuple(split_hostport(hp) for hp in upstream_dns or ())
     except ValueError as exc:
         fail(str(exc))
     settings = ServeConfig(
@@ -1546,6 +1554,8 @@ def serve(
             batched_udp=batched_udp,
             tls=tls,
             hosts=hosts,
+            upstream_dns=upstream_servers,
+            probe_upstreams=health_checks,
         )
         if sip
         else None,

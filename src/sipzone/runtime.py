@@ -619,9 +619,10 @@ def _shared_metrics(enabled: bool) -> Iterator[None]:
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
     """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
     that replaced it) sends DNS NOTIFY and the trunks' OPTIONS, and logs and counts health
-    transitions (every worker probes and answers by its own view)."""
+    transitions, the sites' and the upstreams' (every worker probes and answers by its own
+    view)."""
     if index != 0 and config.sip is not None:
-        config = replace(config, sip=replace(config.sip, probe_trunks=False))
+        config = replace(config, sip=replace(config.sip, probe_trunks=False, voice=False))
     if index == 0:
         return replace(config, worker=index)
     config = replace(config, worker=index, health_voice=False)
