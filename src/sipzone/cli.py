@@ -201,14 +201,16 @@ def sip_rotate_secret(db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json 
 @guarded
 def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """What the store holds (revision, schema, counts, sites, the last change) and the nodes
-    serving it (revision, lag, last seen, site, store reachability, their views of sites)."""
+    serving it (revision, lag, last seen, site, store reachability, their views of sites,
+    their upstreams' targets)."""
     from sipzone.health.status import node_json
     from sipzone.store.url import redacted
 
     repo = store(db)
     data = {"store": redacted(repo.url), "schema": repo.schema_version(), **repo.status()}
     views = repo.site_views(fresh_within=None)
-    data["nodes"] = nodes = [node_json(n, views) for n in repo.list_nodes()]
+    upstreams = repo.upstream_states()
+    data["nodes"] = nodes = [node_json(n, views, upstreams) for n in repo.list_nodes()]
     if as_json:
         emit(data)
         return
@@ -231,6 +233,11 @@ def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
         lines.append(
             f"node       {r['name']}\trevision {r['revision']} ({r['behind']} behind)\t{seen}\t"
             f"site {r['site'] or '-'}\t{sites}\t{store_state}".rstrip()
+        )
+        lines.extend(
+            f"  upstream {u['upstream']}\t{u['target']}\tpriority {u['priority']} weight "
+            f"{u['weight']}\t{u['state']}{' (in use)' if u['in_use'] else ''}"
+            for u in r["upstreams"]
         )
     typer.echo("\n".join(lines))
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -413,7 +414,9 @@ async def run_worker(
         from sipzone.sip.transport import start_sip
 
         trunk_io = (store.record_trunk_states, store.trunk_states)  # see sip/trunkprobe.py
-        sip_service = await start_sip(config.sip, holder, *trunk_io)
+        node = config.node_name or socket.gethostname()
+        report = functools.partial(store.record_upstream_states, node)  # health/upstreams.py
+        sip_service = await start_sip(config.sip, holder, *trunk_io, report)
         services.append(sip_service)
         drains.append(("SIP TCP", sip_service.drain))
     if config.dns is not None:

@@ -19,7 +19,7 @@ def test_migrated_database_matches_the_schema(any_url: str) -> None:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     store.close()
     assert diff == []
-    assert version == "0006"
+    assert version == "0007"
 
 
 def test_sites_from_before_health_checks_get_the_defaults(any_url: str) -> None:

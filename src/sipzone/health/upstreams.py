@@ -14,6 +14,11 @@ moves a :class:`~sipzone.model.health.Tracker` through the thresholds; a target 
 located loses its task.  A change of location or of a target's up/down works out every
 choice again and hands them to ``publish``: the request path only reads the result.
 
+The voice worker (worker 0) also writes every located target's state to the store through
+``report`` (:meth:`UpstreamWatch.states`, the table ``upstream_states``) whenever it changes,
+for `sipzone status`; the store away costs only that write, retried every
+:data:`REPORT_RETRY` seconds.
+
 Nothing here is started by traffic: the URIs come from the snapshot, the times from TTLs and
 the probe interval.  With ``probing`` off (``serve --no-health-checks``) targets are located
 but not probed, and every one counts as usable.
@@ -25,14 +30,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge
 
 from sipzone.eventlog import EventLog
 from sipzone.health.probe import Target as ProbeTarget
 from sipzone.health.probe import probe, tls_context
-from sipzone.model.health import DEFAULT_CHECK, HealthCheck, Tracker
-from sipzone.sip.choice import Choice, Hop, choose
+from sipzone.model.health import DEFAULT_CHECK, HealthCheck, Tracker, UpstreamTargetState
+from sipzone.sip.choice import Choice, Hop, choose, ordered
 from sipzone.sip.locate import MAX_TTL, MIN_TTL, LocateFailed, Locator
 from sipzone.sip.values import Target
 
@@ -65,20 +71,29 @@ LOCATE_FAILURES = Counter(
 )
 
 Publish = Callable[[Mapping[str, Choice]], None]
+Report = Callable[[list[UpstreamTargetState]], None]  # to the store: blocking, in a thread
+REPORT_RETRY = 5.0  # seconds before a report the store did not take is tried again
 
 
 class UpstreamWatch:
     """Locations, probes and choices of one worker's upstreams (see the module docstring)."""
 
     def __init__(
-        self, locator: Locator, publish: Publish, probing: bool = True, voice: bool = True
+        self,
+        locator: Locator,
+        publish: Publish,
+        probing: bool = True,
+        voice: bool = True,
+        report: Report | None = None,
     ) -> None:
         self.locator = locator
         self.publish = publish
         self.probing = probing
-        self.voice = voice  # with --workers N all probe; one logs
+        self.voice = voice  # with --workers N all probe; one logs and reports
+        self.report = report if voice else None
         self.check = DEFAULT_CHECK
         self.located: dict[str, tuple[Hop, ...]] = {}  # by URI: its last good location
+        self._located_at: dict[str, datetime] = {}  # by URI: when that location came
         self.trackers: dict[Target, Tracker] = {}
         self.choices: dict[str, Choice] = {}
         self._probed: frozenset[str] = frozenset()  # URIs whose targets are probed
@@ -86,14 +101,20 @@ class UpstreamWatch:
         self._probes: dict[tuple[Target, str], asyncio.Task[None]] = {}  # (target, its name)
         self._context = tls_context()
         self.events = EventLog(log)
+        self._reported: list[UpstreamTargetState] | None = None
+        self._report_now = asyncio.Event()
+        self._reporting: asyncio.Task[None] | None = None
 
     async def follow(self, probed: set[str], located: set[str], check: HealthCheck) -> None:
         """Locate ``probed`` (the upstreams) and ``located`` (trunk targets), probe the first
         one's targets with ``check``; returns once every new URI was located once."""
         wanted = probed | located
+        if self.report is not None and self._reporting is None:
+            self._reporting = asyncio.create_task(self._report_loop())
         for uri in set(self._locating) - wanted:
             self._locating.pop(uri).cancel()
             self.located.pop(uri, None)
+            self._located_at.pop(uri, None)
             for metric in (TARGETS, FAIL_OPEN):
                 with contextlib.suppress(KeyError):
                     metric.remove(uri)
@@ -113,6 +134,8 @@ class UpstreamWatch:
 
     async def close(self) -> None:
         tasks = [*self._locating.values(), *self._probes.values()]
+        if self._reporting is not None:
+            tasks.append(self._reporting)
         self._locating.clear()
         self._probes.clear()
         for task in tasks:
@@ -153,6 +176,7 @@ class UpstreamWatch:
                     uri, ", ".join(_describe(hop) for hop in location.hops),
                 )  # fmt: skip
             self.located[uri] = location.hops
+            self._located_at[uri] = datetime.now(UTC)
         TARGETS.labels(uri).set(len(location.hops))
         return min(max(location.ttl, MIN_TTL), MAX_TTL)
 
@@ -233,6 +257,49 @@ class UpstreamWatch:
                 )  # fmt: skip
         self.choices = choices
         self.publish(choices)
+        self._report_now.set()
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def states(self) -> list[UpstreamTargetState]:
+        """What `sipzone status` shows of the probed upstreams: every located target."""
+        states = []
+        for uri in sorted(self._probed & set(self.located)):
+            choice = self.choices.get(uri)
+            for hop in ordered(self.located[uri]):
+                tracker = self.trackers.get(hop.target)
+                states.append(
+                    UpstreamTargetState(
+                        uri,
+                        _where(hop.target),
+                        hop.priority,
+                        hop.weight,
+                        tracker.up if tracker is not None else None,
+                        choice is not None and hop.target in choice.targets,
+                        tracker.changed_at if tracker is not None else self._located_at[uri],
+                        tracker.detail if tracker is not None else None,
+                    )
+                )
+        return states
+
+    async def _report_loop(self) -> None:
+        """Write :meth:`states` to the store whenever they change (one write at a time)."""
+        assert self.report is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._report_now.wait()
+            self._report_now.clear()
+            states = self.states()
+            if states == self._reported:
+                continue
+            try:
+                await loop.run_in_executor(None, self.report, states)
+            except Exception as exc:  # the store away: metrics and logs still say it
+                self.events.warning("upstream-report", "upstream states not stored: %s", exc)
+                await asyncio.sleep(REPORT_RETRY)
+                self._report_now.set()
+                continue
+            self._reported = states
 
 
 def _target_of(where: ProbeTarget) -> Target:

@@ -125,6 +125,22 @@ class Tracker:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTargetState:
+    """One node's view of one target an upstream URI located to: its SRV priority and weight,
+    what the probes say (``up`` None: not probed), whether requests go there now, and since
+    when the view holds (``detail``: the last failure)."""
+
+    upstream: str  # the configured URI
+    target: str  # "udp 192.0.2.7:5060"
+    priority: int
+    weight: int
+    up: bool | None
+    in_use: bool
+    changed_at: datetime
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What the nodes' views say about one site: ``up`` and the votes behind it."""
 

@@ -50,6 +50,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from sipzone.eventlog import EventLog
+from sipzone.health.upstreams import Report as UpstreamReport
 from sipzone.health.upstreams import UpstreamWatch
 from sipzone.model.health import DEFAULT_CHECK
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
@@ -114,8 +115,10 @@ class SipService:
         holder: SnapshotHolder,
         trunk_report: Report | None = None,
         trunk_seen: Seen | None = None,
+        upstream_report: UpstreamReport | None = None,
     ) -> None:
         self.config = config
+        self._upstream_report = upstream_report
         self.holder = holder
         self.trunks: TrunkProber | None = None
         self._trunk_report = trunk_report
@@ -175,7 +178,11 @@ class SipService:
             tuple(rdtype for rdtype, v6 in (("A", False), ("AAAA", True)) if v6 in families),
         )
         self.upstreams = UpstreamWatch(
-            locator, self.edge.set_upstreams, self.config.probe_upstreams, self.config.voice
+            locator,
+            self.edge.set_upstreams,
+            self.config.probe_upstreams,
+            self.config.voice,
+            self._upstream_report,
         )
         await self._watch_upstreams()  # located before the first request needs them
         self._certificates_changed(self.holder.current, self.holder.current)
@@ -887,10 +894,12 @@ async def start_sip(
     holder: SnapshotHolder,
     trunk_report: Report | None = None,
     trunk_seen: Seen | None = None,
+    upstream_report: UpstreamReport | None = None,
 ) -> SipService:
     """Open the listeners in ``config.listen`` and serve the edge until ``close()``;
     ``trunk_report`` stores what the trunk prober sees, ``trunk_seen`` reads it back in the
-    workers that do not probe (see trunkprobe.py)."""
-    service = SipService(config, holder, trunk_report, trunk_seen)
+    workers that do not probe (see trunkprobe.py); ``upstream_report`` stores what the
+    upstream watch located and probed (health/upstreams.py)."""
+    service = SipService(config, holder, trunk_report, trunk_seen, upstream_report)
     await service.start()
     return service
