@@ -208,13 +208,13 @@ class UpstreamWatch:
             next_at += check.interval
             error = await probe(where, check.timeout, self._context)
             if tracker.observe(error):
-                self._transition(where, tracker)
+                self._transition(target, where, tracker)
                 self._changed()
 
-    def _transition(self, where: ProbeTarget, tracker: Tracker) -> None:
+    def _transition(self, target: Target, where: ProbeTarget, tracker: Tracker) -> None:
         state = "up" if tracker.up else "down"
         for uri in self._probed:
-            if any(hop.target == _target_of(where) for hop in self.located.get(uri, ())):
+            if any(hop.target == target for hop in self.located.get(uri, ())):
                 TARGET_UP.labels(uri, str(where)).set(1 if tracker.up else 0)
         if not self.voice:
             return
@@ -300,10 +300,6 @@ class UpstreamWatch:
                 self._report_now.set()
                 continue
             self._reported = states
-
-
-def _target_of(where: ProbeTarget) -> Target:
-    return Target(where.transport, where.address, where.port)
 
 
 def _where(target: Target) -> str:

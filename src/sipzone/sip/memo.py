@@ -65,16 +65,22 @@ class Upstreams:
         self._parsed: dict[str, Target | None] = {}
         self.choices: Mapping[str, Choice] = {}  # by configured URI
         self.resolved: Mapping[str, str] = {}  # a configured URI's host name -> its address now
+        # Every located address -> the host name of the URI it was located for: what a TLS
+        # upstream's certificate must name (RFC 5922 §4: the URI's domain, not the SRV target).
+        self.names: Mapping[str, str] = {}
 
     def set_choices(self, choices: Mapping[str, Choice]) -> None:
         """Where each configured URI sends now (by URI), and so its host name's address."""
         self.choices = dict(choices)
         resolved: dict[str, str] = {}
+        names: dict[str, str] = {}
         for uri, choice in self.choices.items():
             target = self.target(uri)
             if target is not None and not is_ip_literal(target.host):
                 resolved.setdefault(target.host, choice.first.host)
-        self.resolved = resolved
+                for address, _ in choice.known:
+                    names.setdefault(address, target.host)
+        self.resolved, self.names = resolved, names
 
     def choice(self, uri: str) -> Choice | None:
         """Where ``uri``'s requests go now: as located and probed, else (not located yet) an

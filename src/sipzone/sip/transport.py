@@ -468,9 +468,10 @@ class SipService:
         return self.tls.client()
 
     def _name_of(self, address: str) -> str:
-        """The configured upstream name ``address`` was resolved from (what its certificate
+        """The configured upstream name ``address`` was located for (what its certificate
         must name), else the address itself."""
-        return next((name for name, a in self.resolved.items() if a == address), address)
+        names = self.edge.upstreams.names if self.edge is not None else {}
+        return names.get(address, address)
 
     # -- connection table ---------------------------------------------------------------------
 
