@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 from tests.conftest import Cli, free_port
 from tests.health.conftest import Sites, SiteSim
@@ -110,11 +111,12 @@ Content-Length: 0
 """
 
 
-def core_dns(cli: Cli, serve: Serve, tmp_path: Path, a: SiteSim, b: SiteSim) -> int:
+def core_dns(
+    cli: Cli, serve: Serve, db: str, a: SiteSim | Where, b: SiteSim | Where, *ttl: str
+) -> int:
     """sipzone's DNS for the core's name pbx.core.test: SRV _sip._udp to site a (priority 10,
     the resolver's region) and b (priority 20).  It does not probe (the test harness turns
     probes off), so it keeps listing a dead target: failing over is the edge's doing."""
-    db = f"sqlite:///{tmp_path / 'core.db'}"
     for args in (
         ("init",),
         ("zone", "add", "core.test"),
@@ -127,8 +129,25 @@ def core_dns(cli: Cli, serve: Serve, tmp_path: Path, a: SiteSim, b: SiteSim) -> 
     ):  # fmt: skip
         cli(*args, db=db, check=True)
     port = free_port()
-    serve("--dns", f"127.0.0.1:{port}", db=db)
+    serve("--dns", f"127.0.0.1:{port}", *ttl, db=db)
     return port
+
+
+class Where(NamedTuple):
+    address: str
+    port: int
+
+
+def edge_store(cli: Cli, edge_port: int, *check: str) -> None:
+    """The edge's store: site edge (its upstream sip:pbx.core.test), voip.example.com."""
+    for args in (
+        ("init",),
+        ("site", "add", "edge", "--vip", "127.0.0.1", "--region", "near", "--port-udp",
+         str(edge_port), "--port-tcp", "0", "--upstream", "sip:pbx.core.test", *check),
+        ("tenant", "add", "acme"),
+        ("domain", "add", "voip.example.com", "--owner", "acme"),
+    ):  # fmt: skip
+        cli(*args, check=True)
 
 
 def call(edge_port: int, workdir: Path) -> str | None:
@@ -165,18 +184,10 @@ def test_an_upstream_located_by_srv_fails_over_to_the_second_target_and_back(
 ) -> None:
     a = sipp("127.0.0.2", scenario=CORE_UAS)
     b = sipp("127.0.0.3", scenario=CORE_UAS)
-    dns_port = core_dns(cli, serve, tmp_path, a, b)
+    dns_port = core_dns(cli, serve, f"sqlite:///{tmp_path / 'core.db'}", a, b)
     edge_port, metrics_port = free_port(), free_port()
-    for args in (
-        ("init",),
-        ("site", "add", "edge", "--vip", "127.0.0.1", "--region", "near", "--port-udp",
-         str(edge_port), "--port-tcp", "0", "--upstream", "sip:pbx.core.test",
-         "--check-interval", "0.5", "--check-timeout", "0.4", "--check-failures", "2",
-         "--check-successes", "1"),
-        ("tenant", "add", "acme"),
-        ("domain", "add", "voip.example.com", "--owner", "acme"),
-    ):  # fmt: skip
-        cli(*args, check=True)
+    edge_store(cli, edge_port, "--check-interval", "0.5", "--check-timeout", "0.4",
+               "--check-failures", "2", "--check-successes", "1")  # fmt: skip
     server = serve("--sip", f"udp:127.0.0.1:{edge_port}", "--site", "edge", "--upstream-dns",
                    f"127.0.0.1:{dns_port}", "--health-checks", "--metrics",
                    f"127.0.0.1:{metrics_port}", "--node-name", "edge1")  # fmt: skip
@@ -215,3 +226,25 @@ def test_an_upstream_located_by_srv_fails_over_to_the_second_target_and_back(
     b.stop()
     wait_for(lambda: metric(metrics_port, *fail_open) == 1, 20)
     assert logged("every target of upstream sip:pbx.core.test is down; sending to udp 127.0.0.2")
+
+
+def test_an_upstream_is_located_again_when_its_ttl_runs_out(
+    cli: Cli, serve: Serve, tmp_path: Path
+) -> None:
+    """The core's DNS answers with TTL 1 (held at locate.MIN_TTL, 5 s): once site b leaves
+    its SRV records, the edge's next location has one target left, with no request asking."""
+    core_db = f"sqlite:///{tmp_path / 'core.db'}"
+    a, b = Where("127.0.0.2", free_port()), Where("127.0.0.3", free_port())
+    dns_port = core_dns(cli, serve, core_db, a, b, "--ttl", "1")
+    edge_port, metrics_port = free_port(), free_port()
+    edge_store(cli, edge_port)
+    server = serve("--sip", f"udp:127.0.0.1:{edge_port}", "--site", "edge", "--upstream-dns",
+                   f"127.0.0.1:{dns_port}", "--metrics", f"127.0.0.1:{metrics_port}")  # fmt: skip
+    targets = ("sipzone_upstream_targets", '{upstream="sip:pbx.core.test"}')
+    assert metric(metrics_port, *targets) == 2
+    cli("site", "remove", "b", db=core_db, check=True)
+    wait_for(lambda: metric(metrics_port, *targets) == 1, 20)
+    assert any(
+        f"upstream sip:pbx.core.test now locates to udp {a.address}:{a.port} (priority 10" in line
+        for line in server.lines
+    )
