@@ -41,6 +41,7 @@ from sipzone.sip.message import MalformedMessage, default_port, is_ip_literal, p
 from sipzone.sip.values import Target
 
 LOCATE_TIMEOUT = 5.0  # seconds for the whole of one URI's lookups
+QUERY_TIMEOUT = 1.5  # seconds for one query (retries to every name server included)
 MIN_TTL = 5.0  # seconds: a TTL of 0 must not turn the background into a busy loop
 MAX_TTL = 3600.0  # seconds: a record set cached for days is still looked at hourly
 HOSTS_TTL = 60.0  # seconds an address from the system's resolver (no TTL known) is kept
@@ -83,6 +84,8 @@ class Locator:
             except dns.resolver.NoResolverConfiguration:
                 resolver = dns.asyncresolver.Resolver(configure=False)  # hosts file only
         resolver.cache = None  # TTLs are ours to follow: each lookup asks
+        # One query's time, so that a DNS that does not answer leaves time for the hosts file.
+        resolver.lifetime = QUERY_TIMEOUT
         self._resolver = resolver
 
     async def locate(self, uri: str) -> Location:
@@ -169,7 +172,7 @@ class Locator:
     async def _addresses(
         self, host: str, transport: str, port: int, priority: int, weight: int
     ) -> Location:
-        """A hop per address of ``host`` (A, then AAAA)."""
+        """A hop per address of ``host`` (A, then AAAA, asked together)."""
         if is_ip_literal(host) or host in self.pins:
             address = self.pins.get(host, host)
             hop = Hop(Target(transport, address, port), priority, weight, host)
@@ -177,20 +180,23 @@ class Locator:
         found: list[str] = []
         ttl = MAX_TTL
         answered = False
-        failure: dns.exception.DNSException | None = None
-        for rdtype in self.families:
-            try:
-                answer = await self._resolver.resolve(host + ".", rdtype)
-            except _NOTHING:
+        failure: BaseException | None = None
+        answers = await asyncio.gather(
+            *(self._resolver.resolve(host + ".", rdtype) for rdtype in self.families),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, _NOTHING):
                 answered = True
-                continue
-            except dns.exception.DNSException as exc:
-                failure = exc
-                continue
-            answered = True
-            if answer.rrset is not None:
-                ttl = min(ttl, float(answer.rrset.ttl))
-            found.extend(r.address for r in answer)
+            elif isinstance(answer, dns.exception.DNSException):
+                failure = answer
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                answered = True
+                if answer.rrset is not None:
+                    ttl = min(ttl, float(answer.rrset.ttl))
+                found.extend(r.address for r in answer)
         if not found and self.system:
             found, ttl = await self._system(host), HOSTS_TTL
             answered = answered or bool(found)
