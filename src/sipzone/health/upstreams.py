@@ -194,6 +194,9 @@ class UpstreamWatch:
         targets = {target for target, _ in wanted}
         for target in set(self.trackers) - targets:
             del self.trackers[target]
+            for uri in self._probed | set(self.located):
+                with contextlib.suppress(KeyError):
+                    TARGET_UP.remove(uri, _where(target))
         for key in wanted - set(self._probes):
             tracker = self.trackers.setdefault(key[0], Tracker(self.check))
             self._probes[key] = asyncio.create_task(self._probe_loop(key[0], key[1], tracker))
@@ -215,7 +218,7 @@ class UpstreamWatch:
         state = "up" if tracker.up else "down"
         for uri in self._probed:
             if any(hop.target == target for hop in self.located.get(uri, ())):
-                TARGET_UP.labels(uri, str(where)).set(1 if tracker.up else 0)
+                TARGET_UP.labels(uri, _where(target)).set(1 if tracker.up else 0)
         if not self.voice:
             return
         if tracker.up:
