@@ -104,10 +104,13 @@ class UpstreamWatch:
         self._reported: list[UpstreamTargetState] | None = None
         self._report_now = asyncio.Event()
         self._reporting: asyncio.Task[None] | None = None
+        self._first_rounds: list[asyncio.Future[None]] = []  # of probe tasks started since
 
     async def follow(self, probed: set[str], located: set[str], check: HealthCheck) -> None:
         """Locate ``probed`` (the upstreams) and ``located`` (trunk targets), probe the first
-        one's targets with ``check``; returns once every new URI was located once."""
+        one's targets with ``check``; returns once every new URI was located once and every
+        new target probed once (a round ends within ``check.timeout``), so that the first
+        request after start already avoids a target that is dead at start."""
         wanted = probed | located
         if self.report is not None and self._reporting is None:
             self._reporting = asyncio.create_task(self._report_loop())
@@ -131,6 +134,9 @@ class UpstreamWatch:
         for uri, delay in zip(new, delays, strict=True):
             self._locating[uri] = asyncio.create_task(self._locate_loop(uri, delay))
         self._changed()
+        first_rounds, self._first_rounds = self._first_rounds, []
+        if first_rounds:
+            await asyncio.wait(first_rounds)
 
     async def close(self) -> None:
         tasks = [*self._locating.values(), *self._probes.values()]
@@ -197,22 +203,36 @@ class UpstreamWatch:
             for uri in self._probed | set(self.located):
                 with contextlib.suppress(KeyError):
                     TARGET_UP.remove(uri, _where(target))
+        loop = asyncio.get_running_loop()
+        self._first_rounds = [f for f in self._first_rounds if not f.done()]
         for key in wanted - set(self._probes):
             tracker = self.trackers.setdefault(key[0], Tracker(self.check))
-            self._probes[key] = asyncio.create_task(self._probe_loop(key[0], key[1], tracker))
+            first: asyncio.Future[None] = loop.create_future()
+            self._first_rounds.append(first)
+            self._probes[key] = loop.create_task(self._probe_loop(*key, tracker, first))
 
-    async def _probe_loop(self, target: Target, name: str, tracker: Tracker) -> None:
+    async def _probe_loop(
+        self, target: Target, name: str, tracker: Tracker, first: asyncio.Future[None]
+    ) -> None:
+        """Probe ``target`` every interval; ``first`` is done after the first round (or when
+        the task ends without one)."""
         check = self.check
         where = ProbeTarget(target.transport, target.host, target.port, name or None)
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            next_at += check.interval
-            error = await probe(where, check.timeout, self._context)
-            if tracker.observe(error):
-                self._transition(target, where, tracker)
-                self._changed()
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+                next_at += check.interval
+                error = await probe(where, check.timeout, self._context)
+                if tracker.observe(error):
+                    self._transition(target, where, tracker)
+                    self._changed()
+                if not first.done():
+                    first.set_result(None)
+        finally:
+            if not first.done():
+                first.set_result(None)
 
     def _transition(self, target: Target, where: ProbeTarget, tracker: Tracker) -> None:
         state = "up" if tracker.up else "down"
