@@ -176,10 +176,11 @@ class UpstreamWatch:
             return RETRY
         self.events.forget(f"locate:{uri}")
         if self.located.get(uri) != location.hops:
-            if self.voice and uri in self.located:
+            if self.voice:
                 log.info(
-                    "upstream %s now locates to %s",
-                    uri, ", ".join(_describe(hop) for hop in location.hops),
+                    "upstream %s %slocates to %s",
+                    uri, "now " if uri in self.located else "",
+                    ", ".join(_describe(hop) for hop in location.hops),
                 )  # fmt: skip
             self.located[uri] = location.hops
             self._located_at[uri] = datetime.now(UTC)

@@ -33,7 +33,6 @@ import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.nameserver
-import dns.rdatatype
 import dns.resolver
 
 from sipzone.sip.choice import Hop
