@@ -314,14 +314,16 @@ def debug_show(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
 @guarded
 def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     """What the store holds (revision, schema, counts, sites, the last change) and the nodes
-    serving it (revision, lag, last seen, site, store reachability, their views of sites)."""
+    serving it (revision, lag, last seen, site, store reachability, their views of sites,
+    their upstreams' targets)."""
     from sipzone.health.status import node_json
     from sipzone.store.url import redacted
 
     repo = store(db)
     data = {"store": redacted(repo.url), "schema": repo.schema_version(), **repo.status()}
     views = repo.site_views(fresh_within=None)
-    data["nodes"] = nodes = [node_json(n, views) for n in repo.list_nodes()]
+    upstreams = repo.upstream_states()
+    data["nodes"] = nodes = [node_json(n, views, upstreams) for n in repo.list_nodes()]
     if as_json:
         emit(data)
         return
@@ -344,6 +346,11 @@ def status(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
         lines.append(
             f"node       {r['name']}\trevision {r['revision']} ({r['behind']} behind)\t{seen}\t"
             f"site {r['site'] or '-'}\t{sites}\t{store_state}".rstrip()
+        )
+        lines.extend(
+            f"  upstream {u['upstream']}\t{u['target']}\tpriority {u['priority']} weight "
+            f"{u['weight']}\t{u['state']}{' (in use)' if u['in_use'] else ''}"
+            for u in r["upstreams"]
         )
     typer.echo("\n".join(lines))
 
@@ -1567,6 +1574,13 @@ def serve(
             "ahead of the resolver; repeatable."
         ),
     ] = None,
+    upstream_dns: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name server HOST:PORT the upstreams are located with (NAPTR, SRV, A/AAAA); "
+            "repeatable (default: the system's)."
+        ),
+    ] = None,
     poll: Annotated[
         float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
     ] = 0.05,
@@ -1693,6 +1707,7 @@ def serve(
             ipaddress.ip_network(cidr, strict=False)
         tls = _tls_policy(tls_ciphers, tls_verify_client, tls_client_ca, tls_upstream_ca)
         hosts = tuple(parse_host_pin(pin) for pin in sip_host or ())
+        upstream_servers = tuple(split_hostport(hp) for hp in upstream_dns or ())
     except ValueError as exc:
         fail(str(exc))
     url = resolve_db(db)
@@ -1713,6 +1728,8 @@ def serve(
             batched_udp=batched_udp,
             tls=tls,
             hosts=hosts,
+            upstream_dns=upstream_servers,
+            probe_upstreams=health_checks,
         )
         if sip
         else None,

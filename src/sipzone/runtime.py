@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -505,7 +506,9 @@ async def run_worker(
         from sipzone.sip.transport import start_sip
 
         trunk_io = (store.record_trunk_states, store.trunk_states)  # see sip/trunkprobe.py
-        sip_service = await start_sip(config.sip, holder, *trunk_io)
+        node = config.node_name or socket.gethostname()
+        report = functools.partial(store.record_upstream_states, node)  # health/upstreams.py
+        sip_service = await start_sip(config.sip, holder, *trunk_io, report)
         services.append(sip_service)
         drains.append(("SIP TCP", sip_service.drain))
     if config.dns is not None:
@@ -715,9 +718,10 @@ def _shared_metrics(enabled: bool) -> Iterator[None]:
 def _for_worker(config: ServeConfig, index: int) -> ServeConfig:
     """What worker ``index`` runs: all alike, except that only worker 0 (the first, or the one
     that replaced it) sends DNS NOTIFY and the trunks' OPTIONS, and logs and counts health
-    transitions (every worker probes and answers by its own view)."""
+    transitions, the sites' and the upstreams' (every worker probes and answers by its own
+    view)."""
     if index != 0 and config.sip is not None:
-        config = replace(config, sip=replace(config.sip, probe_trunks=False))
+        config = replace(config, sip=replace(config.sip, probe_trunks=False, voice=False))
     if index == 0:
         return replace(config, worker=index)
     config = replace(config, worker=index, health_voice=False)

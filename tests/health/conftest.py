@@ -30,16 +30,18 @@ Content-Length: 0
 
 
 class SiteSim:
-    """A site's SIP endpoint: sipp answering OPTIONS at ``address``:``port`` over UDP (or
-    TCP)."""
+    """A site's SIP endpoint: sipp answering OPTIONS (or what ``scenario`` says) at
+    ``address``:``port`` over UDP (or TCP)."""
 
-    def __init__(self, workdir: Path, address: str, transport: str = "udp") -> None:
+    def __init__(
+        self, workdir: Path, address: str, transport: str = "udp", scenario: str = OPTIONS_UAS
+    ) -> None:
         self.workdir = workdir
         self.address = address
         self.transport = transport
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        (workdir / "uas.xml").write_text(OPTIONS_UAS, encoding="latin-1")
+        (workdir / "uas.xml").write_text(scenario, encoding="latin-1")
 
     def start(self) -> None:
         assert self.proc is None
@@ -62,10 +64,12 @@ class Sites:
         self.tmp_path = tmp_path
         self.started: list[SiteSim] = []
 
-    def __call__(self, address: str, transport: str = "udp") -> SiteSim:
+    def __call__(
+        self, address: str, transport: str = "udp", scenario: str = OPTIONS_UAS
+    ) -> SiteSim:
         workdir = self.tmp_path / f"site-{address}-{transport}"
         workdir.mkdir()
-        site = SiteSim(workdir, address, transport)
+        site = SiteSim(workdir, address, transport, scenario)
         site.start()
         self.started.append(site)
         return site

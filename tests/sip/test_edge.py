@@ -8,10 +8,11 @@ import pytest
 
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
+from sipzone.sip.choice import Choice
 from sipzone.sip.edge import Edge
 from sipzone.sip.message import Request, Response, parse_message
 from sipzone.sip.signing import OUR_BRANCH
-from sipzone.sip.values import Arrival, Listener, Send, Sends
+from sipzone.sip.values import Arrival, Listener, Send, Sends, Target
 from tests.sip.conftest import IDN_NAME, fast_path, general_path, make_snapshot
 
 SOURCE = ("192.0.2.7", 40000)
@@ -240,8 +241,9 @@ def test_upstream_is_inherited_and_falls_back_to_the_site(
     site_only = make_snapshot(upstream=None, site_upstream="sip:core.invalid:5080;transport=tcp")
     # A name goes out only as the transport resolved it in the background: until then, 503.
     assert status_of(edge.receive(data, Arrival(udp_listener, SOURCE), site_only)) == 503
-    assert edge.upstream_names(site_only) == {"core.invalid"}
-    edge.set_resolved({"core.invalid": "192.0.2.80"})
+    uri = "sip:core.invalid:5080;transport=tcp"
+    assert edge.upstream_uris(site_only) == ({uri}, set())
+    edge.set_upstreams({uri: Choice.of(Target("tcp", "192.0.2.80", 5080))})
     send, _ = one(edge.receive(data, Arrival(udp_listener, SOURCE), site_only))
     assert (send.transport, send.host, send.port) == ("tcp", "192.0.2.80", 5080)
 

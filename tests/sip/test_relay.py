@@ -18,10 +18,11 @@ from sipzone.sip import BRANCH_SECRET, BRANCH_SECRET_PREVIOUS, SipConfig
 from sipzone.sip import edge as edge_module
 from sipzone.sip import keepalive as keepalive_module
 from sipzone.sip import message as message_module
+from sipzone.sip.choice import Choice
 from sipzone.sip.edge import Edge
 from sipzone.sip.message import MAX_VIAS, Request, Response, parse_message
 from sipzone.sip.signing import BRANCH_LEN, OUR_BRANCH, Mac
-from sipzone.sip.values import Arrival, Listener, Send
+from sipzone.sip.values import Arrival, Listener, Send, Target
 from tests.sip.conftest import fast_path, make_snapshot
 from tests.sip.test_edge import SOURCE, one, request, status_of
 
@@ -463,7 +464,7 @@ def test_an_in_dialog_request_to_a_name_we_do_not_know_gets_502(
     assert edge.receive(ack, Arrival(UDP, CORE), snapshot) == ()
     # A name among the configured upstreams, as the transport resolved it, is fine.
     snap = with_secrets(make_snapshot(upstream="sip:core.example.net:5999"), "a" * 64)
-    edge.set_resolved({"core.example.net": "127.0.0.1"})
+    edge.set_upstreams({"sip:core.example.net:5999": Choice.of(Target("udp", "127.0.0.1", 5999))})
     bye = bye.replace(b"phone.evil.example", b"core.example.net")
     send, _ = one(edge.receive(bye, Arrival(UDP, CORE), snap))
     assert (send.host, send.port) == ("127.0.0.1", 5060)
@@ -489,7 +490,7 @@ def test_only_configured_upstreams_are_the_core(edge: Edge, snapshot: Snapshot) 
     send, reply = one(edge.receive(relay, Arrival(UDP, attacker), snapshot))
     assert isinstance(reply, Response) and reply.status == 403  # a client's, not the core's
     assert (send.host, send.port) == attacker
-    assert edge.upstream_names(snapshot) == set()
+    assert edge.upstream_uris(snapshot) == ({"sip:127.0.0.1:5999"}, set())
 
 
 def test_an_ipv6_client_behind_nat_gets_its_responses(edge: Edge, snapshot: Snapshot) -> None:

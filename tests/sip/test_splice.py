@@ -19,10 +19,11 @@ import pytest
 
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import BRANCH_SECRET, SipConfig
+from sipzone.sip.choice import Hop, choose
 from sipzone.sip.edge import Edge
 from sipzone.sip.keepalive import DECLINED
 from sipzone.sip.message import MalformedMessage, Request, StreamReader, parse_message
-from sipzone.sip.values import Arrival, Listener, Sends
+from sipzone.sip.values import Arrival, Listener, Send, Sends, Target
 from tests.sip.conftest import general_path, make_snapshot
 from tests.sip.test_keepalive import mutated
 
@@ -139,6 +140,7 @@ class Pair:
     declined: int = 0
     phones: Listener = UDP  # where the phones' messages arrive (the core's: over UDP)
     conn: int | None = None  # on a stream, the phone's connection
+    sent: list[Send] = dataclasses.field(default_factory=list)  # every answer, in order
 
     def send(self, data: bytes, source: tuple[str, int]) -> Sends:
         arrival = (
@@ -156,6 +158,7 @@ class Pair:
         expected = general_path(self.general, data, arrival, self.snapshot)
         assert answer == expected, data
         assert self.fast.stats == self.general.stats, data
+        self.sent.extend(answer)
         return answer
 
 
@@ -247,6 +250,31 @@ def test_whole_calls_take_the_fast_path_and_send_what_the_general_path_sends(
     if transport == "tcp":
         ((ringing, *_),) = [pair.send(response(peer, forwarded_invite(pair, peer), 180, ""), CORE)]
         assert (ringing.transport, ringing.conn) == ("tcp", 42)
+
+
+def test_an_upstream_spread_over_targets_keeps_each_call_on_one_target() -> None:
+    """Two targets of one priority (RFC 2782 weights): the fast path picks by Call-ID as the
+    general path does, so every request of a call, CANCEL and ACK included, reaches one."""
+    pair = make_pair()
+    hops = [
+        Hop(Target("udp", *CORE), 10, 1, "a"),
+        Hop(Target("udp", "127.0.0.1", 5998), 10, 1, "b"),
+    ]
+    choice = choose(hops, lambda _: True)
+    assert choice is not None and choice.spread is not None
+    for edge in (pair.fast, pair.general):
+        edge.set_upstreams({"sip:127.0.0.1:5999": choice})
+    for call in range(12):
+        list(one_call(pair, SIPP, call))
+    for call in range(12, 16):
+        list(cancelled_call(pair, SIPP, call))
+    assert pair.declined == 1  # the first call's Route, as with one target
+    ports: dict[bytes, set[int]] = {}
+    for send in pair.sent:
+        if send.port in (5998, 5999):
+            ports.setdefault(parse_message(send.data).fields[b"Call-ID"], set()).add(send.port)
+    assert len(ports) == 16 and all(len(used) == 1 for used in ports.values())
+    assert set().union(*ports.values()) == {5998, 5999}
 
 
 def forwarded_invite(pair: Pair, peer: Peer) -> bytes:

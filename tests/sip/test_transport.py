@@ -13,7 +13,7 @@ import pytest
 from sipzone.model.snapshot import SnapshotHolder
 from sipzone.net.limits import connection_cap
 from sipzone.sip import BRANCH_SECRET, SipConfig, check_tenant_headers, parse_listen
-from sipzone.sip.transport import SipService
+from sipzone.sip.locate import Location, Locator
 from tests.sip.conftest import EdgeThread, make_snapshot
 
 
@@ -287,13 +287,13 @@ def test_names_are_looked_up_for_configured_upstreams_only(
     """Issue 7 item 2: no lookup for a peer's Via or Route; the configured upstream name is
     resolved in the background and alone says who the core is."""
     looked_up: list[str] = []
-    real = SipService._lookup
+    real = Locator.locate
 
-    async def recording(self: SipService, name: str) -> str | None:
-        looked_up.append(name)
-        return await real(self, name)
+    async def recording(self: Locator, uri: str) -> Location:
+        looked_up.append(uri)
+        return await real(self, uri)
 
-    monkeypatch.setattr(SipService, "_lookup", recording)
+    monkeypatch.setattr(Locator, "locate", recording)
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as core,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker,
@@ -308,7 +308,7 @@ def test_names_are_looked_up_for_configured_upstreams_only(
         config = SipConfig(listen=("udp:127.0.0.1:0",))
         edge = edge_factory(SnapshotHolder(snapshot), config).start()
         dest = ("127.0.0.1", edge.port("udp"))
-        assert looked_up == ["localhost"]
+        assert looked_up == [f"sip:localhost:{core_port}"]
         # The configured name works: an INVITE reaches the core at its resolved address.
         invite = options(f"SIP/2.0/UDP 127.0.0.1:{attacker_port}", "up", "x.teams.example.com")
         attacker.sendto(invite.replace(b"OPTIONS", b"INVITE"), dest)
@@ -338,7 +338,7 @@ def test_names_are_looked_up_for_configured_upstreams_only(
             sink.recv(65535)
         with pytest.raises(TimeoutError):
             attacker.recv(65535)  # nothing was relayed back to the attacker either
-    assert looked_up == ["localhost"]
+    assert looked_up == [f"sip:localhost:{core_port}"]
 
 
 def test_a_flood_of_bad_via_ports_logs_one_line_and_no_traceback(

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 
 from sipzone.eventlog import EventLog
 from sipzone.health.probe import Target, probe, tls_context
-from sipzone.model.health import VIEW_STALE, Verdict, majority
+from sipzone.model.health import VIEW_STALE, Tracker, Verdict, majority
 from sipzone.model.snapshot import TRANSPORTS, Site, Snapshot, SnapshotHolder
 from sipzone.store.feed import first_line
 from sipzone.store.repository import NodeBeat, SiteView, Store
@@ -72,38 +72,21 @@ def targets(site: Site) -> tuple[Target, ...]:
     )
 
 
-@dataclass(slots=True)
-class SiteTracker:
-    """This node's view of one site, moved by probe rounds through the thresholds.
+class SiteTracker(Tracker):
+    """This node's view of one site, moved through the site's own thresholds."""
 
-    ``up`` is None until the first round, which decides alone: thresholds guard against
-    flapping between known states, and a node must not serve a dead site for ``failures``
-    rounds just because it has only just started.
-    """
+    def __init__(self, site: Site) -> None:
+        super().__init__(site.check)
+        self._site = site
 
-    site: Site
-    up: bool | None = None
-    failures: int = 0
-    successes: int = 0
-    changed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    detail: str | None = None
+    @property
+    def site(self) -> Site:
+        return self._site
 
-    def observe(self, error: str | None) -> bool:
-        """Count one round (``error`` None: good); True when the view changed."""
-        check = self.site.check
-        if error is None:
-            self.failures, self.successes = 0, self.successes + 1
-            flips = self.up is None or (not self.up and self.successes >= check.successes)
-        else:
-            self.failures, self.successes = self.failures + 1, 0
-            self.detail = error
-            flips = self.up is None or (self.up and self.failures >= check.failures)
-        if flips:
-            self.up = error is None
-            self.changed_at = datetime.now(UTC)
-            if self.up:
-                self.detail = None
-        return flips
+    @site.setter
+    def site(self, site: Site) -> None:
+        self._site = site
+        self.check = site.check
 
     def view(self) -> SiteView | None:
         if self.up is None:

@@ -1,5 +1,6 @@
 """What the store says about health and nodes, as the stable JSON of `site list --json` and
-`sipzone status --json` (and the API, once it shows them).
+`sipzone status --json` (and the API, once it shows them): sites, nodes, and each node's
+upstream targets.
 
 The verdict here is the store's: the nodes' fresh views as last written, by the rule of
 sipzone.model.health.  A serving node may be a heartbeat ahead of it (it counts its own view
@@ -12,7 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sipzone.model.health import VIEW_STALE, majority
+from sipzone.model.health import VIEW_STALE, UpstreamTargetState, majority
 from sipzone.model.snapshot import Site
 from sipzone.store.repository import NodeRow, SiteView
 
@@ -51,10 +52,14 @@ def site_state(site: Site, views: Iterable[SiteView]) -> dict[str, Any]:
 
 
 def node_json(
-    node: NodeRow, views: Iterable[SiteView], now: datetime | None = None
+    node: NodeRow,
+    views: Iterable[SiteView],
+    upstreams: Iterable[tuple[str, UpstreamTargetState]] = (),
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """One node's last heartbeat: what it serves, how far behind the store it was, how long
-    ago it was seen, whether it could reach the store, and its view of every site."""
+    ago it was seen, whether it could reach the store, its view of every site, and what its
+    edge located and probed of its upstreams (``upstreams``: every node's (node, state))."""
     now = now or datetime.now(UTC)
     seen = node.seen_at or node.started_at
     age = (now - seen).total_seconds()
@@ -70,4 +75,18 @@ def node_json(
         "alive": age <= VIEW_STALE,
         "store_down_since": node.store_down_since.isoformat() if node.store_down_since else None,
         "sites": {v.site: "up" if v.up else "down" for v in views if v.node == node.name},
+        "upstreams": [
+            {
+                "upstream": u.upstream,
+                "target": u.target,
+                "priority": u.priority,
+                "weight": u.weight,
+                "state": "unknown" if u.up is None else "up" if u.up else "down",
+                "in_use": u.in_use,
+                "since": u.changed_at.isoformat(),
+                "detail": u.detail,
+            }
+            for name, u in upstreams
+            if name == node.name
+        ],
     }

@@ -16,7 +16,8 @@ whatever the probes say; when every site that is not drained is out, the DNS ser
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sipzone.model.errors import OutOfRange
 
@@ -86,6 +87,57 @@ class HealthCheck:
 
 
 DEFAULT_CHECK = HealthCheck()
+
+
+@dataclass(slots=True)
+class Tracker:
+    """One prober's view of one thing it probes (a site, an upstream's target), moved by probe
+    rounds through ``check``'s thresholds.
+
+    ``up`` is None until the first round, which decides alone: thresholds guard against
+    flapping between known states, and a node must not use a dead target for ``failures``
+    rounds just because it has only just started.
+    """
+
+    check: HealthCheck
+    up: bool | None = None
+    failures: int = 0
+    successes: int = 0
+    changed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    detail: str | None = None
+
+    def observe(self, error: str | None) -> bool:
+        """Count one round (``error`` None: good); True when the view changed."""
+        check = self.check
+        if error is None:
+            self.failures, self.successes = 0, self.successes + 1
+            flips = self.up is None or (not self.up and self.successes >= check.successes)
+        else:
+            self.failures, self.successes = self.failures + 1, 0
+            self.detail = error
+            flips = self.up is None or (self.up and self.failures >= check.failures)
+        if flips:
+            self.up = error is None
+            self.changed_at = datetime.now(UTC)
+            if self.up:
+                self.detail = None
+        return flips
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTargetState:
+    """One node's view of one target an upstream URI located to: its SRV priority and weight,
+    what the probes say (``up`` None: not probed), whether requests go there now, and since
+    when the view holds (``detail``: the last failure)."""
+
+    upstream: str  # the configured URI
+    target: str  # "udp 192.0.2.7:5060"
+    priority: int
+    weight: int
+    up: bool | None
+    in_use: bool
+    changed_at: datetime
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,3 +116,11 @@ class SipConfig:
     # Configured names (upstreams, trunk targets) pinned to an address ahead of the resolver,
     # as an /etc/hosts line would: ``serve --sip-host NAME=ADDRESS``.
     hosts: tuple[tuple[str, str], ...] = ()
+    # Name servers (address, port) the upstreams are located with (RFC 3263: NAPTR, SRV,
+    # A/AAAA): ``serve --upstream-dns``; none: the system's (/etc/resolv.conf, /etc/hosts).
+    upstream_dns: tuple[tuple[str, int], ...] = ()
+    # Whether the upstreams' located targets are probed (``serve --health-checks``); off: all
+    # count as usable and the first by priority and weight takes the requests.
+    probe_upstreams: bool = False
+    # Whether this worker logs what every worker sees alike (upstream health; worker 0 only).
+    voice: bool = True

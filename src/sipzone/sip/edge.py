@@ -29,8 +29,10 @@ a retransmission is handled exactly like the original.
   a strict router ahead served (§16.6 step 6).  Tenant headers never go toward a phone.
 * A request carrying a Via of ours with its own loop hash has been here: 482.
 
-Who the core is comes from configuration only: upstream URIs that hold an address, and the
-names among them as the transport resolved them in the background (:meth:`Edge.set_resolved`).
+Who the core is comes from configuration only: the targets the upstream URIs locate to (RFC
+3263, in the background: :meth:`Edge.set_upstreams`), healthy or not.  A request for the
+core goes to its upstream's current choice (``choice.py``: the first healthy target by
+priority, spread by weight over a priority's targets by Call-ID).
 Nothing a peer sends makes the edge look a name up, and the edge never sends to itself.
 
 Nothing here touches a socket: the entry points (:meth:`Edge.receive` for a datagram,
@@ -52,6 +54,7 @@ from typing import NamedTuple
 from sipzone.eventlog import EventLog
 from sipzone.model.snapshot import Snapshot
 from sipzone.sip import SipConfig
+from sipzone.sip.choice import Choice
 from sipzone.sip.debug import SipTrace
 from sipzone.sip.keepalive import DECLINED, Declined, KeepAlives
 from sipzone.sip.memo import Admission, SnapshotMemo, Upstreams, requested_host
@@ -217,18 +220,20 @@ class Edge:
         reply = self._reply(Incoming(request, top, arrival), exc.status, _reason(str(exc)))
         return self._not_to_us((reply,))
 
-    def upstream_names(self, snapshot: Snapshot) -> set[str]:
-        """The host names (not addresses) among the upstreams configured in ``snapshot``: the
-        transport resolves these, and nothing else, in the background."""
-        return self._upstreams.names(snapshot, self.memo_for(snapshot).site)
+    def upstream_uris(self, snapshot: Snapshot) -> tuple[set[str], set[str]]:
+        """The URIs configured in ``snapshot`` that the background locates: the upstreams
+        (tenants' and this site's; also probed) and the trunk targets (probed by the trunk
+        prober).  Nothing else is ever looked up."""
+        upstreams = self._upstreams.uris(snapshot, self.memo_for(snapshot).site)
+        return upstreams, {target for trunk in snapshot.trunks for target in trunk.targets}
 
-    def set_resolved(self, addresses: Mapping[str, str]) -> None:
-        """The transport resolved the configured upstream names: name -> address."""
-        if dict(addresses) == self._upstreams.resolved:
+    def set_upstreams(self, choices: Mapping[str, Choice]) -> None:
+        """Where each configured URI sends now, as the background located and probed it."""
+        if dict(choices) == self._upstreams.choices:
             return
-        self._upstreams.resolved = dict(addresses)
+        self._upstreams.set_choices(choices)
         if self._memo is not None:
-            self._adopt(self._memo.snapshot)  # who the core is may have changed
+            self._adopt(self._memo.snapshot)  # who the core is and where requests go changed
 
     # -- the per-snapshot memo ----------------------------------------------------------------
 
@@ -348,12 +353,12 @@ class Edge:
             uri, routes = strict_next(uri, routes)
         else:
             assert admission is not None
-            found = self.upstream_target(admission, memo)
-            if found is None:
+            choice = self.upstream_choice(admission, memo)
+            if choice is None:
                 upstream = memo.upstream_of(admission.tenant)
                 reason = self._no_upstream(admission.tenant.name, upstream, memo)
                 return self._refuse(incoming, "no_upstream", 503, reason)
-            target = found
+            target = choice.pick(fields[b"Call-ID"])
         mark, back = b"", None
         if upstream_hop is None:
             try:
@@ -367,12 +372,11 @@ class Edge:
         onward = Onward(target, uri, routes, head, tail, mark=mark)
         return self._forward(incoming, onward, memo)
 
-    def upstream_target(self, admission: Admission, memo: SnapshotMemo) -> Target | None:
-        """Where requests for a name ``admission`` admits go: the owning tenant's upstream (or
-        the site's) as an address; None when there is none or it does not resolve (yet)."""
+    def upstream_choice(self, admission: Admission, memo: SnapshotMemo) -> Choice | None:
+        """Where requests for a name ``admission`` admits go: the choice of the owning
+        tenant's upstream (or the site's); None when there is none or it is not located yet."""
         upstream = memo.upstream_of(admission.tenant)
-        upstreams = self._upstreams
-        return upstreams.address_of(upstreams.target(upstream)) if upstream else None
+        return self._upstreams.choice(upstream) if upstream else None
 
     def _toward_core(
         self,

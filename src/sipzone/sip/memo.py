@@ -2,8 +2,8 @@
 host, the OPTIONS answer tails and keep-alive templates, this site, the core's addresses and
 the signing keys.
 
-The edge builds one :class:`SnapshotMemo` per snapshot (and per set of upstream names the
-transport resolved) and replaces it whole when either changes: nothing in it is ever reset
+The edge builds one :class:`SnapshotMemo` per snapshot (and per set of upstream choices the
+background worked out) and replaces it whole when either changes: nothing in it is ever reset
 piecemeal, so nothing in it can outlive what it was worked out from.  :class:`Upstreams`, which
 does not depend on a snapshot (a URI parses the same way under any), lives beside it.
 """
@@ -18,6 +18,7 @@ from sipzone.model.names import lookup_key
 from sipzone.model.snapshot import Site, Snapshot
 from sipzone.model.tenancy import TenantView
 from sipzone.sip import SipConfig
+from sipzone.sip.choice import Choice
 from sipzone.sip.message import (
     URI,
     MalformedMessage,
@@ -56,12 +57,39 @@ def requested_host(host: bytes | None, to: bytes) -> bytes:
 
 
 class Upstreams:
-    """The configured upstream URIs as targets (each parsed once) and the addresses the
-    transport resolved, in the background, for the names among them."""
+    """The configured upstream URIs as targets (each parsed once) and where each sends now:
+    the :class:`~sipzone.sip.choice.Choice` the background worked out from what it located
+    and probed (``health/upstreams.py``)."""
 
     def __init__(self) -> None:
         self._parsed: dict[str, Target | None] = {}
-        self.resolved: Mapping[str, str] = {}  # configured upstream name -> its address
+        self.choices: Mapping[str, Choice] = {}  # by configured URI
+        self.resolved: Mapping[str, str] = {}  # a configured URI's host name -> its address now
+        # Every located address -> the host name of the URI it was located for: what a TLS
+        # upstream's certificate must name (RFC 5922 §4: the URI's domain, not the SRV target).
+        self.names: Mapping[str, str] = {}
+
+    def set_choices(self, choices: Mapping[str, Choice]) -> None:
+        """Where each configured URI sends now (by URI), and so its host name's address."""
+        self.choices = dict(choices)
+        resolved: dict[str, str] = {}
+        names: dict[str, str] = {}
+        for uri, choice in self.choices.items():
+            target = self.target(uri)
+            if target is not None and not is_ip_literal(target.host):
+                resolved.setdefault(target.host, choice.first.host)
+                for address, _ in choice.known:
+                    names.setdefault(address, target.host)
+        self.resolved, self.names = resolved, names
+
+    def choice(self, uri: str) -> Choice | None:
+        """Where ``uri``'s requests go now: as located and probed, else (not located yet) an
+        address as written; None when it is no usable URI or a name not located yet."""
+        choice = self.choices.get(uri)
+        if choice is not None:
+            return choice
+        target = self.target(uri)
+        return Choice.of(target) if target is not None and is_ip_literal(target.host) else None
 
     def target(self, uri: str) -> Target | None:
         """Where ``uri`` sends requests, or None when it is not a usable sip:/sips: URI."""
@@ -83,8 +111,8 @@ class Upstreams:
         return target
 
     def address_of(self, target: Target | None) -> Target | None:
-        """``target`` with its host as an address: as written, or as resolved for a configured
-        upstream name; None for any other name (never a lookup for a peer)."""
+        """``target`` with its host as an address: as written, or as located for a configured
+        URI's host name; None for any other name (never a lookup for a peer)."""
         if target is None or is_ip_literal(target.host):
             return target
         address = self.resolved.get(target.host)
@@ -97,16 +125,15 @@ class Upstreams:
             uris.add(site.upstream)
         return uris
 
-    def names(self, snapshot: Snapshot, site: Site | None) -> set[str]:
-        """The host names (not addresses) among the configured upstreams and trunk targets:
-        what the transport resolves, and nothing else."""
-        names = set()
-        trunk_targets = {target for trunk in snapshot.trunks for target in trunk.targets}
-        for uri in self.uris(snapshot, site) | trunk_targets:
-            target = self.target(uri)
-            if target is not None and not is_ip_literal(target.host):
-                names.add(target.host)
-        return names
+    def core(self, snapshot: Snapshot, site: Site | None) -> frozenset[tuple[str, int]]:
+        """(address, port) of every target the configured upstreams located to, healthy or
+        not, and of those written as addresses: requests from there come from the core."""
+        core: set[tuple[str, int]] = set()
+        for uri in self.uris(snapshot, site):
+            choice = self.choice(uri)
+            if choice is not None:
+                core |= choice.known
+        return frozenset(core)
 
 
 def site_of(snapshot: Snapshot, wanted: str | None) -> Site | None:
@@ -147,13 +174,7 @@ class SnapshotMemo:
         self._config = config
         self.site = site_of(snapshot, config.site)
         self.keys = keys
-        # (address, port) of every configured upstream: requests from there come from the core.
-        core = set()
-        for uri in upstreams.uris(snapshot, self.site):
-            target = upstreams.address_of(upstreams.target(uri))
-            if target is not None:
-                core.add((target.host, target.port))
-        self.core: frozenset[tuple[str, int]] = frozenset(core)
+        self.core = upstreams.core(snapshot, self.site)  # requests from there: the core's
         self.admissions: dict[bytes, Admission | None] = {}  # by host as written
         self.options_tails: dict[tuple[str, str, int], bytes] = {}
         # Filled by routing.py: per Route value, its URI when it names us, else None.

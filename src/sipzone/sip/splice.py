@@ -35,6 +35,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
+from sipzone.sip.choice import Choice
 from sipzone.sip.keepalive import DECLINED, Declined
 from sipzone.sip.memo import MEMO_CAP, Admission, SnapshotMemo
 from sipzone.sip.message import (
@@ -121,11 +122,12 @@ ResponseShape = tuple[
 class Plan(NamedTuple):
     """The edge's decision for a phone's requests for one host from one From (up to its tag)."""
 
-    target: Target
+    target: Target  # the upstream's target when it has one choice
     admission: Admission  # the matched name and its owner
     via_head: bytes  # our Via line up to its branch value
     transport: bytes  # our Via's transport, upper case
     tail: bytes  # the tenant headers
+    spread: Choice | None  # when the upstream spreads calls over targets: one by Call-ID
 
 
 class Splicer:
@@ -265,7 +267,9 @@ class Splicer:
         plan = plans[plan_key] if plan_key in plans else self._learn_plan(plan_key, from_, memo)
         if plan is None:
             return DECLINED
-        target, admission, via_head, transport, tail = plan
+        target, admission, via_head, transport, tail, spread = plan
+        if spread is not None:
+            target = spread.pick(call_id)
 
         via = lines[vi][va:]
         parsed = self._via_of(via)
@@ -551,18 +555,22 @@ class Splicer:
         edge = self._edge
         plan = None
         admission = memo.admit(host) if host else None
-        target = edge.upstream_target(admission, memo) if admission is not None else None
-        if target is not None and (target.host, target.port) not in self._ours:
+        choice = edge.upstream_choice(admission, memo) if admission is not None else None
+        if choice is not None and not any((t.host, t.port) in self._ours for t in choice.targets):
             assert admission is not None
+            target = choice.first
             out = edge.listener_toward(target)
-            transport = target.transport.upper().encode()
-            plan = Plan(
-                target,
-                admission,
-                b"Via: SIP/2.0/%s %s;branch=" % (transport, out.sent_by),
-                transport,
-                edge.tenant_lines(from_value, admission, memo),
-            )
+            # Our Via (and Record-Route) name the listener toward the target: one for them all.
+            if all(edge.listener_toward(t) is out for t in choice.targets):
+                transport = target.transport.upper().encode()
+                plan = Plan(
+                    target,
+                    admission,
+                    b"Via: SIP/2.0/%s %s;branch=" % (transport, out.sent_by),
+                    transport,
+                    edge.tenant_lines(from_value, admission, memo),
+                    choice if choice.spread is not None else None,
+                )
         plans = memo.splice_plans
         if len(plans) >= MEMO_CAP:
             plans.clear()

@@ -26,9 +26,11 @@ each handshake's outcome and the peer's certificate.  The handshake runs on the 
 The contexts and the choice of certificate by server name are ``tls.py``'s, rebuilt when a
 snapshot brings other certificates; a connection keeps the context it started with.
 
-Names are resolved here and only here, in the background: the configured upstreams' (see
-:meth:`Edge.upstream_names`) when the snapshot changes and every ``RESOLVE_INTERVAL``.  The
-edge hands this module addresses only; nothing a peer sends triggers a lookup.  Whatever
+Names are looked up in the background only, by the upstream watch this module runs
+(``health/upstreams.py``): the configured upstreams and trunk targets (see
+:meth:`Edge.upstream_uris`) located by RFC 3263 when the snapshot brings new ones and again
+when their TTL runs out, and their targets probed.  The edge hands this module addresses
+only; nothing a peer sends triggers a lookup.  Whatever
 traffic can make this module log goes through :class:`~sipzone.eventlog.EventLog`.
 """
 
@@ -44,10 +46,13 @@ import socket
 import ssl
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from sipzone.eventlog import EventLog
+from sipzone.health.upstreams import Report as UpstreamReport
+from sipzone.health.upstreams import UpstreamWatch
+from sipzone.model.health import DEFAULT_CHECK
 from sipzone.model.snapshot import Snapshot, SnapshotHolder
 from sipzone.net import batched_udp
 from sipzone.net.limits import connection_cap
@@ -55,6 +60,7 @@ from sipzone.net.sockets import bound_socket
 from sipzone.sip import SipConfig, metrics, parse_listen
 from sipzone.sip.edge import Edge
 from sipzone.sip.keepalive import DECLINED
+from sipzone.sip.locate import Locator
 from sipzone.sip.message import (
     MAX_MESSAGE,
     MalformedMessage,
@@ -77,8 +83,6 @@ ARRIVALS_KEPT = 4096  # peer addresses a UDP endpoint keeps an Arrival for
 METRICS_INTERVAL = 1.0
 DRAIN_QUIET = 0.25  # seconds without a byte before a draining connection counts as settled
 DRAIN_FLUSH = 1.0  # seconds a draining connection gets to take what was written to it
-RESOLVE_INTERVAL = 60.0  # seconds between lookups of the configured upstream names
-RESOLVE_TIMEOUT = 5.0  # for one name; a name that fails keeps its last address
 
 
 class _Traceback:
@@ -111,8 +115,10 @@ class SipService:
         holder: SnapshotHolder,
         trunk_report: Report | None = None,
         trunk_seen: Seen | None = None,
+        upstream_report: UpstreamReport | None = None,
     ) -> None:
         self.config = config
+        self._upstream_report = upstream_report
         self.holder = holder
         self.trunks: TrunkProber | None = None
         self._trunk_report = trunk_report
@@ -133,8 +139,7 @@ class SipService:
         self.handshakes: Counter[tuple[str, str]] = Counter()  # (direction, outcome)
         self.open_streams: Counter[str] = Counter()  # connections in the table, by transport
         self.max_connections = connection_cap(config.tcp_max_connections)
-        self.resolved: dict[str, str] = {}  # configured upstream name -> address
-        self._names: frozenset[str] = frozenset()  # the names last resolved
+        self.upstreams: UpstreamWatch | None = None
         # Connection ids travel in our Via and in flow tokens, and a request for one may reach
         # another worker (SO_REUSEPORT): each worker counts from a random point, so that an id
         # of another worker's is almost never one of its own (which would be another peer's).
@@ -166,7 +171,20 @@ class SipService:
                 )
             self.listeners.append(Listener(transport, advertise, port))
         self.edge = Edge(self.config, self.listeners)
-        await self._resolve_upstreams()  # before the first request needs them
+        families = {":" in lst.host for lst in self.listeners}
+        locator = Locator(
+            self.config.upstream_dns,
+            self.config.hosts,
+            tuple(rdtype for rdtype, v6 in (("A", False), ("AAAA", True)) if v6 in families),
+        )
+        self.upstreams = UpstreamWatch(
+            locator,
+            self.edge.set_upstreams,
+            self.config.probe_upstreams,
+            self.config.voice,
+            self._upstream_report,
+        )
+        await self._watch_upstreams()  # located before the first request needs them
         self._certificates_changed(self.holder.current, self.holder.current)
         self.holder.subscribe(self._certificates_changed)
         for (transport, sock, _), listener in zip(pending, self.listeners, strict=True):
@@ -248,6 +266,8 @@ class SipService:
     async def close(self) -> None:
         if self.trunks is not None:
             await self.trunks.close()
+        if self.upstreams is not None:
+            await self.upstreams.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -300,10 +320,15 @@ class SipService:
                     log.debug("closing connection %d to %s: %s", conn.id, conn.peer, late)
                     conn.abort()
 
-    # -- the configured upstreams' names -------------------------------------------------------
+    # -- the configured upstreams ------------------------------------------------------------
+
+    @property
+    def resolved(self) -> Mapping[str, str]:
+        """A configured URI's host name -> its address now (the trunk prober connects there)."""
+        return self.edge.upstreams.resolved if self.edge is not None else {}
 
     async def _follow_upstreams(self) -> None:
-        """Resolve the configured upstream names when the snapshot changes and periodically."""
+        """Hand the upstream watch the configured URIs whenever the snapshot changes."""
         changed = asyncio.Event()
 
         def on_publish(_old: Snapshot, _new: Snapshot) -> None:
@@ -311,51 +336,23 @@ class SipService:
 
         self.holder.subscribe(on_publish)
         while True:
-            periodic = False
-            try:
-                await asyncio.wait_for(changed.wait(), RESOLVE_INTERVAL)
-            except TimeoutError:
-                periodic = True
+            await changed.wait()
             changed.clear()
             try:
-                await self._resolve_upstreams(again=periodic)
-            except Exception as exc:  # a bug here must not end the resolving for good
-                self.events.error("resolver-bug", "resolving upstreams failed: %s", _Traceback(exc))
+                await self._watch_upstreams()
+            except Exception as exc:  # a bug here must not end the following for good
+                self.events.error(
+                    "upstreams-bug", "following upstreams failed: %s", _Traceback(exc)
+                )
 
-    async def _resolve_upstreams(self, again: bool = True) -> None:
-        """Look the configured upstream names up and hand their addresses to the edge; with
-        ``again`` False, only when the set of names changed."""
-        assert self.edge is not None
-        names = frozenset(self.edge.upstream_names(self.holder.current))
-        if not again and names == self._names:
-            return
-        self._names = names
-        found = await asyncio.gather(*(self._lookup(name) for name in sorted(names)))
-        resolved = {}
-        for name, address in zip(sorted(names), found, strict=True):
-            address = address or self.resolved.get(name)  # a failed lookup keeps the old one
-            if address is not None:
-                resolved[name] = address
-        self.resolved = resolved
-        self.edge.set_resolved(resolved)
-
-    async def _lookup(self, name: str) -> str | None:
-        """One configured name's address, preferring a family we have a UDP socket for."""
-        pinned = dict(self.config.hosts).get(name)
-        if pinned is not None:
-            return pinned
-        try:
-            infos = await asyncio.wait_for(
-                self.loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
-            self.events.warning(f"resolve:{name}", "cannot resolve upstream %s: %s", name, exc)
-            return None
-        if not infos:
-            return None
-        self.events.forget(f"resolve:{name}")
-        families = {self._udp_family(f) for f, *_ in infos}
-        return next((str(i[4][0]) for i in infos if i[0] in families), str(infos[0][4][0]))
+    async def _watch_upstreams(self) -> None:
+        """The URIs of the current snapshot to the watch, probed by this site's thresholds."""
+        assert self.edge is not None and self.upstreams is not None
+        snapshot = self.holder.current
+        site = self.edge.memo_for(snapshot).site
+        await self.upstreams.follow(
+            *self.edge.upstream_uris(snapshot), site.check if site is not None else DEFAULT_CHECK
+        )
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -422,9 +419,6 @@ class SipService:
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
 
-    def _udp_family(self, family: int) -> int:
-        return family if family in self._udp else -1
-
     async def _connect_and_send(self, send: Send) -> None:
         key = (send.transport, send.host, send.port)
         future = self._connecting.get(key)
@@ -474,9 +468,10 @@ class SipService:
         return self.tls.client()
 
     def _name_of(self, address: str) -> str:
-        """The configured upstream name ``address`` was resolved from (what its certificate
+        """The configured upstream name ``address`` was located for (what its certificate
         must name), else the address itself."""
-        return next((name for name, a in self.resolved.items() if a == address), address)
+        names = self.edge.upstreams.names if self.edge is not None else {}
+        return names.get(address, address)
 
     # -- connection table ---------------------------------------------------------------------
 
@@ -905,10 +900,12 @@ async def start_sip(
     holder: SnapshotHolder,
     trunk_report: Report | None = None,
     trunk_seen: Seen | None = None,
+    upstream_report: UpstreamReport | None = None,
 ) -> SipService:
     """Open the listeners in ``config.listen`` and serve the edge until ``close()``;
     ``trunk_report`` stores what the trunk prober sees, ``trunk_seen`` reads it back in the
-    workers that do not probe (see trunkprobe.py)."""
-    service = SipService(config, holder, trunk_report, trunk_seen)
+    workers that do not probe (see trunkprobe.py); ``upstream_report`` stores what the
+    upstream watch located and probed (health/upstreams.py)."""
+    service = SipService(config, holder, trunk_report, trunk_seen, upstream_report)
     await service.start()
     return service

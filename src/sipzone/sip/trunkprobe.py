@@ -7,8 +7,8 @@ added with ``sipzone trunk add`` is probed within one store poll and one removed
 A task keeps one connection open between probes (opened again after any failure), presents
 the certificate that covers the trunk's base FQDN (:meth:`TlsContexts.client_for`) and checks
 the target's certificate against the name in its URI and the operator's CAs
-(``--tls-upstream-ca``).  Target names are configuration: the transport resolves them in the
-background with the upstreams' (:meth:`Edge.upstream_names`), and a name it has no address
+(``--tls-upstream-ca``).  Target names are configuration: the upstream watch locates them in
+the background with the upstreams (:meth:`Edge.upstream_uris`), and a name it has no address
 for yet is a missed probe, never a lookup here.
 
 Each probe's outcome goes to the metrics at once and, through ``report``, to the store (the

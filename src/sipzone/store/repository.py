@@ -55,7 +55,7 @@ from sipzone.model.errors import (
     UnknownTenant,
     UnsupportedDatabase,
 )
-from sipzone.model.health import VIEW_STALE, HealthCheck
+from sipzone.model.health import VIEW_STALE, HealthCheck, UpstreamTargetState
 from sipzone.model.mail import SETTING, parse_endpoints, stored_endpoints
 from sipzone.model.matcher import Match, Matcher
 from sipzone.model.names import (
@@ -120,6 +120,7 @@ from sipzone.store.schema import (
     tokens,
     trunk_state,
     trunks,
+    upstream_states,
     zones,
 )
 from sipzone.store.url import DEFAULT_URL, redacted, sqlite_path
@@ -2320,6 +2321,53 @@ class Store:
                     r["detail"],
                     r["node"],
                     _aware(r["seen_at"]),
+                )
+                for r in conn.execute(query).mappings()
+            ]
+
+    def record_upstream_states(self, node: str, states: Iterable[UpstreamTargetState]) -> None:
+        """Replace what ``node`` located and probed of its upstreams (status: no revision)."""
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "node": node,
+                "upstream": state.upstream[:500],
+                "target": state.target[:300],
+                "priority": state.priority,
+                "weight": state.weight,
+                "up": state.up,
+                "in_use": state.in_use,
+                "changed_at": state.changed_at,
+                "seen_at": now,
+                "detail": (state.detail or "")[:300] or None,
+            }
+            for state in states
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(upstream_states.delete().where(upstream_states.c.node == node))
+            if rows:
+                conn.execute(upstream_states.insert(), rows)
+
+    def upstream_states(self) -> list[tuple[str, UpstreamTargetState]]:
+        """(node, state) of every upstream target every node last reported, in failover order."""
+        table = upstream_states.c
+        query = sa.select(upstream_states).order_by(
+            table.node, table.upstream, table.priority, table.weight.desc(), table.target
+        )
+        with self.engine.connect() as conn:
+            return [
+                (
+                    str(r["node"]),
+                    UpstreamTargetState(
+                        r["upstream"],
+                        r["target"],
+                        int(r["priority"]),
+                        int(r["weight"]),
+                        None if r["up"] is None else bool(r["up"]),
+                        bool(r["in_use"]),
+                        _aware(r["changed_at"]),
+                        r["detail"],
+                    ),
                 )
                 for r in conn.execute(query).mappings()
             ]

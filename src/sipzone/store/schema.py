@@ -231,6 +231,24 @@ nodes = Table(
     Column("store_down_since", DateTime(timezone=True), nullable=True),
 )
 
+# What each node's edge located and probed of each upstream (migration 0007): one row per
+# target, replaced whole by the node whenever a location or a probe's verdict changes;
+# status, not configuration (no revision, not in a dump).
+upstream_states = Table(
+    "upstream_states",
+    metadata,
+    Column("node", String(100), primary_key=True),
+    Column("upstream", String(500), primary_key=True),
+    Column("target", String(300), primary_key=True),
+    Column("priority", Integer, nullable=False),
+    Column("weight", Integer, nullable=False),
+    Column("up", Boolean, nullable=True),
+    Column("in_use", Boolean, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("detail", String(300), nullable=True),
+)
+
 # ACME (migration 0006).  An account per (directory, email): its key (PEM, never printed) and
 # its URL at the CA.
 acme_accounts = Table(
