@@ -3,10 +3,11 @@
 Theory of operation: a name in one of our zones plays one or more *roles* (zone apex, site host,
 email domain, SIP domain, SIP service name ``_sip._udp.D``, ACME challenge
 ``_acme-challenge.D`` with its TXT values while an order runs); each role contributes record sets,
-and the record sets of a role depend only on the sites, the zone and the client's *region view*,
-never on the name itself (NAPTR is the one exception: its replacement names the domain).  So the
-live server compiles each (zone, roles, region) once and shares it between a million domains,
-and zone transfer and export walk the same roles to list a zone.  Nothing here does I/O.
+and the record sets of a role depend only on the sites, the zone and, for SRV alone, the
+client's *region view*, never on the name itself (NAPTR is the one exception: its replacement
+names the domain).  So the live server compiles each (zone, roles, region) once and shares it
+between a million domains, and zone transfer and export walk the same roles to list a zone.
+Nothing here does I/O.
 
 A site publishes only the transports it has a port for (port 0: not offered): the service
 names ``_sip._udp.D`` and friends exist only for transports some site offers, and the SRV and
@@ -286,14 +287,14 @@ class Records:
         if kind == "host":
             return self._addresses([self.snapshot.sites[role.index]])
         if kind == "email":
-            out = self._addresses(self.serving, self.serving_ttl)
+            out = self._sip_addresses()
             email = self.snapshot.email_domain or zone
             target = self.snapshot.settings.get("email_mx") or email
             mx = _rdatas(RdType.MX, [(f"{MX_PREFERENCE} {target}.", "email domain")])
             out[RdType.MX] = _rdataset(RdType.MX, self.ttl, mx)
             return out
         if kind == "domain":
-            return self._addresses([site for _, site in self._views[view]], self.serving_ttl)
+            return self._sip_addresses()
         if kind == "service":
             return {RdType.SRV: self._srv(zone, role.index, view)}
         if kind == "acme":
@@ -302,9 +303,17 @@ class Records:
             return {RdType.TXT: _rdataset(RdType.TXT, min(self.ttl, ACME_TTL), txt)}
         raise ValueError(f"unknown role {kind!r}")
 
+    def _sip_addresses(self) -> Rdatasets:
+        """A/AAAA of SIP domains and the email domain: the serving sites' addresses, the same
+        set and order in every region.  Resolvers shuffle an address set anyway, so a
+        per-region order would only cost them one cache entry per client network; steering
+        is the SRV priority's job."""
+        return self._addresses(self.serving, self.serving_ttl)
+
     def is_regional(self, roles: Sequence[Role]) -> bool:
-        """Whether answers for these roles differ between region views (ECS scope > 0)."""
-        return self.regional and any(r.kind in ("domain", "service") for r in roles)
+        """Whether answers for these roles differ between region views (ECS scope > 0): only
+        SRV, whose priorities put the client's region first."""
+        return self.regional and any(r.kind == "service" for r in roles)
 
     def glue(self, zone: str, rds: dns.rdataset.Rdataset) -> Iterator[tuple[str, Rdatasets]]:
         """Addresses of the in-zone SRV/NS/MX targets in ``rds``, for the additional section."""
