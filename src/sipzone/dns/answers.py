@@ -220,9 +220,15 @@ class Section:
     rrsets: Sequence[tuple[bytes | None, dns.rdataset.Rdataset]]
 
 
-# Where the names sit in the RDATA of the types whose targets get glue or that the SOA carries:
-# (offset of the first name, how many names follow it back to back).
-_RDATA_NAMES = {RdType.NS: (0, 1), RdType.MX: (2, 1), RdType.SRV: (6, 1), RdType.SOA: (0, 2)}
+# The names in the RDATA of the types we publish with names: (offset of the first name, how
+# many follow it back to back, whether they may be compressed: RFC 3597 §4 allows it for the
+# types of RFC 1035 and forbids it for later ones such as SRV).
+_RDATA_NAMES = {
+    RdType.NS: (0, 1, True),
+    RdType.MX: (2, 1, True),
+    RdType.SOA: (0, 2, True),
+    RdType.SRV: (6, 1, False),
+}
 # The farthest a compression pointer may reach (14 bits), less the longest question before
 # the body: names past it in the body are not pointed at.
 _POINTABLE = 0x3FFF - HEADER - MAX_WIRE_NAME - 4
@@ -239,9 +245,9 @@ def render(
 ) -> Answer:
     """Render record sets to an :class:`Answer` for questions ending in ``zone`` (wire).
 
-    Owners are compressed (RFC 1035 §4.1.4) onto the question's zone, onto names earlier in
-    the body (the SRV, NS and MX targets in RDATA, earlier owners), so glue names cost two
-    octets; names in RDATA stay uncompressed, as RFC 3597 asks for SRV and NAPTR."""
+    Owners and the names in NS, MX and SOA records are compressed (RFC 1035 §4.1.4) onto the
+    question's zone and onto names earlier in the body (SRV targets included), so a glue
+    owner costs two octets; SRV and NAPTR names stay uncompressed, as RFC 3597 asks."""
     parts: list[bytes] = []
     serial_at: list[int] = []
     relocs: list[tuple[int, int]] = []
@@ -275,17 +281,23 @@ def render(
             if section is additional:
                 cuts.append((size, count))
             for rd in rds:
-                rdata = rd.to_wire()
                 name = QNAME_POINTER if owner is None else compressed(owner, size)
-                head = name + _RR_HEADER.pack(rds.rdtype, rds.rdclass, rds.ttl, len(rdata))
-                at = size + len(head)
-                first, many = _RDATA_NAMES.get(rds.rdtype, (0, 0))
+                at = size + len(name) + _RR_HEADER.size  # where the RDATA starts
+                raw = rd.to_wire()
+                i, many, compress = _RDATA_NAMES.get(rds.rdtype, (0, 0, False))
+                rdata = raw[:i]
                 for _ in range(many):
-                    end = name_end(rdata, first)
-                    note(rdata[first:end], at + first)
-                    first = end
+                    end = name_end(raw, i)
+                    if compress:
+                        rdata += compressed(raw[i:end], at + len(rdata))
+                    else:
+                        note(raw[i:end], at + len(rdata))
+                        rdata += raw[i:end]
+                    i = end
                 if rds.rdtype == RdType.SOA:
-                    serial_at.append(at + first)
+                    serial_at.append(at + len(rdata))
+                rdata += raw[i:]
+                head = name + _RR_HEADER.pack(rds.rdtype, rds.rdclass, rds.ttl, len(rdata))
                 parts += (head, rdata)
                 size = at + len(rdata)
                 count += 1
