@@ -95,6 +95,7 @@ def test_sites_zones_and_email_domain(cli: Cli) -> None:
     ]
     assert sites[0]["networks"] == ["10.0.0.0/8"]
     assert sites[0]["host"] == "eu1.sip.example.com"
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.com", check=True)
     assert json.loads(cli("zone", "list", "--json").stdout) == ["example.com"]
     cli("email-domain", "set", "mail.example.com", check=True)

@@ -67,17 +67,22 @@ from sipzone.model.names import (
 )
 from sipzone.model.snapshot import (
     DEFAULT_PORTS,
+    NAMESERVERS_SETTING,
     Delta,
+    NameServer,
     Site,
     Snapshot,
     check_order,
     check_port,
     check_site_host_fits,
     check_weight,
+    nameservers_text,
+    parse_nameservers,
     parse_network,
     parse_region,
     parse_site_name,
     parse_vip,
+    zone_of,
 )
 from sipzone.model.tenancy import (
     FIELD_PARSERS,
@@ -1058,8 +1063,94 @@ class Store:
             hostless = sa.select(sites.c.name).where(sites.c.host.is_(None))
             for site_name in conn.execute(hostless).scalars():
                 check_site_host_fits(site_name, None, [zone.text])
+            servers = self._nameservers(conn)
+            if not servers:
+                raise InvalidValue(
+                    f"zone {zone.text!r} needs a name server: name the hosts that run "
+                    f"sipzone's DNS first (sipzone nameserver add ns1.{zone.text} --address IP)"
+                )
+            zone_names = [*self._zones(conn), zone.text]
+            self._check_glue(conn, servers, zone_names)
             conn.execute(zones.insert().values(name=zone.text))
             return zone, rev
+
+    # The name servers every zone lists as NS (the hosts that answer its DNS queries): one
+    # installation setting, since every node serves every zone from the same snapshot.
+
+    def add_nameserver(self, text: str, addresses: Iterable[str] = ()) -> int:
+        name = parse_domain(text).text
+        addrs = tuple(dict.fromkeys(parse_vip(a, "name server address") for a in addresses))
+        detail = {"addresses": [str(a) for a in addrs]}
+        with self._write("nameserver.add", name, detail) as (conn, rev):
+            self._provider_only("manages name servers")
+            servers = self._nameservers(conn)
+            if any(s.name == name for s in servers):
+                raise Conflict(f"name server {name!r} exists already")
+            servers = (*servers, NameServer(name, addrs))
+            self._check_glue(conn, servers, self._zones(conn))
+            self._set_nameservers(conn, servers)
+            return rev
+
+    def remove_nameserver(self, text: str) -> int:
+        name = parse_domain(text).text
+        with self._write("nameserver.remove", name) as (conn, rev):
+            self._provider_only("manages name servers")
+            servers = self._nameservers(conn)
+            kept = tuple(s for s in servers if s.name != name)
+            if len(kept) == len(servers):
+                raise NotFound(f"name server {name!r} does not exist")
+            if not kept and self._zones(conn):
+                raise InvalidValue(
+                    f"{name!r} is the last name server and the zones need one: add another first"
+                )
+            self._set_nameservers(conn, kept)
+            return rev
+
+    def nameservers(self) -> tuple[NameServer, ...]:
+        with self.engine.connect() as conn:
+            return self._nameservers(conn)
+
+    def _nameservers(self, conn: Connection) -> tuple[NameServer, ...]:
+        """The stored name servers; a value that no longer parses is logged and left out."""
+        select = sa.select(settings.c.value).where(settings.c.key == NAMESERVERS_SETTING)
+        text = conn.execute(select).scalar()
+        if not text:
+            return ()
+        try:
+            return parse_nameservers(text)
+        except (InvalidValue, ValueError) as exc:
+            self.read_log.warning("setting nameservers", "store: nameservers ignored: %s", exc)
+            return ()
+
+    @staticmethod
+    def _set_nameservers(conn: Connection, servers: Sequence[NameServer]) -> None:
+        conn.execute(settings.delete().where(settings.c.key == NAMESERVERS_SETTING))
+        if servers:
+            value = nameservers_text(servers)
+            conn.execute(settings.insert().values(key=NAMESERVERS_SETTING, value=value))
+
+    @staticmethod
+    def _check_glue(
+        conn: Connection, servers: Sequence[NameServer], zone_names: Sequence[str]
+    ) -> None:
+        """A name server inside one of the zones must have addresses there: its own, or those of
+        the site whose SIP host it is (never both, which would be two address sets)."""
+        rows = conn.execute(sa.select(sites.c.name, sites.c.host)).all()
+        for server in servers:
+            zone = zone_of(server.name, zone_names)
+            if zone is None:
+                continue
+            site = next((n for n, h in rows if (h or f"{n}.{zone}") == server.name), None)
+            if site is not None and server.addresses:
+                raise Conflict(
+                    f"name server {server.name!r} is site {site!r}'s SIP host, whose addresses "
+                    "are the site's virtual IPs: add it without --address"
+                )
+            if site is None and not server.addresses:
+                raise InvalidValue(
+                    f"name server {server.name!r} is in zone {zone!r}, which must publish its "
+                    "address for resolvers to reach it: give --address IP"
+                )
 
     def remove_zone(self, text: str) -> int:
         zone = parse_domain(text)
@@ -1750,6 +1841,7 @@ class Store:
                 certificates=tuple(self._certificates(conn)),
                 trunks=tuple(self._trunks(conn)),
                 challenges=self._challenges(conn),
+                nameservers=self._nameservers(conn),
             )
 
     def _valid_rules(self, rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
