@@ -95,7 +95,14 @@ def test_sites_zones_and_email_domain(cli: Cli) -> None:
     ]
     assert sites[0]["networks"] == ["10.0.0.0/8"]
     assert sites[0]["host"] == "eu1.sip.example.com"
+    refused = cli("zone", "add", "example.com")
+    assert refused.returncode != 0 and "needs a name server" in refused.stderr
     cli("nameserver", "add", "ns1.example.org", check=True)
+    cli("nameserver", "add", "ns1.example.com", "--address", "192.0.2.53", check=True)
+    assert json.loads(cli("nameserver", "list", "--json").stdout) == [
+        {"name": "ns1.example.org", "addresses": []},
+        {"name": "ns1.example.com", "addresses": ["192.0.2.53"]},
+    ]
     cli("zone", "add", "example.com", check=True)
     assert json.loads(cli("zone", "list", "--json").stdout) == ["example.com"]
     cli("email-domain", "set", "mail.example.com", check=True)

@@ -926,6 +926,7 @@ class Store:
                     **_check_columns(check),
                 )
             )
+            self._check_glue(conn, self._nameservers(conn), self._zones(conn))
             return rev
 
     def update_site(self, name: str, **fields: Any) -> int:
@@ -955,6 +956,7 @@ class Store:
             changes = {_SITE_FIELDS[k]: values[k] for k in _SITE_FIELDS if k != "ports"}
             changes.update({f"port_{t}": p for t, p in values["ports"].items()})
             conn.execute(sites.update().where(sites.c.id == row["id"]).values(**changes))
+            self._check_glue(conn, self._nameservers(conn), self._zones(conn))
             return rev
 
     def remove_site(self, name: str) -> int:
@@ -962,6 +964,7 @@ class Store:
             self._provider_only("manages sites")
             if conn.execute(sites.delete().where(sites.c.name == name)).rowcount == 0:
                 raise NotFound(f"site {name!r} does not exist")
+            self._check_glue(conn, self._nameservers(conn), self._zones(conn))
             return rev
 
     def set_site_health(self, name: str, healthy: bool) -> int:
@@ -1134,7 +1137,8 @@ class Store:
         conn: Connection, servers: Sequence[NameServer], zone_names: Sequence[str]
     ) -> None:
         """A name server inside one of the zones must have addresses there: its own, or those of
-        the site whose SIP host it is (never both, which would be two address sets)."""
+        the site whose SIP host it is (never both, which would be two address sets).  Checked
+        on every write that changes names, zones or site hosts."""
         rows = conn.execute(sa.select(sites.c.name, sites.c.host)).all()
         for server in servers:
             zone = zone_of(server.name, zone_names)
@@ -1143,13 +1147,15 @@ class Store:
             site = next((n for n, h in rows if (h or f"{n}.{zone}") == server.name), None)
             if site is not None and server.addresses:
                 raise Conflict(
-                    f"name server {server.name!r} is site {site!r}'s SIP host, whose addresses "
-                    "are the site's virtual IPs: add it without --address"
+                    f"name server {server.name!r} would be site {site!r}'s SIP host too, whose "
+                    "addresses are the site's virtual IPs: a name server that is a site's host "
+                    "has no --address of its own"
                 )
             if site is None and not server.addresses:
                 raise InvalidValue(
-                    f"name server {server.name!r} is in zone {zone!r}, which must publish its "
-                    "address for resolvers to reach it: give --address IP"
+                    f"name server {server.name!r} is in zone {zone!r} and would have no address "
+                    "there for resolvers to reach it: it needs --address IP (or to be a site's "
+                    "SIP host)"
                 )
 
     def remove_zone(self, text: str) -> int:

@@ -1,0 +1,98 @@
+"""The name servers every zone lists as NS (issue 12, item 7): required before a zone, with
+their addresses when they are inside one; a write that would leave one without an address
+changes nothing."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import dns.message
+import pytest
+
+from sipzone.dns import DnsConfig
+from sipzone.dns.answers import Authority
+from sipzone.model import errors
+from sipzone.model.snapshot import NameServer
+from sipzone.store.backup import dump
+from sipzone.store.repository import Store
+
+
+def test_a_zone_needs_a_name_server_first(store: Store) -> None:
+    before = store.revision()
+    with pytest.raises(errors.InvalidValue, match=r"needs a name server.*nameserver add"):
+        store.add_zone("example.com")
+    assert (store.list_zones(), store.revision()) == ([], before)
+    store.add_nameserver("ns1.example.com", ["192.0.2.53", "2001:db8::53"])
+    store.add_zone("example.com")
+    assert store.list_zones() == ["example.com"]
+
+
+def test_in_zone_name_servers_need_addresses_and_site_hosts_have_theirs(store: Store) -> None:
+    store.add_nameserver("ns.provider.example")  # outside every zone: no address needed
+    store.add_zone("example.com")
+    before = store.revision()
+    with pytest.raises(errors.InvalidValue, match=r"'ns1.example.com' is in zone 'example.com'"):
+        store.add_nameserver("ns1.example.com")
+    with pytest.raises(errors.BadAddress, match="name server address"):
+        store.add_nameserver("ns1.example.com", ["fe80::1%eth0"])
+    assert store.revision() == before
+    # A site's SIP host serves with the site's addresses, and with no others.
+    store.add_site("eu1", vips=["192.0.2.10"], region="eu", host="eu1.example.com")
+    with pytest.raises(errors.Conflict, match="site 'eu1'"):
+        store.add_nameserver("eu1.example.com", ["192.0.2.53"])
+    store.add_nameserver("eu1.example.com")
+    # ... so the site may not leave the name without an address.
+    before = store.revision()
+    for write in (
+        lambda: store.remove_site("eu1"),
+        lambda: store.update_site("eu1", host="sip.example.com"),
+    ):
+        with pytest.raises(errors.InvalidValue, match=r"'eu1\.example\.com'"):
+            write()
+    assert store.revision() == before
+    # A zone that would contain an address-less name server is refused.
+    store.add_nameserver("ns.other.example")
+    with pytest.raises(errors.InvalidValue, match=r"'ns\.other\.example' is in zone"):
+        store.add_zone("other.example")
+    assert "other.example" not in store.list_zones()
+
+
+def test_names_listed_in_order_removed_but_never_the_last(store: Store) -> None:
+    store.add_nameserver("ns1.example.com", ["192.0.2.53"])
+    store.add_nameserver("ns2.provider.example")
+    with pytest.raises(errors.Conflict):
+        store.add_nameserver("NS2.provider.example.")
+    store.add_zone("example.com")
+    assert store.nameservers() == (
+        NameServer("ns1.example.com", (ipaddress.ip_address("192.0.2.53"),)),
+        NameServer("ns2.provider.example"),
+    )
+    with pytest.raises(errors.NotFound):
+        store.remove_nameserver("ns3.provider.example")
+    store.remove_nameserver("ns1.example.com")
+    with pytest.raises(errors.InvalidValue, match="last name server"):
+        store.remove_nameserver("ns2.provider.example")
+    assert [s.name for s in store.nameservers()] == ["ns2.provider.example"]
+    assert dump(store)["settings"]["nameservers"] == "ns2.provider.example"
+
+
+def test_the_dns_publishes_them_from_the_store(store: Store) -> None:
+    store.add_nameserver("ns1.example.com", ["192.0.2.53"])
+    store.add_nameserver("ns2.provider.example")
+    store.add_zone("example.com")
+    store.add_site("eu1", vips=["192.0.2.10"], region="eu")
+    auth = Authority(store.load_snapshot(), DnsConfig())
+
+    def ask(name: str, rdtype: str) -> dns.message.Message:
+        query = dns.message.make_query(name, rdtype)
+        return dns.message.from_wire(auth.respond(query.to_wire(), "127.0.0.1") or b"")
+
+    ns = ask("example.com", "NS")
+    assert sorted(rd.to_text() for rd in ns.answer[0]) == [
+        "ns1.example.com.",
+        "ns2.provider.example.",
+    ]
+    assert [(r.name.to_text(), r[0].to_text()) for r in ns.additional] == [
+        ("ns1.example.com.", "192.0.2.53")
+    ]
+    assert ask("example.com", "SOA").answer[0][0].mname.to_text() == "ns1.example.com."
