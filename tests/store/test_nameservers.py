@@ -5,16 +5,20 @@ changes nothing."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+from pathlib import Path
 
 import dns.message
 import pytest
 
 from sipzone.dns import DnsConfig
 from sipzone.dns.answers import Authority
+from sipzone.dns.export import export_zone
 from sipzone.model import errors
 from sipzone.model.snapshot import NameServer
 from sipzone.store.backup import dump
 from sipzone.store.repository import Store
+from tests.dns.conftest import need
 
 
 def test_a_zone_needs_a_name_server_first(store: Store) -> None:
@@ -96,3 +100,22 @@ def test_the_dns_publishes_them_from_the_store(store: Store) -> None:
         ("ns1.example.com.", "192.0.2.53")
     ]
     assert ask("example.com", "SOA").answer[0][0].mname.to_text() == "ns1.example.com."
+
+
+def test_zone_files_carry_them_and_named_checkzone_accepts(store: Store, tmp_path: Path) -> None:
+    """What a secondary transfers: the NS and the in-zone name server's address records."""
+    store.add_nameserver("ns1.example.com", ["192.0.2.53"])
+    store.add_nameserver("ns2.provider.example")
+    store.add_zone("example.com")
+    store.add_site("eu1", vips=["192.0.2.10"], region="eu")
+    text = export_zone(store.load_snapshot(), "example.com")
+    lines = {" ".join(line.split()) for line in text.splitlines()}
+    assert {"@ 300 IN NS ns1", "@ 300 IN NS ns2.provider.example.", "ns1 300 IN A 192.0.2.53"} <= (
+        lines
+    ), text
+    path = tmp_path / "example.com.zone"
+    path.write_text(text)
+    check = subprocess.run(
+        [need("named-checkzone"), "example.com", str(path)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
