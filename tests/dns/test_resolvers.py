@@ -1,6 +1,7 @@
 """What resolvers see (issue 12, item 7): ECS scopes they can cache by, one address set for every
 region, compressed glue, name servers that run the DNS, BADVERS with its question; asked
-directly, with `dig`, and through Unbound running as a recursive resolver."""
+directly, with `dig`, through Unbound running as a recursive resolver, and through BIND
+forwarding to us."""
 
 from __future__ import annotations
 
@@ -299,3 +300,55 @@ def test_through_unbound(resolver: tuple[LiveDns, Unbound]) -> None:
     # SRV depends on the subnet: another /24 is asked again.
     dig(port, srv, "SRV", "+subnet=10.1.2.0/24")
     assert answered(sipzone) > before
+
+
+def test_through_bind_forwarding(live_dns: type[LiveDns], tmp_path: Path) -> None:
+    """BIND 9.18 as the resolver (its static-stub zones take no port: a forward zone)."""
+    sipzone = live_dns(NEIGHBOURS)
+    port = free_port()
+    conf = tmp_path / "named.conf"
+    conf.write_text(
+        f"""options {{
+    directory "{tmp_path}";
+    pid-file none;
+    session-keyfile "{tmp_path}/session.key";
+    managed-keys-directory "{tmp_path}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion yes;
+    allow-recursion {{ 127.0.0.0/8; }};
+    dnssec-validation no;
+}};
+controls {{ }};
+zone "example.com" {{
+    type forward;
+    forward only;
+    forwarders {{ 127.0.0.1 port {sipzone.port}; }};
+}};
+"""
+    )
+    log = tmp_path / "named.log"
+    named = subprocess.Popen(
+        [need("named"), "-g", "-n", "1", "-c", str(conf)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(100):  # bounded: 10 s
+            assert named.poll() is None, log.read_text()
+            if dig(port, "example.com", "SOA").status == "NOERROR":
+                break
+            time.sleep(0.1)
+        a = dig(port, "Cust42.Teams.example.com", "A")
+        assert sorted(a.rdata("A")) == ["192.0.2.10", "198.51.100.10"]
+        srv = dig(port, "_sip._udp.voip.example.com", "SRV")
+        assert sorted(r.split()[3] for r in srv.rdata("SRV")) == [
+            "site-a.example.com.",
+            "site-b.example.com.",
+        ]
+        assert len(dig(port, "voip.example.com", "NAPTR").rdata("NAPTR")) == 3
+        assert dig(port, "nope.example.com", "A").status == "NXDOMAIN"
+        assert dig(port, "_sips._tcp.cust42.teams.example.com", "SRV").rdata("SRV")
+    finally:
+        named.terminate()
+        named.wait(10)
