@@ -247,6 +247,7 @@ def installation(
 
     def start(*args: str, validity: int = 3600, eab: dict[str, str] | None = None) -> Installation:
         cli("init", check=True)
+        cli("nameserver", "add", "ns1.example.org", check=True)
         cli("zone", "add", "example.com", check=True)
         cli("domain", "add", "*.teams.example.com", check=True)
         old = issue(trustme.CA(), tmp_path / "old", *DOMAINS)

@@ -112,6 +112,7 @@ def one_site_store(url: str, *domains: str) -> None:
     store = Store(url)
     try:
         store.init()
+        store.add_nameserver("ns1.example.org")
         store.add_zone("example.com")
         store.add_site("eu1", vips=["192.0.2.10"], region="eu")
     finally:

@@ -90,6 +90,7 @@ def main() -> None:
     try:
         db = f"sqlite:///{tmp / 'api.db'}"
         run("init", db=db)
+        run("nameserver", "add", "ns1.example.com", "--address", "127.0.0.1", db=db)
         run("zone", "add", "example.com", db=db)
         run("site", "add", "eu1", "--vip", "127.0.0.1", "--region", "eu", db=db)
         for tenant in ("resa", "resb"):

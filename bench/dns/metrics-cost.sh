@@ -16,6 +16,7 @@ free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 export SIPZONE_DB="sqlite:///$tmp/bench.db"
 {
   "$sipzone" init
+  "$sipzone" nameserver add ns1.example.com --address 127.0.0.1
   "$sipzone" zone add example.com
   "$sipzone" site add site-a --vip 192.0.2.10 --region a --network 127.0.0.0/8 --port-tls 5061
   "$sipzone" domain add voip.example.com

@@ -17,6 +17,7 @@ trap cleanup EXIT
 export SIPZONE_DB="sqlite:///$tmp/million.db"
 {
   "$sipzone" init
+  "$sipzone" nameserver add ns1.example.com --address 127.0.0.1
   "$sipzone" zone add example.com
   "$sipzone" site add site-a --vip 192.0.2.10 --vip 2001:db8::10 --region a --network 127.0.0.0/8
   "$sipzone" site add site-b --vip 198.51.100.10 --region b

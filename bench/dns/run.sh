@@ -30,6 +30,7 @@ free_port() {
 export SIPZONE_DB="sqlite:///$tmp/bench.db"
 {
   "$sipzone" init
+  "$sipzone" nameserver add ns1.example.com --address 127.0.0.1
   "$sipzone" zone add example.com
   # TLS ports: PowerDNS's zone has _sips._tcp SRV records, and sites offer no TLS by default.
   "$sipzone" site add site-a --vip 192.0.2.10 --region a --network 127.0.0.0/8 --weight 50 --order 1 \

@@ -71,6 +71,7 @@ def setup_store(tmp: Path, count: int) -> dict[str, str]:
         subprocess.run([SIPZONE, *args], env=env, check=True, stdout=subprocess.DEVNULL)
 
     cli("init")
+    cli("nameserver", "add", "ns1.example.com", "--address", "127.0.0.1")
     cli("zone", "add", "example.com")
     cli("site", "add", "site-a", "--vip", "192.0.2.10", "--vip", "2001:db8::10",
         "--region", "a", "--network", "127.0.0.0/8")  # fmt: skip

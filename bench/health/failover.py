@@ -121,6 +121,7 @@ def sipzone(work: Path, n: int, failures: int) -> list[float]:
         subprocess.run([SIPZONE, *args], env=env, check=True, capture_output=True)
 
     run("init")
+    run("nameserver", "add", "ns1.example.com", "--address", "127.0.0.1")
     run("zone", "add", "example.com")
     for name, address, port in (("a", "127.0.0.2", a_port), ("b", "127.0.0.3", b_port)):
         run("site", "add", name, "--vip", address, "--region", name, "--port-udp", str(port),

@@ -21,6 +21,7 @@ for n in "${sizes[@]}"; do
   export SIPZONE_DB="sqlite:///$tmp/s$n.db"
   {
     "$sipzone" init
+    "$sipzone" nameserver add ns1.example.com --address 127.0.0.1
     "$sipzone" zone add example.com
     "$sipzone" site add eu1 --vip 192.0.2.10 --vip 2001:db8::10 --region eu
   } >/dev/null

@@ -52,11 +52,15 @@ domain_app = typer.Typer(help="SIP domains: exact names and *.BASE wildcards.")
 site_app = typer.Typer(help="Sites of the installation: virtual IPs, region, networks.")
 zone_app = typer.Typer(help="DNS zones sipzone is authoritative for.")
 email_app = typer.Typer(help="The installation's one email domain (voicemail access).")
+nameserver_app = typer.Typer(
+    help="The hosts that answer DNS for the zones (sipzone nodes, secondaries): every zone's NS."
+)
 for sub, name in (
     (tenant_app, "tenant"),
     (domain_app, "domain"),
     (site_app, "site"),
     (zone_app, "zone"),
+    (nameserver_app, "nameserver"),
     (email_app, "email-domain"),
 ):
     app.add_typer(sub, name=name, no_args_is_help=True)
@@ -1128,7 +1132,15 @@ def trunk_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
 @guarded
 def zone_add(name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False) -> None:
     """Add a zone sipzone is authoritative for (example.com)."""
-    zone, rev = store(db, actor).add_zone(name)
+    repo = store(db, actor)
+    zone, rev = repo.add_zone(name)
+    if not repo.nameservers():
+        typer.echo(
+            f"sipzone: no name server is stored: zone {zone.text} lists the sites' SIP hosts "
+            f"(or serve --nameserver) as NS until `sipzone nameserver add ns1.{zone.text} "
+            "--address IP` names the hosts that run its DNS",
+            err=True,
+        )
     done(as_json, f"zone {zone.text} added (revision {rev})", zone=zone.text, revision=rev)
 
 
@@ -1152,6 +1164,53 @@ def zone_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
     else:
         for n in names:
             typer.echo(n)
+
+
+@nameserver_app.command("add")
+@guarded
+def nameserver_add(
+    name: str,
+    address: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Its IPv4 or IPv6 address (repeatable); needed when NAME is inside one of "
+            "the zones, which then publish it."
+        ),
+    ] = None,
+    db: Db = DEFAULT_URL,
+    actor: As = PROVIDER,
+    as_json: Json = False,
+) -> None:
+    """Add a host that runs sipzone's DNS on port 53 (or a secondary): every zone lists it
+    as NS, the first added as the SOA's primary.  Provider only."""
+    rev = store(db, actor).add_nameserver(name, address or ())
+    server = parse_domain(name).text
+    done(
+        as_json, f"name server {server} added (revision {rev})",
+        nameserver=server, addresses=address or [], revision=rev,
+    )  # fmt: skip
+
+
+@nameserver_app.command("remove")
+@guarded
+def nameserver_remove(
+    name: str, db: Db = DEFAULT_URL, actor: As = PROVIDER, as_json: Json = False
+) -> None:
+    """Remove a name server (not the last one while there are zones).  Provider only."""
+    rev = store(db, actor).remove_nameserver(name)
+    done(as_json, f"name server {name} removed (revision {rev})", nameserver=name, revision=rev)
+
+
+@nameserver_app.command("list")
+@guarded
+def nameserver_list(db: Db = DEFAULT_URL, as_json: Json = False) -> None:
+    """List the name servers with their addresses, the SOA's primary first."""
+    servers = store(db).nameservers()
+    if as_json:
+        emit([{"name": s.name, "addresses": [str(a) for a in s.addresses]} for s in servers])
+    else:
+        for s in servers:
+            typer.echo(" ".join((s.name, *map(str, s.addresses))))
 
 
 @email_app.command("set")
@@ -1511,7 +1570,10 @@ def serve(
     naptr: Annotated[bool, typer.Option(help="Publish NAPTR records (RFC 3263).")] = True,
     nameserver: Annotated[
         list[str] | None,
-        typer.Option(help="NS name of every zone; repeatable (default: the sites' SIP hosts)."),
+        typer.Option(
+            help="NS name of every zone, for a store without `sipzone nameserver add` entries "
+            "(those win); repeatable."
+        ),
     ] = None,
     ttl: Annotated[
         int, typer.Option(min=0, max=2**31 - 1, help="TTL of published records (RFC 2181 §8).")

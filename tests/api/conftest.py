@@ -92,6 +92,7 @@ CHAIN = {"resa": "provider", "resb": "provider", "ca": "resa", "cb": "resb"}
 def chain_store(sqlite_url: str) -> Iterator[Store]:
     store = Store(sqlite_url)
     store.init()
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.net")
     for name, parent in CHAIN.items():
         store.add_tenant(name, parent, brand_name=f"Brand {name.upper()}")

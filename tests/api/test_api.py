@@ -198,6 +198,7 @@ def test_workers_share_the_api_port(chain_store: Store, serve: Callable[..., Ser
 def test_on_postgresql(pg_url: str, serve: Callable[..., Server]) -> None:
     store = Store(pg_url)
     store.init()
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.net")
     store.add_tenant("resa")
     store.grant_namespace("resa", "resa.example.net")

@@ -24,6 +24,7 @@ def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     db = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'sipzone.db'}"
     store = Store(db)
     store.init()
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.net")
     store.add_tenant("resa", brand_name="Res A")
     store.add_site("eu1", vips=["192.0.2.10"], region="eu")

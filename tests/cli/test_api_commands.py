@@ -43,6 +43,7 @@ def test_token_create_list_revoke(cli: Cli, sqlite_url: str) -> None:
 
 def test_grant_and_claim_rules_hold_for_cli_as(cli: Cli) -> None:
     cli("init", check=True)
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.net", check=True)
     cli("tenant", "add", "resa", check=True)
     # the hijack of the issue: a reseller's wildcard over the provider's zone

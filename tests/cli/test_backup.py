@@ -29,6 +29,7 @@ def fill(url: str, where: Path) -> None:
     store.add_tenant("acme", brand_name="Äcme Téléphonie", web_url="https://acme.example")
     store.add_tenant("cust", "acme", support_email="help@cust.example")
     store.add_tenant("zed")
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.com")
     store.add_zone("xn--bcher-kva.example")
     store.add_site(

@@ -95,8 +95,19 @@ def test_sites_zones_and_email_domain(cli: Cli) -> None:
     ]
     assert sites[0]["networks"] == ["10.0.0.0/8"]
     assert sites[0]["host"] == "eu1.sip.example.com"
-    cli("zone", "add", "example.com", check=True)
-    assert json.loads(cli("zone", "list", "--json").stdout) == ["example.com"]
+    # Without a stored name server a zone is added all the same (the command contract), with
+    # a warning that says what its NS are meanwhile and how to name the real ones.
+    early = cli("zone", "add", "example.net", check=True)
+    assert "no name server is stored" in early.stderr and "nameserver add" in early.stderr
+    cli("nameserver", "add", "ns1.example.org", check=True)
+    cli("nameserver", "add", "ns1.example.com", "--address", "192.0.2.53", check=True)
+    assert json.loads(cli("nameserver", "list", "--json").stdout) == [
+        {"name": "ns1.example.org", "addresses": []},
+        {"name": "ns1.example.com", "addresses": ["192.0.2.53"]},
+    ]
+    added = cli("zone", "add", "example.com", check=True)
+    assert "name server" not in added.stderr
+    assert json.loads(cli("zone", "list", "--json").stdout) == ["example.com", "example.net"]
     cli("email-domain", "set", "mail.example.com", check=True)
     cli("email-domain", "set", "vm.example.com", check=True)
     shown = json.loads(cli("email-domain", "show", "--json").stdout)

@@ -41,6 +41,7 @@ def test_sites_zones_and_settings_are_the_providers_alone(sipzone: Run, sqlite_u
     cli("tenant", "add", "acme", check=True)
     cli("tenant", "add", "cust1", "--parent", "acme", check=True)
     cli("site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu", check=True)
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.com", check=True)
 
     def state() -> tuple[object, ...]:

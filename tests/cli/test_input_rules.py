@@ -42,6 +42,7 @@ def setup(cli: Run) -> None:
     cli("init", check=True)
     cli("tenant", "add", "acme", "--brand-name", "ACME", check=True)
     cli("tenant", "add", "other", check=True)
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.com", check=True)
     cli("site", "add", "s1", "--vip", "192.0.2.1", "--region", "eu", check=True)
     cli("domain", "add", "*.teams.example.com", "--owner", "acme", check=True)

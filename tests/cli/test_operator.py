@@ -17,6 +17,7 @@ def setup(cli: Run) -> None:
     cli("init", check=True)
     cli("tenant", "add", "acme", check=True)
     cli("tenant", "add", "cust", "--parent", "acme", check=True)
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.com", check=True)
     cli("site", "add", "eu1", "--vip", "192.0.2.1", "--region", "eu", check=True)
 

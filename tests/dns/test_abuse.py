@@ -171,6 +171,7 @@ def test_connections_beyond_the_total_cap_are_closed_at_once(live_dns: type[Live
 
 def test_serve_tcp_options(cli: Cli, serve: Callable[..., Server]) -> None:
     cli("init", check=True)
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.com", check=True)
     cli("site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu", check=True)
     cli("domain", "add", "voip.example.com", "--owner", "provider", check=True)

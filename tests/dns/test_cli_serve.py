@@ -13,6 +13,7 @@ from tests.dns.conftest import dig, need
 
 def setup_store(cli: Cli) -> None:
     cli("init", check=True)
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.com", check=True)
     cli(
         "site", "add", "site-a", "--vip", "192.0.2.10", "--vip", "2001:db8::10",

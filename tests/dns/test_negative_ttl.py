@@ -36,6 +36,7 @@ def test_negative_ttl_defaults_to_60_and_is_set_apart(live_dns: type[LiveDns]) -
 
 def test_serve_negative_ttl_option(cli: Cli, serve: Callable[..., Server]) -> None:
     cli("init", check=True)
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.com", check=True)
     cli("site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu", check=True)
     cli("domain", "add", "voip.example.com", "--owner", "provider", check=True)

@@ -59,14 +59,6 @@ def test_srv_per_transport_ordered_by_client_region(live_dns: type[LiveDns]) -> 
     assert srv(again.rdata("SRV"))[0][3] == "site-b.example.com."
 
 
-def test_a_records_put_the_client_region_first(live_dns: type[LiveDns]) -> None:
-    port = live_dns().port
-    assert dig(port, "geo.example.com", "A", "+subnet=198.51.100.7/32").rdata("A")[0] == (
-        "198.51.100.10"
-    )
-    assert dig(port, "geo.example.com", "A").rdata("A")[0] == "192.0.2.10"
-
-
 def test_naptr_points_at_the_srv_names_and_can_be_switched_off(live_dns: type[LiveDns]) -> None:
     r = dig(live_dns().port, "voip.example.com", "NAPTR")
     assert r.rdata("NAPTR") == [

@@ -85,6 +85,7 @@ def test_cli_ports_zero_means_not_offered_and_dns_follows(
     cli: Cli, serve: Callable[..., Server]
 ) -> None:
     cli("init", check=True)
+    cli("nameserver", "add", "ns1.example.org", check=True)
     cli("zone", "add", "example.com", check=True)
     cli("site", "add", "eu1", "--vip", "192.0.2.10", "--region", "eu", check=True)
     cli(

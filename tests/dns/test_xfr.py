@@ -440,6 +440,7 @@ def test_cli_export_leaves_out_a_stored_name_too_long(cli: Cli, tmp_path: Path) 
     url = f"sqlite:///{tmp_path / 'sipzone.db'}"
     store = Store(url)
     store.init()
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.com")
     store.add_site("s1", vips=["192.0.2.1"], region="eu")
     store.add_domain("voip.example.com")

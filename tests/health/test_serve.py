@@ -32,6 +32,7 @@ def make_store(url: str, a: SiteSim, b: SiteSim) -> None:
     store = Store(url)
     try:
         store.init()
+        store.add_nameserver("ns1.example.org")
         store.add_zone("example.com")
         for name, sim, region in (("a", a, "eu"), ("b", b, "us")):
             store.add_site(

@@ -353,6 +353,7 @@ class Platform:
             sip_port = free_port() if through_edge else core.port
             for args in (
                 ("init",),
+                ("nameserver", "add", "ns1.example.org"),
                 ("zone", "add", "example.com"),
                 ("tenant", "add", "acme", "--upstream", upstream),
                 ("domain", "add", "voip.example.com"),

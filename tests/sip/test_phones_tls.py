@@ -38,6 +38,7 @@ def tls_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]
         dns_port, tls_port, udp_port = free_port(), free_port(), free_port()
         for args in (
             ("init",),
+            ("nameserver", "add", "ns1.example.org"),
             ("zone", "add", "example.com"),
             ("tenant", "add", "acme", "--upstream", upstream),
             ("domain", "add", "voip.example.com"),

@@ -43,6 +43,7 @@ def txt(auth: Authority, name: str) -> tuple[int, list[str], int]:
 
 
 def test_challenge_values_are_published_together_and_withdrawn(store: Store) -> None:
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.com")
     name = challenge_name("*.teams.example.com")
     assert name == challenge_name("teams.example.com") == "_acme-challenge.teams.example.com"
@@ -59,6 +60,7 @@ def test_challenge_values_are_published_together_and_withdrawn(store: Store) -> 
 
 
 def test_bad_challenges_change_nothing(store: Store) -> None:
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.com")
     before = store.revision()
     with pytest.raises(BadChallenge, match="none of sipzone's zones"):
@@ -104,6 +106,7 @@ def test_order_values() -> None:
 
 
 def test_challenges_survive_a_rule_only_change(store: Store) -> None:
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.com")
     store.publish_challenges("teams", [("_acme-challenge.teams.example.com", V1)])
     snap = store.load_snapshot()
@@ -116,6 +119,7 @@ def test_zone_transfers_carry_the_challenge_values(store: Store) -> None:
     """Secondaries (AXFR after NOTIFY) get the values like any record of the zone."""
     from sipzone.dns.export import export_zone
 
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.com")
     store.publish_challenges("teams", [("_acme-challenge.teams.example.com", V1)])
     store.publish_challenges("teams", [("_acme-challenge.teams.example.com", V2)])

@@ -21,6 +21,7 @@ from sipzone.store.url import sqlite_path
 
 
 def chain(store: Store) -> Store:
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.net")
     store.add_tenant("resa")
     store.add_tenant("ca", "resa")

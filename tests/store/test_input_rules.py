@@ -151,6 +151,7 @@ def test_writes_refuse_values_the_dns_cannot_carry(store: Store) -> None:
 
 def test_zones_and_host_less_sites_must_fit_together(store: Store) -> None:
     long_zone = "z" * 63 + "." + "y" * 63 + "." + "x" * 60 + ".example.com"  # 200 octets
+    store.add_nameserver("ns1.example.org")
     store.add_zone(long_zone)
     with pytest.raises(errors.NoRoomForServiceNames, match="--host"):
         store.add_site("a" * 60, vips=["192.0.2.1"], region="eu")
@@ -234,6 +235,7 @@ def test_load_skips_bad_stored_values_with_one_line_each(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.add_tenant("acme")
+    store.add_nameserver("ns1.example.org")
     store.add_zone("example.com")
     store.add_domain("voip.example.com", "acme")
     store.add_site("s1", vips=["192.0.2.1"], region="eu")

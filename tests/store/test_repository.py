@@ -76,6 +76,7 @@ def test_snapshot_reflects_the_store(store: Store) -> None:
     store.add_domain("*.teams.example.com", "cust1")
     store.add_site("a", vips=["192.0.2.10", "2001:db8::10"], region="eu", networks=["10.0.0.0/8"])
     store.add_site("b", vips=["198.51.100.10"], region="us", weight=50)
+    store.add_nameserver("ns1.example.org")
     store.add_zone("Example.com.")
     store.set_email_domain("mail.example.com")
     store.set_email_domain("vm.example.com", mx="mx.example.com")

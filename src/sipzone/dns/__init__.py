@@ -15,7 +15,8 @@ class DnsConfig:
     naptr: bool = True
     ttl: int = 300
     # Added by the DNS authority (all optional):
-    nameservers: tuple[str, ...] = ()  # NS of every zone; default: the sites' SIP hosts
+    # NS of every zone when the store names none (`sipzone nameserver add` wins; records.py).
+    nameservers: tuple[str, ...] = ()
     udp_payload: int = 1232  # EDNS0 payload we offer and honour (DNS flag day 2020 value)
     send_notify: bool = True  # with --workers N, only one worker should send NOTIFY
     cache_size: int = 200_000  # per-question answer cache entries before it is dropped

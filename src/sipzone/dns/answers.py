@@ -49,6 +49,7 @@ from sipzone.dns.protocol import (
     AA,
     BADVERS,
     CLASS_IN,
+    COMPRESSED,
     DO,
     DO_BYTE,
     ECHOED,
@@ -149,9 +150,14 @@ class Answer:
     ``body`` so a new revision can be patched in without recompiling.  ``cuts`` are the
     shorter forms for a small payload, longest first: (body length, additional count) after
     dropping whole record sets from the end of the additional section, down to none.
+
+    The body follows a question whose length varies (one body serves every name of a zone
+    with the same roles), so its compression pointers are stored as ``relocs``: (offset in the
+    body, target relative to the body's start); :meth:`body_after` aims them for a question
+    length, once per length.
     """
 
-    __slots__ = ("body", "cuts", "heads", "regional", "serial_at")
+    __slots__ = ("_aimed", "body", "cuts", "heads", "regional", "relocs", "serial_at")
 
     def __init__(
         self,
@@ -163,11 +169,14 @@ class Answer:
         authoritative: bool = True,
         serial_at: tuple[int, ...] = (),
         cuts: tuple[tuple[int, int], ...] = (),
+        relocs: tuple[tuple[int, int], ...] = (),
     ) -> None:
         self.body = body
         self.regional = regional
         self.serial_at = serial_at
         self.cuts = cuts
+        self.relocs = relocs
+        self._aimed: dict[int, bytes] = {}
         heads = []
         for i in range(8):
             rd, edns, tc = i & RD, (i >> 1) & 1, (i >> 2) & 1
@@ -182,6 +191,20 @@ class Answer:
         for at in self.serial_at:
             body[at : at + 4] = packed
         self.body = bytes(body)
+        self._aimed = {}
+
+    def body_after(self, question: int) -> bytes:
+        """The body as it follows a question (name, type, class) of ``question`` octets."""
+        if not self.relocs:
+            return self.body
+        body = self._aimed.get(question)
+        if body is None:
+            aimed = bytearray(self.body)
+            start = HEADER + question
+            for at, target in self.relocs:
+                aimed[at : at + 2] = (COMPRESSED | (start + target)).to_bytes(2, "big")
+            body = self._aimed[question] = bytes(aimed)
+        return body
 
     def fit(self, head: bytes, question: bytes, opt: bytes, limit: int, form: int) -> bytes:
         """The response (ID ``head``) in at most ``limit`` octets: whole additional record
@@ -191,7 +214,8 @@ class Answer:
             if length <= room:
                 counts = self.heads[form]
                 ar = (additional + (form >> 1 & 1)).to_bytes(2, "big")
-                return head + counts[:8] + ar + question + self.body[:length] + opt
+                body = self.body_after(len(question))
+                return head + counts[:8] + ar + question + body[:length] + opt
         return head + self.heads[4 | form] + question + opt
 
 
@@ -202,18 +226,58 @@ class Section:
     rrsets: Sequence[tuple[bytes | None, dns.rdataset.Rdataset]]
 
 
+# The names in the RDATA of the types we publish with names: (offset of the first name, how
+# many follow it back to back, whether they may be compressed: RFC 3597 §4 allows it for the
+# types of RFC 1035 and forbids it for later ones such as SRV).
+_RDATA_NAMES = {
+    RdType.NS: (0, 1, True),
+    RdType.MX: (2, 1, True),
+    RdType.SOA: (0, 2, True),
+    RdType.SRV: (6, 1, False),
+}
+# The farthest a compression pointer may reach (14 bits), less the longest question before
+# the body: names past it in the body are not pointed at.
+_POINTABLE = 0x3FFF - HEADER - MAX_WIRE_NAME - 4
+
+
 def render(
     rcode: int,
     answer: Section,
     authority: Section = Section(()),
     additional: Section = Section(()),
     *,
+    zone: bytes = b"",
     regional: bool = False,
 ) -> Answer:
-    """Render record sets to an :class:`Answer` (names in RDATA stay uncompressed, as RFC 3597
-    asks for SRV and NAPTR; owners other than the question name are written in full)."""
+    """Render record sets to an :class:`Answer` for questions ending in ``zone`` (wire).
+
+    Owners and the names in NS, MX and SOA records are compressed (RFC 1035 §4.1.4) onto the
+    question's zone and onto names earlier in the body (SRV targets included), so a glue
+    owner costs two octets; SRV and NAPTR names stay uncompressed, as RFC 3597 asks."""
     parts: list[bytes] = []
     serial_at: list[int] = []
+    relocs: list[tuple[int, int]] = []
+    # Lower-case wire name -> where it is, relative to the body's start: the question's zone
+    # sits just before the question's type and class, the rest in the body.
+    known = {zone[i:]: i - len(zone) - 4 for i in _label_starts(zone)}
+
+    def note(name: bytes, at: int, labels_end: int = MAX_WIRE_NAME) -> None:
+        """Remember the suffixes of ``name``, written at ``at`` up to ``labels_end``."""
+        for i in _label_starts(name):
+            if i >= labels_end or at + i > _POINTABLE:
+                return
+            known.setdefault(name[i:].lower(), at + i)
+
+    def compressed(name: bytes, at: int) -> bytes:
+        for i in _label_starts(name):
+            target = known.get(name[i:].lower())
+            if target is not None:
+                relocs.append((at + i, target))
+                note(name, at, i)
+                return name[:i] + QNAME_POINTER  # aimed by Answer.body_after
+        note(name, at)
+        return name
+
     size = 0
     counts = []
     cuts: list[tuple[int, int]] = []  # (size, additional count) before each additional set
@@ -223,15 +287,25 @@ def render(
             if section is additional:
                 cuts.append((size, count))
             for rd in rds:
-                rdata = rd.to_wire()
-                head = (owner if owner is not None else QNAME_POINTER) + _RR_HEADER.pack(
-                    rds.rdtype, rds.rdclass, rds.ttl, len(rdata)
-                )
+                name = QNAME_POINTER if owner is None else compressed(owner, size)
+                at = size + len(name) + _RR_HEADER.size  # where the RDATA starts
+                raw = rd.to_wire()
+                i, many, compress = _RDATA_NAMES.get(rds.rdtype, (0, 0, False))
+                rdata = raw[:i]
+                for _ in range(many):
+                    end = name_end(raw, i)
+                    if compress:
+                        rdata += compressed(raw[i:end], at + len(rdata))
+                    else:
+                        note(raw[i:end], at + len(rdata))
+                        rdata += raw[i:end]
+                    i = end
                 if rds.rdtype == RdType.SOA:
-                    names = len(rd.mname.to_wire()) + len(rd.rname.to_wire())
-                    serial_at.append(size + len(head) + names)
+                    serial_at.append(at + len(rdata))
+                rdata += raw[i:]
+                head = name + _RR_HEADER.pack(rds.rdtype, rds.rdclass, rds.ttl, len(rdata))
                 parts += (head, rdata)
-                size += len(head) + len(rdata)
+                size = at + len(rdata)
                 count += 1
         counts.append(count)
     return Answer(
@@ -241,7 +315,16 @@ def render(
         regional=regional,
         serial_at=tuple(serial_at),
         cuts=tuple(reversed(cuts)),
+        relocs=tuple(relocs),
     )
+
+
+def _label_starts(name: bytes) -> Iterator[int]:
+    """Offsets of the labels of an uncompressed wire name, the root's zero byte excluded."""
+    i = 0
+    while i < len(name) and name[i]:
+        yield i
+        i += name[i] + 1
 
 
 def wire(name: str) -> bytes:
@@ -299,19 +382,45 @@ class RegionMap:
         by_len: dict[tuple[int, int], dict[int, int]] = {}
         for net, view in networks:
             by_len.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = view
-        self._tables: dict[int, list[tuple[int, dict[int, int]]]] = {4: [], 6: []}
+        # Per IP version, longest prefix first: (prefix length, mask, network -> view).
+        self._tables: dict[int, list[tuple[int, int, dict[int, int]]]] = {4: [], 6: []}
         for (version, plen), table in sorted(by_len.items(), key=lambda kv: -kv[0][1]):
             bits = 32 if version == 4 else 128
             mask = ((1 << plen) - 1) << (bits - plen)
-            self._tables[version].append((mask, table))
+            self._tables[version].append((plen, mask, table))
+        # (version, network length, subnet length) -> the networks' first subnet-length bits.
+        self._heads: dict[tuple[int, int, int], frozenset[int]] = {}
         self.clients: dict[str | bytes, int] = {}  # source address -> view, filled lazily
 
     def view(self, version: int, address: int) -> int:
-        for mask, table in self._tables[version]:
+        for _, mask, table in self._tables[version]:
             hit = table.get(address & mask)
             if hit is not None:
                 return hit
         return 0
+
+    def subnet_view(self, version: int, address: int, source: int) -> tuple[int, int]:
+        """(view, ECS scope) for the client subnet ``address``/``source`` (RFC 7871).
+
+        A resolver caches what we answer for its whole subnet (§7.3.1), so the subnet picks a
+        region only when every address in it falls in the same one.  When a site network
+        longer than the subnet lies inside it (``/16`` asked, a ``/24`` site in it), the
+        subnet cannot tell: the default view, which is right for everyone in it, with the
+        scope set to that network's length, so a resolver willing to send more bits asks
+        again with them (§7.2.1: a scope longer than the source means "not specific enough").
+        """
+        bits = 32 if version == 4 else 128
+        head = address >> (bits - source)
+        for plen, _, table in self._tables[version]:
+            if plen <= source:
+                break
+            key = (version, plen, source)
+            heads = self._heads.get(key)
+            if heads is None:
+                heads = self._heads[key] = frozenset(n >> (bits - source) for n in table)
+            if head in heads:
+                return 0, plen
+        return self.view(version, address), source
 
     def view_of(self, client: str | bytes) -> int:
         """View of a source address, as text or packed bytes (4 or 16); cached per address."""
@@ -392,8 +501,8 @@ class Tables:
                     f"zone {zone}", "zone %s has no SOA we can render (%s); not served", zone, exc
                 )
                 continue
-            nodata = render(NOERROR, Section(()), soa)
-            nxdomain = render(NXDOMAIN, Section(()), soa)
+            nodata = render(NOERROR, Section(()), soa, zone=wire(zone))
+            nxdomain = render(NXDOMAIN, Section(()), soa, zone=wire(zone))
             soa_answers[zone] = [nodata, nxdomain]
             zones[zone] = ZoneAnswers(zone, nodata, nxdomain)
         ents: dict[str, int] = {}
@@ -517,6 +626,11 @@ class Authority:
             return node
         records = self.records
         regional = records.is_regional(roles)
+        if not regional and view:
+            # The same answers in every view: compile them once, under the default view.
+            node = self._node(zone, roles, 0)
+            self._nodes[key] = node
+            return node
         node = {}
         for rdtype, rds in records.rdatasets(zone, roles, view).items():
             glue = [
@@ -528,7 +642,8 @@ class Authority:
                 NOERROR,
                 Section([(None, rds)]),
                 additional=Section(glue),
-                regional=regional and rdtype in (RdType.A, RdType.AAAA, RdType.SRV),
+                zone=wire(zone),
+                regional=regional and rdtype == RdType.SRV,
             )
             if answer.serial_at:
                 self._soa_answers.setdefault(zone, []).append(answer)
@@ -675,7 +790,10 @@ class Authority:
         """The response to a well-formed query whose response is not cached (first sight of
         its bytes, or TCP); over UDP it is then cached."""
         end, form, do, payload, ecs = query
-        view = self._ecs_view(ecs) if ecs else self.regions.view_of(client)
+        if ecs:
+            view, scope = self._ecs_view(ecs)
+        else:
+            view, scope = self.regions.view_of(client), 0
         question = data[HEADER:end]
         key = question + _VIEW_BYTES[view]
         answer = self._cache.get(key)
@@ -684,14 +802,14 @@ class Authority:
         if not form & EDNS:
             opt = b""
         elif ecs:
-            # ECS echoed with a scope: the source prefix when the answer depends on the
-            # region, 0 (valid for every client) when it does not (RFC 7871 §7.2.1).
+            # ECS echoed with a scope (RFC 7871 §7.2.1): the subnet's when the answer depends
+            # on the region (see RegionMap.subnet_view), 0 (valid for every client) when not.
             if answer.regional:
-                ecs = ecs[:ECS_SCOPE] + ecs[ECS_SOURCE:ECS_SCOPE] + ecs[ECS_SCOPE + 1 :]
+                ecs = ecs[:ECS_SCOPE] + bytes((scope,)) + ecs[ECS_SCOPE + 1 :]
             opt = self._opt(DO if do else 0, ecs)
         else:
             opt = self._opt_plain[do]
-        out = data[:2] + answer.heads[form] + question + answer.body + opt
+        out = data[:2] + answer.heads[form] + question + answer.body_after(len(question)) + opt
         limit = TCP_MAX if tcp else max(UDP_MIN, min(payload, self.config.udp_payload))
         if len(out) > limit:
             out = answer.fit(data[:2], question, opt, limit, form)
@@ -702,15 +820,17 @@ class Authority:
             responses[data[2:]] = out[2:]
         return out
 
-    def _ecs_view(self, ecs: bytes) -> int:
-        """The view of the client subnet an ECS option names (checked by :func:`parse_query`);
-        a source prefix of 0 means "no subnet", the default view."""
+    def _ecs_view(self, ecs: bytes) -> tuple[int, int]:
+        """(view, scope) of the client subnet an ECS option names (checked by
+        :func:`parse_query`); a source prefix of 0 means "no subnet", the default view."""
         source = ecs[ECS_SOURCE]
         if not source:
-            return 0
+            return 0, 0
         bits = ECS_FAMILIES[ecs[ECS_FAMILY] << 8 | ecs[ECS_FAMILY + 1]]
         address = int.from_bytes(ecs[ECS_ADDRESS:].ljust(bits // 8, b"\x00"), "big")
-        return self.regions.view(4 if bits == 32 else 6, address)
+        # Bits past the source prefix must be zero (§6) but are not checked: mask them.
+        address &= ((1 << source) - 1) << (bits - source)
+        return self.regions.subnet_view(4 if bits == 32 else 6, address, source)
 
     def _resolve_and_cache(self, key: bytes, name_len: int, view: int) -> Answer:
         """Resolve a question (``key`` = question bytes + view byte) and remember the answer."""
@@ -787,7 +907,7 @@ def parse_query(data: bytes, udp_payload: int) -> Query | bytes | None:
         return error(data, FORMERR)
     do = bool(data[end + OPT_FLAGS] & DO_BYTE)
     if data[end + OPT_VERSION]:
-        return badvers(data, do, udp_payload)
+        return badvers(data, end, do, udp_payload)
     ecs = client_subnet(data, end + OPT_OPTIONS) if rdlen else b""
     if ecs is None:
         return error(data, FORMERR)
@@ -826,12 +946,13 @@ def error(data: bytes, rcode: int) -> bytes:
     return data[:2] + bytes((QR | (data[2] & ECHOED), rcode)) + b"\x00" * 8
 
 
-def badvers(data: bytes, do: bool, udp_payload: int) -> bytes:
+def badvers(data: bytes, end: int, do: bool, udp_payload: int) -> bytes:
     """BADVERS (RFC 6891 §6.1.3): the extended rcode's upper bits in our OPT record, its lower
-    bits in the header, no section but the OPT record."""
+    bits in the header; the question (up to ``end``) echoed, so a resolver can match the
+    answer to what it asked, and no section but the OPT record."""
     opt = OPT_PREFIX + struct.pack("!HBBHH", udp_payload, BADVERS >> 4, 0, DO if do else 0, 0)
     head = bytes((QR | (data[2] & ECHOED), BADVERS & RCODE))
-    return data[:2] + head + b"\x00\x00\x00\x00\x00\x00\x00\x01" + opt
+    return data[:2] + head + ONE_QUESTION_OPT + data[HEADER:end] + opt
 
 
 def question(data: bytes) -> tuple[bytes, int] | None:

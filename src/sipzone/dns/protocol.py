@@ -27,6 +27,7 @@ BADVERS = 16  # extended: BADVERS >> 4 in the OPT record, BADVERS & RCODE in the
 # QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT of a query we answer: one question, and maybe an OPT.
 ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+COMPRESSED = 0xC000  # the top two bits of a compression pointer; the other 14 are an offset
 QNAME_POINTER = b"\xc0\x0c"  # a compression pointer to the question name, at offset 12
 MAX_LABEL = 63  # a length byte above this is a pointer or an extended label type
 MAX_WIRE_NAME = 255  # octets of a wire name (RFC 1035 §3.1)

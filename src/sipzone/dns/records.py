@@ -3,10 +3,11 @@
 Theory of operation: a name in one of our zones plays one or more *roles* (zone apex, site host,
 email domain, SIP domain, SIP service name ``_sip._udp.D``, ACME challenge
 ``_acme-challenge.D`` with its TXT values while an order runs); each role contributes record sets,
-and the record sets of a role depend only on the sites, the zone and the client's *region view*,
-never on the name itself (NAPTR is the one exception: its replacement names the domain).  So the
-live server compiles each (zone, roles, region) once and shares it between a million domains,
-and zone transfer and export walk the same roles to list a zone.  Nothing here does I/O.
+and the record sets of a role depend only on the sites, the zone and, for SRV alone, the
+client's *region view*, never on the name itself (NAPTR is the one exception: its replacement
+names the domain).  So the live server compiles each (zone, roles, region) once and shares it
+between a million domains, and zone transfer and export walk the same roles to list a zone.
+Nothing here does I/O.
 
 A site publishes only the transports it has a port for (port 0: not offered): the service
 names ``_sip._udp.D`` and friends exist only for transports some site offers, and the SRV and
@@ -25,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dns.rdata
@@ -45,7 +46,7 @@ from sipzone.model.mail import (
     stored_endpoints,
 )
 from sipzone.model.names import MAX_NAME
-from sipzone.model.snapshot import Site, Snapshot
+from sipzone.model.snapshot import IPAddress, Site, Snapshot
 
 log = logging.getLogger("sipzone.dns")
 # Records are rebuilt on every store change: a bad row is logged at its first sight, then
@@ -84,8 +85,8 @@ EMAIL = Role("email")
 DOMAIN = Role("domain")
 # When two roles share a name and give the same type, the first in this order wins.
 ROLE_ORDER = {
-    "apex": 0, "host": 1, "email": 2, "service": 3, "domain": 4, "acme": 5,
-    "mail": 6, "mailweb": 7,
+    "apex": 0, "host": 1, "ns": 2, "email": 3, "service": 4, "domain": 5, "acme": 6,
+    "mail": 7, "mailweb": 8,
 }  # fmt: skip
 # Names under the email domain that mail clients configure themselves from: the RFC 6186 /
 # RFC 8314 service names (Role("mail", i) for MAIL SRV_NAMES[i]) and the hosts of Thunderbird's
@@ -138,6 +139,18 @@ def _rdatas(rdtype: RdType, texts: Sequence[tuple[str, str]]) -> list[dns.rdata.
     return list(out)
 
 
+def _address_rdatas(
+    addresses: Iterable[IPAddress], source: str
+) -> tuple[list[dns.rdata.Rdata], list[dns.rdata.Rdata]]:
+    """The A and the AAAA records of ``addresses`` (of ``source``, for the log)."""
+    v4: list[tuple[str, str]] = []
+    v6: list[tuple[str, str]] = []
+    for address in addresses:
+        text = str(address)
+        (v6 if ":" in text else v4).append((text, source))
+    return _rdatas(RdType.A, v4), _rdatas(RdType.AAAA, v6)
+
+
 def in_zone(name: str, zone: str) -> bool:
     return name == zone or name.endswith("." + zone)
 
@@ -165,13 +178,20 @@ class Records:
         self.regional = any(s.networks for s in sites)
         # A and AAAA records per site name, rendered once; an address that cannot be
         # published (a scope ID) is dropped here and nowhere else.
-        self._addrs = {s.name: self._site_addresses(s) for s in sites}
+        self._addrs = {s.name: _address_rdatas(s.vips, f"site {s.name}") for s in sites}
         # SERVICES indexes some site offers (their names exist) and some serving site offers
         # (NAPTR lists them); both follow SERVICES' order of preference.
         self.offered = tuple(i for i in range(len(SERVICES)) if _offering(sites, i))
         self.naptr_services = tuple(i for i in self.offered if _offering(self.serving, i))
         self.protocols = frozenset(SERVICES[i][1] for i in self.offered)
         self._views = [self._site_order(r) for r in self.regions]
+        if snapshot.zones and not snapshot.nameservers and not config.nameservers:
+            events.warning(
+                "no name server",
+                "no name server in the store: every zone's NS are the sites' SIP hosts, which "
+                "may not run this DNS; `sipzone nameserver add NAME --address IP` names the hosts "
+                "that do",
+            )
         self.static: dict[str, tuple[Role, ...]] = {}
         for zone in snapshot.zones:
             self._add_static(zone, APEX)
@@ -179,6 +199,9 @@ class Records:
             for host in {self.site_host(site, zone) for zone in snapshot.zones}:
                 if snapshot.zone_of(host) is not None:
                     self._add_static(host, Role("host", i))
+        for i, server in enumerate(snapshot.nameservers):
+            if server.addresses and snapshot.zone_of(server.name) is not None:
+                self._add_static(server.name, Role("ns", i))
         email = snapshot.email_domain
         if email and snapshot.zone_of(email) is not None:
             self._add_static(email, EMAIL)
@@ -201,15 +224,6 @@ class Records:
         self.static[name] = tuple(sorted(roles, key=lambda r: (ROLE_ORDER[r.kind], r.index)))
 
     # -- sites and regions -------------------------------------------------------------------
-
-    @staticmethod
-    def _site_addresses(site: Site) -> tuple[list[dns.rdata.Rdata], list[dns.rdata.Rdata]]:
-        v4: list[tuple[str, str]] = []
-        v6: list[tuple[str, str]] = []
-        for vip in site.vips:
-            text = str(vip)
-            (v6 if ":" in text else v4).append((text, f"site {site.name}"))
-        return _rdatas(RdType.A, v4), _rdatas(RdType.AAAA, v6)
 
     @staticmethod
     def site_host(site: Site, zone: str) -> str:
@@ -246,9 +260,13 @@ class Records:
     # -- record sets per role ----------------------------------------------------------------
 
     def nameservers(self, zone: str) -> list[dns.rdata.Rdata]:
-        """NS records of ``zone``: ``--nameserver``, else the sites' SIP hosts (those that are
-        DNS names), else ``ns1.<zone>``."""
-        hosts = self.config.nameservers or (self.site_host(s, zone) for s in self.snapshot.sites)
+        """NS records of ``zone``: the installation's name servers (``sipzone nameserver
+        add``).  A store from before that setting has none; it keeps what it published then:
+        ``--nameserver``, else the sites' SIP hosts, else ``ns1.<zone>``."""
+        hosts: Iterable[str] = [s.name for s in self.snapshot.nameservers]
+        if not hosts:
+            sites = self.snapshot.sites
+            hosts = self.config.nameservers or [self.site_host(s, zone) for s in sites]
         ns = _rdatas(RdType.NS, [(f"{h}.", f"zone {zone} NS") for h in dict.fromkeys(hosts)])
         return ns or [_rdata(RdType.NS, f"ns1.{zone}.")]
 
@@ -263,6 +281,11 @@ class Records:
     def _addresses(self, sites: Sequence[Site], ttl: int | None = None) -> Rdatasets:
         v4 = [rd for s in sites for rd in self._addrs[s.name][0]]
         v6 = [rd for s in sites for rd in self._addrs[s.name][1]]
+        return self._address_rdatasets(v4, v6, ttl)
+
+    def _address_rdatasets(
+        self, v4: list[dns.rdata.Rdata], v6: list[dns.rdata.Rdata], ttl: int | None = None
+    ) -> Rdatasets:
         ttl = self.ttl if ttl is None else ttl
         out: Rdatasets = {}
         if v4:
@@ -332,15 +355,20 @@ class Records:
             return {RdType.SOA: self.soa(zone), RdType.NS: ns}
         if kind == "host":
             return self._addresses([self.snapshot.sites[role.index]])
+        if kind == "ns":
+            server = self.snapshot.nameservers[role.index]
+            return self._address_rdatasets(
+                *_address_rdatas(server.addresses, f"name server {server.name}")
+            )
         if kind == "email":
-            out = self._addresses(self.serving, self.serving_ttl)
+            out = self._sip_addresses()
             email = self.snapshot.email_domain or zone
             target = self.snapshot.settings.get("email_mx") or email
             mx = _rdatas(RdType.MX, [(f"{MX_PREFERENCE} {target}.", "email domain")])
             out[RdType.MX] = _rdataset(RdType.MX, self.ttl, mx)
             return out
         if kind == "domain":
-            return self._addresses([site for _, site in self._views[view]], self.serving_ttl)
+            return self._sip_addresses()
         if kind == "service":
             return {RdType.SRV: self._srv(zone, role.index, view)}
         if kind == "mail":
@@ -353,9 +381,17 @@ class Records:
             return {RdType.TXT: _rdataset(RdType.TXT, min(self.ttl, ACME_TTL), txt)}
         raise ValueError(f"unknown role {kind!r}")
 
+    def _sip_addresses(self) -> Rdatasets:
+        """A/AAAA of SIP domains and the email domain: the serving sites' addresses, the same
+        set and order in every region.  Resolvers shuffle an address set anyway, so a
+        per-region order would only cost them one cache entry per client network; steering
+        is the SRV priority's job."""
+        return self._addresses(self.serving, self.serving_ttl)
+
     def is_regional(self, roles: Sequence[Role]) -> bool:
-        """Whether answers for these roles differ between region views (ECS scope > 0)."""
-        return self.regional and any(r.kind in ("domain", "service", "mail") for r in roles)
+        """Whether answers for these roles differ between region views (ECS scope > 0): only
+        SRV (SIP's and the email domain's), whose priorities put the client's region first."""
+        return self.regional and any(r.kind in ("service", "mail") for r in roles)
 
     def glue(self, zone: str, rds: dns.rdataset.Rdataset) -> Iterator[tuple[str, Rdatasets]]:
         """Addresses of the in-zone SRV/NS/MX targets in ``rds``, for the additional section."""

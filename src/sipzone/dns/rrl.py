@@ -20,7 +20,16 @@ import ipaddress
 import time
 from collections.abc import Callable
 
-from sipzone.dns.protocol import HEADER, NOERROR, NXDOMAIN, ONE_QUESTION, RCODE, TC, question_end
+from sipzone.dns.protocol import (
+    COMPRESSED,
+    HEADER,
+    NOERROR,
+    NXDOMAIN,
+    ONE_QUESTION,
+    RCODE,
+    TC,
+    question_end,
+)
 
 MAX_ACCOUNTS = 100_000  # accounts remembered; idle ones are forgotten first when it fills
 _MAPPED = b"\x00" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 client on a dual-stack socket
@@ -130,9 +139,12 @@ class RateLimiter:
             return rcode
         if rcode == NOERROR:
             return query[HEADER:end].lower()  # name (any case), type and class
-        # NXDOMAIN: our authority section starts with the zone's SOA, owner written in full.
-        zone_end = response.find(b"\x00", end) if response[9] else -1
-        return (rcode, response[end : zone_end + 1]) if zone_end >= 0 else rcode
+        # NXDOMAIN: our authority section starts with the zone's SOA, its owner compressed to
+        # a pointer at the zone's labels in the question (answers.render).
+        if not response[9] or response[end] < COMPRESSED >> 8:
+            return rcode
+        zone_at = (response[end] << 8 | response[end + 1]) & ~COMPRESSED
+        return rcode, response[zone_at : end - 4].lower()
 
     def _forget_idle(self, now: float) -> None:
         """Make room: forget accounts whose bucket has refilled (they owe nothing); if most

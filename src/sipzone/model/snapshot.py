@@ -41,8 +41,9 @@ _SITE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _REGION = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_REGION - 1}}}\Z")
 
 
-def parse_vip(text: str) -> IPAddress:
-    """A virtual IP clients are sent to: a plain unicast IPv4 or IPv6 address.
+def parse_vip(text: str, what: str = "virtual IP") -> IPAddress:
+    """A virtual IP clients are sent to (or another published address, ``what``): a plain
+    unicast IPv4 or IPv6 address.
 
     Refused: a scope id (``fe80::1%eth0``: no DNS record can carry one), the unspecified
     address, multicast, link-local (only reachable on one link), IPv4-mapped IPv6 and the
@@ -52,16 +53,16 @@ def parse_vip(text: str) -> IPAddress:
     try:
         address = ipaddress.ip_address(text.strip())
     except ValueError:
-        raise BadAddress(f"virtual IP {text!r} is not an IPv4 or IPv6 address") from None
+        raise BadAddress(f"{what} {text!r} is not an IPv4 or IPv6 address") from None
     if isinstance(address, ipaddress.IPv6Address):
         if address.scope_id is not None:
             raise BadAddress(
-                f"virtual IP {text!r} has a scope id ('%{address.scope_id}'); DNS records "
+                f"{what} {text!r} has a scope id ('%{address.scope_id}'); DNS records "
                 "carry plain addresses only"
             )
         if address.ipv4_mapped is not None:
             raise BadAddress(
-                f"virtual IP {text!r} is an IPv4-mapped IPv6 address; give {address.ipv4_mapped}"
+                f"{what} {text!r} is an IPv4-mapped IPv6 address; give {address.ipv4_mapped}"
             )
     refused = (
         (address.is_unspecified, "the unspecified address"),
@@ -72,8 +73,7 @@ def parse_vip(text: str) -> IPAddress:
     for hit, kind in refused:
         if hit:
             raise BadAddress(
-                f"virtual IP {text!r} is {kind}; a virtual IP must be a unicast address "
-                "clients can reach"
+                f"{what} {text!r} is {kind}; a {what} must be a unicast address clients can reach"
             )
     return address
 
@@ -175,6 +175,34 @@ class Site:
 
 
 @dataclass(frozen=True, slots=True)
+class NameServer:
+    """A host that answers DNS for the installation's zones: a node running ``serve --dns`` on
+    port 53, or a secondary fed by zone transfer.  Every zone lists them all as NS (the first
+    is the SOA MNAME); a name inside one of the zones needs its ``addresses``, which that zone
+    publishes (the glue a resolver needs to reach it)."""
+
+    name: str
+    addresses: tuple[IPAddress, ...] = ()
+
+
+# Stored as one installation setting, one name server a line: "NAME [ADDRESS ...]".
+NAMESERVERS_SETTING = "nameservers"
+
+
+def nameservers_text(servers: Iterable[NameServer]) -> str:
+    return "\n".join(" ".join((s.name, *map(str, s.addresses))) for s in servers)
+
+
+def parse_nameservers(text: str) -> tuple[NameServer, ...]:
+    """The name servers of :func:`nameservers_text`; a bad address raises BadAddress."""
+    out = []
+    for line in text.splitlines():
+        name, *addresses = line.split()
+        out.append(NameServer(name, tuple(parse_vip(a, "name server address") for a in addresses)))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """What changed from the previous snapshot, when only rules changed.
 
@@ -206,6 +234,7 @@ class Snapshot:
     # change touches only its own zone's serial and NOTIFY.  A zone missing here (snapshots
     # built in memory) takes the snapshot's revision.
     zone_revisions: Mapping[str, int] = field(default_factory=dict)
+    nameservers: tuple[NameServer, ...] = ()  # empty in stores older than the setting
 
     @classmethod
     def build(
@@ -221,6 +250,7 @@ class Snapshot:
         trunks: tuple[Trunk, ...] = (),
         challenges: tuple[tuple[str, tuple[str, ...]], ...] = (),
         zone_revisions: Mapping[str, int] | None = None,
+        nameservers: tuple[NameServer, ...] = (),
     ) -> Snapshot:
         """``rules`` are ``(rule text, owner tenant name)`` pairs as stored."""
         views = tenants.views
@@ -237,6 +267,7 @@ class Snapshot:
             trunks=trunks,
             challenges=challenges,
             zone_revisions=MappingProxyType(dict(zone_revisions or {})),
+            nameservers=nameservers,
         )
 
     @classmethod

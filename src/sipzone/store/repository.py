@@ -72,18 +72,23 @@ from sipzone.model.names import (
 )
 from sipzone.model.snapshot import (
     DEFAULT_PORTS,
+    NAMESERVERS_SETTING,
     Delta,
+    NameServer,
     Site,
     Snapshot,
     check_order,
     check_port,
     check_site_host_fits,
     check_weight,
+    nameservers_text,
+    parse_nameservers,
     parse_network,
     parse_region,
     parse_site_name,
     parse_vip,
     rule_zone,
+    zone_holding,
 )
 from sipzone.model.tenancy import (
     FIELD_PARSERS,
@@ -962,6 +967,7 @@ class Store:
                     **_check_columns(check),
                 )
             )
+            self._check_glue(conn, self._nameservers(conn), self._zones(conn))
             return rev
 
     def update_site(self, name: str, **fields: Any) -> int:
@@ -991,6 +997,7 @@ class Store:
             changes = {_SITE_FIELDS[k]: values[k] for k in _SITE_FIELDS if k != "ports"}
             changes.update({f"port_{t}": p for t, p in values["ports"].items()})
             conn.execute(sites.update().where(sites.c.id == row["id"]).values(**changes))
+            self._check_glue(conn, self._nameservers(conn), self._zones(conn))
             return rev
 
     def remove_site(self, name: str) -> int:
@@ -998,6 +1005,7 @@ class Store:
             self._provider_only("manages sites")
             if conn.execute(sites.delete().where(sites.c.name == name)).rowcount == 0:
                 raise NotFound(f"site {name!r} does not exist")
+            self._check_glue(conn, self._nameservers(conn), self._zones(conn))
             return rev
 
     def set_site_health(self, name: str, healthy: bool) -> int:
@@ -1099,8 +1107,93 @@ class Store:
             hostless = sa.select(sites.c.name).where(sites.c.host.is_(None))
             for site_name in conn.execute(hostless).scalars():
                 check_site_host_fits(site_name, None, [zone.text])
+            # With no name server stored yet the zone lists the old NS (see Records) and the
+            # CLI says so; with some, an in-zone one must have its addresses.
+            zone_names = [*self._zones(conn), zone.text]
+            self._check_glue(conn, self._nameservers(conn), zone_names)
             conn.execute(zones.insert().values(name=zone.text))
             return zone, rev
+
+    # The name servers every zone lists as NS (the hosts that answer its DNS queries): one
+    # installation setting, since every node serves every zone from the same snapshot.
+
+    def add_nameserver(self, text: str, addresses: Iterable[str] = ()) -> int:
+        name = parse_domain(text).text
+        addrs = tuple(dict.fromkeys(parse_vip(a, "name server address") for a in addresses))
+        detail = {"addresses": [str(a) for a in addrs]}
+        with self._write("nameserver.add", name, detail) as (conn, rev):
+            self._provider_only("manages name servers")
+            servers = self._nameservers(conn)
+            if any(s.name == name for s in servers):
+                raise Conflict(f"name server {name!r} exists already")
+            servers = (*servers, NameServer(name, addrs))
+            self._check_glue(conn, servers, self._zones(conn))
+            self._set_nameservers(conn, servers)
+            return rev
+
+    def remove_nameserver(self, text: str) -> int:
+        name = parse_domain(text).text
+        with self._write("nameserver.remove", name) as (conn, rev):
+            self._provider_only("manages name servers")
+            servers = self._nameservers(conn)
+            kept = tuple(s for s in servers if s.name != name)
+            if len(kept) == len(servers):
+                raise NotFound(f"name server {name!r} does not exist")
+            if not kept and self._zones(conn):
+                raise InvalidValue(
+                    f"{name!r} is the last name server and the zones need one: add another first"
+                )
+            self._set_nameservers(conn, kept)
+            return rev
+
+    def nameservers(self) -> tuple[NameServer, ...]:
+        with self.engine.connect() as conn:
+            return self._nameservers(conn)
+
+    def _nameservers(self, conn: Connection) -> tuple[NameServer, ...]:
+        """The stored name servers; a value that no longer parses is logged and left out."""
+        select = sa.select(settings.c.value).where(settings.c.key == NAMESERVERS_SETTING)
+        text = conn.execute(select).scalar()
+        if not text:
+            return ()
+        try:
+            return parse_nameservers(text)
+        except (InvalidValue, ValueError) as exc:
+            self.read_log.warning("setting nameservers", "store: nameservers ignored: %s", exc)
+            return ()
+
+    @staticmethod
+    def _set_nameservers(conn: Connection, servers: Sequence[NameServer]) -> None:
+        conn.execute(settings.delete().where(settings.c.key == NAMESERVERS_SETTING))
+        if servers:
+            value = nameservers_text(servers)
+            conn.execute(settings.insert().values(key=NAMESERVERS_SETTING, value=value))
+
+    @staticmethod
+    def _check_glue(
+        conn: Connection, servers: Sequence[NameServer], zone_names: Sequence[str]
+    ) -> None:
+        """A name server inside one of the zones must have addresses there: its own, or those of
+        the site whose SIP host it is (never both, which would be two address sets).  Checked
+        on every write that changes names, zones or site hosts."""
+        rows = conn.execute(sa.select(sites.c.name, sites.c.host)).all()
+        for server in servers:
+            zone = zone_holding(server.name, zone_names)
+            if zone is None:
+                continue
+            site = next((n for n, h in rows if (h or f"{n}.{zone}") == server.name), None)
+            if site is not None and server.addresses:
+                raise Conflict(
+                    f"name server {server.name!r} would be site {site!r}'s SIP host too, whose "
+                    "addresses are the site's virtual IPs: a name server that is a site's host "
+                    "has no --address of its own"
+                )
+            if site is None and not server.addresses:
+                raise InvalidValue(
+                    f"name server {server.name!r} is in zone {zone!r} and would have no address "
+                    "there for resolvers to reach it: it needs --address IP (or to be a site's "
+                    "SIP host)"
+                )
 
     def remove_zone(self, text: str) -> int:
         zone = parse_domain(text)
@@ -1869,6 +1962,7 @@ class Store:
                 trunks=tuple(self._trunks(conn)),
                 challenges=self._challenges(conn),
                 zone_revisions=self._zone_revisions(conn),
+                nameservers=self._nameservers(conn),
             )
 
     def _valid_rules(self, rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
