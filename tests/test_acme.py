@@ -31,11 +31,11 @@ import pytest
 import trustme
 
 from tests.conftest import free_port, missing
-from tests.dns import test_xfr
+from tests.dns import conftest as dns_conftest
 from tests.sip.test_tls import connect, served_serial
 from tests.tlscerts import issue
 
-named = test_xfr.named  # the fixture: BIND as a secondary of our zone
+named = dns_conftest.named  # the fixture: BIND as a secondary of our zone
 
 DOMAINS = ("*.teams.example.com", "teams.example.com")
 CHALLENGE = "_acme-challenge.teams.example.com"
@@ -401,7 +401,9 @@ def test_renewal_by_short_validity_survives_a_refusing_ca(
 
 
 def test_renewal_waits_until_the_secondary_serves_the_challenge(
-    cli: Callable[..., Any], installation: Callable[..., Installation], named: type[test_xfr.Named]
+    cli: Callable[..., Any],
+    installation: Callable[..., Installation],
+    named: type[dns_conftest.Named],
 ) -> None:
     """`serve` tells the CA to look only once every server publishing the zone answers the
     TXT: its own DNS and each secondary it sends NOTIFY to (BIND here)."""
