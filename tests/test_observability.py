@@ -201,7 +201,7 @@ def test_dns_metrics_count_queries_transfers_and_notify(
             ) >= 2
         )  # fmt: skip
         body = get(metrics_port, "/metrics")[1]
-        assert sample(body, "sipzone_revision", worker="0") == 5
+        assert sample(body, "sipzone_revision", worker="0") == 6
         assert sample(body, "sipzone_store_up", worker="0") == 1
         lag = sample(body, "sipzone_feed_lag_seconds", worker="0")
         assert lag is not None and 0 <= lag < 60
@@ -216,7 +216,7 @@ def test_every_log_line_says_its_severity(
     a_store(sqlite_url)
     server = serve("--dns", f"127.0.0.1:{free_port()}", "--log-format", fmt)
     cli("domain", "add", "new.example.com", check=True)
-    wait_until(lambda: any("revision 5 published" in line for line in server.lines))
+    wait_until(lambda: any("revision 6 published" in line for line in server.lines))
     logged = [line for line in server.lines if "sipzone: ready" not in line]
     assert logged
     for line in logged:
