@@ -51,7 +51,8 @@ class ApiService:
     async def close(self) -> None:
         self.server.should_exit = True
         try:
-            await asyncio.wait_for(asyncio.shield(self.task), STOP_GRACE)
+            async with asyncio.timeout(STOP_GRACE):
+                await asyncio.shield(self.task)
         except TimeoutError:
             self.server.force_exit = True
             await self.task

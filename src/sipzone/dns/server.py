@@ -425,7 +425,8 @@ class DnsService:
         if self._tcp is not None:
             self._tcp.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await self._tcp.wait_closed()
         for task in [*self._notifying, *([self._follower] if self._follower else [])]:
             task.cancel()
         if self._notifying or self._follower:

@@ -281,7 +281,8 @@ class HealthMonitor:
     async def _beat_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), self.beat_interval())
+                async with asyncio.timeout(self.beat_interval()):
+                    await self._beat_now.wait()
             self._beat_now.clear()
             await self._heartbeat()
             self._decide()

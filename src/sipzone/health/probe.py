@@ -82,9 +82,10 @@ async def probe(
     """None when ``target`` gave a final response within ``timeout`` seconds, else what
     happened instead (for the log and ``site list``)."""
     try:
-        if target.transport == "udp":
-            return await asyncio.wait_for(_probe_udp(target), timeout)
-        return await asyncio.wait_for(_probe_stream(target, context), timeout)
+        async with asyncio.timeout(timeout):
+            if target.transport == "udp":
+                return await _probe_udp(target)
+            return await _probe_stream(target, context)
     except TimeoutError:
         return f"{target}: no final response within {timeout:g} s"
     except OSError as exc:

@@ -101,9 +101,8 @@ class Locator:
         given = parsed.params.get(b"transport")
         transport = "tls" if secure else given.decode("ascii", "replace").lower() if given else None
         try:
-            return await asyncio.wait_for(
-                self._locate(host, parsed.port, transport, secure), LOCATE_TIMEOUT
-            )
+            async with asyncio.timeout(LOCATE_TIMEOUT):
+                return await self._locate(host, parsed.port, transport, secure)
         except TimeoutError:
             raise LocateFailed(f"{host}: no answer within {LOCATE_TIMEOUT:g} s") from None
 

@@ -280,7 +280,8 @@ class SipService:
             endpoint.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await server.wait_closed()
         if self.edge is not None:
             metrics.publish(self.edge.stats)
         self._publish_tls()
@@ -443,9 +444,8 @@ class SipService:
             return StreamConnection(self, listener, outbound=True)
 
         try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(connection, host, port), 5.0
-            )
+            async with asyncio.timeout(5.0):
+                _, conn = await self.loop.create_connection(connection, host, port)
         except (OSError, OverflowError, TimeoutError) as exc:
             self.events.warning(
                 f"{transport}-connect",

@@ -160,10 +160,12 @@ class TrunkProber:
         outcome: Response | str
         try:
             if link is None:
-                link = await asyncio.wait_for(self._connect(trunk, target), CONNECT_TIMEOUT)
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    link = await self._connect(trunk, target)
             request = options_request(trunk, target, *self._contact(trunk, target), cseq)
             call_id = request.split(b"\r\nCall-ID: ", 1)[1].split(b"\r\n", 1)[0]
-            outcome = await asyncio.wait_for(link.exchange(request, call_id), ANSWER_TIMEOUT)
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                outcome = await link.exchange(request, call_id)
         except _NoAddress as exc:
             outcome = str(exc)
         except TimeoutError:
