@@ -30,6 +30,8 @@ import dns.rcode
 import pytest
 import trustme
 
+from sipzone.store.repository import NodeBeat, Store
+from sipzone.store.schema import nodes
 from tests.conftest import free_port, missing
 from tests.dns import conftest as dns_conftest
 from tests.sip.test_tls import connect, served_serial
@@ -318,6 +320,52 @@ def test_a_node_that_does_not_answer_delays_then_fails_the_order_storing_nothing
     result = order(cli, ca, dns_port, "--dns", f"127.0.0.1:{other}", "--wait", "10")
     assert result.returncode == 0, result.stderr
     assert stored(cli, "teams")["managed"] == "acme"
+
+
+def test_a_live_node_behind_the_challenge_holds_the_order_until_it_catches_up(
+    cli: Callable[..., Any], installation: Callable[..., Installation], sqlite_url: str
+) -> None:
+    """Item 1: the CA is told to look once every live node serves the challenge.  A node's
+    heartbeat says which revision it applied; one that beats but lags (its feed stuck) holds
+    the order, and a node gone quiet is not waited for."""
+    setup = installation()
+    store = Store(sqlite_url)
+
+    def beat(node: str, revision: int, seen: datetime) -> None:
+        store.write_views(node, [], NodeBeat("eu1", ("192.0.2.9",), revision, seen))
+
+    stop = threading.Event()
+
+    def stuck_then_caught_up() -> None:
+        # Beats as a live node does, at an old revision; after 4 s it reports the store's.
+        started = time.monotonic()
+        while not stop.is_set():
+            caught_up = time.monotonic() - started > 4
+            beat("lagging", store.revision() if caught_up else 1, datetime.now(UTC))
+            stop.wait(0.5)
+
+    beat("gone", 1, datetime.now(UTC))
+    with store.engine.begin() as conn:  # its last heartbeat five minutes ago: not waited for
+        quiet = datetime.now(UTC) - timedelta(minutes=5)
+        conn.execute(nodes.update().where(nodes.c.name == "gone").values(seen_at=quiet))
+    beat("lagging", 1, datetime.now(UTC))
+    try:
+        failed = order(cli, setup.ca, setup.dns_port, "--wait", "2")
+        assert failed.returncode == 2
+        behind = failed.stderr.split("had not applied revision")[0]
+        assert "lagging" in behind and "gone" not in behind, failed.stderr
+        assert stored(cli, "teams")["managed"] == "manual"  # nothing stored
+
+        beater = threading.Thread(target=stuck_then_caught_up)
+        beater.start()
+        started = time.monotonic()
+        done = order(cli, setup.ca, setup.dns_port, "--wait", "30")
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started >= 4  # it waited for the lagging node
+        assert stored(cli, "teams")["managed"] == "acme"
+    finally:
+        stop.set()
+        store.close()
 
 
 def test_bad_input_is_refused_before_anything_is_ordered(cli: Callable[..., Any]) -> None:

@@ -172,10 +172,9 @@ class Issuer:
             csr = crypto_util.make_csr(key_pem.encode("ascii"), list(plan.domains))
             order = acme.new_order(csr)
             records, answers = self._challenges(order, account)
-            if records:
-                self.store.publish_challenges(name, records)
+            published = self.store.publish_challenges(name, records) if records else 0
             try:
-                self._wait_seen(records)
+                self._wait_seen(records, published)
                 for challb, response in answers:
                     acme.answer_challenge(challb, response)
                 deadline = datetime.now() + timedelta(seconds=ORDER_TIMEOUT)
@@ -298,17 +297,26 @@ class Issuer:
             answers.append((challb, response))
         return records, answers
 
-    def _wait_seen(self, records: Sequence[tuple[str, str]]) -> None:
-        """Return once every DNS server answers every record's value; raise
-        :class:`ChallengeNotSeen` after ``seen_timeout`` seconds."""
+    def _wait_seen(self, records: Sequence[tuple[str, str]], published: int) -> None:
+        """Return once every DNS server answers every record's value and every live node (its
+        heartbeat in the store is fresh) has applied ``published``, the revision that wrote
+        them, so its DNS answers them too; raise :class:`ChallengeNotSeen` after
+        ``seen_timeout`` seconds."""
         deadline = time.monotonic() + self.seen_timeout
         waiting = [(server, name, value) for server in self.dns_servers for name, value in records]
         while True:
             # One whole pass after the deadline: a lookup may itself take seconds.
             expired = time.monotonic() > deadline
             waiting = [(s, n, v) for s, n, v in waiting if not _answers(s, n, v)]
-            if not waiting:
+            behind = self._nodes_behind(published) if records else []
+            if not waiting and not behind:
                 return
+            if expired and not waiting:
+                raise ChallengeNotSeen(
+                    f"node {', '.join(behind)} had not applied revision {published}, which "
+                    f"published the challenge, within {self.seen_timeout:g} s; its DNS would "
+                    "not answer the CA (a live node whose feed is stuck: see `sipzone status`)"
+                )
             if expired:
                 servers = ", ".join(dict.fromkeys(server for server, _, _ in waiting))
                 raise ChallengeNotSeen(
@@ -317,6 +325,12 @@ class Issuer:
                     "this store, or, for a secondary, does it take our NOTIFY and transfers?"
                 )
             time.sleep(SEEN_POLL)
+
+    def _nodes_behind(self, revision: int) -> list[str]:
+        """The live nodes whose last heartbeat reports a revision below ``revision`` (a node
+        beats every few seconds; one gone quiet is not waited for)."""
+        now = datetime.now(UTC)
+        return [n.name for n in self.store.list_nodes() if n.alive(now) and n.revision < revision]
 
 
 def challenge_servers(own: tuple[str, int], secondaries: Sequence[str]) -> list[str]:

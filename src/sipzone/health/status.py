@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sipzone.model.health import VIEW_STALE, UpstreamTargetState, majority
+from sipzone.model.health import UpstreamTargetState, majority
 from sipzone.model.snapshot import Site
 from sipzone.store.repository import NodeRow, SiteView
 
@@ -62,7 +62,7 @@ def node_json(
     edge located and probed of its upstreams (``upstreams``: every node's (node, state))."""
     now = now or datetime.now(UTC)
     seen = node.seen_at or node.started_at
-    age = (now - seen).total_seconds()
+    age = node.age(now)
     return {
         "name": node.name,
         "site": node.site,
@@ -72,7 +72,7 @@ def node_json(
         "started": node.started_at.isoformat(),
         "last_seen": seen.isoformat(),
         "seconds_since_seen": round(age, 1),
-        "alive": age <= VIEW_STALE,
+        "alive": node.alive(now),
         "store_down_since": node.store_down_since.isoformat() if node.store_down_since else None,
         "sites": {v.site: "up" if v.up else "down" for v in views if v.node == node.name},
         "upstreams": [

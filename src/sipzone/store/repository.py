@@ -2538,6 +2538,14 @@ class NodeRow(NodeBeat):
     seen_at: datetime | None = None
     store_revision: int = 0
 
+    def age(self, now: datetime) -> float:
+        """Seconds since the node's last heartbeat (or its start) at ``now``."""
+        return (now - (self.seen_at or self.started_at)).total_seconds()
+
+    def alive(self, now: datetime) -> bool:
+        """Whether the node still beats: its last heartbeat is at most VIEW_STALE seconds old."""
+        return self.age(now) <= VIEW_STALE
+
 
 def _check_columns(check: HealthCheck) -> dict[str, float | int]:
     return {
