@@ -233,12 +233,21 @@ def test_postgresql_connections_say_who_they_are(serve: Serve, pg_url: str, cli:
     serve("--dns", f"127.0.0.1:{free_port()}", db=pg_url)
     engine = sa.create_engine(pg_url)
     database = pg_url.rsplit("/", 1)[1]
-    with engine.connect() as conn:
-        names = set(
-            conn.execute(
-                sa.text("SELECT application_name FROM pg_stat_activity WHERE datname = :d"),
-                {"d": database},
-            ).scalars()
-        )
-    engine.dispose()
+    names: set[str] = set()
+
+    def named() -> bool:
+        # The feed opens its LISTEN connection on the loop after `ready`: look until it is up.
+        with engine.connect() as conn:
+            names.update(
+                conn.execute(
+                    sa.text("SELECT application_name FROM pg_stat_activity WHERE datname = :d"),
+                    {"d": database},
+                ).scalars()
+            )
+        return {"sipzone serve", "sipzone feed"} <= names
+
+    try:
+        wait_until(named)
+    finally:
+        engine.dispose()
     assert {"sipzone serve", "sipzone feed"} <= names, names
