@@ -11,10 +11,8 @@ import pytest
 
 from tests.conftest import free_port
 
-OPTIONS_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="options responder">
-  <recv request="OPTIONS"/>
-  <send><![CDATA[
+# sipp's answer to the OPTIONS just received: what a site (or a core) says to a probe.
+OPTIONS_OK = """  <send><![CDATA[
 
 SIP/2.0 200 OK
 [last_Via:]
@@ -25,7 +23,12 @@ SIP/2.0 200 OK
 Content-Length: 0
 
 ]]></send>
-</scenario>
+"""
+
+OPTIONS_UAS = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="options responder">
+  <recv request="OPTIONS"/>
+{OPTIONS_OK}</scenario>
 """
 
 

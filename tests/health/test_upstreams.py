@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tests.conftest import Cli, free_port
-from tests.health.conftest import Sites, SiteSim
+from tests.health.conftest import OPTIONS_OK, Sites, SiteSim
 from tests.health.test_serve import Serve, metric, wait_for
 
 # The core: answers OPTIONS (the edge's probes) and takes a call (INVITE, ACK, BYE).
-CORE_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+CORE_UAS = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="core">
   <recv request="OPTIONS" optional="true" next="options"/>
   <recv request="INVITE"/>
@@ -48,18 +48,7 @@ Content-Length: 0
 
 ]]></send>
   <label id="options"/>
-  <send><![CDATA[
-
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]hc[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <label id="end"/>
+{OPTIONS_OK}  <label id="end"/>
 </scenario>
 """
 
