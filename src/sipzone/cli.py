@@ -1644,7 +1644,12 @@ def serve(
         ),
     ] = None,
     poll: Annotated[
-        float, typer.Option(min=0.001, help="Seconds between SQLite change checks.")
+        float,
+        typer.Option(
+            min=0.001,
+            help="Seconds between SQLite change checks where inotify cannot watch the store "
+            "(with it: the look again after a file event; a safety check runs every second).",
+        ),
     ] = 0.05,
     share_ports: Annotated[
         bool,

@@ -66,12 +66,40 @@ def domains(path: Path) -> list[str]:
         return sorted(row[0] for row in conn.execute("SELECT name FROM domains"))
 
 
-class Watch:
-    """A feed on its own event loop, stepped by the test."""
+def test_a_commit_wakes_a_watching_feed_whose_poll_is_half_a_minute_away(sqlite_url: str) -> None:
+    """On Linux the feed sleeps on inotify, not on a timer: only the file event can wake it."""
+    store = Store(sqlite_url)
+    store.init()
 
-    def __init__(self, path: Path) -> None:
+    async def run() -> tuple[bool, Wake]:
+        feed = ChangeFeed(sqlite_url, interval=30.0, fallback=30.0)
+        try:
+            await asyncio.wait_for(feed.wait(), 2)  # the first look is at once
+            waiter = asyncio.create_task(feed.wait())
+            await asyncio.sleep(0.3)
+            idle = not waiter.done()
+            store.add_tenant("resa")  # another connection commits
+            return idle, await asyncio.wait_for(waiter, 2)
+        finally:
+            await feed.aclose()
+
+    try:
+        assert asyncio.run(run()) == (True, Wake.CHANGED)
+    finally:
+        store.close()
+
+
+class Watch:
+    """A feed on its own event loop, stepped by the test: told of the store's files by
+    inotify alone (a poll half a minute away), or polling without it."""
+
+    def __init__(self, path: Path, mode: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self.feed = ChangeFeed(f"sqlite:///{path}", interval=0.01)
+        url = f"sqlite:///{path}"
+        if mode == "inotify":
+            self.feed = ChangeFeed(url, interval=30.0, fallback=30.0)
+        else:
+            self.feed = ChangeFeed(url, interval=0.01, watch=False)
 
     def wait(self, timeout: float = 2.0) -> Wake | None:
         """What the feed says within ``timeout`` seconds (None: nothing)."""
@@ -92,10 +120,15 @@ def live(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(params=["inotify", "poll"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def test_a_file_moved_over_the_store_is_replaced_and_the_old_journal_is_not_read_into_it(
-    live: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    live: Path, mode: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watch = Watch(live)
+    watch = Watch(live, mode)
     try:
         assert watch.wait() is Wake.CHANGED
         # A write lands in the write-ahead log while the feed holds the file, as a server does.
@@ -124,9 +157,11 @@ def test_a_file_moved_over_the_store_is_replaced_and_the_old_journal_is_not_read
     assert domains(live) == []
 
 
-def test_a_journal_that_is_not_the_old_files_own_is_left_alone(live: Path, tmp_path: Path) -> None:
+def test_a_journal_that_is_not_the_old_files_own_is_left_alone(
+    live: Path, mode: str, tmp_path: Path
+) -> None:
     """A new file that comes with its own write-ahead log keeps it."""
-    watch = Watch(live)
+    watch = Watch(live, mode)
     try:
         assert watch.wait() is Wake.CHANGED
         backup = tmp_path / "backup.db"
@@ -146,9 +181,9 @@ def test_a_journal_that_is_not_the_old_files_own_is_left_alone(live: Path, tmp_p
 
 
 def test_a_deleted_store_is_waited_for_not_created_and_read_whole_when_back(
-    live: Path, caplog: pytest.LogCaptureFixture
+    live: Path, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watch = Watch(live)
+    watch = Watch(live, mode)
     try:
         assert watch.wait() is Wake.CHANGED
         live.unlink()
@@ -165,8 +200,8 @@ def test_a_deleted_store_is_waited_for_not_created_and_read_whole_when_back(
         watch.close()
 
 
-def test_a_truncated_store_is_read_whole(live: Path) -> None:
-    watch = Watch(live)
+def test_a_truncated_store_is_read_whole(live: Path, mode: str) -> None:
+    watch = Watch(live, mode)
     try:
         assert watch.wait() is Wake.CHANGED
         with open(live, "r+b") as f:

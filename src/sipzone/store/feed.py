@@ -5,9 +5,13 @@ Servers call :meth:`ChangeFeed.wait` in a loop and only then read the store (in 
 an idle store costs next to nothing on the event loop that answers SIP and DNS.
 
 - SQLite: ``PRAGMA data_version`` on a connection of our own changes whenever another
-  connection commits.  Reading it touches the WAL index in shared memory, a few microseconds,
-  so it is polled on the event loop every ``interval``, with an ``os.stat`` of the path on
-  every change it reports and every ``STAT_EVERY`` polls: a file replaced under its name
+  connection commits.  Reading it touches the WAL index in shared memory, a few microseconds.
+  On Linux the feed reads it when inotify says one of the store's files was written or
+  renamed (:mod:`sipzone.store.filewatch`), once more ``interval`` later (the event may come
+  a moment before the commit is visible), and once every ``fallback`` in case an event was
+  missed; elsewhere it is polled on the event loop every ``interval``.  The path gets an
+  ``os.stat`` on every change reported, on every event for the database file itself, and
+  every ``STAT_EVERY`` polls: a file replaced under its name
   (``mv backup.db sipzone.db``, or deleted and created again) has another inode, and one that
   shrank was truncated or rewritten; either way the feed answers :attr:`Wake.REPLACED`.  Our
   connection still holds the old file, and SQLite leaves that file's ``-wal`` and ``-shm``
@@ -38,6 +42,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from sipzone.eventlog import EventLog
+from sipzone.store import filewatch
+from sipzone.store.filewatch import FileWatch, Stir
 
 log = logging.getLogger("sipzone.feed")
 
@@ -78,7 +84,9 @@ class ChangeFeed:
     """``await feed.wait()`` returns (a :class:`Wake`) when the store may have changed since
     the last return."""
 
-    def __init__(self, url: str, interval: float = 0.02, fallback: float = 1.0) -> None:
+    def __init__(
+        self, url: str, interval: float = 0.02, fallback: float = 1.0, *, watch: bool = True
+    ) -> None:
         self.url = sa.engine.make_url(url)
         self.interval = interval
         self.fallback = fallback
@@ -98,6 +106,10 @@ class ChangeFeed:
         self._down = False
         self._nudged = False  # a write of this process came between two naps: look now
         self._napping: asyncio.Future[None] | None = None
+        self._watch: FileWatch | None = None  # inotify on the store's directory (Linux)
+        self._watch_tried = not watch  # watch=False: poll every ``interval`` (tests, NFS)
+        self._stirred = Stir.NOTHING  # what the file events since the last poll said
+        self._follow = False  # an event woke the last poll: look again ``interval`` later
 
     def nudge(self) -> None:
         """Check the store now (call on the loop): this process has just written to it.  A
@@ -134,28 +146,66 @@ class ChangeFeed:
     async def _wait_sqlite(self, timeout: float | None) -> Wake:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        if not self._watch_tried:
+            self._watch_tried = True
+            self._start_watch(loop)
         while True:
-            await self._nap(loop)
+            await self._nap(loop, deadline)
             wake = self._poll_sqlite()
             if wake is not None:
                 return wake
             if deadline is not None and loop.time() >= deadline and not self._replaced:
                 return Wake.CHANGED
 
-    async def _nap(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait ``interval``, or until :meth:`nudge`.  One future and one timer: an idle node
-        naps 50 times a second, and ``asyncio.wait_for`` on an Event (a task, its
-        cancellation) cost five times what the poll itself does."""
-        if self._nudged:
+    async def _nap(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
+        """Wait until a file event or :meth:`nudge`, or at most ``interval`` (polling, not
+        connected, or following up an event) or ``fallback`` (watching); the first look is
+        at once.  One future and one timer:
+        ``asyncio.wait_for`` on an Event (a task, its cancellation) cost five times what a
+        poll does."""
+        follow, self._follow = self._follow, False
+        if self._nudged or self._stirred is not Stir.NOTHING or self._polls == 0:
             self._nudged = False
+            self._follow = self._stirred is not Stir.NOTHING
             return
+        watching = self._watch is not None and self._sqlite is not None and not follow
+        delay = self.fallback if watching else self.interval
+        if deadline is not None:
+            delay = max(0.0, min(delay, deadline - loop.time()))
         nap = self._napping = loop.create_future()
-        timer = loop.call_later(self.interval, _wake, nap)
+        timer = loop.call_later(delay, _wake, nap)
         try:
             await nap
         finally:
             timer.cancel()
             self._napping = None
+        self._follow = self._stirred is not Stir.NOTHING
+
+    def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._path:
+            self._watch = filewatch.watch(self._path)
+        if self._watch is not None:
+            loop.add_reader(self._watch.fd, self._on_file_event)
+
+    def _on_file_event(self) -> None:
+        watch = self._watch
+        assert watch is not None
+        stir = watch.read()
+        if stir is Stir.LOST:
+            log.info("store directory of %s is no longer watched; polling it", self._path)
+            self._stop_watch()
+        if stir is not Stir.NOTHING:
+            self._stirred = max(self._stirred, stir)
+            nap = self._napping
+            if nap is not None and not nap.done():
+                nap.set_result(None)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            with contextlib.suppress(Exception):  # a loop already closed has no reader left
+                asyncio.get_running_loop().remove_reader(self._watch.fd)
+            self._watch.close()
+            self._watch = None
 
     def _stat(self) -> os.stat_result | None:
         try:
@@ -165,9 +215,10 @@ class ChangeFeed:
 
     def _poll_sqlite(self) -> Wake | None:
         self._polls += 1
+        stirred, self._stirred = self._stirred, Stir.NOTHING
         if self._sqlite is None:
             return self._reconnect_sqlite()
-        if self._polls % STAT_EVERY == 0:
+        if self._polls % STAT_EVERY == 0 or stirred >= Stir.FILE:
             wake = self._look_at_file()
             if wake is not None or self._sqlite is None:
                 return wake
@@ -352,6 +403,7 @@ class ChangeFeed:
 
     async def aclose(self) -> None:
         self.close()
+        self._stop_watch()
         await self._close_pg()
 
 
