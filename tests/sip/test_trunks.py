@@ -180,6 +180,26 @@ def test_a_trunk_added_live_is_probed_and_one_removed_falls_silent(teams: Teams)
         edge.stop()
 
 
+def test_a_target_not_located_yet_is_probed_again_within_a_second_not_an_interval(
+    teams: Teams,
+) -> None:
+    """A trunk added live is located while its probes start; a first probe that finds no
+    address must not leave the target unprobed for a whole interval (here 30 s)."""
+    nowhere = "sip:nowhere.invalid:5061;transport=tls"  # no pin, no DNS: never located
+    snapshot = teams.snapshot(targets=[nowhere], options_interval=30)
+    edge = EdgeThread(SnapshotHolder(snapshot), teams.config()).start()
+    try:
+        within(5, lambda: health_of(edge, nowhere).misses >= 3)
+        assert "not resolved" in health_of(edge, nowhere).last_response
+    finally:
+        edge.stop()
+
+
+def health_of(edge: EdgeThread, target: str) -> TargetHealth:
+    assert edge.service is not None and edge.service.trunks is not None
+    return edge.service.trunks.health.get(("teams", target), TargetHealth("teams", target))
+
+
 # -- sans-IO ----------------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ log = logging.getLogger("sipzone.sip.trunks")
 CONNECT_TIMEOUT = 5.0  # seconds for the TCP connect and the TLS handshake together
 ANSWER_TIMEOUT = 5.0  # seconds for the final answer to an OPTIONS
 DEFAULT_TLS_PORT = 5061  # in our Contact when we have no TLS listener
+UNLOCATED_RETRY = 1.0  # seconds before probing again a target whose name has no address yet
 
 Report = Callable[[str, list[TrunkState]], None]  # (node, states): blocking, run in a thread
 Seen = Callable[[], list[tuple[str, TrunkState]]]  # what the store holds: (node, state) rows
@@ -140,7 +141,12 @@ class TrunkProber:
                         await asyncio.sleep(wait)
                 cseq += 1
                 link = await self._probe(trunk, target, link, cseq, health)
-                await asyncio.sleep(next_delay(interval, self._rng))
+                delay = next_delay(interval, self._rng)
+                if not self._located(target):
+                    # A trunk added live is located (RFC 3263) while its probes start: the
+                    # first may find no address yet, and must not wait a whole interval more.
+                    delay = min(delay, UNLOCATED_RETRY)
+                await asyncio.sleep(delay)
         except asyncio.CancelledError:
             if link is not None:
                 link.close()
@@ -219,6 +225,13 @@ class TrunkProber:
             server_hostname=parsed.host if context is not None else None,
         )
         return _Link(reader, writer)
+
+    def _located(self, target: str) -> bool:
+        """False while ``target`` names a host the upstream watch has no address for yet."""
+        parsed = self._targets.target(target)
+        if parsed is None or is_ip_literal(parsed.host):
+            return True
+        return parsed.host in self.service.resolved
 
     def _address(self, target: Target) -> str:
         if is_ip_literal(target.host):
