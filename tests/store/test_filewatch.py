@@ -75,3 +75,30 @@ def test_a_removed_directory_loses_the_watch(watched: tuple[Path, FileWatch]) ->
 
 def test_a_directory_that_cannot_be_watched_gives_none(tmp_path: Path) -> None:
     assert filewatch.watch(str(tmp_path / "missing" / "sipzone.db")) is None
+
+
+def test_a_store_behind_a_symbolic_link_is_watched_where_its_journals_are(tmp_path: Path) -> None:
+    """SQLite keeps the journals beside the file a link points to; the link itself may be
+    repointed where it is."""
+    data, etc = tmp_path / "data", tmp_path / "etc"
+    data.mkdir()
+    etc.mkdir()
+    real = data / "store.db"
+    real.write_bytes(b"x")
+    link = etc / "sipzone.db"
+    link.symlink_to(real)
+    watch = filewatch.watch(str(link))
+    assert watch is not None
+    try:
+        (etc / "sipzone.db-wal").write_bytes(b"not the store's")  # beside the link: nothing
+        assert watch.read() is Stir.NOTHING
+        with open(f"{real}-wal", "ab") as f:
+            f.write(b"frame")
+        assert watch.read() is Stir.DATA
+        other = data / "other.db"
+        other.write_bytes(b"y")
+        (etc / "new").symlink_to(other)
+        os.rename(etc / "new", link)  # the link repointed
+        assert watch.read() is Stir.FILE
+    finally:
+        watch.close()

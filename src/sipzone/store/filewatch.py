@@ -43,6 +43,7 @@ IN_CLOEXEC = os.O_CLOEXEC
 MASK = IN_MODIFY | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF
 MASK |= IN_MOVE_SELF | IN_ONLYDIR
 EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+NO_NAMES: tuple[frozenset[bytes], frozenset[bytes]] = (frozenset(), frozenset())
 READ_SIZE = 64 * 1024  # a burst of a bulk import's page writes is drained in one read
 
 _libc: ctypes.CDLL | None = None
@@ -71,13 +72,22 @@ class Stir(enum.IntEnum):
 
 
 class FileWatch:
-    """An inotify descriptor watching the directory of one SQLite database file."""
+    """An inotify descriptor watching the directory of one SQLite database file (and, when
+    the path is a symbolic link, the link's directory too: SQLite keeps its journals beside
+    the file the link points to, and an operator repoints the link where it is)."""
 
-    def __init__(self, fd: int, path: str) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        name = os.fsencode(os.path.basename(path))
-        self._file = name
-        self._journals = frozenset(name + suffix for suffix in (b"-wal", b"-journal"))
+        # watch descriptor -> (the names whose events say FILE, the names that say DATA)
+        self._names: dict[int, tuple[frozenset[bytes], frozenset[bytes]]] = {}
+
+    def add(self, wd: int, name: str, journals: bool) -> None:
+        """Say FILE for ``name`` in the directory of ``wd`` (and DATA for its journals)."""
+        file = os.fsencode(name)
+        files, data = self._names.get(wd, (frozenset(), frozenset()))
+        if journals:
+            data |= {file + b"-wal", file + b"-journal"}
+        self._names[wd] = (files | {file}, data)
 
     def read(self) -> Stir:
         """Drain the pending events (non-blocking) and say what they mean for the store."""
@@ -94,14 +104,15 @@ class FileWatch:
                 return stir
             at = 0
             while at + EVENT.size <= len(data):
-                _, mask, _, length = EVENT.unpack_from(data, at)
+                wd, mask, _, length = EVENT.unpack_from(data, at)
                 name = data[at + EVENT.size : at + EVENT.size + length].rstrip(b"\0")
                 at += EVENT.size + length
                 if mask & (IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
                     return Stir.LOST
-                if name == self._file:
+                files, journals = self._names.get(wd, NO_NAMES)
+                if name in files:
                     stir = Stir.FILE
-                elif name in self._journals and stir < Stir.DATA:
+                elif name in journals and stir < Stir.DATA:
                     stir = Stir.DATA
 
     def close(self) -> None:
@@ -111,8 +122,8 @@ class FileWatch:
 
 
 def watch(path: str) -> FileWatch | None:
-    """A watch on ``path``'s directory, or None where inotify is not to be had (said once at
-    debug level: polling is the fallback, not a fault)."""
+    """A watch on ``path``'s directory (and, for a symbolic link, on its file's), or None where
+    inotify is not to be had (said at debug level: polling is the fallback, not a fault)."""
     libc = _load()
     if libc is None:
         return None
@@ -120,10 +131,16 @@ def watch(path: str) -> FileWatch | None:
     if fd < 0:
         log.debug("inotify_init1: %s; polling the store", errno.errorcode.get(ctypes.get_errno()))
         return None
-    directory = os.path.dirname(os.path.abspath(path))
-    if libc.inotify_add_watch(fd, os.fsencode(directory), MASK) < 0:
-        code = errno.errorcode.get(ctypes.get_errno())
-        log.debug("inotify_add_watch %s: %s; polling the store", directory, code)
-        os.close(fd)
-        return None
-    return FileWatch(fd, path)
+    found = FileWatch(fd)
+    given, real = os.path.abspath(path), os.path.realpath(path)
+    places = [(real, True)] if given == real else [(real, True), (given, False)]
+    for where, journals in places:
+        directory = os.path.dirname(where)
+        wd = libc.inotify_add_watch(fd, os.fsencode(directory), MASK)
+        if wd < 0:
+            code = errno.errorcode.get(ctypes.get_errno())
+            log.debug("inotify_add_watch %s: %s; polling the store", directory, code)
+            os.close(fd)
+            return None
+        found.add(wd, os.path.basename(where), journals)  # one directory: the same wd
+    return found
