@@ -932,7 +932,7 @@ def cert_add(
 
     Refused, with nothing changed: a key that does not match, a chain out of order (leaf first,
     each certificate followed by its issuer), a certificate outside its validity.  Running
-    edges use it for new handshakes within one store poll; open connections keep theirs.
+    edges use it for new handshakes once they see the change; open connections keep theirs.
     """
     added, rev, replaced = store(db, actor).add_certificate(
         name, _read_pem(cert, "certificate"), _read_pem(key, "key")
@@ -1085,7 +1085,7 @@ def trunk_add(
     actor: As = PROVIDER,
 ) -> None:
     """Store a trunk (the same NAME again replaces it); running edges start keeping its targets
-    alive within one store poll, presenting the certificate that covers --base."""
+    alive as soon as they see the change, presenting the certificate that covers --base."""
     trunk, rev, replaced = store(db, actor).add_trunk(
         name, target, base, options_interval, profile, sbc_header
     )
