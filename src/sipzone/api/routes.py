@@ -426,7 +426,7 @@ def put_trunk(
     request: Request, response: Response, caller: CallerDep, name: TenantPath, body: TrunkIn
 ) -> Written:
     """Store trunk ``name``, or replace it (provider only): running edges keep its targets
-    alive with OPTIONS within one store poll."""
+    alive with OPTIONS once they see the change."""
     _trunk, rev, replaced = acting_store(request, caller).add_trunk(
         name, body.targets, body.base, body.options_interval, body.profile, body.sbc_header
     )

@@ -3,7 +3,8 @@
 
 Theory of operation.  :meth:`TrunkProber.follow` runs on every snapshot: a task starts for
 each (trunk, target) that is new or changed and stops for each that is gone, so a trunk
-added with ``sipzone trunk add`` is probed within one store poll and one removed falls silent.
+added with ``sipzone trunk add`` is probed as soon as the worker sees it (a target whose name
+is not located yet, again within a second) and one removed falls silent.
 A task keeps one connection open between probes (opened again after any failure), presents
 the certificate that covers the trunk's base FQDN (:meth:`TlsContexts.client_for`) and checks
 the target's certificate against the name in its URI and the operator's CAs
