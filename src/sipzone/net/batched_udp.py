@@ -35,6 +35,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sipzone import libc
+
 log = logging.getLogger("sipzone.net")
 
 BATCH = 64
@@ -78,22 +80,14 @@ NAME_INDEX = _MsgHdr.msg_name.offset // WORD
 IOV_LEN_INDEX = _IoVec.iov_len.offset // WORD
 U32_PER_MSG = ctypes.sizeof(_MMsgHdr) // 4
 
-_libc: ctypes.CDLL | None = None
 
-
-def _load() -> ctypes.CDLL | None:
-    global _libc
-    if _libc is None and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.recvmmsg.argtypes = [
-                ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p
-            ]  # fmt: skip
-            libc.sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-        except (OSError, AttributeError):
-            return None
-        _libc = libc
-    return _libc
+def _load() -> tuple[Any, Any] | None:
+    """recvmmsg and sendmmsg, or None where the C library has not got them."""
+    recv = libc.function(
+        "recvmmsg", [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    )
+    send = libc.function("sendmmsg", [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int])
+    return None if recv is None or send is None else (recv, send)
 
 
 def available() -> bool:
@@ -118,11 +112,10 @@ class BatchedUdp:
         ports: bool = False,
         recv_size: int = RECV_SIZE,
     ) -> None:
-        libc = _load()
-        if libc is None:
+        calls = _load()
+        if calls is None:
             raise OSError("recvmmsg/sendmmsg are not available here")
-        self._recvmmsg = libc.recvmmsg
-        self._sendmmsg = libc.sendmmsg
+        self._recvmmsg, self._sendmmsg = calls
         self._sock = sock
         self._fd = sock.fileno()
         self._respond = respond

@@ -23,7 +23,8 @@ import errno
 import logging
 import os
 import struct
-import sys
+
+from sipzone import libc
 
 log = logging.getLogger("sipzone.feed")
 
@@ -45,21 +46,6 @@ MASK |= IN_MOVE_SELF | IN_ONLYDIR
 EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 NO_NAMES: tuple[frozenset[bytes], frozenset[bytes]] = (frozenset(), frozenset())
 READ_SIZE = 64 * 1024  # a burst of a bulk import's page writes is drained in one read
-
-_libc: ctypes.CDLL | None = None
-
-
-def _load() -> ctypes.CDLL | None:
-    global _libc
-    if _libc is None and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.inotify_init1.argtypes = [ctypes.c_int]
-            libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        except (OSError, AttributeError):
-            return None
-        _libc = libc
-    return _libc
 
 
 class Stir(enum.IntEnum):
@@ -124,10 +110,11 @@ class FileWatch:
 def watch(path: str) -> FileWatch | None:
     """A watch on ``path``'s directory (and, for a symbolic link, on its file's), or None where
     inotify is not to be had (said at debug level: polling is the fallback, not a fault)."""
-    libc = _load()
-    if libc is None:
+    init = libc.function("inotify_init1", [ctypes.c_int])
+    add_watch = libc.function("inotify_add_watch", [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32])
+    if init is None or add_watch is None:
         return None
-    fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    fd = init(IN_NONBLOCK | IN_CLOEXEC)
     if fd < 0:
         log.debug("inotify_init1: %s; polling the store", errno.errorcode.get(ctypes.get_errno()))
         return None
@@ -136,7 +123,7 @@ def watch(path: str) -> FileWatch | None:
     places = [(real, True)] if given == real else [(real, True), (given, False)]
     for where, journals in places:
         directory = os.path.dirname(where)
-        wd = libc.inotify_add_watch(fd, os.fsencode(directory), MASK)
+        wd = add_watch(fd, os.fsencode(directory), MASK)
         if wd < 0:
             code = errno.errorcode.get(ctypes.get_errno())
             log.debug("inotify_add_watch %s: %s; polling the store", directory, code)
