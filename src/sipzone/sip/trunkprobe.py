@@ -216,6 +216,8 @@ class TrunkProber:
         if parsed is None or parsed.transport not in ("tls", "tcp"):
             raise _NoAddress(f"not probed: {target} is no TLS or TCP target")
         address = self._address(parsed)
+        if address is None:
+            raise _NoAddress(f"{parsed.host} not resolved (yet)")
         context = None
         if parsed.transport == "tls":
             context = self.service.tls.client_for(trunk.base)
@@ -230,17 +232,13 @@ class TrunkProber:
     def _located(self, target: str) -> bool:
         """False while ``target`` names a host the upstream watch has no address for yet."""
         parsed = self._targets.target(target)
-        if parsed is None or is_ip_literal(parsed.host):
-            return True
-        return parsed.host in self.service.resolved
+        return parsed is None or self._address(parsed) is not None
 
-    def _address(self, target: Target) -> str:
+    def _address(self, target: Target) -> str | None:
+        """Where to connect for ``target``: its IP literal, or what its name located to."""
         if is_ip_literal(target.host):
             return target.host
-        address = self.service.resolved.get(target.host)
-        if address is None:
-            raise _NoAddress(f"{target.host} not resolved (yet)")
-        return address
+        return self.service.resolved.get(target.host)
 
     def _observed(self, health: TargetHealth, changed: bool) -> None:
         """Publish one probe's outcome: metrics, and a log line when up/down changed."""
