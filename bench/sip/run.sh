@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # sipzone's SIP edge against Kamailio 5.6 (../shared/bench/kamailio-anchor.sh), both one worker,
 # both holding the same 10,001 domains: CPU per admitted OPTIONS at RATE/s, measured A B
-# ROUNDS times (default 3) with ../shared/bench/sip-cpu.sh, then a short rate ladder for the highest rate each sustains
-# with < 0.1 % failures.  Prints a markdown table (redirect it into bench/sip/RESULTS.md).
+# ROUNDS times (default 3) with ../shared/bench/sip-cpu.sh, then a short rate ladder for the
+# highest rate each sustains with < 0.1 % failures.  Prints a markdown table (redirect it into bench/sip/RESULTS.md).
 # Every measurement holds /tmp/sipzone-bench.lock: the two cores are shared with other benches.
 # usage: bench/sip/run.sh   (env: N=10000 RATE=5000 COUNT=50000 ROUNDS=3 LADDER="5000 10000 ...")
 set -euo pipefail

@@ -95,6 +95,12 @@ def health(edge: EdgeThread, proxy: MicrosoftProxy) -> TargetHealth:
     return edge.service.trunks.health[("teams", proxy.uri)]
 
 
+def health_of(edge: EdgeThread, target: str) -> TargetHealth:
+    """``target``'s health, or a fresh one while its probe task has not started."""
+    assert edge.service is not None and edge.service.trunks is not None
+    return edge.service.trunks.health.get(("teams", target), TargetHealth("teams", target))
+
+
 def test_every_target_gets_options_at_the_interval_over_mutual_tls(teams: Teams) -> None:
     edge = EdgeThread(SnapshotHolder(teams.snapshot()), teams.config()).start()
     try:
@@ -193,11 +199,6 @@ def test_a_target_not_located_yet_is_probed_again_within_a_second_not_an_interva
         assert "not resolved" in health_of(edge, nowhere).last_response
     finally:
         edge.stop()
-
-
-def health_of(edge: EdgeThread, target: str) -> TargetHealth:
-    assert edge.service is not None and edge.service.trunks is not None
-    return edge.service.trunks.health.get(("teams", target), TargetHealth("teams", target))
 
 
 # -- sans-IO ----------------------------------------------------------------------------------

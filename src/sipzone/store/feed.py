@@ -160,9 +160,8 @@ class ChangeFeed:
     async def _nap(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         """Wait until a file event or :meth:`nudge`, or at most ``interval`` (polling, not
         connected, or following up an event) or ``fallback`` (watching); the first look is
-        at once.  One future and one timer:
-        ``asyncio.wait_for`` on an Event (a task, its cancellation) cost five times what a
-        poll does."""
+        at once.  One future and one timer: ``asyncio.wait_for`` on an Event (a task, its
+        cancellation) cost five times what a poll does."""
         follow, self._follow = self._follow, False
         if self._nudged or self._stirred is not Stir.NOTHING or self._polls == 0:
             self._nudged = False

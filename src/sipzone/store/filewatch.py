@@ -70,7 +70,7 @@ class FileWatch:
     def add(self, wd: int, name: str, journals: bool) -> None:
         """Say FILE for ``name`` in the directory of ``wd`` (and DATA for its journals)."""
         file = os.fsencode(name)
-        files, data = self._names.get(wd, (frozenset(), frozenset()))
+        files, data = self._names.get(wd, NO_NAMES)
         if journals:
             data |= {file + b"-wal", file + b"-journal"}
         self._names[wd] = (files | {file}, data)
